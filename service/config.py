@@ -1,0 +1,83 @@
+"""Configuration from environment variables, in one place.
+
+Every setting has a default that makes the embedded mode work on one machine with no server
+installed. The README documents each variable in its configuration table.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(os.environ.get("TRAINYARD_VAR_DIR", ROOT / "var"))
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    return default if raw in (None, "") else int(raw)
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    return default if raw in (None, "") else float(raw)
+
+
+def _env_str(name: str, default: str) -> str:
+    raw = os.environ.get(name)
+    return default if raw in (None, "") else raw
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Caps on what one request may ask for (configurable, enforced before anything is stored)."""
+
+    max_rows: int = field(default_factory=lambda: _env_int("TRAINYARD_MAX_ROWS", 200_000))
+    max_features: int = field(default_factory=lambda: _env_int("TRAINYARD_MAX_FEATURES", 4096))
+    max_layers: int = field(default_factory=lambda: _env_int("TRAINYARD_MAX_LAYERS", 16))
+    max_width: int = field(default_factory=lambda: _env_int("TRAINYARD_MAX_WIDTH", 4096))
+    max_parameters: int = field(
+        default_factory=lambda: _env_int("TRAINYARD_MAX_PARAMETERS", 5_000_000)
+    )
+    max_epochs: int = field(default_factory=lambda: _env_int("TRAINYARD_MAX_EPOCHS", 10_000))
+    max_classes: int = field(default_factory=lambda: _env_int("TRAINYARD_MAX_CLASSES", 1000))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All settings of the API and the workers, read from the environment."""
+
+    database_url: str = field(
+        default_factory=lambda: _env_str(
+            "DATABASE_URL", f"sqlite:///{VAR_DIR / 'trainyard.sqlite3'}"
+        )
+    )
+    broker_url: str = field(
+        default_factory=lambda: _env_str(
+            "CELERY_BROKER_URL", f"sqla+sqlite:///{VAR_DIR / 'broker.sqlite3'}"
+        )
+    )
+    port: int = field(default_factory=lambda: _env_int("PORT", 8000))
+    max_content_length: int = field(
+        default_factory=lambda: _env_int("TRAINYARD_MAX_CONTENT_LENGTH", 64 * 1024 * 1024)
+    )
+    task_soft_time_limit: float = field(
+        default_factory=lambda: _env_float("TRAINYARD_TASK_SOFT_TIME_LIMIT", 3600.0)
+    )
+    task_time_limit: float = field(
+        default_factory=lambda: _env_float("TRAINYARD_TASK_TIME_LIMIT", 3660.0)
+    )
+    # Redis re-delivers an unacknowledged message after this many seconds; it must exceed the
+    # hard time limit, or a long job would be delivered twice while it still runs.
+    visibility_timeout: float = field(
+        default_factory=lambda: _env_float("TRAINYARD_VISIBILITY_TIMEOUT", 3900.0)
+    )
+    max_attempts: int = field(default_factory=lambda: _env_int("TRAINYARD_MAX_ATTEMPTS", 3))
+    limits: Limits = field(default_factory=Limits)
+
+    def as_flask_config(self) -> dict[str, object]:
+        """The settings as Flask config keys (upper case), for `app.config.from_mapping`."""
+        out: dict[str, object] = {f.name.upper(): getattr(self, f.name) for f in fields(self)}
+        out["MAX_CONTENT_LENGTH"] = self.max_content_length
+        return out
