@@ -1,0 +1,52 @@
+"""Celery bound to the Flask app (Flask's recommended pattern: `celery_init_app`).
+
+The API never imports task code: it publishes by task name (`TRAIN_TASK`) with the job id as the
+only argument, so `service` does not depend on `workers`. Worker-side settings for long jobs
+(late acks, prefetch of one, time limits, Redis visibility timeout) are set here so that the API
+and every worker process share one configuration.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery, Task
+from flask import Flask
+
+TRAIN_TASK = "trainyard.train_job"
+
+
+def celery_config(settings: Any) -> dict[str, Any]:
+    """Celery settings derived from `service.config.Settings`."""
+    transport_options: dict[str, Any] = {"visibility_timeout": settings.visibility_timeout}
+    return {
+        "broker_url": settings.broker_url,
+        "task_ignore_result": True,
+        "result_backend": None,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_soft_time_limit": settings.task_soft_time_limit,
+        "task_time_limit": settings.task_time_limit,
+        "broker_transport_options": transport_options,
+        "result_backend_transport_options": transport_options,
+        "visibility_timeout": settings.visibility_timeout,
+        "broker_connection_retry_on_startup": True,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+    }
+
+
+def celery_init_app(app: Flask) -> Celery:
+    """Create the Celery app for `app`; tasks run inside the Flask app context."""
+
+    class FlaskTask(Task):
+        def __call__(self, *args: object, **kwargs: object) -> object:
+            with app.app_context():
+                return self.run(*args, **kwargs)
+
+    celery_app = Celery(app.name, task_cls=FlaskTask)
+    celery_app.config_from_object(app.config["CELERY"])
+    celery_app.set_default()
+    app.extensions["celery"] = celery_app
+    return celery_app
