@@ -8,7 +8,9 @@ and every worker process share one configuration.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from celery import Celery, Task
 from flask import Flask
@@ -19,6 +21,9 @@ TRAIN_TASK = "trainyard.train_job"
 def celery_config(settings: Any) -> dict[str, Any]:
     """Celery settings derived from `service.config.Settings`."""
     transport_options: dict[str, Any] = {"visibility_timeout": settings.visibility_timeout}
+    if settings.broker_url.startswith("filesystem://"):
+        transport_options.update(filesystem_broker_options(settings.broker_url))
+        transport_options["polling_interval"] = settings.broker_polling_interval
     return {
         "broker_url": settings.broker_url,
         "task_ignore_result": True,
@@ -34,6 +39,28 @@ def celery_config(settings: Any) -> dict[str, Any]:
         "broker_connection_retry_on_startup": True,
         "task_serializer": "json",
         "accept_content": ["json"],
+    }
+
+
+def filesystem_broker_options(broker_url: str) -> dict[str, str]:
+    """Folders of kombu's filesystem transport, under the URL's path (created if missing).
+
+    `filesystem:///abs/dir` keeps messages in `dir/queue` and broadcast tables in
+    `dir/control`. The embedded mode uses it rather than `sqla+sqlite://`: kombu's SQLAlchemy
+    transport passes every transport option (our `visibility_timeout` too) to `create_engine`,
+    which rejects them, and it polls with a write transaction on the SQLite file every time.
+    Each message is one file, taken under an exclusive `flock` and then removed, so any number
+    of publishing and consuming processes on one machine can share the folder.
+    """
+    path = urlsplit(broker_url).path or "var/broker"
+    base = Path(path)
+    folders = {"queue": base / "queue", "control": base / "control"}
+    for folder in folders.values():
+        folder.mkdir(parents=True, exist_ok=True)
+    return {
+        "data_folder_in": str(folders["queue"]),
+        "data_folder_out": str(folders["queue"]),
+        "control_folder": str(folders["control"]),
     }
 
 

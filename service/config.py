@@ -55,7 +55,7 @@ class Settings:
     )
     broker_url: str = field(
         default_factory=lambda: _env_str(
-            "CELERY_BROKER_URL", f"sqla+sqlite:///{VAR_DIR / 'broker.sqlite3'}"
+            "CELERY_BROKER_URL", f"filesystem://{(VAR_DIR / 'broker').as_posix()}"
         )
     )
     port: int = field(default_factory=lambda: _env_int("PORT", 8000))
@@ -74,6 +74,17 @@ class Settings:
         default_factory=lambda: _env_float("TRAINYARD_VISIBILITY_TIMEOUT", 3900.0)
     )
     max_attempts: int = field(default_factory=lambda: _env_int("TRAINYARD_MAX_ATTEMPTS", 3))
+    # A running job writes `heartbeat_at` this often (and after every epoch); a job whose
+    # heartbeat is older than `stale_after` seconds belongs to a lost worker, and a re-delivered
+    # message may take it over (a fresh attempt).
+    heartbeat_interval: float = field(
+        default_factory=lambda: _env_float("TRAINYARD_HEARTBEAT_INTERVAL", 10.0)
+    )
+    stale_after: float = field(default_factory=lambda: _env_float("TRAINYARD_STALE_AFTER", 60.0))
+    # How often a worker polls a server-less broker (filesystem transport) for new messages.
+    broker_polling_interval: float = field(
+        default_factory=lambda: _env_float("TRAINYARD_BROKER_POLLING_INTERVAL", 0.2)
+    )
     limits: Limits = field(default_factory=Limits)
 
     def as_flask_config(self) -> dict[str, object]:

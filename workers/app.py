@@ -1,0 +1,12 @@
+"""Entry module for `celery -A workers.app worker`: the Flask app factory binds Celery.
+
+Importing `workers.tasks` registers the `shared_task`s with the app's Celery instance.
+"""
+
+from __future__ import annotations
+
+from service import create_app
+from workers import tasks  # noqa: F401  (registers the tasks)
+
+flask_app = create_app()
+celery_app = flask_app.extensions["celery"]
