@@ -1,0 +1,27 @@
+# One image for the api, worker and migrate services of docker-compose.yml.
+FROM python:3.11-slim
+
+# graphviz: `dot` renders the computational-graph SVG saved with every model.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends graphviz \
+    && rm -rf /var/lib/apt/lists/*
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1
+
+WORKDIR /app
+COPY requirements.txt .
+RUN pip install -r requirements.txt
+
+COPY alembic.ini ./
+COPY migrations ./migrations
+COPY engine ./engine
+COPY service ./service
+COPY workers ./workers
+
+RUN useradd --create-home --uid 10001 trainyard && mkdir -p var && chown trainyard var
+USER trainyard
+
+EXPOSE 8000
+CMD ["gunicorn", "--bind", "0.0.0.0:8000", "--workers", "2", "service:create_app()"]
