@@ -1,0 +1,238 @@
+"""workers.tasks against real databases (SQLite file and PostgreSQL): claim, re-delivery,
+cancellation, failure and the final save. The task function is called directly, in this process.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, sessionmaker
+
+from engine.nn import MLP
+from service.db import make_engine, make_sessionmaker, session_scope, utcnow
+from service.models import Dataset, Job, JobEpoch, TrainedModel
+from service.modelspec import array_to_bytes, predict, weights_from_npz
+from tests.workers.datasets import moons
+from workers.tasks import Claim, WorkerSettings, _Busy, claim_job, run_job
+
+SETTINGS = WorkerSettings(max_attempts=3, stale_after=30.0, heartbeat_interval=0.5)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def factory(request: pytest.FixtureRequest) -> Iterator[sessionmaker[Session]]:
+    if request.param == "sqlite":
+        url = request.getfixturevalue("sqlite_database_url")
+    else:
+        url = request.getfixturevalue("pg_database_url")
+    engine = make_engine(url)
+    yield make_sessionmaker(engine)
+    engine.dispose()
+
+
+def add_job(
+    factory: sessionmaker[Session],
+    *,
+    n: int = 60,
+    epochs: int = 5,
+    learning_rate: float = 0.05,
+    loss: str = "binary_cross_entropy",
+    **job_fields: Any,
+) -> str:
+    x, y = moons(n)
+    with session_scope(factory) as session:
+        dataset = Dataset(
+            name="moons",
+            n_samples=n,
+            n_features=2,
+            n_targets=1,
+            target_kind="numeric",
+            classes=[0, 1],
+            features=array_to_bytes(x),
+            targets=array_to_bytes(y.reshape(-1, 1).astype(np.float64)),
+        )
+        session.add(dataset)
+        session.flush()
+        job = Job(
+            dataset_id=dataset.id,
+            model_spec={"layers": [8, 1], "activation": "tanh", "output_activation": None},
+            training_spec={
+                "loss": loss,
+                "optimizer": "sgd",
+                "learning_rate": learning_rate,
+                "momentum": 0.9,
+                "weight_decay": 0.0,
+                "epochs": epochs,
+                "batch_size": 16,
+                "seed": 0,
+                "validation_split": 0.2,
+            },
+            epochs=epochs,
+            **job_fields,
+        )
+        session.add(job)
+        session.flush()
+        return job.id
+
+
+def job_row(factory: sessionmaker[Session], job_id: str) -> Job:
+    with session_scope(factory) as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        return job
+
+
+def epochs_of(factory: sessionmaker[Session], job_id: str) -> list[int]:
+    with session_scope(factory) as session:
+        return list(
+            session.scalars(
+                sa.select(JobEpoch.epoch).where(JobEpoch.job_id == job_id).order_by(JobEpoch.epoch)
+            )
+        )
+
+
+def test_job_succeeds_and_saves_everything(factory: sessionmaker[Session]) -> None:
+    job_id = add_job(factory)
+    assert run_job(factory, job_id, SETTINGS) == "succeeded"
+    job = job_row(factory, job_id)
+    assert (job.status, job.attempts, job.epoch, job.error) == ("succeeded", 1, 5, None)
+    assert job.started_at is not None and job.finished_at is not None
+    assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(job.metrics or {})
+    assert epochs_of(factory, job_id) == [1, 2, 3, 4, 5]
+    with session_scope(factory) as session:
+        model = session.scalars(
+            sa.select(TrainedModel)
+            .where(TrainedModel.job_id == job_id)
+            .options(sa.orm.undefer(TrainedModel.weights), sa.orm.undefer(TrainedModel.graph_svg))
+        ).one()
+        arch, weights, svg = model.architecture, model.weights, model.graph_svg
+        assert model.metrics == job.metrics
+    assert {"nin", "layers", "activation", "output_activation", "loss", "classes"} <= set(arch)
+    assert arch["nin"] == 2 and arch["layers"] == [8, 1] and arch["classes"] == [0, 1]
+    assert "<svg" in svg
+    state = weights_from_npz(weights)
+    mlp = MLP(2, [8, 1], activation="tanh")
+    mlp.load_state_dict(state)
+    x, _ = moons(10, seed=3)
+    assert (
+        predict(arch, state, x)["predictions"]
+        == predict(arch, build_mlp(arch).state_dict() | state, x)["predictions"]
+    )
+
+
+def test_second_delivery_does_nothing(factory: sessionmaker[Session]) -> None:
+    job_id = add_job(factory, epochs=2)
+    assert run_job(factory, job_id, SETTINGS) == "succeeded"
+    assert run_job(factory, job_id, SETTINGS) == "duplicate"
+    job = job_row(factory, job_id)
+    assert (job.status, job.attempts) == ("succeeded", 1)
+
+
+def test_claim_is_atomic_between_two_deliveries(factory: sessionmaker[Session]) -> None:
+    job_id = add_job(factory)
+    first = claim_job(factory, job_id, SETTINGS)
+    assert first == Claim(job_id, 1)
+    # the same message again while the first attempt is alive: not run, looked at later
+    with pytest.raises(_Busy):
+        claim_job(factory, job_id, SETTINGS)
+    assert job_row(factory, job_id).attempts == 1
+
+
+def test_cancel_requested_while_queued_never_starts(factory: sessionmaker[Session]) -> None:
+    job_id = add_job(factory, cancel_requested=True)
+    assert run_job(factory, job_id, SETTINGS) == "cancelled"
+    job = job_row(factory, job_id)
+    assert (job.status, job.attempts, job.started_at) == ("cancelled", 0, None)
+
+
+def test_cancel_while_running_stops_at_an_epoch_boundary(
+    factory: sessionmaker[Session],
+) -> None:
+    job_id = add_job(factory, epochs=5000)
+
+    def cancel_after_two_epochs() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if job_row(factory, job_id).epoch >= 2:
+                with session_scope(factory) as session:
+                    session.execute(
+                        sa.update(Job).where(Job.id == job_id).values(cancel_requested=True)
+                    )
+                return
+            time.sleep(0.05)
+
+    canceller = threading.Thread(target=cancel_after_two_epochs)
+    canceller.start()
+    assert run_job(factory, job_id, SETTINGS) == "cancelled"
+    canceller.join()
+    job = job_row(factory, job_id)
+    assert job.status == "cancelled" and job.finished_at is not None
+    assert 2 <= job.epoch < 5000
+    assert epochs_of(factory, job_id) == list(range(1, job.epoch + 1))
+    with session_scope(factory) as session:
+        assert session.scalar(sa.select(sa.func.count()).select_from(TrainedModel)) == 0
+
+
+def test_redelivery_after_lost_worker_takes_over(factory: sessionmaker[Session]) -> None:
+    stale = utcnow() - timedelta(minutes=10)
+    job_id = add_job(factory, status="running", attempts=1, heartbeat_at=stale, epoch=2)
+    with session_scope(factory) as session:  # history of the dead attempt
+        session.add_all([JobEpoch(job_id=job_id, epoch=e, loss=9.0) for e in (1, 2)])
+    assert run_job(factory, job_id, SETTINGS) == "succeeded"
+    job = job_row(factory, job_id)
+    assert (job.status, job.attempts) == ("succeeded", 2)
+    assert epochs_of(factory, job_id) == [1, 2, 3, 4, 5]
+    with session_scope(factory) as session:
+        losses = session.scalars(sa.select(JobEpoch.loss).where(JobEpoch.job_id == job_id))
+        assert 9.0 not in list(losses)
+
+
+def test_lost_too_often_fails_with_reason(factory: sessionmaker[Session]) -> None:
+    stale = utcnow() - timedelta(minutes=10)
+    job_id = add_job(factory, status="running", attempts=3, heartbeat_at=stale)
+    assert run_job(factory, job_id, SETTINGS) == "failed"
+    job = job_row(factory, job_id)
+    assert job.status == "failed" and "lost 3 times" in (job.error or "")
+
+
+def test_taken_over_attempt_cannot_write(factory: sessionmaker[Session]) -> None:
+    stale = utcnow() - timedelta(minutes=10)
+    job_id = add_job(factory, status="running", attempts=1, heartbeat_at=stale)
+    old = Claim(job_id, 1)
+    new = claim_job(factory, job_id, SETTINGS)
+    assert new == Claim(job_id, 2)
+    from workers.tasks import _fail
+
+    _fail(factory, old, "late failure of the old attempt")
+    assert job_row(factory, job_id).status == "running"
+
+
+def test_diverging_mse_job_fails(factory: sessionmaker[Session]) -> None:
+    job_id = add_job(factory, loss="mse", learning_rate=1e8, epochs=200)
+    assert run_job(factory, job_id, SETTINGS) == "failed"
+    job = job_row(factory, job_id)
+    assert job.status == "failed"
+    assert "NaN" in (job.error or "") or "inf" in (job.error or "")
+    assert epochs_of(factory, job_id) == list(range(1, job.epoch + 1))
+
+
+def test_bad_data_fails_the_job_not_the_worker(factory: sessionmaker[Session]) -> None:
+    job_id = add_job(factory)
+    with session_scope(factory) as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        session.execute(
+            sa.update(Dataset).where(Dataset.id == job.dataset_id).values(features=b"garbage")
+        )
+    assert run_job(factory, job_id, SETTINGS) == "failed"
+    assert job_row(factory, job_id).error
+
+
+def test_missing_job_is_ignored(factory: sessionmaker[Session]) -> None:
+    assert run_job(factory, "0" * 32, SETTINGS) == "missing"

@@ -1,0 +1,171 @@
+"""workers.training on its own: no Celery, no database."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+
+from service.modelspec import predict
+from tests.workers.datasets import blobs, moons, regression
+from workers.training import DivergedError, EpochCallback, TrainResult, split_indices, train
+
+BINARY = {"layers": [16, 16, 1], "activation": "tanh"}
+
+
+def spec(**overrides: object) -> dict[str, object]:
+    base: dict[str, object] = {
+        "loss": "binary_cross_entropy",
+        "optimizer": "adam",
+        "learning_rate": 0.03,
+        "momentum": 0.0,
+        "weight_decay": 0.0,
+        "epochs": 60,
+        "batch_size": 32,
+        "seed": 0,
+        "validation_split": 0.0,
+    }
+    base.update(overrides)
+    return base
+
+
+def classes_of(y: np.ndarray) -> list[int]:
+    return sorted(int(v) for v in np.unique(y))
+
+
+def train_moons(on_epoch: EpochCallback | None = None, **overrides: object) -> TrainResult:
+    x, y = moons(200)
+    return train(
+        x,
+        y.reshape(-1, 1).astype(float),
+        BINARY,
+        spec(**overrides),
+        classes=classes_of(y),
+        on_epoch=on_epoch,
+    )
+
+
+def test_binary_moons_learn_and_predict_agrees() -> None:
+    x, y = moons(200)
+    result = train(
+        x, y.reshape(-1, 1).astype(float), BINARY, spec(), classes=classes_of(y), graph=False
+    )
+    assert result.completed
+    assert len(result.loss_history) == 60
+    assert result.loss_history[-1] < result.loss_history[0] / 3
+    assert result.metrics["accuracy"] >= 0.95
+    assert set(result.metrics) == {"loss", "accuracy"}
+    labels = predict(result.architecture, result.state_dict, x)["predictions"]
+    assert np.mean(np.asarray(labels) == y) == pytest.approx(result.metrics["accuracy"])
+
+
+def test_three_classes_cross_entropy_learn() -> None:
+    x, y = blobs(150)
+    result = train(
+        x,
+        y.reshape(-1, 1).astype(float),
+        {"layers": [8, 3], "activation": "relu"},
+        spec(loss="cross_entropy", epochs=40),
+        classes=[0, 1, 2],
+        graph=False,
+    )
+    assert result.metrics["accuracy"] >= 0.95
+    assert result.architecture["classes"] == [0, 1, 2]
+
+
+def test_regression_with_sgd_momentum_and_full_batch() -> None:
+    x, y = regression()
+    result = train(
+        x,
+        y,
+        {"layers": [16, 1]},
+        spec(loss="mse", optimizer="sgd", momentum=0.9, learning_rate=0.05, batch_size=None),
+        graph=False,
+    )
+    assert result.loss_history[-1] < 0.2 * result.loss_history[0]
+    assert set(result.metrics) == {"loss"}
+    assert result.architecture["classes"] is None
+
+
+def test_same_seed_same_result_other_seed_differs() -> None:
+    a = train_moons(epochs=5)
+    b = train_moons(epochs=5)
+    c = train_moons(epochs=5, seed=1)
+    assert a.loss_history == b.loss_history
+    for name, value in a.state_dict.items():
+        np.testing.assert_array_equal(value, b.state_dict[name])
+    assert a.loss_history != c.loss_history
+
+
+def test_validation_split_reports_val_history_and_metrics() -> None:
+    result = train_moons(epochs=10, validation_split=0.25)
+    assert len(result.val_loss_history) == len(result.loss_history) == 10
+    assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(result.metrics)
+    assert all(np.isfinite(result.val_loss_history))
+
+
+def test_split_indices_are_disjoint_and_seeded() -> None:
+    train_idx, val_idx = split_indices(10, 0.3, np.random.default_rng(0))
+    assert len(val_idx) == 3 and len(train_idx) == 7
+    assert sorted([*train_idx, *val_idx]) == list(range(10))
+    again = split_indices(10, 0.3, np.random.default_rng(0))
+    np.testing.assert_array_equal(val_idx, again[1])
+    # a tiny split still validates on one sample, and training always keeps one
+    assert len(split_indices(5, 0.01, np.random.default_rng(0))[1]) == 1
+    assert len(split_indices(2, 0.99, np.random.default_rng(0))[0]) == 1
+
+
+def test_diverging_loss_raises_with_partial_history() -> None:
+    x, y = regression()
+    with pytest.raises(DivergedError) as info:
+        train(
+            x,
+            y * 1e3,
+            {"layers": [16, 16, 1]},
+            spec(loss="mse", optimizer="sgd", learning_rate=1e6, epochs=50, batch_size=8),
+            graph=False,
+        )
+    message = str(info.value)
+    assert "NaN" in message or "inf" in message
+    assert "smaller learning_rate" in message
+    epoch = int(message.split("at epoch ")[1].split(";")[0])
+    assert len(info.value.loss_history) == epoch - 1
+
+
+def test_on_epoch_false_stops_training() -> None:
+    seen: list[tuple[int, float, float | None]] = []
+
+    def on_epoch(epoch: int, loss: float, val_loss: float | None) -> bool:
+        seen.append((epoch, loss, val_loss))
+        return epoch < 3
+
+    result = train_moons(epochs=50, validation_split=0.2, on_epoch=on_epoch)
+    assert not result.completed
+    assert [e for e, _, _ in seen] == [1, 2, 3]
+    assert result.loss_history == [loss for _, loss, _ in seen]
+    assert result.val_loss_history == [v for _, _, v in seen]
+    assert result.graph_svg is None and result.metrics == {}
+
+
+def test_graph_svg_is_svg() -> None:
+    result = train_moons(epochs=2)
+    assert result.graph_svg is not None
+    root = ET.fromstring(result.graph_svg)
+    assert root.tag.endswith("svg")
+
+
+def test_string_labels_use_class_indices() -> None:
+    x, y = blobs(90)
+    names = ["ant", "bee", "cat"]
+    result = train(
+        x,
+        y,  # stored as class indices into `classes` for string labels
+        {"layers": [8, 3]},
+        spec(loss="cross_entropy", epochs=20),
+        target_kind="labels",
+        classes=names,
+        graph=False,
+    )
+    labels = predict(result.architecture, result.state_dict, x[:5])["predictions"]
+    assert set(labels) <= set(names)
