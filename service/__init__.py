@@ -1,0 +1,93 @@
+"""The trainyard API: `create_app(test_config=None)`, the Flask application factory.
+
+Settings come from the environment (`service.config.Settings`); `test_config` overrides any
+Flask config key, including `DATABASE_URL`, `CELERY_BROKER_URL` (or a whole `CELERY` dict) and
+`LIMITS`. The factory binds the database engine and sessionmaker (`app.extensions["db_engine"]`,
+`app.extensions["db_sessionmaker"]`) and Celery (`app.extensions["celery"]`) to the app.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from flask import Flask
+from flask_smorest import Api
+
+from service import errors
+from service.celery import celery_config, celery_init_app
+from service.config import Settings
+from service.db import make_engine, make_sessionmaker
+from service.schemas import ErrorSchema
+
+API_PREFIX = "/api/v1"
+
+OPENAPI_CONFIG: dict[str, Any] = {
+    "API_TITLE": "trainyard",
+    "API_VERSION": "v1",
+    "OPENAPI_VERSION": "3.0.3",
+    "OPENAPI_URL_PREFIX": API_PREFIX,
+    "OPENAPI_JSON_PATH": "openapi.json",
+    # Swagger UI's page is served here; its scripts come from OPENAPI_SWAGGER_UI_URL (a CDN by
+    # default; point it at a local copy of swagger-ui-dist for machines with no internet).
+    "OPENAPI_SWAGGER_UI_PATH": "docs",
+    "OPENAPI_SWAGGER_UI_URL": "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/",
+    "API_SPEC_OPTIONS": {
+        "info": {
+            "description": "Submit datasets and MLP specs; workers train them; fetch and use "
+            "the trained models. Every error has the body "
+            '`{"error": {"code", "message", "fields"?}}`.'
+        }
+    },
+}
+
+
+class TrainyardApi(Api):
+    # documents the default error responses with the body every error really has
+    ERROR_SCHEMA = ErrorSchema
+
+
+def _fit_transport_options(celery: dict[str, Any]) -> None:
+    """Drop Redis-only transport options for kombu's SQLAlchemy transport.
+
+    That transport passes its transport options to `sqlalchemy.create_engine`, which rejects
+    `visibility_timeout`, so publishing to the embedded broker would fail.
+    """
+    if str(celery.get("broker_url", "")).startswith("sqla+"):
+        options = dict(celery.get("broker_transport_options") or {})
+        options.pop("visibility_timeout", None)
+        celery["broker_transport_options"] = options
+
+
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    app = Flask(__name__)
+    settings = Settings()
+    app.config.from_mapping(settings.as_flask_config())
+    app.config.from_mapping(OPENAPI_CONFIG)
+    app.config["JSON_SORT_KEYS"] = False
+    if test_config is not None:
+        app.config.from_mapping(test_config)
+    if "CELERY" not in app.config:
+        effective = dataclasses.replace(
+            settings,
+            database_url=app.config["DATABASE_URL"],
+            broker_url=app.config.get("CELERY_BROKER_URL") or app.config["BROKER_URL"],
+        )
+        app.config["CELERY"] = celery_config(effective)
+    app.config["BROKER_URL"] = app.config["CELERY"]["broker_url"]
+    _fit_transport_options(app.config["CELERY"])
+
+    engine = make_engine(app.config["DATABASE_URL"])
+    app.extensions["db_engine"] = engine
+    app.extensions["db_sessionmaker"] = make_sessionmaker(engine)
+    celery_init_app(app)
+
+    from service.api import close_db, datasets, health, jobs, models
+
+    app.teardown_appcontext(close_db)
+    api = TrainyardApi(app)
+    for blp in (datasets.blp, jobs.blp, models.blp):
+        api.register_blueprint(blp, url_prefix=f"{API_PREFIX}{blp.url_prefix}")
+    api.register_blueprint(health.blp)
+    errors.init_app(app)
+    return app

@@ -16,12 +16,12 @@ Stored formats (see `service.models`):
 from __future__ import annotations
 
 import io
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-import engine
-from engine.nn import MLP
+if TYPE_CHECKING:
+    from engine.nn import MLP
 
 LOSSES = ("mse", "binary_cross_entropy", "cross_entropy")
 OPTIMIZERS = ("sgd", "adam")
@@ -113,6 +113,9 @@ def encode_targets(
 def build_mlp(
     architecture: dict[str, Any], seed: int | None = None, dtype: Any = np.float64
 ) -> MLP:
+    # Imported here so that validation (the API) works without loading the engine.
+    from engine.nn import MLP
+
     return MLP(
         architecture["nin"],
         list(architecture["layers"]),
@@ -127,6 +130,8 @@ def predict(
     architecture: dict[str, Any], state: dict[str, np.ndarray], features: np.ndarray
 ) -> dict[str, Any]:
     """Predictions for `features` `(n, nin)`: values for mse, labels (+ probabilities) else."""
+    import engine
+
     model = build_mlp(architecture)
     model.load_state_dict(state)
     with engine.no_grad():

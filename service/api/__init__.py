@@ -1,0 +1,68 @@
+"""The REST API: one blueprint module per resource, thin views over the domain modules."""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from flask import current_app, g, request
+from sqlalchemy.orm import Session
+
+from service.config import Limits
+from service.errors import ApiError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def db() -> Session:
+    """The request's session (closed, and rolled back if uncommitted, at teardown)."""
+    if "db_session" not in g:
+        g.db_session = current_app.extensions["db_sessionmaker"]()
+    return g.db_session
+
+
+def close_db(_exc: BaseException | None = None) -> None:
+    session = g.pop("db_session", None)
+    if session is not None:
+        session.close()
+
+
+def limits() -> Limits:
+    return current_app.config["LIMITS"]
+
+
+def page(items: list[Any], total: int, query: dict[str, Any]) -> dict[str, Any]:
+    """A page of a list: `{"items": [...], "pagination": {page, page_size, total, pages}}`."""
+    return {
+        "items": items,
+        "pagination": {
+            "page": query["page"],
+            "page_size": query["page_size"],
+            "total": total,
+            "pages": math.ceil(total / query["page_size"]),
+        },
+    }
+
+
+def require_content_type(*types: str) -> Callable[[F], F]:
+    """415 unless the request body has one of `types` (checked before the body is parsed)."""
+
+    def decorator(view: F) -> F:
+        @functools.wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if request.mimetype not in types:
+                raise ApiError(
+                    415,
+                    f"Content-Type must be {' or '.join(types)}, "
+                    f"not {request.mimetype or 'missing'!r}.",
+                )
+            return view(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorator
+
+
+json_only = require_content_type("application/json")

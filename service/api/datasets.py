@@ -1,0 +1,99 @@
+"""Datasets: submit (JSON or a CSV file), fetch, list."""
+
+from __future__ import annotations
+
+from pathlib import PurePath
+from typing import Any
+
+from flask import request
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from service import datasets
+from service.api import db, limits, page, require_content_type
+from service.errors import InputError
+from service.models import Dataset
+from service.schemas import (
+    DatasetCsvSchema,
+    DatasetInSchema,
+    DatasetPageSchema,
+    DatasetSchema,
+    ErrorSchema,
+    PageQuerySchema,
+)
+
+blp = Blueprint("datasets", __name__, url_prefix="/datasets", description="Training data.")
+
+
+def dataset_json(dataset: Dataset) -> dict[str, Any]:
+    out = {
+        "id": dataset.id,
+        "name": dataset.name,
+        "n_samples": dataset.n_samples,
+        "n_features": dataset.n_features,
+        "n_targets": dataset.n_targets,
+        "created_at": dataset.created_at,
+    }
+    if dataset.classes is not None:
+        out["classes"] = dataset.classes
+    if dataset.feature_names is not None:
+        out["feature_names"] = dataset.feature_names
+    return out
+
+
+def _parse_upload() -> datasets.ParsedDataset:
+    if request.mimetype == "application/json":
+        data = DatasetInSchema().load(request.get_json())
+        return datasets.parse_json_dataset(data, limits())
+    upload = request.files.get("file")
+    if upload is None:
+        raise InputError("file", "a CSV file is needed in the form field 'file'")
+    form = DatasetCsvSchema(exclude=("file",)).load(request.form.to_dict())
+    name = form.get("name") or PurePath(upload.filename or "dataset").stem or "dataset"
+    return datasets.parse_csv_dataset(upload.read(), name[:200], form.get("target"), limits())
+
+
+@blp.route("")
+class Datasets(MethodView):
+    @blp.arguments(PageQuerySchema, location="query")
+    @blp.response(200, DatasetPageSchema)
+    def get(self, query: dict[str, Any]) -> dict[str, Any]:
+        """List datasets, newest first.
+
+        Paginated with `page` (from 1) and `page_size` (1 to 100); the body holds the page's
+        `items` and `pagination` (`page`, `page_size`, `total`, `pages`).
+        """
+        rows, total = datasets.list_datasets(db(), query["page"], query["page_size"])
+        return page([dataset_json(d) for d in rows], total, query)
+
+    @blp.doc(
+        requestBody={
+            "required": True,
+            "content": {
+                "application/json": {"schema": DatasetInSchema},
+                "multipart/form-data": {"schema": DatasetCsvSchema},
+            },
+        }
+    )
+    @blp.response(201, DatasetSchema)
+    @blp.alt_response(415, schema=ErrorSchema, description="Neither JSON nor a form.")
+    @blp.alt_response(422, schema=ErrorSchema, description="Invalid data.")
+    @require_content_type("application/json", "multipart/form-data")
+    def post(self) -> tuple[dict[str, Any], int, dict[str, str]]:
+        """Submit a dataset as JSON, or as a CSV file (`multipart/form-data`).
+
+        JSON: `{"name", "features": [[...], ...], "targets": [...]}`. CSV: field `file` with a
+        header row, numeric feature columns; `target` names the target column (default: the
+        last one), `name` defaults to the file name.
+        """
+        dataset = datasets.create_dataset(db(), _parse_upload())
+        return dataset_json(dataset), 201, {"Location": f"{request.path}/{dataset.id}"}
+
+
+@blp.route("/<dataset_id>")
+class DatasetById(MethodView):
+    @blp.response(200, DatasetSchema)
+    @blp.alt_response(404, schema=ErrorSchema, description="No such dataset.")
+    def get(self, dataset_id: str) -> dict[str, Any]:
+        """Fetch a dataset's description (not its data)."""
+        return dataset_json(datasets.get_dataset(db(), dataset_id))

@@ -1,0 +1,74 @@
+"""Training jobs: submit, poll, list, cancel."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import current_app, url_for
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from service import jobs
+from service.api import db, json_only, limits, page
+from service.schemas import ErrorSchema, JobInSchema, JobPageQuerySchema, JobPageSchema, JobSchema
+
+blp = Blueprint("jobs", __name__, url_prefix="/jobs", description="Training jobs.")
+
+
+@blp.route("")
+class Jobs(MethodView):
+    @blp.arguments(JobPageQuerySchema, location="query")
+    @blp.response(200, JobPageSchema)
+    def get(self, query: dict[str, Any]) -> dict[str, Any]:
+        """List jobs, newest first, optionally only those with one `status`.
+
+        Paginated with `page` (from 1) and `page_size` (1 to 100); the body holds the page's
+        `items` and `pagination` (`page`, `page_size`, `total`, `pages`).
+        """
+        session = db()
+        rows, total = jobs.list_jobs(
+            session, query["page"], query["page_size"], query.get("status")
+        )
+        return page(jobs.serialize_jobs(session, rows), total, query)
+
+    @json_only
+    @blp.arguments(JobInSchema)
+    @blp.response(202, JobSchema, headers={"Location": {"schema": {"type": "string"}}})
+    @blp.alt_response(415, schema=ErrorSchema, description="The body is not JSON.")
+    @blp.alt_response(422, schema=ErrorSchema, description="Invalid spec or data.")
+    def post(self, data: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
+        """Submit a training job (`dataset_id`, or the data inline as `dataset`).
+
+        Everything is validated before the job is stored. The job is committed as `queued`,
+        then its id is published to the broker. If the broker cannot be reached the answer is
+        still `202`: the job stays `queued` in the store until it is published again.
+        """
+        session = db()
+        job = jobs.create_job(session, data, limits())
+        jobs.publish(current_app.extensions["celery"], job.id)
+        location = url_for("jobs.JobById", job_id=job.id)
+        return jobs.serialize_job(session, job), 202, {"Location": location}
+
+
+@blp.route("/<job_id>")
+class JobById(MethodView):
+    @blp.response(200, JobSchema)
+    @blp.alt_response(404, schema=ErrorSchema, description="No such job.")
+    def get(self, job_id: str) -> dict[str, Any]:
+        """Poll a job: status, progress and the loss of every finished epoch."""
+        session = db()
+        return jobs.serialize_job(session, jobs.get_job(session, job_id))
+
+
+@blp.route("/<job_id>/cancel", methods=["POST"])
+@blp.response(200, JobSchema, description="Cancelled (it was queued) or asked to stop.")
+@blp.alt_response(404, schema=ErrorSchema, description="No such job.")
+@blp.alt_response(409, schema=ErrorSchema, description="The job is already finished.")
+def cancel(job_id: str) -> dict[str, Any]:
+    """Cancel a job.
+
+    A queued job is `cancelled` at once and never starts. A running one gets
+    `cancel_requested: true` and stops at its next epoch boundary, ending `cancelled`.
+    """
+    session = db()
+    return jobs.serialize_job(session, jobs.cancel_job(session, job_id))

@@ -1,0 +1,143 @@
+"""JSON errors, in one place.
+
+Every error answer, whatever its status and for unknown routes too, has the body
+`{"error": {"code": "...", "message": "...", "fields": {"training.epochs": "..."}}}`, with
+`fields` only where a field is at fault. Field names are dotted paths into the request body.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask, Response, jsonify
+from marshmallow import ValidationError
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    500: "internal_error",
+    503: "unavailable",
+}
+
+# webargs/flask-smorest nest messages under the request location; the client knows only paths
+# into its body.
+_LOCATIONS = {"json", "query", "form", "files", "view_args", "headers", "cookies", "json_or_form"}
+
+
+class ApiError(Exception):
+    """An error answer: raise it anywhere below a view."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        fields: Mapping[str, str] | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.fields = dict(fields) if fields else None
+        self.code = code or CODES.get(status, "error")
+
+
+class InputError(ApiError):
+    """422 for one field: `InputError("training.epochs", "must be at most 10000")`."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(422, message, {field: message})
+
+
+def error_response(
+    status: int, code: str, message: str, fields: Mapping[str, str] | None = None
+) -> tuple[Response, int]:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if fields:
+        error["fields"] = dict(fields)
+    return jsonify({"error": error}), status
+
+
+def flatten_messages(messages: Any, prefix: str = "") -> dict[str, str]:
+    """`{"training": {"epochs": ["Too big."]}}` -> `{"training.epochs": "Too big."}`."""
+    if isinstance(messages, Mapping):
+        out: dict[str, str] = {}
+        for key, value in messages.items():
+            key = str(key)
+            if not prefix and key in _LOCATIONS:
+                name = ""
+            elif key == "_schema":
+                name = prefix
+            else:
+                name = f"{prefix}.{key}" if prefix else key
+            for field, text in flatten_messages(value, name).items():
+                out[field] = f"{out[field]}; {text}" if field in out else text
+        return out
+    if isinstance(messages, list | tuple):
+        if all(isinstance(m, str) for m in messages):
+            return {prefix or "_body": " ".join(messages)}
+        out = {}
+        for value in messages:
+            out.update(flatten_messages(value, prefix))
+        return out
+    return {prefix or "_body": str(messages)}
+
+
+def _summary(fields: Mapping[str, str]) -> str:
+    first, text = next(iter(fields.items()))
+    more = f" (and {len(fields) - 1} more)" if len(fields) > 1 else ""
+    return f"{first}: {text}{more}"
+
+
+def handle_api_error(err: ApiError) -> tuple[Response, int]:
+    return error_response(err.status, err.code, err.message, err.fields)
+
+
+def handle_validation_error(err: ValidationError) -> tuple[Response, int]:
+    fields = flatten_messages(err.messages)
+    return error_response(422, "validation_error", _summary(fields), fields)
+
+
+def handle_http_exception(err: HTTPException) -> tuple[Response, int]:
+    status = err.code or 500
+    data = getattr(err, "data", None) or {}
+    messages = data.get("messages")
+    if status == 400 and messages and "json" in messages:
+        # webargs' answer to a body that is not JSON
+        return error_response(400, "malformed_json", "The request body is not valid JSON.")
+    if status == 400 and "json" in (err.description or "").lower():
+        return error_response(400, "malformed_json", "The request body is not valid JSON.")
+    if status == 422 and messages:
+        fields = flatten_messages(messages)
+        return error_response(422, "validation_error", _summary(fields), fields)
+    if status == 413:
+        message = "The request body is larger than the configured limit."
+    else:
+        message = err.description or err.name
+    response, status = error_response(status, CODES.get(status, "error"), message)
+    for name, value in err.get_headers():
+        if name.lower() != "content-type":
+            response.headers[name] = value
+    return response, status
+
+
+def handle_unexpected(err: Exception) -> tuple[Response, int]:
+    log.exception("unhandled error", exc_info=err)
+    return error_response(500, "internal_error", "Internal server error.")
+
+
+def init_app(app: Flask) -> None:
+    """Register the JSON error handlers (after flask-smorest's, which they replace)."""
+    app.register_error_handler(ApiError, handle_api_error)
+    app.register_error_handler(ValidationError, handle_validation_error)
+    app.register_error_handler(HTTPException, handle_http_exception)
+    app.register_error_handler(Exception, handle_unexpected)

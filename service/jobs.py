@@ -1,0 +1,265 @@
+"""Training jobs: validate and create, publish, cancel, serialise.
+
+The SQL store is the source of truth for job state; the broker only carries the job id. A job is
+committed as `queued` before its message is published, so a message never names a job that does
+not exist, and a job whose message was lost stays `queued` for a reconciler to publish again.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import sqlalchemy as sa
+from celery import Celery
+from sqlalchemy.orm import Session
+
+from service.celery import TRAIN_TASK
+from service.config import Limits
+from service.datasets import ParsedDataset, new_dataset, parse_json_dataset
+from service.db import utcnow
+from service.errors import ApiError, InputError
+from service.models import FINAL_STATUSES, Dataset, Job, JobEpoch, TrainedModel
+from service.modelspec import SpecError, check_fits
+
+log = logging.getLogger(__name__)
+
+# Publishing must not hang the API when the broker is down: one quick retry, then give up
+# (the job stays `queued` in the store).
+PUBLISH_RETRY_POLICY = {
+    "max_retries": 1,
+    "interval_start": 0.0,
+    "interval_step": 0.2,
+    "interval_max": 0.2,
+}
+
+
+def parameter_count(nin: int, layers: list[int]) -> int:
+    """Weights and biases of `MLP(nin, layers)`."""
+    total, fan_in = 0, nin
+    for width in layers:
+        total += (fan_in + 1) * width
+        fan_in = width
+    return total
+
+
+def check_limits(model: dict[str, Any], training: dict[str, Any], nin: int, limits: Limits) -> None:
+    layers = model["layers"]
+    if len(layers) > limits.max_layers:
+        raise InputError(
+            "model.layers", f"has {len(layers)} layers; the limit is {limits.max_layers}"
+        )
+    if max(layers) > limits.max_width:
+        raise InputError(
+            "model.layers", f"a layer of width {max(layers)}; the limit is {limits.max_width}"
+        )
+    n_params = parameter_count(nin, layers)
+    if n_params > limits.max_parameters:
+        raise InputError(
+            "model.layers",
+            f"the model would have {n_params} parameters; the limit is {limits.max_parameters}",
+        )
+    if training["epochs"] > limits.max_epochs:
+        raise InputError(
+            "training.epochs", f"is {training['epochs']}; the limit is {limits.max_epochs}"
+        )
+
+
+def check_spec(
+    model: dict[str, Any],
+    training: dict[str, Any],
+    *,
+    n_samples: int,
+    n_features: int,
+    n_targets: int,
+    target_kind: str,
+    classes: list[Any] | None,
+    limits: Limits,
+) -> None:
+    """Raise a 422 unless the spec is within the limits and fits the dataset."""
+    check_limits(model, training, n_features, limits)
+    try:
+        check_fits(training["loss"], model["layers"], target_kind, n_targets, classes)
+    except SpecError as exc:
+        raise InputError(exc.field, exc.message) from None
+    if training["validation_split"] > 0:
+        n_val = round(n_samples * training["validation_split"])
+        if n_val < 1 or n_samples - n_val < 1:
+            raise InputError(
+                "training.validation_split",
+                f"leaves no training or no validation sample out of {n_samples}",
+            )
+
+
+def normalized_specs(data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The stored model and training specs: exactly these keys, every default filled."""
+    m, t = data["model"], data["training"]
+    model = {
+        "layers": list(m["layers"]),
+        "activation": m["activation"],
+        "output_activation": m["output_activation"],
+    }
+    training = {
+        key: t[key]
+        for key in (
+            "loss",
+            "optimizer",
+            "learning_rate",
+            "momentum",
+            "weight_decay",
+            "epochs",
+            "batch_size",
+            "seed",
+            "validation_split",
+        )
+    }
+    return model, training
+
+
+def create_job(session: Session, data: dict[str, Any], limits: Limits) -> Job:
+    """Validate a job request (and its inline dataset) and commit it as `queued`."""
+    model, training = normalized_specs(data)
+    parsed: ParsedDataset | None = None
+    if "dataset" in data:
+        parsed = parse_json_dataset(data["dataset"], limits, prefix="dataset.")
+        facts = {
+            "n_samples": parsed.n_samples,
+            "n_features": parsed.n_features,
+            "n_targets": parsed.n_targets,
+            "target_kind": parsed.target_kind,
+            "classes": parsed.classes,
+        }
+    else:
+        stored = session.get(Dataset, data["dataset_id"])
+        if stored is None:
+            # the id is in the body, so the body is at fault: 422, not 404
+            raise InputError("dataset_id", f"no dataset with id {data['dataset_id']!r}")
+        facts = {
+            "n_samples": stored.n_samples,
+            "n_features": stored.n_features,
+            "n_targets": stored.n_targets,
+            "target_kind": stored.target_kind,
+            "classes": stored.classes,
+        }
+    check_spec(model, training, limits=limits, **facts)
+
+    if parsed is not None:
+        dataset = new_dataset(parsed)
+        session.add(dataset)
+        session.flush()
+        dataset_id = dataset.id
+    else:
+        dataset_id = data["dataset_id"]
+    job = Job(
+        status="queued",
+        dataset_id=dataset_id,
+        model_spec=model,
+        training_spec=training,
+        epochs=training["epochs"],
+    )
+    session.add(job)
+    session.commit()
+    return job
+
+
+def publish(celery: Celery, job_id: str) -> bool:
+    """Send the job's message; False (logged) when the broker cannot be reached."""
+    try:
+        celery.send_task(TRAIN_TASK, args=[job_id], retry=True, retry_policy=PUBLISH_RETRY_POLICY)
+    except Exception:
+        log.warning("could not publish job %s; it stays queued", job_id, exc_info=True)
+        return False
+    return True
+
+
+def get_job(session: Session, job_id: str) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise ApiError(404, f"No job with id {job_id!r}.")
+    return job
+
+
+def cancel_job(session: Session, job_id: str) -> Job:
+    """Cancel a queued job now, or ask a running one to stop; 409 once it is final.
+
+    Both steps are conditional UPDATEs, so a cancel that races the worker's claim or its final
+    write leaves exactly one final state.
+    """
+    for _ in range(3):
+        queued = session.execute(
+            sa.update(Job)
+            .where(Job.id == job_id, Job.status == "queued")
+            .values(status="cancelled", finished_at=utcnow(), cancel_requested=True)
+        )
+        if queued.rowcount == 0:
+            running = session.execute(
+                sa.update(Job)
+                .where(Job.id == job_id, Job.status == "running")
+                .values(cancel_requested=True)
+            )
+            if running.rowcount == 0:
+                session.rollback()
+                job = get_job(session, job_id)
+                if job.status in FINAL_STATUSES:
+                    raise ApiError(409, f"Job {job_id} is already {job.status}.")
+                continue  # it changed state between the two updates: try again
+        session.commit()
+        session.expire_all()
+        return get_job(session, job_id)
+    raise ApiError(409, f"Job {job_id} changed state while being cancelled; try again.")
+
+
+def list_jobs(
+    session: Session, page: int, page_size: int, status: str | None = None
+) -> tuple[list[Job], int]:
+    where = [Job.status == status] if status else []
+    total = session.scalar(sa.select(sa.func.count()).select_from(Job).where(*where)) or 0
+    jobs = session.scalars(
+        sa.select(Job)
+        .where(*where)
+        .order_by(Job.created_at.desc(), Job.id.desc())
+        .limit(page_size)
+        .offset((page - 1) * page_size)
+    ).all()
+    return list(jobs), total
+
+
+def serialize_jobs(session: Session, jobs: list[Job]) -> list[dict[str, Any]]:
+    """The API view of jobs, with their loss history and model id (two queries in all)."""
+    ids = [job.id for job in jobs]
+    history: dict[str, list[JobEpoch]] = {i: [] for i in ids}
+    model_ids: dict[str, str] = {}
+    if ids:
+        for row in session.scalars(
+            sa.select(JobEpoch).where(JobEpoch.job_id.in_(ids)).order_by(JobEpoch.epoch)
+        ):
+            history[row.job_id].append(row)
+        for job_id, model_id in session.execute(
+            sa.select(TrainedModel.job_id, TrainedModel.id).where(TrainedModel.job_id.in_(ids))
+        ):
+            model_ids[job_id] = model_id
+    return [
+        {
+            "id": job.id,
+            "status": job.status,
+            "dataset_id": job.dataset_id,
+            "model": job.model_spec,
+            "training": job.training_spec,
+            "progress": {"epoch": job.epoch, "epochs": job.epochs},
+            "loss_history": [e.loss for e in history[job.id]],
+            "val_loss_history": [e.val_loss for e in history[job.id] if e.val_loss is not None],
+            "metrics": job.metrics or {},
+            "error": job.error,
+            "model_id": model_ids.get(job.id),
+            "attempts": job.attempts,
+            "cancel_requested": job.cancel_requested,
+            "created_at": job.created_at,
+            "started_at": job.started_at,
+            "finished_at": job.finished_at,
+        }
+        for job in jobs
+    ]
+
+
+def serialize_job(session: Session, job: Job) -> dict[str, Any]:
+    return serialize_jobs(session, [job])[0]
