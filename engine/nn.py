@@ -1,0 +1,216 @@
+"""Neural-network library: modules with named parameters, the article's MLP, and losses.
+
+Parameter names follow PyTorch's: an `MLP`'s state_dict holds `layers.{i}.weight` of shape
+`(nout, nin)` and `layers.{i}.bias` of shape `(nout,)` for each layer `i`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from engine.functions import (
+    binary_cross_entropy_with_logits,
+    cross_entropy,
+    linear,
+    mse_loss,
+)
+from engine.tensor import Tensor
+
+__all__ = [
+    "MLP",
+    "Layer",
+    "Linear",
+    "Module",
+    "Neuron",
+    "binary_cross_entropy_with_logits",
+    "cross_entropy",
+    "mse_loss",
+]
+
+ACTIVATIONS = ("tanh", "relu", "sigmoid")
+
+
+class Module:
+    """Parameters are the Tensor attributes; submodules are Module attributes or lists of them."""
+
+    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Tensor]]:
+        for name, value in vars(self).items():
+            if isinstance(value, Tensor):
+                yield prefix + name, value
+            elif isinstance(value, Module):
+                yield from value.named_parameters(f"{prefix}{name}.")
+            elif isinstance(value, list | tuple):
+                for i, item in enumerate(value):
+                    if isinstance(item, Module):
+                        yield from item.named_parameters(f"{prefix}{name}.{i}.")
+
+    def parameters(self) -> list[Tensor]:
+        return [p for _, p in self.named_parameters()]
+
+    def zero_grad(self) -> None:
+        for p in self.parameters():
+            p.grad = None
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Parameter name -> a copy of its data."""
+        return {name: p.data.copy() for name, p in self.named_parameters()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Copy `state` into the parameters in place (cast to their dtype); all keys must match
+        and every shape must agree, otherwise nothing is changed and ValueError says why."""
+        params = dict(self.named_parameters())
+        missing = sorted(set(params) - set(state))
+        unexpected = sorted(set(state) - set(params))
+        problems = []
+        if missing:
+            problems.append(f"missing keys {missing}")
+        if unexpected:
+            problems.append(f"unexpected keys {unexpected}")
+        arrays = {}
+        for name, p in params.items():
+            if name in state:
+                arr = np.asarray(state[name])
+                if arr.shape != p.data.shape:
+                    problems.append(
+                        f"shape mismatch for {name!r}: expected {p.data.shape}, got {arr.shape}"
+                    )
+                arrays[name] = arr
+        if problems:
+            raise ValueError(f"load_state_dict into {type(self).__name__}: " + "; ".join(problems))
+        for name, p in params.items():
+            np.copyto(p.data, arrays[name], casting="unsafe")
+
+    def forward(self, x: Any) -> Tensor:
+        raise NotImplementedError
+
+    def __call__(self, x: Any) -> Tensor:
+        return self.forward(x)
+
+
+def _activate(x: Tensor, activation: str | None) -> Tensor:
+    if activation is None:
+        return x
+    return getattr(x, activation)()
+
+
+def _check_activation(activation: str | None) -> None:
+    if activation is not None and activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; expected one of {ACTIVATIONS}")
+
+
+class Linear(Module):
+    """`x @ weight.T + bias` with `weight` of shape (nout, nin) and `bias` of shape (nout,).
+
+    Weights are Kaiming-normal for relu (`init="kaiming"`), Xavier-uniform otherwise; biases
+    start at zero.
+    """
+
+    def __init__(
+        self,
+        nin: int,
+        nout: int,
+        bias: bool = True,
+        *,
+        init: str = "xavier",
+        rng: np.random.Generator | None = None,
+        dtype: Any = np.float64,
+    ) -> None:
+        rng = rng if rng is not None else np.random.default_rng()
+        if init == "kaiming":
+            w = rng.normal(0.0, np.sqrt(2.0 / nin), size=(nout, nin))
+        elif init == "xavier":
+            limit = np.sqrt(6.0 / (nin + nout))
+            w = rng.uniform(-limit, limit, size=(nout, nin))
+        else:
+            raise ValueError(f"unknown init {init!r}; expected 'xavier' or 'kaiming'")
+        self.weight = Tensor(w.astype(dtype), label="weight")
+        self.bias = Tensor(np.zeros(nout, dtype=dtype), label="bias") if bias else None
+
+    def forward(self, x: Any) -> Tensor:
+        x = x if isinstance(x, Tensor) else Tensor(x, requires_grad=False)
+        return linear(x, self.weight, self.bias)
+
+
+class Layer(Linear):
+    """The article's layer of `nout` neurons, vectorised: a Linear plus an activation."""
+
+    def __init__(
+        self,
+        nin: int,
+        nout: int,
+        activation: str | None = "tanh",
+        *,
+        rng: np.random.Generator | None = None,
+        dtype: Any = np.float64,
+    ) -> None:
+        _check_activation(activation)
+        init = "kaiming" if activation == "relu" else "xavier"
+        super().__init__(nin, nout, init=init, rng=rng, dtype=dtype)
+        self.activation = activation
+
+    def forward(self, x: Any) -> Tensor:
+        return _activate(super().forward(x), self.activation)
+
+
+class Neuron(Layer):
+    """The article's neuron: a Layer of one unit whose output drops the unit axis."""
+
+    def __init__(
+        self,
+        nin: int,
+        activation: str | None = "tanh",
+        *,
+        rng: np.random.Generator | None = None,
+        dtype: Any = np.float64,
+    ) -> None:
+        super().__init__(nin, 1, activation, rng=rng, dtype=dtype)
+
+    def forward(self, x: Any) -> Tensor:
+        out = super().forward(x)
+        return out.reshape(out.shape[:-1])
+
+
+class MLP(Module):
+    """`MLP(nin, nouts)`: layers of widths `nouts`; hidden layers use `activation`, the last
+    `output_activation` (linear if None). Input `(B, nin)` gives `(B, nout)`; a single sample
+    `(nin,)` gives `(nout,)`, or a 0-d tensor when `nout == 1` (the article's usage)."""
+
+    def __init__(
+        self,
+        nin: int,
+        nouts: list[int],
+        activation: str = "tanh",
+        output_activation: str | None = None,
+        seed: int | None = None,
+        dtype: Any = np.float64,
+    ) -> None:
+        if not nouts:
+            raise ValueError("MLP needs at least one layer width in nouts")
+        _check_activation(activation)
+        _check_activation(output_activation)
+        rng = np.random.default_rng(seed)
+        sizes = [nin, *nouts]
+        self.layers = [
+            Layer(
+                sizes[i],
+                sizes[i + 1],
+                activation if i < len(nouts) - 1 else output_activation,
+                rng=rng,
+                dtype=dtype,
+            )
+            for i in range(len(nouts))
+        ]
+
+    def forward(self, x: Any) -> Tensor:
+        if not isinstance(x, Tensor):
+            # Data arrive in the model's dtype (ints and float64 data feed a float32 model).
+            x = Tensor(np.asarray(x, dtype=self.layers[0].weight.dtype), requires_grad=False)
+        single = x.ndim == 1
+        for layer in self.layers:
+            x = layer(x)
+        if single and x.shape == (1,):
+            x = x.reshape(())
+        return x
