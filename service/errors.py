@@ -11,7 +11,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Request, Response, jsonify
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
@@ -56,6 +56,15 @@ class InputError(ApiError):
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(422, message, {field: message})
+
+
+class JsonErrorRequest(Request):
+    """`request.get_json()` answers a body that is not JSON with a `malformed_json` 400."""
+
+    def on_json_loading_failed(self, e: ValueError | None) -> Any:
+        if e is None:  # not a JSON content type
+            return super().on_json_loading_failed(e)
+        raise ApiError(400, f"The request body is not valid JSON: {e}", code="malformed_json")
 
 
 def error_response(
@@ -114,8 +123,6 @@ def handle_http_exception(err: HTTPException) -> tuple[Response, int]:
     if status == 400 and messages and "json" in messages:
         # webargs' answer to a body that is not JSON
         return error_response(400, "malformed_json", "The request body is not valid JSON.")
-    if status == 400 and "json" in (err.description or "").lower():
-        return error_response(400, "malformed_json", "The request body is not valid JSON.")
     if status == 422 and messages:
         fields = flatten_messages(messages)
         return error_response(422, "validation_error", _summary(fields), fields)
@@ -137,6 +144,7 @@ def handle_unexpected(err: Exception) -> tuple[Response, int]:
 
 def init_app(app: Flask) -> None:
     """Register the JSON error handlers (after flask-smorest's, which they replace)."""
+    app.request_class = JsonErrorRequest
     app.register_error_handler(ApiError, handle_api_error)
     app.register_error_handler(ValidationError, handle_validation_error)
     app.register_error_handler(HTTPException, handle_http_exception)

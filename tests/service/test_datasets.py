@@ -1,0 +1,272 @@
+"""POST/GET /api/v1/datasets: JSON and CSV uploads, validation, pagination."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+from flask.testing import FlaskClient
+
+from service.models import Dataset
+from service.modelspec import array_from_bytes
+
+URL = "/api/v1/datasets"
+
+
+def stored(app: Flask, dataset_id: str) -> Dataset:
+    with app.extensions["db_sessionmaker"]() as session:
+        return session.scalars(
+            sa.select(Dataset)
+            .where(Dataset.id == dataset_id)
+            .options(sa.orm.undefer(Dataset.features), sa.orm.undefer(Dataset.targets))
+        ).one()
+
+
+def count(app: Flask) -> int:
+    with app.extensions["db_sessionmaker"]() as session:
+        return session.scalar(sa.select(sa.func.count()).select_from(Dataset))
+
+
+def assert_error(response: Any, status: int, field: str | None = None) -> dict[str, Any]:
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.mimetype == "application/json"
+    error = response.get_json()["error"]
+    assert set(error) <= {"code", "message", "fields"}
+    assert isinstance(error["code"], str) and error["code"]
+    assert isinstance(error["message"], str) and error["message"]
+    if field is not None:
+        assert field in error["fields"], error
+    return error
+
+
+def test_json_regression_dataset(app: Flask, client: FlaskClient) -> None:
+    body = {"name": "line", "features": [[0.0, 1.0], [2.0, 3.5], [4, 5]], "targets": [1.5, 2, -3]}
+    r = client.post(URL, json=body)
+    assert r.status_code == 201
+    data = r.get_json()
+    assert r.headers["Location"] == f"{URL}/{data['id']}"
+    assert data["name"] == "line"
+    assert (data["n_samples"], data["n_features"], data["n_targets"]) == (3, 2, 1)
+    assert "classes" not in data
+    assert data["created_at"].endswith("+00:00")
+    row = stored(app, data["id"])
+    assert row.target_kind == "numeric"
+    np.testing.assert_array_equal(array_from_bytes(row.features), [[0, 1], [2, 3.5], [4, 5]])
+    np.testing.assert_array_equal(array_from_bytes(row.targets), [[1.5], [2], [-3]])
+    assert client.get(f"{URL}/{data['id']}").get_json() == data
+
+
+def test_json_int_targets_are_numeric_with_classes(app: Flask, client: FlaskClient) -> None:
+    r = client.post(URL, json={"name": "b", "features": [[0], [1], [2]], "targets": [3, 1, 3]})
+    assert r.status_code == 201
+    assert r.get_json()["classes"] == [1, 3]
+    row = stored(app, r.get_json()["id"])
+    assert row.target_kind == "numeric"
+    np.testing.assert_array_equal(array_from_bytes(row.targets), [[3], [1], [3]])
+
+
+def test_json_string_labels(app: Flask, client: FlaskClient) -> None:
+    body = {"name": "c", "features": [[0], [1], [2], [3]], "targets": ["b", "a", "c", "a"]}
+    r = client.post(URL, json=body)
+    assert r.status_code == 201
+    assert r.get_json()["classes"] == ["a", "b", "c"]
+    row = stored(app, r.get_json()["id"])
+    assert row.target_kind == "labels"
+    targets = array_from_bytes(row.targets)
+    assert targets.dtype == np.int64
+    np.testing.assert_array_equal(targets, [1, 0, 2, 0])
+
+
+def test_json_several_outputs(app: Flask, client: FlaskClient) -> None:
+    body = {"name": "m", "features": [[0], [1]], "targets": [[1, 2, 3], [4, 5, 6.5]]}
+    r = client.post(URL, json=body)
+    assert r.status_code == 201
+    assert r.get_json()["n_targets"] == 3
+    assert "classes" not in r.get_json()
+    np.testing.assert_array_equal(
+        array_from_bytes(stored(app, r.get_json()["id"]).targets), [[1, 2, 3], [4, 5, 6.5]]
+    )
+
+
+def test_csv_upload_default_target_is_last_column(app: Flask, client: FlaskClient) -> None:
+    csv = b"x1,x2,label\n0.5,1,yes\n-1,2e-1,no\n3,4,yes\n"
+    r = client.post(
+        URL,
+        data={"file": (io.BytesIO(csv), "animals.csv")},
+        content_type="multipart/form-data",
+    )
+    assert r.status_code == 201, r.get_json()
+    data = r.get_json()
+    assert data["name"] == "animals"
+    assert (data["n_samples"], data["n_features"], data["n_targets"]) == (3, 2, 1)
+    assert data["classes"] == ["no", "yes"]
+    assert data["feature_names"] == ["x1", "x2"]
+    row = stored(app, data["id"])
+    np.testing.assert_array_equal(array_from_bytes(row.features), [[0.5, 1], [-1, 0.2], [3, 4]])
+    np.testing.assert_array_equal(array_from_bytes(row.targets), [1, 0, 1])
+
+
+def test_csv_upload_named_target(app: Flask, client: FlaskClient) -> None:
+    csv = b"y,a,b\n1,2,3\n0,5,6\n"
+    r = client.post(
+        URL,
+        data={"file": (io.BytesIO(csv), "d.csv"), "target": "y", "name": "named"},
+        content_type="multipart/form-data",
+    )
+    assert r.status_code == 201, r.get_json()
+    data = r.get_json()
+    assert data["name"] == "named"
+    assert data["classes"] == [0, 1]
+    assert data["feature_names"] == ["a", "b"]
+    row = stored(app, data["id"])
+    np.testing.assert_array_equal(array_from_bytes(row.features), [[2, 3], [5, 6]])
+    np.testing.assert_array_equal(array_from_bytes(row.targets), [[1], [0]])
+
+
+@pytest.mark.parametrize(
+    ("csv", "form", "field"),
+    [
+        (b"a,b,c\n1,x,1\n", {}, "file"),  # a string in a feature column
+        (b"a,b\nx,1\n", {}, "file"),
+        (b"a,b\n1,2\n3\n", {}, "file"),  # ragged
+        (b"a,b\n", {}, "file"),  # header only
+        (b"", {}, "file"),
+        (b"a,b\nnan,1\n", {}, "file"),
+        (b"a,b\ninf,1\n", {}, "file"),
+        (b"a,b\n1,2\n", {"target": "nope"}, "target"),
+        (b"\xff\xfe\x00a", {}, "file"),
+    ],
+)
+def test_csv_errors(
+    app: Flask, client: FlaskClient, csv: bytes, form: dict[str, str], field: str
+) -> None:
+    r = client.post(
+        URL,
+        data={"file": (io.BytesIO(csv), "d.csv"), **form},
+        content_type="multipart/form-data",
+    )
+    assert_error(r, 422, field)
+    assert count(app) == 0
+
+
+def test_csv_missing_file(client: FlaskClient) -> None:
+    r = client.post(URL, data={"target": "y"}, content_type="multipart/form-data")
+    assert_error(r, 422, "file")
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"name": "x", "features": [[1, 2], [3]], "targets": [0, 1]}, "features"),
+        ({"name": "x", "features": [], "targets": []}, "features"),
+        ({"name": "x", "features": [[]], "targets": [1]}, "features"),
+        ({"name": "x", "features": [[1, "2"]], "targets": [1]}, "features"),
+        ({"name": "x", "features": [[1, None]], "targets": [1]}, "features"),
+        ({"name": "x", "features": [[1, True]], "targets": [1]}, "features"),
+        ({"name": "x", "features": [[1, 10**400]], "targets": [1]}, "features"),
+        ({"name": "x", "features": [1, 2], "targets": [1, 2]}, "features"),
+        ({"name": "x", "features": "1,2", "targets": [1]}, "features"),
+        ({"name": "x", "features": [[1], [2]], "targets": [1]}, "targets"),
+        ({"name": "x", "features": [[1], [2]], "targets": [1, "a"]}, "targets"),
+        ({"name": "x", "features": [[1], [2]], "targets": [[1], [2, 3]]}, "targets"),
+        ({"name": "x", "features": [[1], [2]], "targets": [None, 1]}, "targets"),
+        ({"name": "x", "features": [[1]], "targets": 1}, "targets"),
+        ({"features": [[1]], "targets": [1]}, "name"),
+        ({"name": "", "features": [[1]], "targets": [1]}, "name"),
+        ({"name": "x", "targets": [1]}, "features"),
+        ({"name": "x", "features": [[1]], "targets": [1], "extra": 1}, "extra"),
+    ],
+)
+def test_json_validation_errors(
+    app: Flask, client: FlaskClient, body: dict[str, Any], field: str
+) -> None:
+    assert_error(client.post(URL, json=body), 422, field)
+    assert count(app) == 0
+
+
+@pytest.mark.parametrize("bad", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_numbers(app: Flask, client: FlaskClient, bad: str) -> None:
+    # Python's json module reads these; they must not reach the store.
+    features = f'{{"name": "x", "features": [[1.0, {bad}]], "targets": [1]}}'
+    r = client.post(URL, data=features, content_type="application/json")
+    assert "finite" in assert_error(r, 422, "features")["fields"]["features"]
+    targets = f'{{"name": "x", "features": [[1.0]], "targets": [{bad}]}}'
+    r = client.post(URL, data=targets, content_type="application/json")
+    assert_error(r, 422, "targets")
+    assert count(app) == 0
+
+
+@pytest.mark.app_config({"LIMITS": None})
+def test_limits(app: Flask, client: FlaskClient) -> None:
+    from service.config import Limits
+
+    app.config["LIMITS"] = Limits(max_rows=3, max_features=2, max_classes=2)
+    r = client.post(URL, json={"name": "x", "features": [[1]] * 4, "targets": [1] * 4})
+    assert "limit" in assert_error(r, 422, "features")["message"]
+    r = client.post(URL, json={"name": "x", "features": [[1, 2, 3]], "targets": [1]})
+    assert_error(r, 422, "features")
+    r = client.post(URL, json={"name": "x", "features": [[1]] * 3, "targets": ["a", "b", "c"]})
+    assert_error(r, 422, "targets")
+    assert count(app) == 0
+    r = client.post(URL, json={"name": "x", "features": [[1, 2]] * 3, "targets": ["a", "b", "a"]})
+    assert r.status_code == 201
+
+
+def test_malformed_json(app: Flask, client: FlaskClient) -> None:
+    r = client.post(URL, data='{"name": "x", "features": [[1]', content_type="application/json")
+    assert assert_error(r, 400)["code"] == "malformed_json"
+    assert count(app) == 0
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
+def test_wrong_content_type(app: Flask, client: FlaskClient, content_type: str | None) -> None:
+    body = '{"name": "x", "features": [[1]], "targets": [1]}'
+    r = client.post(URL, data=body, content_type=content_type)
+    assert assert_error(r, 415)["code"] == "unsupported_media_type"
+    assert count(app) == 0
+
+
+@pytest.mark.app_config({"MAX_CONTENT_LENGTH": 2000})
+def test_body_over_limit(app: Flask, client: FlaskClient) -> None:
+    body = {"name": "big", "features": [[0.123456789]] * 400, "targets": [1.0] * 400}
+    r = client.post(URL, json=body)
+    assert assert_error(r, 413)["code"] == "payload_too_large"
+    csv = b"a,b\n" + b"1.23456789,1\n" * 400
+    r = client.post(
+        URL, data={"file": (io.BytesIO(csv), "d.csv")}, content_type="multipart/form-data"
+    )
+    assert_error(r, 413)
+    assert count(app) == 0
+
+
+def test_unknown_dataset(client: FlaskClient) -> None:
+    r = client.get(f"{URL}/doesnotexist")
+    assert assert_error(r, 404)["code"] == "not_found"
+
+
+def test_list_paginated_newest_first(client: FlaskClient) -> None:
+    ids = []
+    for i in range(5):
+        r = client.post(URL, json={"name": f"d{i}", "features": [[i]], "targets": [i]})
+        ids.append(r.get_json()["id"])
+    r = client.get(f"{URL}?page=1&page_size=2")
+    assert r.status_code == 200
+    body = r.get_json()
+    assert body["pagination"] == {"page": 1, "page_size": 2, "total": 5, "pages": 3}
+    assert [d["id"] for d in body["items"]] == ids[::-1][:2]
+    last = client.get(f"{URL}?page=3&page_size=2").get_json()
+    assert [d["id"] for d in last["items"]] == [ids[0]]
+    assert client.get(f"{URL}?page=4&page_size=2").get_json()["items"] == []
+    default = client.get(URL).get_json()
+    assert default["pagination"]["page_size"] == 20
+    assert len(default["items"]) == 5
+
+
+@pytest.mark.parametrize("query", ["page=0", "page_size=0", "page_size=101", "page=x"])
+def test_list_bad_pagination(client: FlaskClient, query: str) -> None:
+    field = query.split("=")[0]
+    assert_error(client.get(f"{URL}?{query}"), 422, field)
