@@ -141,6 +141,23 @@ def train(
 
     Raises `DivergedError` when a loss turns NaN or inf, with the finished epochs' history.
     """
+    # Overflow is expected when training diverges; it is reported as a non-finite loss.
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        return _train(
+            features, targets, model_spec, training_spec, target_kind, classes, on_epoch, graph
+        )
+
+
+def _train(
+    features: np.ndarray,
+    targets: np.ndarray,
+    model_spec: dict[str, Any],
+    training_spec: dict[str, Any],
+    target_kind: str,
+    classes: list[Any] | None,
+    on_epoch: EpochCallback | None,
+    graph: bool,
+) -> TrainResult:
     loss_name = training_spec.get("loss", "mse")
     x_all = np.asarray(features, dtype=np.float64)
     if x_all.ndim != 2 or len(x_all) == 0:

@@ -175,7 +175,10 @@ def test_cancel_while_running_stops_at_an_epoch_boundary(
     assert 2 <= job.epoch < 5000
     assert epochs_of(factory, job_id) == list(range(1, job.epoch + 1))
     with session_scope(factory) as session:
-        assert session.scalar(sa.select(sa.func.count()).select_from(TrainedModel)) == 0
+        assert (
+            session.scalars(sa.select(TrainedModel).where(TrainedModel.job_id == job_id)).all()
+            == []
+        )
 
 
 def test_redelivery_after_lost_worker_takes_over(factory: sessionmaker[Session]) -> None:

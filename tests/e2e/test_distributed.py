@@ -1,0 +1,137 @@
+"""Distributed mode end to end: PostgreSQL + Redis, the API under gunicorn, TWO `celery worker`
+processes training jobs at the same time; cancellation and divergence through the API.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import datetime
+
+import numpy as np
+import pytest
+import redis
+
+from tests.conftest import REDIS_URL
+from tests.e2e.conftest import (
+    Api,
+    Processes,
+    api_cmd,
+    base_env,
+    check_model,
+    free_port,
+    worker_cmd,
+)
+from tests.workers.datasets import blobs, moons, regression
+
+pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
+
+REDIS_DB = 15  # the shared fixture uses 8..14
+
+
+@pytest.fixture(scope="module")
+def api(pg_database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    broker = f"{REDIS_URL}/{REDIS_DB}"
+    client = redis.Redis.from_url(broker)
+    client.flushdb()
+    env = base_env(DATABASE_URL=pg_database_url, CELERY_BROKER_URL=broker)
+    procs = Processes(tmp_path_factory.mktemp("distributed"))
+    try:
+        workers = [procs.start(name, worker_cmd(name), env) for name in ("w1", "w2")]
+        port = free_port()
+        server = procs.start("api", api_cmd(port), env)
+        client_api = Api(f"http://127.0.0.1:{port}", server)
+        client_api.wait_ready(60)
+        for worker in workers:
+            worker.wait_for_output(" ready.", 60)
+        yield client_api
+    finally:
+        procs.stop_all()
+        client.flushdb()
+        client.close()
+
+
+def when(value: str) -> datetime:
+    return datetime.fromisoformat(value)
+
+
+def test_two_workers_train_moons_and_three_classes_concurrently(api: Api) -> None:
+    xm, ym = moons(500, noise=0.1, seed=1)
+    xb, yb = blobs(300, classes=3, seed=2)
+    moons_id = api.job(
+        api.dataset(xm, ym, "moons"), [16, 16, 1], loss="binary_cross_entropy",
+        optimizer="adam", learning_rate=0.02, epochs=60, batch_size=32, seed=0,
+    )  # fmt: skip
+    blobs_id = api.job(
+        api.dataset(xb, yb, "blobs"), [16, 3], loss="cross_entropy",
+        optimizer="sgd", momentum=0.9, learning_rate=0.05, epochs=60, batch_size=32,
+    )  # fmt: skip
+    a = api.wait(moons_id, timeout=150)
+    b = api.wait(blobs_id, timeout=150)
+    assert a["metrics"]["accuracy"] >= 0.95, a["metrics"]
+    assert b["metrics"]["accuracy"] >= 0.95, b["metrics"]
+    # each worker trains one job at a time, so overlapping runs mean two workers
+    assert when(a["started_at"]) < when(b["finished_at"])
+    assert when(b["started_at"]) < when(a["finished_at"])
+    check_model(api, a, xm[:50])
+    check_model(api, b, xb[:50])
+
+
+def long_job(api: Api) -> str:
+    x, y = regression(16)
+    return api.job(api.dataset(x, y[:, 0], "long"), [4, 1], loss="mse", epochs=10000,
+                   batch_size=None)  # fmt: skip
+
+
+def test_cancel_running_and_queued(api: Api) -> None:
+    running = [long_job(api), long_job(api)]
+    for job_id in running:
+        api.wait(job_id, ("running",), timeout=30)
+    queued = long_job(api)  # both workers are busy: it waits in the queue
+    time.sleep(0.5)
+    assert api.get(f"/jobs/{queued}").json()["status"] == "queued"
+    r = api.http.post(f"{api.base}/api/v1/jobs/{queued}/cancel", timeout=10)
+    assert r.status_code in (200, 202), r.text
+
+    # wait until the running jobs have some history, then cancel them
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if all(api.get(f"/jobs/{j}").json()["progress"]["epoch"] >= 3 for j in running):
+            break
+        time.sleep(0.1)
+    for job_id in running:
+        r = api.http.post(f"{api.base}/api/v1/jobs/{job_id}/cancel", timeout=10)
+        assert r.status_code in (200, 202), r.text
+    for job_id in running:
+        job = api.wait(job_id, ("cancelled",), timeout=30)
+        assert 3 <= job["progress"]["epoch"] < 10000
+        assert len(job["loss_history"]) == job["progress"]["epoch"]
+        assert job["model_id"] is None
+
+    job = api.wait(queued, ("cancelled",), timeout=10)
+    time.sleep(1.0)  # a worker now receives its message, and must not start it
+    job = api.get(f"/jobs/{queued}").json()
+    assert job["status"] == "cancelled"
+    assert job["attempts"] == 0 and job["started_at"] is None and job["loss_history"] == []
+    r = api.http.post(f"{api.base}/api/v1/jobs/{queued}/cancel", timeout=10)
+    assert r.status_code == 409
+
+
+def test_diverging_job_fails_with_message(api: Api) -> None:
+    x, y = regression(32)
+    job_id = api.job(api.dataset(x, y[:, 0] * 1000, "wild"), [16, 16, 1], loss="mse",
+                     optimizer="sgd", learning_rate=1e6, epochs=200, batch_size=8)  # fmt: skip
+    job = api.wait(job_id, ("failed",), timeout=60)
+    assert "NaN" in job["error"] or "inf" in job["error"]
+    assert "learning_rate" in job["error"]
+    assert job["model_id"] is None
+    assert np.all(np.isfinite(job["loss_history"]))
+
+
+def test_worker_logs_have_no_tracebacks(api: Api) -> None:
+    # every failure above was a job failure, recorded in the store; no worker died
+    assert api.proc is not None
+    folder = api.proc.log.parent
+    for log in folder.glob("w*.log"):
+        text = log.read_text(errors="replace")
+        assert "WorkerLostError" not in text and "Traceback" not in text, text[-3000:]
