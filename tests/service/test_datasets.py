@@ -13,6 +13,7 @@ from flask.testing import FlaskClient
 
 from service.models import Dataset
 from service.modelspec import array_from_bytes
+from tests.service.helpers import assert_error
 
 URL = "/api/v1/datasets"
 
@@ -29,18 +30,6 @@ def stored(app: Flask, dataset_id: str) -> Dataset:
 def count(app: Flask) -> int:
     with app.extensions["db_sessionmaker"]() as session:
         return session.scalar(sa.select(sa.func.count()).select_from(Dataset))
-
-
-def assert_error(response: Any, status: int, field: str | None = None) -> dict[str, Any]:
-    assert response.status_code == status, response.get_data(as_text=True)
-    assert response.mimetype == "application/json"
-    error = response.get_json()["error"]
-    assert set(error) <= {"code", "message", "fields"}
-    assert isinstance(error["code"], str) and error["code"]
-    assert isinstance(error["message"], str) and error["message"]
-    if field is not None:
-        assert field in error["fields"], error
-    return error
 
 
 def test_json_regression_dataset(app: Flask, client: FlaskClient) -> None:
