@@ -142,9 +142,9 @@ class Api:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                if self.http.get(f"{self.base}/readyz", timeout=2).status_code == 200:
+                if self.http.get(f"{self.base}/readyz", timeout=5).status_code == 200:
                     return
-            except requests.ConnectionError:
+            except requests.RequestException:
                 pass
             time.sleep(0.2)
         log = self.proc.text()[-4000:] if self.proc else ""
