@@ -132,8 +132,8 @@ def create_job(session: Session, data: dict[str, Any], limits: Limits) -> Job:
     else:
         stored = session.get(Dataset, data["dataset_id"])
         if stored is None:
-            # the id is in the body, so the body is at fault: 422, not 404
-            raise InputError("dataset_id", f"no dataset with id {data['dataset_id']!r}")
+            message = f"no dataset with id {data['dataset_id']!r}"
+            raise ApiError(404, message, {"dataset_id": message})
         facts = {
             "n_samples": stored.n_samples,
             "n_features": stored.n_features,

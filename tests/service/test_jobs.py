@@ -128,7 +128,6 @@ INVALID = [
     ({"layers": [4, 1]}, {"validation_split": 0.01}, None, "training.validation_split"),
     ({"layers": [4, 1]}, {"epochs": 10_001}, None, "training.epochs"),
     ({"layers": [4, 1]}, {"unknown": 1}, None, "training.unknown"),
-    ({"layers": [4, 1]}, {}, {"dataset_id": "nope"}, "dataset_id"),
     ({"layers": [4, 1]}, {}, {"dataset_id": None}, "dataset_id"),
     ({"layers": [4, 1]}, {}, {"dataset": binary_dataset()}, "dataset_id"),  # both
     ({"layers": [4, 1]}, {}, {"dataset_id": "__drop__"}, "dataset_id"),  # neither
@@ -234,6 +233,12 @@ def test_malformed_json_and_content_type(
     assert assert_error(client.post(URL, json=[1, 2]), 422)["code"] == "validation_error"
     assert counts(app) == (0, 0)
     assert queued_messages() == 0
+
+
+def test_unknown_dataset_id(app: Flask, client: FlaskClient) -> None:
+    error = assert_error(client.post(URL, json={"dataset_id": "nope", **SPEC}), 404, "dataset_id")
+    assert error["code"] == "not_found"
+    assert counts(app) == (0, 0)
 
 
 def test_unknown_job(client: FlaskClient) -> None:
