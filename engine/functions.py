@@ -153,7 +153,10 @@ def linear(x: Any, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         out += bias.data  # `out` is fresh from the matmul: add in place
 
     def backward(g: np.ndarray) -> tuple:
-        gx = g @ wd if x.requires_grad else None
+        gx = None
+        if x.requires_grad:
+            # With one output unit the GEMM is an outer product, faster as a broadcast.
+            gx = g * wd[0] if wd.shape[0] == 1 else g @ wd
         gw = None
         if weight.requires_grad:
             if xd.ndim == 1:
@@ -201,8 +204,21 @@ def sqrt(a: Tensor) -> Tensor:
     return _result(out, (a,), backward, "sqrt")
 
 
+def _tanh(x: np.ndarray) -> np.ndarray:
+    if x.dtype != np.float64 or x.size < 1024:
+        return np.tanh(x)
+    # NumPy's float64 tanh is scalar code; 2 / (1 + exp(-2x)) - 1 uses its SIMD exp.
+    t = np.multiply(x, -2.0)
+    with np.errstate(over="ignore"):
+        np.exp(t, out=t)
+    t += 1
+    np.divide(2.0, t, out=t)
+    t -= 1
+    return t
+
+
 def tanh(a: Tensor) -> Tensor:
-    out = np.tanh(a.data)
+    out = _tanh(a.data)
 
     def backward(g: np.ndarray) -> tuple:
         ga = out * out
@@ -261,7 +277,7 @@ def sum(a: Tensor, axis: Axis = None, keepdims: bool = False) -> Tensor:
 def mean(a: Tensor, axis: Axis = None, keepdims: bool = False) -> Tensor:
     shape = a.data.shape
     out = a.data.mean(axis=axis, keepdims=keepdims)
-    count = a.data.size // max(np.asarray(out).size, 1) if a.data.size else 1
+    count = a.data.size // builtins.max(np.asarray(out).size, 1) if a.data.size else 1
 
     def backward(g: np.ndarray) -> tuple:
         return (_expand(g / count, shape, axis, keepdims),)
@@ -432,7 +448,7 @@ def binary_cross_entropy_with_logits(logits: Tensor, target: Any) -> Tensor:
         sig += 1
         sig *= 0.5
         gx = (sig - y) * scale if logits.requires_grad else None
-        gy = x * -scale if target.requires_grad else None
+        gy = np.broadcast_to(x * -scale, terms.shape) if target.requires_grad else None
         return gx, gy
 
     return _result(np.mean(terms), (logits, target), backward, "bce_with_logits")

@@ -45,7 +45,8 @@ def unbroadcast(grad: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     ones = tuple(i for i, n in enumerate(shape) if n == 1 and grad.shape[i] != 1)
     if ones:
         grad = grad.sum(axis=ones, keepdims=True)
-    return grad
+    # A full reduction gives a NumPy scalar; gradients are always arrays (accumulated in place).
+    return grad if isinstance(grad, np.ndarray) else np.asarray(grad)
 
 
 def _summary(a: np.ndarray) -> str:
@@ -135,7 +136,9 @@ class Tensor:
             g = pending.pop(node, None)
             if g is None:
                 continue
-            assert g.shape == node.data.shape, f"grad {g.shape} for tensor {node.data.shape}"
+            assert g.shape == node.data.shape, (
+                f"grad {g.shape} for {node._op or 'leaf'} {node.shape}"
+            )
             if node._grad is None:
                 node._grad = g
             else:
