@@ -28,10 +28,10 @@ OPENAPI_CONFIG: dict[str, Any] = {
     "OPENAPI_VERSION": "3.0.3",
     "OPENAPI_URL_PREFIX": API_PREFIX,
     "OPENAPI_JSON_PATH": "openapi.json",
-    # Swagger UI's page is served here; its scripts come from OPENAPI_SWAGGER_UI_URL (a CDN by
-    # default; point it at a local copy of swagger-ui-dist for machines with no internet).
+    # Swagger UI's page; its scripts and styles are served by this app (service.api.docs) from
+    # the swagger-ui-bundle package, so the page works with no internet access.
     "OPENAPI_SWAGGER_UI_PATH": "docs",
-    "OPENAPI_SWAGGER_UI_URL": "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/",
+    "OPENAPI_SWAGGER_UI_URL": "/api/v1/docs/static/",
     "API_SPEC_OPTIONS": {
         "info": {
             "description": "Submit datasets and MLP specs; workers train them; fetch and use "
@@ -82,12 +82,13 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.extensions["db_sessionmaker"] = make_sessionmaker(engine)
     celery_init_app(app)
 
-    from service.api import close_db, datasets, health, jobs, models
+    from service.api import close_db, datasets, docs, health, jobs, models
 
     app.teardown_appcontext(close_db)
     api = TrainyardApi(app)
     for blp in (datasets.blp, jobs.blp, models.blp):
         api.register_blueprint(blp, url_prefix=f"{API_PREFIX}{blp.url_prefix}")
     api.register_blueprint(health.blp)
+    app.register_blueprint(docs.bp)
     errors.init_app(app)
     return app

@@ -95,3 +95,14 @@ def test_docs_page(client: FlaskClient) -> None:
     r = client.get("/api/v1/docs")
     assert r.status_code == 200
     assert "openapi.json" in r.get_data(as_text=True)
+
+
+def test_docs_page_loads_swagger_ui_from_this_app(client: FlaskClient) -> None:
+    page = client.get("/api/v1/docs").get_data(as_text=True)
+    assert "cdn." not in page
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
+        assert f"/api/v1/docs/static/{asset}" in page
+        r = client.get(f"/api/v1/docs/static/{asset}")
+        assert r.status_code == 200
+        assert len(r.get_data()) > 10_000
+    assert client.get("/api/v1/docs/static/../../config.py").status_code == 404
