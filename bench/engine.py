@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import sys
 import time
 from collections.abc import Callable
@@ -72,7 +73,7 @@ def torch_step(model: nn.MLP, X: np.ndarray, y: np.ndarray, loss_name: str, lr: 
     state = model.state_dict()
     layers: list[torch.nn.Module] = []
     n = len(model.layers)
-    for i, layer in enumerate(model.layers):
+    for i in range(n):
         w = state[f"layers.{i}.weight"]
         lin = torch.nn.Linear(w.shape[1], w.shape[0], dtype=torch.from_numpy(w).dtype)
         with torch.no_grad():
@@ -107,7 +108,7 @@ def gemm_floor(sizes: list[int], batch: int, dtype: Any, repeats: int = 30) -> t
     rng = np.random.default_rng(0)
     flops = 0.0
     gemms = []
-    for i, (nin, nout) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+    for i, (nin, nout) in enumerate(itertools.pairwise(sizes)):
         x = rng.normal(size=(batch, nin)).astype(dtype)
         w = rng.normal(size=(nout, nin)).astype(dtype)
         g = rng.normal(size=(batch, nout)).astype(dtype)
@@ -218,7 +219,8 @@ def main() -> None:
         print(
             f"{r['case']:31} {r['dtype']:8} {r['engine'] * 1e3:9.3f} "
             f"{r.get('torch1', np.nan) * 1e3:8.3f} {r.get('torch2', np.nan) * 1e3:8.3f} "
-            f"{r['engine'] / best:6.2f} {r['floor'] * 1e3:8.3f} {r['flops'] / r['floor'] / 1e9:8.1f}",
+            f"{r['engine'] / best:6.2f} {r['floor'] * 1e3:8.3f} "
+            f"{r['flops'] / r['floor'] / 1e9:8.1f}",
             flush=True,
         )
     print("ratio = engine / PyTorch's best; targets: (2) <= 2.0, (3) <= 1.2")
