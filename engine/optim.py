@@ -41,6 +41,7 @@ class SGD(Optimizer):
         self.momentum = momentum
         self.weight_decay = weight_decay
         self.buffers: list[np.ndarray | None] = [None] * len(self.params)
+        self.scratch: list[np.ndarray | None] = [None] * len(self.params)
 
     def step(self) -> None:
         for i, p in enumerate(self.params):
@@ -57,7 +58,12 @@ class SGD(Optimizer):
                     buf *= self.momentum
                     buf += g
                 g = buf
-            p.data -= self.lr * g
+            # One scratch array per parameter: no large temporary allocated per step.
+            scratch = self.scratch[i]
+            if scratch is None or scratch.dtype != np.result_type(g, p.data):
+                scratch = self.scratch[i] = np.empty(p.data.shape, np.result_type(g, p.data))
+            np.multiply(g, self.lr, out=scratch)
+            p.data -= scratch
 
 
 class Adam(Optimizer):
