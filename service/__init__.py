@@ -47,18 +47,6 @@ class TrainyardApi(Api):
     ERROR_SCHEMA = ErrorSchema
 
 
-def _fit_transport_options(celery: dict[str, Any]) -> None:
-    """Drop Redis-only transport options for kombu's SQLAlchemy transport.
-
-    That transport passes its transport options to `sqlalchemy.create_engine`, which rejects
-    `visibility_timeout`, so publishing to the embedded broker would fail.
-    """
-    if str(celery.get("broker_url", "")).startswith("sqla+"):
-        options = dict(celery.get("broker_transport_options") or {})
-        options.pop("visibility_timeout", None)
-        celery["broker_transport_options"] = options
-
-
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
     settings = Settings()
@@ -75,7 +63,6 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         )
         app.config["CELERY"] = celery_config(effective)
     app.config["BROKER_URL"] = app.config["CELERY"]["broker_url"]
-    _fit_transport_options(app.config["CELERY"])
 
     engine = make_engine(app.config["DATABASE_URL"])
     app.extensions["db_engine"] = engine

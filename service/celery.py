@@ -20,8 +20,11 @@ TRAIN_TASK = "trainyard.train_job"
 
 def celery_config(settings: Any) -> dict[str, Any]:
     """Celery settings derived from `service.config.Settings`."""
-    transport_options: dict[str, Any] = {"visibility_timeout": settings.visibility_timeout}
-    if settings.broker_url.startswith("filesystem://"):
+    transport_options: dict[str, Any] = {}
+    if settings.broker_url.startswith(("redis://", "rediss://", "redis+socket://")):
+        # Redis re-delivers an unacknowledged message after this; it must exceed the hard limit.
+        transport_options["visibility_timeout"] = settings.visibility_timeout
+    elif settings.broker_url.startswith("filesystem://"):
         transport_options.update(filesystem_broker_options(settings.broker_url))
         transport_options["polling_interval"] = settings.broker_polling_interval
     return {
