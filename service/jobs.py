@@ -162,13 +162,17 @@ def create_job(session: Session, data: dict[str, Any], limits: Limits) -> Job:
     return job
 
 
-def publish(celery: Celery, job_id: str) -> bool:
-    """Send the job's message; False (logged) when the broker cannot be reached."""
+def publish(session: Session, celery: Celery, job_id: str) -> bool:
+    """Send the job's message and record when; False (logged) if the broker is unreachable."""
     try:
         celery.send_task(TRAIN_TASK, args=[job_id], retry=True, retry_policy=PUBLISH_RETRY_POLICY)
     except Exception:
         log.warning("could not publish job %s; it stays queued", job_id, exc_info=True)
         return False
+    session.execute(
+        sa.update(Job).where(Job.id == job_id, Job.status == "queued").values(published_at=utcnow())
+    )
+    session.commit()
     return True
 
 

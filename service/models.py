@@ -68,6 +68,9 @@ class Job(Base):
     )
     started_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    # When the job's message was last handed to the broker (null: never, e.g. broker down);
+    # a reconciler publishes queued jobs again whose message may have been lost.
+    published_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
     # Last sign of life from the worker running the job (a reaper can fail stale jobs).
     heartbeat_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
 

@@ -45,7 +45,7 @@ class Jobs(MethodView):
         """
         session = db()
         job = jobs.create_job(session, data, limits())
-        jobs.publish(current_app.extensions["celery"], job.id)
+        jobs.publish(session, current_app.extensions["celery"], job.id)
         location = url_for("jobs.JobById", job_id=job.id)
         return jobs.serialize_job(session, job), 202, {"Location": location}
 

@@ -64,6 +64,7 @@ def test_submit_with_dataset_id(
         assert stored.status == "queued"
         assert stored.training_spec == job["training"]
         assert stored.epochs == 7
+        assert stored.published_at is not None
 
 
 def test_submit_defaults_and_inline_dataset(
@@ -374,3 +375,5 @@ def test_broker_down_still_answers_and_keeps_job_queued(app: Flask, client: Flas
     assert r.status_code == 202
     assert elapsed < 5, elapsed
     assert client.get(f"{URL}/{r.get_json()['id']}").get_json()["status"] == "queued"
+    with app.extensions["db_sessionmaker"]() as session:
+        assert session.get(Job, r.get_json()["id"]).published_at is None
