@@ -69,6 +69,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.extensions["db_sessionmaker"] = make_sessionmaker(engine)
     celery_init_app(app)
 
+    from service import dashboard
     from service.api import close_db, datasets, docs, health, jobs, models
 
     app.teardown_appcontext(close_db)
@@ -77,5 +78,6 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         api.register_blueprint(blp, url_prefix=f"{API_PREFIX}{blp.url_prefix}")
     api.register_blueprint(health.blp)
     app.register_blueprint(docs.bp)
+    app.register_blueprint(dashboard.bp)
     errors.init_app(app)
     return app
