@@ -24,6 +24,11 @@ def celery_config(settings: Any) -> dict[str, Any]:
     if settings.broker_url.startswith(("redis://", "rediss://", "redis+socket://")):
         # Redis re-delivers an unacknowledged message after this; it must exceed the hard limit.
         transport_options["visibility_timeout"] = settings.visibility_timeout
+        # A hung Redis (paused, overloaded) must not hang an API request or a worker for ever.
+        timeout = getattr(settings, "broker_socket_timeout", None)
+        if timeout:
+            transport_options["socket_timeout"] = timeout
+            transport_options["socket_connect_timeout"] = timeout
     elif settings.broker_url.startswith("filesystem://"):
         transport_options.update(filesystem_broker_options(settings.broker_url))
         transport_options["polling_interval"] = settings.broker_polling_interval
@@ -34,8 +39,9 @@ def celery_config(settings: Any) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
-        "task_soft_time_limit": settings.task_soft_time_limit,
-        "task_time_limit": settings.task_time_limit,
+        # 0 means no limit
+        "task_soft_time_limit": settings.task_soft_time_limit or None,
+        "task_time_limit": settings.task_time_limit or None,
         "broker_transport_options": transport_options,
         "result_backend_transport_options": transport_options,
         "visibility_timeout": settings.visibility_timeout,

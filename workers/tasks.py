@@ -24,6 +24,11 @@ The store, not Celery, holds the job's state. The task receives only the job id 
 4. Saves weights, graph SVG, metrics and `succeeded` in one transaction, only while the attempt
    still owns the running job. Every failure (bad data, divergence, soft time limit, any
    exception) ends the job `failed` with a message; the task itself never raises.
+5. Retries every store write whose database connection broke (`with_db_retry`; the engine pings
+   connections on checkout), so a cut connection costs a pause, not the job.
+
+Lost workers whose message never comes back, hard time limits and lost messages are handled by
+`workers.maintenance` (reaper, reconciler) in the worker's main process.
 """
 
 from __future__ import annotations
@@ -31,10 +36,12 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from celery import shared_task
@@ -49,6 +56,11 @@ from service.modelspec import array_from_bytes, weights_to_npz
 from workers.training import TrainingError, TrainResult, train
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Pauses between tries of a store write whose connection broke (the pool pings on checkout).
+DB_RETRY_DELAYS = (0.2, 1.0, 3.0)
 
 
 @dataclass(frozen=True)
@@ -77,7 +89,7 @@ def train_job(self: Any, job_id: str) -> str:
         max_attempts=int(config.get("MAX_ATTEMPTS", 3)),
         stale_after=float(config.get("STALE_AFTER", 60.0)),
         heartbeat_interval=float(config.get("HEARTBEAT_INTERVAL", 10.0)),
-        soft_time_limit=config.get("TASK_SOFT_TIME_LIMIT"),
+        soft_time_limit=config.get("TASK_SOFT_TIME_LIMIT") or None,
     )
     factory = session_factory(str(config["DATABASE_URL"]))
     try:
@@ -98,10 +110,28 @@ def session_factory(database_url: str) -> sessionmaker[Session]:
     return _factories[key]
 
 
+def with_db_retry(write: Callable[[], T], what: str) -> T:
+    """`write()` (one whole transaction), tried again when the database connection broke.
+
+    A connection cut under a running job (a restarted or failed-over PostgreSQL, an admin's
+    `pg_terminate_backend`) fails the statement in flight; the next try checks out a fresh,
+    pinged connection. Every retried write is idempotent (conditional UPDATEs, merged rows).
+    """
+    for delay in (*DB_RETRY_DELAYS, None):
+        try:
+            return write()
+        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+            if delay is None:
+                raise
+            log.warning("%s: database error, retrying in %ss: %s", what, delay, exc)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
 def run_job(factory: sessionmaker[Session], job_id: str, settings: WorkerSettings) -> str:
     """Claim and run one job; returns the outcome. Raises `_Busy` only (see module doc)."""
     try:
-        claim = claim_job(factory, job_id, settings)
+        claim = with_db_retry(lambda: claim_job(factory, job_id, settings), f"job {job_id} claim")
     except _Busy:
         raise
     except Exception:
@@ -209,7 +239,7 @@ def claim_job(factory: sessionmaker[Session], job_id: str, settings: WorkerSetti
         return Claim(job_id, row.attempts)
 
 
-def _run_claimed(factory: sessionmaker[Session], claim: Claim) -> str:
+def _load(factory: sessionmaker[Session], claim: Claim) -> dict[str, Any]:
     with session_scope(factory) as session:
         job = session.get(Job, claim.job_id)
         assert job is not None
@@ -221,14 +251,24 @@ def _run_claimed(factory: sessionmaker[Session], claim: Claim) -> str:
         if dataset is None:
             raise ValueError(f"dataset {job.dataset_id} does not exist")
         model_spec, training_spec = dict(job.model_spec), dict(job.training_spec)
-        dataset_id = dataset.id
         features = array_from_bytes(dataset.features)
         targets = array_from_bytes(dataset.targets)
-        target_kind, classes = dataset.target_kind, dataset.classes
+        return {
+            "model_spec": model_spec,
+            "training_spec": training_spec,
+            "dataset_id": dataset.id,
+            "features": features,
+            "targets": targets,
+            "target_kind": dataset.target_kind,
+            "classes": dataset.classes,
+        }
 
+
+def _run_claimed(factory: sessionmaker[Session], claim: Claim) -> str:
+    loaded = with_db_retry(lambda: _load(factory, claim), f"job {claim.job_id} load")
     state = {"cancelled": False, "lost": False}
 
-    def on_epoch(epoch: int, loss: float, val_loss: float | None) -> bool:
+    def write_epoch(epoch: int, loss: float, val_loss: float | None) -> Any:
         with session_scope(factory) as session:
             row = session.execute(
                 sa.update(Job)
@@ -236,29 +276,41 @@ def _run_claimed(factory: sessionmaker[Session], claim: Claim) -> str:
                 .values(epoch=epoch, heartbeat_at=utcnow())
                 .returning(Job.cancel_requested)
             ).first()
-            if row is None:
-                state["lost"] = True
-                return False
-            session.add(JobEpoch(job_id=claim.job_id, epoch=epoch, loss=loss, val_loss=val_loss))
+            if row is not None:
+                # merge: a retry after a commit whose answer was lost writes the same row again
+                session.merge(
+                    JobEpoch(job_id=claim.job_id, epoch=epoch, loss=loss, val_loss=val_loss)
+                )
+            return row
+
+    def on_epoch(epoch: int, loss: float, val_loss: float | None) -> bool:
+        row = with_db_retry(
+            lambda: write_epoch(epoch, loss, val_loss), f"job {claim.job_id} epoch {epoch}"
+        )
+        if row is None:
+            state["lost"] = True
+            return False
         if row.cancel_requested:
             state["cancelled"] = True
             return False
         return True
 
     result = train(
-        features,
-        targets,
-        model_spec,
-        training_spec,
-        target_kind=target_kind,
-        classes=classes,
+        loaded["features"],
+        loaded["targets"],
+        loaded["model_spec"],
+        loaded["training_spec"],
+        target_kind=loaded["target_kind"],
+        classes=loaded["classes"],
         on_epoch=on_epoch,
     )
     if state["lost"]:
         return "lost"
     if not result.completed:
-        return _cancel(factory, claim)
-    return _save(factory, claim, dataset_id, result)
+        return with_db_retry(lambda: _cancel(factory, claim), f"job {claim.job_id} cancel")
+    return with_db_retry(
+        lambda: _save(factory, claim, loaded["dataset_id"], result), f"job {claim.job_id} save"
+    )
 
 
 def _save(
@@ -308,13 +360,17 @@ def _cancel(factory: sessionmaker[Session], claim: Claim) -> str:
 
 def _fail(factory: sessionmaker[Session], claim: Claim, message: str) -> str:
     log.info("job %s failed: %s", claim.job_id, message)
-    try:
+
+    def write() -> None:
         with session_scope(factory) as session:
             session.execute(
                 sa.update(Job)
                 .where(_owned(claim))
                 .values(status="failed", error=message[:4000], finished_at=utcnow())
             )
+
+    try:
+        with_db_retry(write, f"job {claim.job_id} failure")
     except Exception:
         # The store is unreachable: the heartbeat goes stale and a later delivery takes over.
         log.exception("job %s: could not record the failure", claim.job_id)

@@ -1,0 +1,295 @@
+"""Fault injection against real processes: a fresh PostgreSQL database (or SQLite file), a Redis
+database (or a filesystem broker folder), and real `celery worker` processes per test.
+
+Jobs are made as rows (a dataset and a `queued` job) and published by task name, as the API
+does, so these tests do not depend on the API's request format; the API-facing faults start
+gunicorn themselves. Settings are short (heartbeat 0.5 s, stale after 2 s, maintenance sweep
+every 1 s) so that every fault resolves in seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+import sqlalchemy as sa
+from celery import Celery
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.celery import TRAIN_TASK, celery_config
+from service.config import Settings
+from service.db import make_engine, make_sessionmaker, session_scope, utcnow
+from service.models import Dataset, Job, JobEpoch, TrainedModel
+from service.modelspec import array_to_bytes
+from tests.conftest import REDIS_URL, create_pg_database, drop_pg_database, migrate
+from tests.e2e.conftest import (
+    Proc,
+    Processes,
+    base_env,
+    worker_cmd,
+)
+from tests.workers.datasets import regression
+
+FINAL = ("succeeded", "failed", "cancelled")
+
+#: How the tests restart Redis (the same command as .ci/run).
+REDIS_START = [
+    "redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", "6379",
+    "--save", "", "--appendonly", "no", "--dir", "/var/lib/redis",
+    "--logfile", "/var/log/redis/ci.log",
+]  # fmt: skip
+
+FAST = {
+    "TRAINYARD_HEARTBEAT_INTERVAL": "0.5",
+    "TRAINYARD_STALE_AFTER": "2",
+    "TRAINYARD_MAINTENANCE_INTERVAL": "1",
+    "TRAINYARD_MAX_ATTEMPTS": "3",
+    "TRAINYARD_BROKER_SOCKET_TIMEOUT": "2",
+}
+
+
+class Cluster:
+    """One store and one broker; workers started on demand; jobs made and watched in SQL."""
+
+    def __init__(self, database_url: str, broker_url: str, processes: Processes) -> None:
+        self.database_url = database_url
+        self.broker_url = broker_url
+        self.processes = processes
+        self.engine = make_engine(database_url)
+        self.factory: sessionmaker[Session] = make_sessionmaker(self.engine)
+        settings = dataclasses.replace(Settings(), database_url=database_url, broker_url=broker_url)
+        self.celery = Celery("faults-test", set_as_current=False)
+        self.celery.config_from_object(celery_config(settings))
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return base_env(
+            DATABASE_URL=self.database_url, CELERY_BROKER_URL=self.broker_url, **{**FAST, **extra}
+        )
+
+    def worker(self, name: str, wait: bool = True, **extra: str) -> Proc:
+        proc = self.processes.start(name, worker_cmd(name), self.env(**extra))
+        if wait:
+            proc.wait_for_output(" ready.", 90)
+        return proc
+
+    def add_job(
+        self,
+        epochs: int = 50,
+        n: int = 16,
+        layers: list[int] | None = None,
+        x: np.ndarray | None = None,
+        y: np.ndarray | None = None,
+        publish: bool = True,
+    ) -> str:
+        """A regression job on a tiny dataset (about a few ms per epoch), published."""
+        if x is None or y is None:
+            x, y = regression(n)
+        with session_scope(self.factory) as session:
+            dataset = Dataset(
+                name="faults",
+                n_samples=len(x),
+                n_features=x.shape[1],
+                n_targets=1,
+                target_kind="numeric",
+                classes=None,
+                features=array_to_bytes(np.asarray(x, dtype=np.float64)),
+                targets=array_to_bytes(np.asarray(y, dtype=np.float64).reshape(-1, 1)),
+            )
+            session.add(dataset)
+            session.flush()
+            job = Job(
+                dataset_id=dataset.id,
+                model_spec={"layers": layers or [4, 1], "activation": "tanh",
+                            "output_activation": None},
+                training_spec={
+                    "loss": "mse", "optimizer": "sgd", "learning_rate": 0.01, "momentum": 0.0,
+                    "weight_decay": 0.0, "epochs": epochs, "batch_size": None, "seed": 0,
+                    "validation_split": 0.0,
+                },
+                epochs=epochs,
+            )  # fmt: skip
+            session.add(job)
+            session.flush()
+            job_id = job.id
+        if publish:
+            self.publish(job_id)
+        return job_id
+
+    def publish(self, job_id: str) -> None:
+        self.celery.send_task(TRAIN_TASK, args=[job_id])
+        with session_scope(self.factory) as session:
+            session.execute(sa.update(Job).where(Job.id == job_id).values(published_at=utcnow()))
+
+    def job(self, job_id: str) -> Job:
+        with session_scope(self.factory) as session:
+            job = session.get(Job, job_id)
+            assert job is not None
+            return job
+
+    def wait(
+        self,
+        job_id: str,
+        statuses: tuple[str, ...] = ("succeeded",),
+        timeout: float = 60.0,
+        min_epoch: int = 0,
+    ) -> Job:
+        deadline = time.monotonic() + timeout
+        job = self.job(job_id)
+        while time.monotonic() < deadline:
+            job = self.job(job_id)
+            if job.status in statuses and job.epoch >= min_epoch:
+                return job
+            if job.status in FINAL and job.status not in statuses:
+                raise AssertionError(f"job ended {job.status} ({job.error}), wanted {statuses}")
+            time.sleep(0.05)
+        raise AssertionError(
+            f"job {job_id} still {job.status} (epoch {job.epoch}, attempts {job.attempts}) "
+            f"after {timeout}s; wanted {statuses}\n{self.logs()}"
+        )
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.log.name}\n{p.text()[-3000:]}" for p in self.processes.procs)
+
+    def models(self, job_id: str) -> int:
+        with session_scope(self.factory) as session:
+            return int(
+                session.scalar(
+                    sa.select(sa.func.count())
+                    .select_from(TrainedModel)
+                    .where(TrainedModel.job_id == job_id)
+                )
+                or 0
+            )
+
+    def epochs(self, job_id: str) -> list[int]:
+        with session_scope(self.factory) as session:
+            return list(
+                session.scalars(
+                    sa.select(JobEpoch.epoch)
+                    .where(JobEpoch.job_id == job_id)
+                    .order_by(JobEpoch.epoch)
+                )
+            )
+
+    def assert_succeeded_once(self, job_id: str, attempts: int) -> Job:
+        job = self.job(job_id)
+        assert (job.status, job.attempts, job.error) == ("succeeded", attempts, None), job.error
+        assert self.models(job_id) == 1
+        assert self.epochs(job_id) == list(range(1, job.epochs + 1))
+        return job
+
+
+def pool_children(proc: Proc) -> list[int]:
+    pid = proc.popen.pid
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def kill_group(proc: Proc, sig: int = signal.SIGKILL) -> None:
+    """Signal the worker's whole process group (main process and pool children)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.popen.pid, sig)
+    proc.popen.wait(timeout=30)
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Processes]:
+    """The test's subprocesses (tests.e2e.conftest.Processes), stopped at the end."""
+    processes = Processes(tmp_path)
+    try:
+        yield processes
+    finally:
+        processes.stop_all()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database of this test only (the sweep acts on every job)."""
+    url = create_pg_database()
+    try:
+        migrate(url)
+        yield url
+    finally:
+        drop_pg_database(url)
+
+
+@pytest.fixture
+def cluster(pg_url: str, redis_url: str, procs: Processes) -> Iterator[Cluster]:
+    c = Cluster(pg_url, redis_url, procs)
+    try:
+        yield c
+    finally:
+        procs.stop_all()
+        c.engine.dispose()
+
+
+def redis_alive() -> bool:
+    client = redis.Redis.from_url(REDIS_URL, socket_timeout=1)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+def stop_redis() -> None:
+    """`redis-cli shutdown nosave`: Redis exits and everything in its memory is gone."""
+    subprocess.run(["redis-cli", "-p", "6379", "shutdown", "nosave"], timeout=10, check=False)
+    deadline = time.monotonic() + 10
+    while redis_alive():
+        assert time.monotonic() < deadline, "redis did not stop"
+        time.sleep(0.1)
+
+
+def start_redis() -> None:
+    Path("/var/lib/redis").mkdir(parents=True, exist_ok=True)
+    Path("/var/log/redis").mkdir(parents=True, exist_ok=True)
+    subprocess.run(REDIS_START, timeout=10, check=True)
+    deadline = time.monotonic() + 15
+    while not redis_alive():
+        assert time.monotonic() < deadline, "redis did not start again"
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def redis_restorer() -> Iterator[None]:
+    """For tests that stop Redis: whatever happens, Redis runs again afterwards."""
+    try:
+        yield
+    finally:
+        if not redis_alive():
+            start_redis()
+
+
+def api_key(database_url: str, owner: str = "faults") -> dict[str, str]:
+    """`Authorization` header for a new key once API keys exist (service.auth), else none."""
+    try:
+        from service.auth import create_api_key  # type: ignore[attr-defined]
+    except ImportError:
+        return {}
+    engine = make_engine(database_url)
+    try:
+        with session_scope(make_sessionmaker(engine)) as session:
+            key = create_api_key(session, owner)
+    finally:
+        engine.dispose()
+    return {"Authorization": f"Bearer {key}"}
+
+
+def final_count(cluster: Cluster, job_ids: list[str]) -> dict[str, Any]:
+    with session_scope(cluster.factory) as session:
+        rows = session.execute(sa.select(Job.status).where(Job.id.in_(job_ids))).scalars()
+        out: dict[str, Any] = {}
+        for status in rows:
+            out[status] = out.get(status, 0) + 1
+        return out
