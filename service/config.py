@@ -81,6 +81,21 @@ class Settings:
         default_factory=lambda: _env_float("TRAINYARD_HEARTBEAT_INTERVAL", 10.0)
     )
     stale_after: float = field(default_factory=lambda: _env_float("TRAINYARD_STALE_AFTER", 60.0))
+    # Every worker's main process runs the reaper and the reconciler (workers.maintenance) this
+    # often: running jobs with a heartbeat older than `stale_after` are handed back to the queue
+    # (or failed after `max_attempts`), queued jobs never published (broker down at submit) or
+    # published longer than `republish_after` seconds ago (message lost with the broker's
+    # memory) are published again. 0 turns the loop off.
+    maintenance_interval: float = field(
+        default_factory=lambda: _env_float("TRAINYARD_MAINTENANCE_INTERVAL", 10.0)
+    )
+    republish_after: float = field(
+        default_factory=lambda: _env_float("TRAINYARD_REPUBLISH_AFTER", 600.0)
+    )
+    # Socket timeouts for a Redis broker, so that a hung Redis cannot hang a request.
+    broker_socket_timeout: float = field(
+        default_factory=lambda: _env_float("TRAINYARD_BROKER_SOCKET_TIMEOUT", 3.0)
+    )
     # How often a worker polls a server-less broker (filesystem transport) for new messages.
     broker_polling_interval: float = field(
         default_factory=lambda: _env_float("TRAINYARD_BROKER_POLLING_INTERVAL", 0.2)
