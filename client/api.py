@@ -137,11 +137,12 @@ def find_api_key(env: Mapping[str, str] | None = None, cwd: Path | None = None) 
     return None
 
 
-def _matrix(features: Any) -> list[list[float]]:
-    array = np.asarray(features, dtype=np.float64)
-    if array.ndim == 1:
-        array = array.reshape(-1, 1)
-    return array.tolist()
+def _matrix(features: Any) -> list[Any]:
+    """NumPy arrays become nested lists (a 1-D array one feature per row); lists go as they
+    are, so the server's validation names what is wrong with them."""
+    if isinstance(features, np.ndarray):
+        return (features.reshape(-1, 1) if features.ndim == 1 else features).tolist()
+    return [row.tolist() if isinstance(row, np.ndarray) else row for row in features]
 
 
 def _targets(targets: Any) -> list[Any]:

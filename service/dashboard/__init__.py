@@ -1,7 +1,48 @@
-"""The web dashboard, served by the API's Flask app at `/`."""
+"""The web dashboard, served by the API's Flask app at `/`.
+
+The pages are a static shell: no data is rendered on the server and no key is needed to load
+them. The page scripts (static/) fetch everything from `/api/v1` with the API key that the
+browser keeps in localStorage (given once as `/?token=KEY`, or pasted into the key form).
+Everything is written for a strict Content-Security-Policy: no inline scripts or styles, no
+event-handler attributes, user text inserted with `textContent`; charts by the vendored
+Chart.js (static/vendor/).
+"""
 
 from __future__ import annotations
 
-from flask import Blueprint
+from flask import Blueprint, Response, render_template
 
-bp = Blueprint("dashboard", __name__, template_folder="templates", static_folder="static")
+bp = Blueprint(
+    "dashboard",
+    __name__,
+    template_folder="templates",
+    static_folder="static",
+    static_url_path="/dashboard/static",
+)
+
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
+    "form-action 'self'"
+)
+
+
+@bp.after_request
+def security_headers(response: Response) -> Response:
+    # setdefault: an app-wide policy, where one is set, wins
+    response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    return response
+
+
+@bp.route("/")
+def jobs_page() -> str:
+    """The jobs table (filled in by static/jobs.js)."""
+    return render_template("dashboard/jobs.html")
+
+
+@bp.route("/jobs/<job_id>")
+def job_page(job_id: str) -> str:
+    """One job: loss curve, spec, metrics, graph, weights, predict (static/job.js)."""
+    return render_template("dashboard/job.html", job_id=job_id)

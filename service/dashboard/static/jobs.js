@@ -1,0 +1,161 @@
+// The jobs page: a table of jobs (filter by status, pages), refreshed quickly while any job
+// is queued or running, and a form to submit a job on an uploaded dataset.
+"use strict";
+
+(function () {
+  const T = window.Trainyard;
+  const PAGE_SIZE = 20;
+  const state = { page: 1, pages: 1, status: "", active: false };
+
+  const body = document.getElementById("jobs-body");
+  const filter = document.getElementById("status-filter");
+  const note = document.getElementById("refresh-note");
+
+  function finalLoss(job) {
+    if (job.metrics && typeof job.metrics.loss === "number") return job.metrics.loss;
+    const history = job.loss_history || [];
+    return history.length ? history[history.length - 1] : null;
+  }
+
+  function row(job) {
+    const p = job.progress || { epoch: 0, epochs: 0 };
+    const bar = document.createElement("progress");
+    bar.max = p.epochs || 1;
+    bar.value = p.epoch || 0;
+    const link = T.el("a", { text: job.id.slice(0, 8), href: "/jobs/" + encodeURIComponent(job.id), title: job.id });
+    link.className = "job-link";
+    const model = job.model || {};
+    const training = job.training || {};
+    const tr = T.el("tr", {}, [
+      T.el("td", {}, [link]),
+      T.el("td", {}, [T.statusBadge(job.status)]),
+      T.el("td", { className: "progress-cell" }, [bar, T.el("span", { text: " " + p.epoch + "/" + p.epochs, className: "hint" })]),
+      T.el("td", { text: T.fmtNumber(finalLoss(job)), className: "num" }),
+      T.el("td", { text: (model.layers || []).join("-") + " " + (model.activation || "") + " · " + (training.loss || "") }),
+      T.el("td", { text: T.fmtTime(job.created_at) }),
+    ]);
+    tr.dataset.jobId = job.id;
+    tr.dataset.status = job.status;
+    return tr;
+  }
+
+  async function refresh() {
+    let query = "?page=" + state.page + "&page_size=" + PAGE_SIZE;
+    if (state.status) query += "&status=" + encodeURIComponent(state.status);
+    const page = await T.getJson("/jobs" + query);
+    body.replaceChildren.apply(body, page.items.map(row));
+    document.getElementById("jobs-empty").hidden = page.items.length > 0;
+    state.pages = Math.max(page.pagination.pages, 1);
+    document.getElementById("page-info").textContent = "page " + state.page + " of " + state.pages + " · " + page.pagination.total + " jobs";
+    document.getElementById("prev-page").disabled = state.page <= 1;
+    document.getElementById("next-page").disabled = state.page >= state.pages;
+    state.active = page.items.some(function (job) {
+      return job.status === "queued" || job.status === "running";
+    });
+    note.textContent = state.active ? "live: jobs are running" : "";
+    T.flash("");
+  }
+
+  // Fast while jobs run; slower when idle so new jobs still show up.
+  const poller = T.poll(refresh, function () {
+    return state.active ? 1000 : 5000;
+  });
+
+  filter.addEventListener("change", function () {
+    state.status = filter.value;
+    state.page = 1;
+    poller.now();
+  });
+  document.getElementById("prev-page").addEventListener("click", function () {
+    state.page = Math.max(1, state.page - 1);
+    poller.now();
+  });
+  document.getElementById("next-page").addEventListener("click", function () {
+    state.page = Math.min(state.pages, state.page + 1);
+    poller.now();
+  });
+
+  // -- the new-job form ------------------------------------------------------------------------
+
+  const datasetSelect = document.getElementById("job-dataset");
+  const datasets = {};
+
+  async function loadDatasets() {
+    const page = await T.getJson("/datasets?page_size=100");
+    datasetSelect.replaceChildren();
+    page.items.forEach(function (d) {
+      datasets[d.id] = d;
+      const label = d.name + " · " + d.n_samples + "×" + d.n_features + (d.classes ? " · " + d.classes.length + " classes" : "");
+      const option = T.el("option", { text: label });
+      option.value = d.id;
+      datasetSelect.appendChild(option);
+    });
+    if (!page.items.length) {
+      const option = T.el("option", { text: "no datasets yet" });
+      option.value = "";
+      datasetSelect.appendChild(option);
+    }
+    suggest();
+  }
+
+  // Pick a loss and an output width that fit the chosen dataset.
+  function suggest() {
+    const d = datasets[datasetSelect.value];
+    if (!d) return;
+    const loss = document.getElementById("job-loss");
+    const layers = document.getElementById("job-layers");
+    const hidden = layers.value.split(",").slice(0, -1).join(",") || "16,16";
+    if (d.classes && d.classes.length === 2) {
+      loss.value = "binary_cross_entropy";
+      layers.value = hidden + ",1";
+    } else if (d.classes) {
+      loss.value = "cross_entropy";
+      layers.value = hidden + "," + d.classes.length;
+    } else {
+      loss.value = "mse";
+      layers.value = hidden + "," + d.n_targets;
+    }
+  }
+  datasetSelect.addEventListener("change", suggest);
+
+  function numberOrNull(id) {
+    const raw = document.getElementById(id).value.trim();
+    return raw === "" ? null : Number(raw);
+  }
+
+  document.getElementById("job-form").addEventListener("submit", async function (event) {
+    event.preventDefault();
+    const errorBox = document.getElementById("job-form-error");
+    errorBox.hidden = true;
+    const layers = document.getElementById("job-layers").value.split(",").map(function (w) {
+      return Number(w.trim());
+    });
+    const training = {
+      loss: document.getElementById("job-loss").value,
+      optimizer: document.getElementById("job-optimizer").value,
+      epochs: numberOrNull("job-epochs"),
+      batch_size: numberOrNull("job-batch"),
+      validation_split: numberOrNull("job-val") || 0,
+      seed: numberOrNull("job-seed") || 0,
+    };
+    const lr = numberOrNull("job-lr");
+    if (lr !== null) training.learning_rate = lr;
+    const spec = {
+      dataset_id: datasetSelect.value,
+      model: { layers: layers, activation: document.getElementById("job-activation").value },
+      training: training,
+    };
+    try {
+      await T.postJson("/jobs", spec);
+      if (state.status && state.status !== "queued") filter.value = state.status = "";
+      state.page = 1;
+      poller.now();
+    } catch (e) {
+      T.showError(errorBox, e);
+    }
+  });
+
+  loadDatasets().catch(function (e) {
+    T.flash("Could not load datasets: " + e.message);
+  });
+})();
