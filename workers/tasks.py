@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 import time
 import traceback
@@ -144,7 +145,8 @@ def run_job(factory: sessionmaker[Session], job_id: str, settings: WorkerSetting
     heartbeat = _Heartbeat(factory, claim, settings.heartbeat_interval)
     heartbeat.start()
     try:
-        return _run_claimed(factory, claim)
+        with _SoftLimit() as soft_limit:
+            return _run_claimed(factory, claim, soft_limit)
     except SoftTimeLimitExceeded:
         limit = f" ({settings.soft_time_limit:g} s)" if settings.soft_time_limit else ""
         return _fail(factory, claim, f"time limit exceeded{limit}; partial history kept")
@@ -264,7 +266,7 @@ def _load(factory: sessionmaker[Session], claim: Claim) -> dict[str, Any]:
         }
 
 
-def _run_claimed(factory: sessionmaker[Session], claim: Claim) -> str:
+def _run_claimed(factory: sessionmaker[Session], claim: Claim, soft_limit: _SoftLimit) -> str:
     loaded = with_db_retry(lambda: _load(factory, claim), f"job {claim.job_id} load")
     state = {"cancelled": False, "lost": False}
 
@@ -284,6 +286,7 @@ def _run_claimed(factory: sessionmaker[Session], claim: Claim) -> str:
             return row
 
     def on_epoch(epoch: int, loss: float, val_loss: float | None) -> bool:
+        soft_limit.check()
         row = with_db_retry(
             lambda: write_epoch(epoch, loss, val_loss), f"job {claim.job_id} epoch {epoch}"
         )
@@ -376,6 +379,38 @@ def _fail(factory: sessionmaker[Session], claim: Claim, message: str) -> str:
         log.exception("job %s: could not record the failure", claim.job_id)
         return "error"
     return "failed"
+
+
+class _SoftLimit:
+    """Celery's soft time limit, delivered at an epoch boundary.
+
+    Billiard raises `SoftTimeLimitExceeded` from its SIGUSR1 handler wherever the pool process
+    happens to be. Inside a database driver call that leaves the connection mid-protocol, and
+    SQLAlchemy's pool swallows the exception while resetting it: training would go on until the
+    hard limit. While a job trains, the signal only sets a flag; the next epoch raises the
+    exception, outside any database call. (A single epoch longer than the gap between the soft
+    and the hard limit ends at the hard limit.)
+    """
+
+    def __init__(self) -> None:
+        self.fired = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _SoftLimit:
+        if hasattr(signal, "SIGUSR1") and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGUSR1, self._on_signal)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGUSR1, self._previous)
+
+    def _on_signal(self, _signum: int, _frame: object) -> None:
+        self.fired = True
+
+    def check(self) -> None:
+        if self.fired:
+            raise SoftTimeLimitExceeded()
 
 
 class _Heartbeat:
