@@ -1,0 +1,14 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.client.live import LiveService, live_service
+
+
+@pytest.fixture(scope="package")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveService]:
+    """A live embedded-mode service for the browser tests."""
+    with live_service(tmp_path_factory.mktemp("dashboard-service")) as live:
+        yield live
