@@ -11,10 +11,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from apispec import BasePlugin
 from flask import Flask
 from flask_smorest import Api
 
-from service import errors
+from service import auth, errors, ratelimit, security
 from service.celery import celery_config, celery_init_app
 from service.config import Settings
 from service.db import make_engine, make_sessionmaker
@@ -36,10 +37,44 @@ OPENAPI_CONFIG: dict[str, Any] = {
         "info": {
             "description": "Submit datasets and MLP specs; workers train them; fetch and use "
             "the trained models. Every error has the body "
-            '`{"error": {"code", "message", "fields"?}}`.'
-        }
+            '`{"error": {"code", "message", "fields"?}}`. Every `/api/v1` operation needs '
+            "`Authorization: Bearer <key>` (an API key); each key's owner sees only its own "
+            "datasets, jobs and models."
+        },
+        "security": [{"bearerAuth": []}],
+        "components": {"securitySchemes": {"bearerAuth": auth.BEARER_SCHEME}},
     },
 }
+
+_ERROR_CONTENT = {"application/json": {"schema": "Error"}}
+_AUTH_RESPONSES = {
+    "401": {
+        "description": "No API key, or an unknown or revoked one.",
+        "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
+        "content": _ERROR_CONTENT,
+    },
+    "429": {
+        "description": "Rate limit (or, for new jobs, the cap on active jobs) exceeded.",
+        "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+        "content": _ERROR_CONTENT,
+    },
+}
+
+
+class AuthDocPlugin(BasePlugin):
+    """Documents authentication per operation: public ones get `security: []`, the others
+    their 401 and 429 answers."""
+
+    def operation_helper(
+        self, path: str | None = None, operations: dict[str, Any] | None = None, **_: Any
+    ) -> None:
+        for operation in (operations or {}).values():
+            if auth.is_public(path or ""):
+                operation["security"] = []
+            else:
+                responses = operation.setdefault("responses", {})
+                for status, response in _AUTH_RESPONSES.items():
+                    responses.setdefault(status, response)
 
 
 class TrainyardApi(Api):
@@ -68,12 +103,18 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.extensions["db_engine"] = engine
     app.extensions["db_sessionmaker"] = make_sessionmaker(engine)
     celery_init_app(app)
+    app.extensions["rate_limiter"] = ratelimit.limiter_for(
+        app.config["RATE_LIMIT"], app.config["RATE_LIMIT_STORAGE_URL"], app.config["BROKER_URL"]
+    )
 
     from service import dashboard
     from service.api import close_db, datasets, docs, health, jobs, models
 
     app.teardown_appcontext(close_db)
-    api = TrainyardApi(app)
+    auth.init_app(app)  # before the rate limit: it counts per authenticated key
+    app.before_request(ratelimit.enforce)
+    security.init_app(app)
+    api = TrainyardApi(app, spec_kwargs={"extra_plugins": [AuthDocPlugin()]})
     for blp in (datasets.blp, jobs.blp, models.blp):
         api.register_blueprint(blp, url_prefix=f"{API_PREFIX}{blp.url_prefix}")
     api.register_blueprint(health.blp)

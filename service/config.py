@@ -42,6 +42,8 @@ class Limits:
     )
     max_epochs: int = field(default_factory=lambda: _env_int("TRAINYARD_MAX_EPOCHS", 10_000))
     max_classes: int = field(default_factory=lambda: _env_int("TRAINYARD_MAX_CLASSES", 1000))
+    # queued + running jobs one owner may have at a time (a new job past it is 429)
+    max_active_jobs: int = field(default_factory=lambda: _env_int("TRAINYARD_MAX_ACTIVE_JOBS", 100))
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,13 @@ class Settings:
     # How often a worker polls a server-less broker (filesystem transport) for new messages.
     broker_polling_interval: float = field(
         default_factory=lambda: _env_float("TRAINYARD_BROKER_POLLING_INTERVAL", 0.2)
+    )
+    # Requests per API key: `N/second`, `N/minute` or `N/hour` (service.ratelimit).
+    rate_limit: str = field(default_factory=lambda: _env_str("TRAINYARD_RATE_LIMIT", "1200/minute"))
+    # Where the rate limit counts: `redis://...` or `memory://`; empty: Redis when the broker
+    # is Redis, else in-process memory.
+    rate_limit_storage_url: str = field(
+        default_factory=lambda: _env_str("TRAINYARD_RATE_LIMIT_STORAGE_URL", "")
     )
     limits: Limits = field(default_factory=Limits)
 

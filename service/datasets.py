@@ -231,9 +231,10 @@ def parse_csv_dataset(
     return ParsedDataset(name, features, targets, kind, classes, names)
 
 
-def new_dataset(parsed: ParsedDataset) -> Dataset:
+def new_dataset(parsed: ParsedDataset, owner: str) -> Dataset:
     """The (not yet added) row for a parsed dataset."""
     return Dataset(
+        owner=owner,
         name=parsed.name,
         n_samples=parsed.n_samples,
         n_features=parsed.n_features,
@@ -246,24 +247,36 @@ def new_dataset(parsed: ParsedDataset) -> Dataset:
     )
 
 
-def create_dataset(session: Session, parsed: ParsedDataset) -> Dataset:
-    dataset = new_dataset(parsed)
+def create_dataset(session: Session, parsed: ParsedDataset, owner: str) -> Dataset:
+    """Add the dataset (flushed; the caller commits)."""
+    dataset = new_dataset(parsed, owner)
     session.add(dataset)
-    session.commit()
+    session.flush()
     return dataset
 
 
-def get_dataset(session: Session, dataset_id: str) -> Dataset:
-    dataset = session.get(Dataset, dataset_id)
+def find_dataset(session: Session, dataset_id: str, owner: str) -> Dataset | None:
+    """The owner's dataset with this id; None for another owner's (as for no dataset)."""
+    return session.scalars(
+        sa.select(Dataset).where(Dataset.id == dataset_id, Dataset.owner == owner)
+    ).one_or_none()
+
+
+def get_dataset(session: Session, dataset_id: str, owner: str) -> Dataset:
+    dataset = find_dataset(session, dataset_id, owner)
     if dataset is None:
         raise ApiError(404, f"No dataset with id {dataset_id!r}.")
     return dataset
 
 
-def list_datasets(session: Session, page: int, page_size: int) -> tuple[list[Dataset], int]:
-    total = session.scalar(sa.select(sa.func.count()).select_from(Dataset)) or 0
+def list_datasets(
+    session: Session, owner: str, page: int, page_size: int
+) -> tuple[list[Dataset], int]:
+    where = Dataset.owner == owner
+    total = session.scalar(sa.select(sa.func.count()).select_from(Dataset).where(where)) or 0
     rows = session.scalars(
         sa.select(Dataset)
+        .where(where)
         .order_by(Dataset.created_at.desc(), Dataset.id.desc())
         .limit(page_size)
         .offset((page - 1) * page_size)

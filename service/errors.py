@@ -19,12 +19,14 @@ log = logging.getLogger(__name__)
 
 CODES = {
     400: "bad_request",
+    401: "unauthorized",
     404: "not_found",
     405: "method_not_allowed",
     409: "conflict",
     413: "payload_too_large",
     415: "unsupported_media_type",
     422: "validation_error",
+    429: "too_many_requests",
     500: "internal_error",
     503: "unavailable",
 }
@@ -43,12 +45,14 @@ class ApiError(Exception):
         message: str,
         fields: Mapping[str, str] | None = None,
         code: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.fields = dict(fields) if fields else None
         self.code = code or CODES.get(status, "error")
+        self.headers = dict(headers) if headers else {}
 
 
 class InputError(ApiError):
@@ -108,7 +112,9 @@ def _summary(fields: Mapping[str, str]) -> str:
 
 
 def handle_api_error(err: ApiError) -> tuple[Response, int]:
-    return error_response(err.status, err.code, err.message, err.fields)
+    response, status = error_response(err.status, err.code, err.message, err.fields)
+    response.headers.update(err.headers)
+    return response, status
 
 
 def handle_validation_error(err: ValidationError) -> tuple[Response, int]:

@@ -16,10 +16,10 @@ from sqlalchemy.orm import Session
 
 from service.celery import TRAIN_TASK
 from service.config import Limits
-from service.datasets import ParsedDataset, new_dataset, parse_json_dataset
+from service.datasets import ParsedDataset, find_dataset, new_dataset, parse_json_dataset
 from service.db import utcnow
 from service.errors import ApiError, InputError
-from service.models import FINAL_STATUSES, Dataset, Job, JobEpoch, TrainedModel
+from service.models import FINAL_STATUSES, Job, JobEpoch, TrainedModel
 from service.modelspec import SpecError, check_fits
 
 log = logging.getLogger(__name__)
@@ -116,8 +116,34 @@ def normalized_specs(data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, An
     return model, training
 
 
-def create_job(session: Session, data: dict[str, Any], limits: Limits) -> Job:
-    """Validate a job request (and its inline dataset) and commit it as `queued`."""
+def check_active_jobs(session: Session, owner: str, limits: Limits) -> None:
+    """429 if the owner already has `max_active_jobs` queued or running jobs.
+
+    A check before the insert, not a lock: concurrent submissions may pass it together, so the
+    cap can be overshot by the number of requests in flight at that moment.
+    """
+    active = (
+        session.scalar(
+            sa.select(sa.func.count())
+            .select_from(Job)
+            .where(Job.owner == owner, Job.status.in_(("queued", "running")))
+        )
+        or 0
+    )
+    if active >= limits.max_active_jobs:
+        raise ApiError(
+            429,
+            f"You have {active} queued or running jobs; the limit is {limits.max_active_jobs}. "
+            "Wait for some to finish, or cancel some.",
+            code="too_many_active_jobs",
+            headers={"Retry-After": "10"},
+        )
+
+
+def create_job(session: Session, data: dict[str, Any], limits: Limits, owner: str) -> Job:
+    """Validate a job request (and its inline dataset) and add it as `queued` for `owner`
+    (flushed; the caller commits). A `dataset_id` must name one of the owner's datasets."""
+    check_active_jobs(session, owner, limits)
     model, training = normalized_specs(data)
     parsed: ParsedDataset | None = None
     if "dataset" in data:
@@ -130,7 +156,7 @@ def create_job(session: Session, data: dict[str, Any], limits: Limits) -> Job:
             "classes": parsed.classes,
         }
     else:
-        stored = session.get(Dataset, data["dataset_id"])
+        stored = find_dataset(session, data["dataset_id"], owner)
         if stored is None:
             message = f"no dataset with id {data['dataset_id']!r}"
             raise ApiError(404, message, {"dataset_id": message})
@@ -144,13 +170,14 @@ def create_job(session: Session, data: dict[str, Any], limits: Limits) -> Job:
     check_spec(model, training, limits=limits, **facts)
 
     if parsed is not None:
-        dataset = new_dataset(parsed)
+        dataset = new_dataset(parsed, owner)
         session.add(dataset)
         session.flush()
         dataset_id = dataset.id
     else:
         dataset_id = data["dataset_id"]
     job = Job(
+        owner=owner,
         status="queued",
         dataset_id=dataset_id,
         model_spec=model,
@@ -158,7 +185,7 @@ def create_job(session: Session, data: dict[str, Any], limits: Limits) -> Job:
         epochs=training["epochs"],
     )
     session.add(job)
-    session.commit()
+    session.flush()
     return job
 
 
@@ -176,19 +203,21 @@ def publish(session: Session, celery: Celery, job_id: str) -> bool:
     return True
 
 
-def get_job(session: Session, job_id: str) -> Job:
-    job = session.get(Job, job_id)
+def get_job(session: Session, job_id: str, owner: str) -> Job:
+    job = session.scalars(sa.select(Job).where(Job.id == job_id, Job.owner == owner)).one_or_none()
     if job is None:
         raise ApiError(404, f"No job with id {job_id!r}.")
     return job
 
 
-def cancel_job(session: Session, job_id: str) -> Job:
+def cancel_job(session: Session, job_id: str, owner: str) -> Job:
     """Cancel a queued job now, or ask a running one to stop; 409 once it is final.
 
     Both steps are conditional UPDATEs, so a cancel that races the worker's claim or its final
-    write leaves exactly one final state.
+    write leaves exactly one final state. Another owner's job is a 404.
     """
+    get_job(session, job_id, owner)
+    session.rollback()
     for _ in range(3):
         queued = session.execute(
             sa.update(Job)
@@ -203,20 +232,22 @@ def cancel_job(session: Session, job_id: str) -> Job:
             )
             if running.rowcount == 0:
                 session.rollback()
-                job = get_job(session, job_id)
+                job = get_job(session, job_id, owner)
                 if job.status in FINAL_STATUSES:
                     raise ApiError(409, f"Job {job_id} is already {job.status}.")
                 continue  # it changed state between the two updates: try again
         session.commit()
         session.expire_all()
-        return get_job(session, job_id)
+        return get_job(session, job_id, owner)
     raise ApiError(409, f"Job {job_id} changed state while being cancelled; try again.")
 
 
 def list_jobs(
-    session: Session, page: int, page_size: int, status: str | None = None
+    session: Session, owner: str, page: int, page_size: int, status: str | None = None
 ) -> tuple[list[Job], int]:
-    where = [Job.status == status] if status else []
+    where = [Job.owner == owner]
+    if status:
+        where.append(Job.status == status)
     total = session.scalar(sa.select(sa.func.count()).select_from(Job).where(*where)) or 0
     jobs = session.scalars(
         sa.select(Job)

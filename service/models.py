@@ -18,14 +18,34 @@ JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINAL_STATUSES = ("succeeded", "failed", "cancelled")
 
 
+# Rows made outside the API (scripts, worker tests) belong to the embedded default owner; the
+# API always sets the owner of the key that made the request.
+DEFAULT_OWNER = "local"
+
+
 def new_id() -> str:
     return uuid.uuid4().hex
+
+
+def _owner_of(table: str, fk: str) -> Any:
+    """A column default: the owner of the row this one refers to (a job's dataset, a model's
+    job), so code that inserts jobs and models (the workers) needs to know nothing of owners."""
+
+    def default(context: Any) -> str:
+        ref = context.get_current_parameters().get(fk)
+        owner = context.connection.scalar(
+            sa.text(f"SELECT owner FROM {table} WHERE id = :id"), {"id": ref}
+        )
+        return owner or DEFAULT_OWNER
+
+    return default
 
 
 class Dataset(Base):
     __tablename__ = "datasets"
 
     id: Mapped[str] = mapped_column(sa.String(32), primary_key=True, default=new_id)
+    owner: Mapped[str] = mapped_column(sa.String(200), index=True, default=DEFAULT_OWNER)
     name: Mapped[str] = mapped_column(sa.String(200))
     n_samples: Mapped[int]
     n_features: Mapped[int]
@@ -53,6 +73,10 @@ class Job(Base):
     )
 
     id: Mapped[str] = mapped_column(sa.String(32), primary_key=True, default=new_id)
+    # the dataset's owner unless set (the API sets it; a job only uses its owner's datasets)
+    owner: Mapped[str] = mapped_column(
+        sa.String(200), index=True, default=_owner_of("datasets", "dataset_id")
+    )
     status: Mapped[str] = mapped_column(sa.String(16), default="queued")
     dataset_id: Mapped[str] = mapped_column(sa.ForeignKey("datasets.id"), index=True)
     model_spec: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
@@ -99,6 +123,10 @@ class TrainedModel(Base):
     id: Mapped[str] = mapped_column(sa.String(32), primary_key=True, default=new_id)
     # unique: a job has at most one model, however often its message is delivered.
     job_id: Mapped[str] = mapped_column(sa.ForeignKey("jobs.id"), unique=True)
+    # the job's owner (the worker that saves the model need not know it)
+    owner: Mapped[str] = mapped_column(
+        sa.String(200), index=True, default=_owner_of("jobs", "job_id")
+    )
     dataset_id: Mapped[str] = mapped_column(sa.ForeignKey("datasets.id"), index=True)
     # {"nin", "layers", "activation", "output_activation"?, "loss", "target_kind", "classes"?}
     architecture: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
@@ -110,3 +138,40 @@ class TrainedModel(Base):
     )
 
     job: Mapped[Job] = relationship(back_populates="model", lazy="raise")
+
+
+class ApiKey(Base):
+    """An API key: only its SHA-256 is stored; `prefix` (the first characters) identifies it."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(sa.String(32), primary_key=True, default=new_id)
+    owner: Mapped[str] = mapped_column(sa.String(200), index=True)
+    name: Mapped[str] = mapped_column(sa.String(200), default="")
+    key_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)  # hex SHA-256
+    prefix: Mapped[str] = mapped_column(sa.String(16), index=True)
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+
+
+class IdempotentRequest(Base):
+    """The first answer to a POST with an `Idempotency-Key`, replayed for the same key and body.
+
+    Unique per (owner, key), and inserted in the same transaction as what the request created,
+    so of concurrent requests with one key exactly one commits; the others replay its answer.
+    """
+
+    __tablename__ = "idempotent_requests"
+    __table_args__ = (sa.UniqueConstraint("owner", "key", name="uq_idempotent_requests_owner_key"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    owner: Mapped[str] = mapped_column(sa.String(200))
+    key: Mapped[str] = mapped_column(sa.String(255))
+    # SHA-256 of method, path, content type and body: another request under the same key is 422
+    fingerprint: Mapped[str] = mapped_column(sa.String(64))
+    status_code: Mapped[int]
+    body: Mapped[str] = mapped_column(sa.Text)
+    location: Mapped[str | None] = mapped_column(sa.String(500))
+    created_at: Mapped[datetime] = mapped_column(
+        sa.DateTime(timezone=True), default=utcnow, index=True
+    )

@@ -16,14 +16,17 @@ from service.models import JOB_STATUSES
 from service.modelspec import ACTIVATIONS, LOSSES, OPTIMIZERS
 
 NUMBER_MATRIX = {
+    "description": "Rows of equally many finite numbers (at least one row and one column).",
     "type": "array",
-    "items": {"type": "array", "items": {"type": "number"}},
+    "minItems": 1,
+    "items": {"type": "array", "minItems": 1, "items": {"type": "number"}},
     "example": [[0.1, 0.5], [0.9, -0.2]],
 }
 TARGETS = {
     "description": "One target per row: a number (regression), a list of numbers (several "
     "outputs), or a class label (all integers, all strings or all booleans).",
     "type": "array",
+    "minItems": 1,
     "items": {
         "oneOf": [
             {"type": "number"},
@@ -35,6 +38,7 @@ TARGETS = {
     "example": [1, 0],
 }
 DEFAULT_LEARNING_RATE = {"sgd": 0.05, "adam": 0.01}
+MAX_PAGE = 1_000_000  # keeps OFFSET within what every database takes
 
 
 class UTCDateTime(fields.DateTime):
@@ -205,7 +209,7 @@ class PredictionSchema(Schema):
 
 
 class PageQuerySchema(Schema):
-    page = fields.Integer(load_default=1, validate=validate.Range(min=1))
+    page = fields.Integer(load_default=1, validate=validate.Range(min=1, max=MAX_PAGE))
     page_size = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
 
 

@@ -14,8 +14,10 @@ from service.errors import ApiError, InputError
 from service.models import TrainedModel
 
 
-def get_model(session: Session, model_id: str, *, with_weights: bool = False) -> TrainedModel:
-    query = sa.select(TrainedModel).where(TrainedModel.id == model_id)
+def get_model(
+    session: Session, model_id: str, owner: str, *, with_weights: bool = False
+) -> TrainedModel:
+    query = sa.select(TrainedModel).where(TrainedModel.id == model_id, TrainedModel.owner == owner)
     if with_weights:
         query = query.options(undefer(TrainedModel.weights))
     model = session.scalars(query).one_or_none()
@@ -24,15 +26,23 @@ def get_model(session: Session, model_id: str, *, with_weights: bool = False) ->
     return model
 
 
-def get_graph_svg(session: Session, model_id: str) -> str:
-    svg = session.scalar(sa.select(TrainedModel.graph_svg).where(TrainedModel.id == model_id))
+def get_graph_svg(session: Session, model_id: str, owner: str) -> str:
+    svg = session.scalar(
+        sa.select(TrainedModel.graph_svg).where(
+            TrainedModel.id == model_id, TrainedModel.owner == owner
+        )
+    )
     if svg is None:
         raise ApiError(404, f"No model with id {model_id!r}.")
     return svg
 
 
-def get_weights(session: Session, model_id: str) -> bytes:
-    blob = session.scalar(sa.select(TrainedModel.weights).where(TrainedModel.id == model_id))
+def get_weights(session: Session, model_id: str, owner: str) -> bytes:
+    blob = session.scalar(
+        sa.select(TrainedModel.weights).where(
+            TrainedModel.id == model_id, TrainedModel.owner == owner
+        )
+    )
     if blob is None:
         raise ApiError(404, f"No model with id {model_id!r}.")
     return blob
@@ -53,10 +63,14 @@ def serialize_model(model: TrainedModel, *, parameters: bool = True) -> dict[str
     return out
 
 
-def list_models(session: Session, page: int, page_size: int) -> tuple[list[TrainedModel], int]:
-    total = session.scalar(sa.select(sa.func.count()).select_from(TrainedModel)) or 0
+def list_models(
+    session: Session, owner: str, page: int, page_size: int
+) -> tuple[list[TrainedModel], int]:
+    where = TrainedModel.owner == owner
+    total = session.scalar(sa.select(sa.func.count()).select_from(TrainedModel).where(where)) or 0
     rows = session.scalars(
         sa.select(TrainedModel)
+        .where(where)
         .order_by(TrainedModel.created_at.desc(), TrainedModel.id.desc())
         .limit(page_size)
         .offset((page - 1) * page_size)

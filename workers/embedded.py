@@ -7,6 +7,10 @@ finishes the running task, or after `GRACE` seconds is stopped cold: its unackno
 goes back to the queue and, once the job's heartbeat is stale, the next start takes the job
 over), then gunicorn. If either
 process exits on its own, the other is stopped too and the exit status says so.
+
+On first start it creates an API key for the owner "local", prints it and writes it to
+`$TRAINYARD_VAR_DIR/api-key` (mode 0600), as notebook servers do with their tokens; later starts
+reuse that file and print where it is. `curl -H "Authorization: Bearer $(cat var/api-key)"`.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+from service.auth import verify_api_key
 from service.config import VAR_DIR, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,11 +74,54 @@ def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, grace: float 
     return proc.wait()
 
 
+LOCAL_OWNER = "local"
+
+
+def ensure_local_key(database_url: str, path: Path) -> tuple[str, bool]:
+    """The embedded mode's API key: read from `path`, or (first start, or the key in it was
+    revoked or belongs to another database) created for owner "local" and written there with
+    mode 0600. Returns (key, created)."""
+    from service.auth import create_api_key
+    from service.db import make_engine, make_sessionmaker, session_scope
+
+    engine = make_engine(database_url)
+    try:
+        factory = make_sessionmaker(engine)
+        if path.exists():
+            key = path.read_text().strip()
+            with session_scope(factory) as session:
+                if verify_api_key(session, key) is not None:
+                    return key, False
+        with session_scope(factory) as session:
+            key = create_api_key(session, LOCAL_OWNER, "embedded default")
+    finally:
+        engine.dispose()
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    os.replace(tmp, path)
+    return key, True
+
+
 def main(argv: list[str] | None = None) -> int:
     settings = Settings()
     port = int(os.environ.get("PORT", settings.port))
     concurrency = int(os.environ.get("TRAINYARD_WORKER_CONCURRENCY", "1"))
     VAR_DIR.mkdir(parents=True, exist_ok=True)
+    key_path = VAR_DIR / "api-key"
+    key, created = ensure_local_key(settings.database_url, key_path)
+    if created:
+        print(
+            f"trainyard: created an API key for owner {LOCAL_OWNER!r}, written to {key_path} "
+            f"(mode 0600):\n\n    {key}\n\n"
+            f'  curl -H "Authorization: Bearer $(cat {key_path})" '
+            f"http://127.0.0.1:{port}/api/v1/jobs\n",
+            flush=True,
+        )
+    else:
+        print(f"trainyard: using the API key in {key_path}", flush=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
     stopping = False

@@ -5,13 +5,16 @@ from __future__ import annotations
 from pathlib import PurePath
 from typing import Any
 
-from flask import request
+from flask import Response, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
+from marshmallow import RAISE
 
 from service import datasets
 from service.api import db, limits, page, require_content_type
+from service.auth import current_owner
 from service.errors import InputError
+from service.idempotency import HEADER_DOC, Idempotency
 from service.models import Dataset
 from service.schemas import (
     DatasetCsvSchema,
@@ -55,7 +58,7 @@ def _parse_upload() -> datasets.ParsedDataset:
 
 @blp.route("")
 class Datasets(MethodView):
-    @blp.arguments(PageQuerySchema, location="query")
+    @blp.arguments(PageQuerySchema, location="query", unknown=RAISE)
     @blp.response(200, DatasetPageSchema)
     def get(self, query: dict[str, Any]) -> dict[str, Any]:
         """List datasets, newest first.
@@ -63,31 +66,44 @@ class Datasets(MethodView):
         Paginated with `page` (from 1) and `page_size` (1 to 100); the body holds the page's
         `items` and `pagination` (`page`, `page_size`, `total`, `pages`).
         """
-        rows, total = datasets.list_datasets(db(), query["page"], query["page_size"])
+        rows, total = datasets.list_datasets(
+            db(), current_owner(), query["page"], query["page_size"]
+        )
         return page([dataset_json(d) for d in rows], total, query)
 
     @blp.doc(
+        parameters=[HEADER_DOC],
         requestBody={
             "required": True,
             "content": {
                 "application/json": {"schema": DatasetInSchema},
                 "multipart/form-data": {"schema": DatasetCsvSchema},
             },
-        }
+        },
     )
-    @blp.response(201, DatasetSchema)
+    @blp.response(201, DatasetSchema, headers={"Location": {"schema": {"type": "string"}}})
     @blp.alt_response(415, schema=ErrorSchema, description="Neither JSON nor a form.")
-    @blp.alt_response(422, schema=ErrorSchema, description="Invalid data.")
+    @blp.alt_response(
+        422, schema=ErrorSchema, description="Invalid data, or an `Idempotency-Key` reused."
+    )
     @require_content_type("application/json", "multipart/form-data")
-    def post(self) -> tuple[dict[str, Any], int, dict[str, str]]:
+    def post(self) -> Response:
         """Submit a dataset as JSON, or as a CSV file (`multipart/form-data`).
 
         JSON: `{"name", "features": [[...], ...], "targets": [...]}`. CSV: field `file` with a
         header row, numeric feature columns; `target` names the target column (default: the
-        last one), `name` defaults to the file name.
+        last one), `name` defaults to the file name. With an `Idempotency-Key`, a retry gets
+        the first answer and stores nothing new.
         """
-        dataset = datasets.create_dataset(db(), _parse_upload())
-        return dataset_json(dataset), 201, {"Location": f"{request.path}/{dataset.id}"}
+        session, owner = db(), current_owner()
+        idempotency = Idempotency(session, owner)
+        replayed = idempotency.replay()
+        if replayed is not None:
+            return replayed
+        dataset = datasets.create_dataset(session, _parse_upload(), owner)
+        body = DatasetSchema().dump(dataset_json(dataset))
+        response, _ = idempotency.commit(body, 201, f"{request.path}/{dataset.id}")
+        return response
 
 
 @blp.route("/<dataset_id>")
@@ -96,4 +112,4 @@ class DatasetById(MethodView):
     @blp.alt_response(404, schema=ErrorSchema, description="No such dataset.")
     def get(self, dataset_id: str) -> dict[str, Any]:
         """Fetch a dataset's description (not its data)."""
-        return dataset_json(datasets.get_dataset(db(), dataset_id))
+        return dataset_json(datasets.get_dataset(db(), dataset_id, current_owner()))

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import current_app, url_for
+from flask import Response, current_app, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint
+from marshmallow import RAISE
 
 from service import jobs
 from service.api import db, json_only, limits, page
+from service.auth import current_owner
+from service.idempotency import HEADER_DOC, Idempotency
 from service.schemas import ErrorSchema, JobInSchema, JobPageQuerySchema, JobPageSchema, JobSchema
 
 blp = Blueprint("jobs", __name__, url_prefix="/jobs", description="Training jobs.")
@@ -17,7 +20,7 @@ blp = Blueprint("jobs", __name__, url_prefix="/jobs", description="Training jobs
 
 @blp.route("")
 class Jobs(MethodView):
-    @blp.arguments(JobPageQuerySchema, location="query")
+    @blp.arguments(JobPageQuerySchema, location="query", unknown=RAISE)
     @blp.response(200, JobPageSchema)
     def get(self, query: dict[str, Any]) -> dict[str, Any]:
         """List jobs, newest first, optionally only those with one `status`.
@@ -27,27 +30,42 @@ class Jobs(MethodView):
         """
         session = db()
         rows, total = jobs.list_jobs(
-            session, query["page"], query["page_size"], query.get("status")
+            session, current_owner(), query["page"], query["page_size"], query.get("status")
         )
         return page(jobs.serialize_jobs(session, rows), total, query)
 
     @json_only
     @blp.arguments(JobInSchema)
+    @blp.doc(parameters=[HEADER_DOC])
     @blp.response(202, JobSchema, headers={"Location": {"schema": {"type": "string"}}})
+    @blp.alt_response(404, schema=ErrorSchema, description="No such dataset (`dataset_id`).")
     @blp.alt_response(415, schema=ErrorSchema, description="The body is not JSON.")
-    @blp.alt_response(422, schema=ErrorSchema, description="Invalid spec or data.")
-    def post(self, data: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
+    @blp.alt_response(
+        422,
+        schema=ErrorSchema,
+        description="Invalid spec or data, or an `Idempotency-Key` reused.",
+    )
+    def post(self, data: dict[str, Any]) -> Response:
         """Submit a training job (`dataset_id`, or the data inline as `dataset`).
 
         Everything is validated before the job is stored. The job is committed as `queued`,
         then its id is published to the broker. If the broker cannot be reached the answer is
         still `202`: the job stays `queued` in the store until it is published again.
+        With an `Idempotency-Key`, a retry gets the first answer and makes no second job.
+        An owner may have `TRAINYARD_MAX_ACTIVE_JOBS` queued or running jobs (else `429`).
         """
-        session = db()
-        job = jobs.create_job(session, data, limits())
-        jobs.publish(session, current_app.extensions["celery"], job.id)
+        session, owner = db(), current_owner()
+        idempotency = Idempotency(session, owner)
+        replayed = idempotency.replay()
+        if replayed is not None:
+            return replayed
+        job = jobs.create_job(session, data, limits(), owner)
         location = url_for("jobs.JobById", job_id=job.id)
-        return jobs.serialize_job(session, job), 202, {"Location": location}
+        body = JobSchema().dump(jobs.serialize_job(session, job))
+        response, first = idempotency.commit(body, 202, location)
+        if first:
+            jobs.publish(session, current_app.extensions["celery"], job.id)
+        return response
 
 
 @blp.route("/<job_id>")
@@ -57,7 +75,7 @@ class JobById(MethodView):
     def get(self, job_id: str) -> dict[str, Any]:
         """Poll a job: status, progress and the loss of every finished epoch."""
         session = db()
-        return jobs.serialize_job(session, jobs.get_job(session, job_id))
+        return jobs.serialize_job(session, jobs.get_job(session, job_id, current_owner()))
 
 
 @blp.route("/<job_id>/cancel", methods=["POST"])
@@ -71,4 +89,4 @@ def cancel(job_id: str) -> dict[str, Any]:
     `cancel_requested: true` and stops at its next epoch boundary, ending `cancelled`.
     """
     session = db()
-    return jobs.serialize_job(session, jobs.cancel_job(session, job_id))
+    return jobs.serialize_job(session, jobs.cancel_job(session, job_id, current_owner()))

@@ -24,6 +24,8 @@ import pytest
 import requests
 
 from engine.nn import MLP
+from service.auth import create_api_key
+from service.db import make_engine, make_sessionmaker, session_scope
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -123,20 +125,36 @@ def worker_cmd(name: str, concurrency: int = 1) -> list[str]:
     ]  # fmt: skip
 
 
-def api_cmd(port: int) -> list[str]:
+def api_cmd(port: int, workers: int = 2, threads: int = 1) -> list[str]:
     return [
-        str(VENV_BIN / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", "2",
-        "service:create_app()",
+        str(VENV_BIN / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
+        "--threads", str(threads), "service:create_app()",
     ]  # fmt: skip
 
 
-class Api:
-    """A small client of the REST API, as a user would write it."""
+def new_api_key(database_url: str, owner: str = "e2e") -> str:
+    """Create an API key of `owner` in the (migrated) database, as `flask keys create` does."""
+    engine = make_engine(database_url)
+    try:
+        with session_scope(make_sessionmaker(engine)) as session:
+            return create_api_key(session, owner, "e2e test")
+    finally:
+        engine.dispose()
 
-    def __init__(self, base: str, proc: Proc | None = None) -> None:
+
+class Api:
+    """A small client of the REST API, as a user would write it; `key` is sent as a bearer
+    token with every request (`authenticate` sets it later)."""
+
+    def __init__(self, base: str, proc: Proc | None = None, key: str | None = None) -> None:
         self.base = base.rstrip("/")
         self.http = requests.Session()
         self.proc = proc
+        if key is not None:
+            self.authenticate(key)
+
+    def authenticate(self, key: str) -> None:
+        self.http.headers["Authorization"] = f"Bearer {key}"
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout

@@ -20,7 +20,7 @@ import redis
 import yaml
 
 from tests.conftest import REDIS_URL, create_pg_database, drop_pg_database
-from tests.e2e.conftest import ROOT, Api, Processes, base_env, check_model, free_port
+from tests.e2e.conftest import ROOT, Api, Processes, base_env, check_model, free_port, new_api_key
 from tests.workers.datasets import moons
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
@@ -112,7 +112,7 @@ def test_compose_service_commands_run_locally(
     assert command != api_service["command"]
     api_env = local_env(api_service, database_url, broker_url)
     api_proc = processes.start("api", command, api_env)
-    api = Api(f"http://127.0.0.1:{port}", api_proc)
+    api = Api(f"http://127.0.0.1:{port}", api_proc, new_api_key(database_url))
     api.wait_ready(60)
     worker_proc.wait_for_output(" ready.", 60)
 

@@ -23,6 +23,7 @@ from tests.e2e.conftest import (
     base_env,
     check_model,
     free_port,
+    new_api_key,
     worker_cmd,
 )
 from tests.workers.datasets import blobs, moons, regression
@@ -43,7 +44,7 @@ def api(pg_database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
         workers = [procs.start(name, worker_cmd(name), env) for name in ("w1", "w2")]
         port = free_port()
         server = procs.start("api", api_cmd(port), env)
-        client_api = Api(f"http://127.0.0.1:{port}", server)
+        client_api = Api(f"http://127.0.0.1:{port}", server, new_api_key(pg_database_url))
         client_api.wait_ready(60)
         for worker in workers:
             worker.wait_for_output(" ready.", 60)
@@ -157,7 +158,8 @@ def test_job_survives_a_killed_worker_process(
     try:
         worker = processes.start("crash-worker", worker_cmd("crash"), env)
         port = free_port()
-        api = Api(f"http://127.0.0.1:{port}", processes.start("crash-api", api_cmd(port), env))
+        server = processes.start("crash-api", api_cmd(port), env)
+        api = Api(f"http://127.0.0.1:{port}", server, new_api_key(pg_database_url))
         api.wait_ready(60)
         worker.wait_for_output(" ready.", 60)
         x, y = regression(16)

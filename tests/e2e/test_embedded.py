@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import re
 import signal
+import stat
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 
 from tests.e2e.conftest import ROOT, Api, Proc, Processes, base_env, check_model, free_port
 from tests.workers.datasets import moons, regression
@@ -37,6 +39,8 @@ def start_embedded(processes: Processes, var: Path, **env: str) -> tuple[Api, Pr
     proc = processes.start("embedded", [sys.executable, "-m", "workers.embedded"], environment)
     api = Api(f"http://127.0.0.1:{environment['PORT']}", proc)
     api.wait_ready(60)
+    # the embedded mode's own key, written on first start (what the README's curl lines use)
+    api.authenticate((var / "api-key").read_text().strip())
     return api, proc
 
 
@@ -47,6 +51,11 @@ def test_embedded_mode_trains_serves_and_stops_cleanly(
     api, proc = start_embedded(processes, var)
     assert (var / "trainyard.sqlite3").exists()
     assert (var / "broker" / "queue").is_dir()
+    key_file = var / "api-key"
+    key = key_file.read_text().strip()
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert key in proc.text() and str(key_file) in proc.text()  # printed once, with its place
+    assert requests.get(f"{api.base}/api/v1/jobs", timeout=10).status_code == 401
 
     x, y = moons(120)
     dataset_id = api.dataset(x, [["no", "yes"][int(v)] for v in y], "moons")
@@ -73,6 +82,12 @@ def test_embedded_mode_trains_serves_and_stops_cleanly(
     assert proc.popen.wait(timeout=40) == 0
     assert not any(pid_alive(pid) for pid in pids)
     assert "stopped" in proc.text()
+
+    # a second start reuses the key (and says where it is) and still serves the same data
+    api2, proc2 = start_embedded(processes, var)
+    assert key_file.read_text().strip() == key
+    assert f"using the API key in {key_file}" in proc2.text() and key not in proc2.text()
+    assert api2.get(f"/jobs/{job_id}").json()["status"] == "succeeded"
 
 
 def test_embedded_soft_time_limit_fails_job_with_history(

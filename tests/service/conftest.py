@@ -2,6 +2,9 @@
 
 The SQLite variant publishes to the embedded broker (kombu's filesystem transport in a temporary
 folder), the PostgreSQL variant to the local Redis. Each test starts with empty tables.
+
+`client` sends the API key of owner "alice" with every request; `bob` is another owner's client
+and `anonymous` sends no key.
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from service import create_app
+from service.auth import create_api_key
 from tests.conftest import migrate
 
-TABLES = ("models", "job_epochs", "jobs", "datasets")
+TABLES = ("idempotent_requests", "api_keys", "models", "job_epochs", "jobs", "datasets")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -60,8 +64,40 @@ def app(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Flask]:
     app.extensions["db_engine"].dispose()
 
 
+def new_key(app: Flask, owner: str) -> str:
+    """A fresh API key of `owner`, committed."""
+    with app.extensions["db_sessionmaker"]() as session:
+        key = create_api_key(session, owner, "test")
+        session.commit()
+    return key
+
+
+def keyed_client(app: Flask, key: str) -> FlaskClient:
+    """A test client that sends `Authorization: Bearer <key>` with every request."""
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {key}"
+    return client
+
+
 @pytest.fixture
-def client(app: Flask) -> FlaskClient:
+def api_key(app: Flask) -> str:
+    return new_key(app, "alice")
+
+
+@pytest.fixture
+def client(app: Flask, api_key: str) -> FlaskClient:
+    return keyed_client(app, api_key)
+
+
+@pytest.fixture
+def bob(app: Flask) -> FlaskClient:
+    """A client of another owner."""
+    return keyed_client(app, new_key(app, "bob"))
+
+
+@pytest.fixture
+def anonymous(app: Flask) -> FlaskClient:
+    """A client without a key."""
     return app.test_client()
 
 

@@ -355,7 +355,7 @@ def test_cancel_racing_the_claim_leaves_one_state(app: Flask, client: FlaskClien
 
         worker = threading.Thread(target=claim)
         worker.start()
-        r = app.test_client().post(f"{URL}/{job_id}/cancel")
+        r = client.post(f"{URL}/{job_id}/cancel")
         worker.join()
         final = client.get(f"{URL}/{job_id}").get_json()
         assert r.status_code == 200

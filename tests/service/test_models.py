@@ -30,9 +30,15 @@ def graph_svg(model: MLP, x: np.ndarray) -> str:
 
 
 def add_model(
-    app: Flask, layers: list[int], loss: str, classes: list[Any] | None, nin: int = 2
+    app: Flask,
+    layers: list[int],
+    loss: str,
+    classes: list[Any] | None,
+    nin: int = 2,
+    owner: str = "alice",
 ) -> tuple[str, str, MLP]:
-    """Store a dataset, a succeeded job and its model; return (model id, job id, MLP)."""
+    """Store a dataset, a succeeded job and its model (the job's and the model's owner come
+    from the dataset's, as when a worker saves a model); return (model id, job id, MLP)."""
     mlp = MLP(nin, layers, seed=1)
     architecture = {
         "nin": nin,
@@ -44,6 +50,7 @@ def add_model(
     }
     with app.extensions["db_sessionmaker"]() as session:
         dataset = Dataset(
+            owner=owner,
             name="d",
             n_samples=1,
             n_features=nin,

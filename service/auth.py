@@ -1,0 +1,200 @@
+"""API keys: create, verify, revoke; the bearer check on every `/api/v1` route; the `keys` CLI.
+
+A key is `ty_` + 43 URL-safe characters from `secrets.token_urlsafe(32)` (256 random bits).
+Only its SHA-256 is stored: a slow password hash (bcrypt, argon2) protects guessable passwords
+against brute force, which a 256-bit random key does not need; a plain SHA-256 lets a request be
+checked with one indexed lookup by hash. Whoever reads the table cannot use what is in it.
+`prefix` (the first 11 characters) is stored to tell keys apart in lists and logs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from typing import Any
+
+import click
+import sqlalchemy as sa
+from flask import Flask, current_app, g, request
+from flask.cli import AppGroup
+from sqlalchemy.orm import Session
+
+from service.db import session_scope, utcnow
+from service.errors import ApiError
+from service.models import ApiKey
+
+KEY_PREFIX = "ty_"
+DISPLAY_PREFIX_LENGTH = len(KEY_PREFIX) + 8
+
+# Under the API prefix, only the OpenAPI document and the docs page (with its static files)
+# answer without a key. Everything outside it (probes, the dashboard's static shell) is public.
+PUBLIC_API_PATHS = ("/api/v1/openapi.json", "/api/v1/docs")
+
+BEARER_SCHEME = {
+    "type": "http",
+    "scheme": "bearer",
+    "description": "An API key: `Authorization: Bearer ty_...`. Create one with "
+    "`flask --app service keys create --owner NAME`; the embedded mode writes one to "
+    "`var/api-key` on first start.",
+}
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def create_api_key(session: Session, owner: str, name: str = "") -> str:
+    """Add a key for `owner` (flushed, not committed); return the plaintext key, shown once."""
+    if not owner or len(owner) > 200:
+        raise ValueError("owner must be 1 to 200 characters")
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    session.add(
+        ApiKey(
+            owner=owner, name=name[:200], key_hash=hash_key(key), prefix=key[:DISPLAY_PREFIX_LENGTH]
+        )
+    )
+    session.flush()
+    return key
+
+
+def find_api_key(session: Session, id_or_prefix: str) -> ApiKey:
+    """The key with this id, display prefix or plaintext; LookupError if none or ambiguous."""
+    rows = session.scalars(
+        sa.select(ApiKey).where(
+            sa.or_(
+                ApiKey.id == id_or_prefix,
+                ApiKey.prefix == id_or_prefix,
+                ApiKey.key_hash == hash_key(id_or_prefix),
+            )
+        )
+    ).all()
+    if not rows:
+        raise LookupError(f"no API key with id or prefix {id_or_prefix!r}")
+    if len(rows) > 1:
+        ids = ", ".join(r.id for r in rows)
+        raise LookupError(f"{id_or_prefix!r} matches several keys ({ids}); use the id")
+    return rows[0]
+
+
+def revoke_api_key(session: Session, id_or_prefix: str) -> ApiKey:
+    """Revoke a key (by id, display prefix or the key itself); flushed, not committed.
+
+    Revoking twice keeps the first revocation time. Raises LookupError if no key matches.
+    """
+    key = find_api_key(session, id_or_prefix)
+    if key.revoked_at is None:
+        key.revoked_at = utcnow()
+        session.flush()
+    return key
+
+
+def list_api_keys(session: Session, owner: str | None = None) -> list[ApiKey]:
+    query = sa.select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)
+    if owner is not None:
+        query = query.where(ApiKey.owner == owner)
+    return list(session.scalars(query))
+
+
+def verify_api_key(session: Session, key: str) -> ApiKey | None:
+    """The live key row for a plaintext key, or None (unknown or revoked)."""
+    if not key.startswith(KEY_PREFIX) or len(key) > 200:
+        return None
+    row = session.scalars(sa.select(ApiKey).where(ApiKey.key_hash == hash_key(key))).one_or_none()
+    if row is None or row.revoked_at is not None:
+        return None
+    return row
+
+
+class Unauthorized(ApiError):
+    def __init__(self, message: str) -> None:
+        super().__init__(401, message, code="unauthorized")
+
+
+def is_public(path: str) -> bool:
+    if not (path == "/api/v1" or path.startswith("/api/v1/")):
+        return True
+    return any(path == p or path.startswith(p + "/") for p in PUBLIC_API_PATHS)
+
+
+def authenticate() -> None:
+    """`before_request`: set `g.owner` and `g.api_key_id` from the bearer key, or answer 401."""
+    if is_public(request.path):
+        return
+    header = request.headers.get("Authorization", "")
+    scheme, _, key = header.partition(" ")
+    if not header:
+        raise Unauthorized("An API key is needed: send `Authorization: Bearer <key>`.")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise Unauthorized("The Authorization header must be `Bearer <key>`.")
+    from service.api import db
+
+    row = verify_api_key(db(), key.strip())
+    if row is None:
+        raise Unauthorized("The API key is not valid (unknown or revoked).")
+    g.owner = row.owner
+    g.api_key_id = row.id
+
+
+def current_owner() -> str:
+    return str(g.owner)
+
+
+def add_www_authenticate(response: Any) -> Any:
+    """`after_request`: a 401 names the scheme it wants."""
+    if response.status_code == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="trainyard"'
+    return response
+
+
+keys_cli = AppGroup("keys", help="Create, list and revoke API keys.")
+
+
+def _sessions() -> Any:
+    return current_app.extensions["db_sessionmaker"]
+
+
+@keys_cli.command("create")
+@click.option("--owner", required=True, help="Who the key's datasets, jobs and models belong to.")
+@click.option("--name", default="", help="A note to tell keys apart, e.g. 'laptop'.")
+def create_command(owner: str, name: str) -> None:
+    """Create a key and print it (it is shown this once; only its hash is stored)."""
+    with session_scope(_sessions()) as session:
+        key = create_api_key(session, owner, name)
+    click.echo(key)
+    click.echo(
+        f"Created an API key for owner {owner!r}. Store it now: it cannot be shown again.",
+        err=True,
+    )
+
+
+@keys_cli.command("list")
+@click.option("--owner", default=None, help="Only this owner's keys.")
+def list_command(owner: str | None) -> None:
+    """List keys (id, prefix, owner, name, created, revoked); never the keys themselves."""
+    with session_scope(_sessions()) as session:
+        rows = list_api_keys(session, owner)
+        click.echo(f"{'id':32}  {'prefix':11}  {'owner':16}  {'name':16}  created / revoked")
+        for r in rows:
+            revoked = r.revoked_at.isoformat(timespec="seconds") if r.revoked_at else "-"
+            click.echo(
+                f"{r.id:32}  {r.prefix:11}  {r.owner:16}  {r.name:16}  "
+                f"{r.created_at.isoformat(timespec='seconds')} / {revoked}"
+            )
+
+
+@keys_cli.command("revoke")
+@click.argument("id_or_prefix")
+def revoke_command(id_or_prefix: str) -> None:
+    """Revoke a key by its id or its prefix (as `keys list` shows them)."""
+    try:
+        with session_scope(_sessions()) as session:
+            key = revoke_api_key(session, id_or_prefix)
+            click.echo(f"Revoked {key.prefix}... (id {key.id}, owner {key.owner!r}).")
+    except LookupError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def init_app(app: Flask) -> None:
+    app.before_request(authenticate)
+    app.after_request(add_www_authenticate)
+    app.cli.add_command(keys_cli)
