@@ -24,6 +24,12 @@ def celery_config(settings: Any) -> dict[str, Any]:
     if settings.broker_url.startswith(("redis://", "rediss://", "redis+socket://")):
         # Redis re-delivers an unacknowledged message after this; it must exceed the hard limit.
         transport_options["visibility_timeout"] = settings.visibility_timeout
+        # kombu looks for expired unacknowledged messages every interval * throttle seconds
+        # (10 * 10 by default): keep that well below the visibility timeout when it is short.
+        period = max(1.0, min(100.0, settings.visibility_timeout / 3))
+        interval = min(10.0, period)
+        transport_options["unacked_restore_interval"] = interval
+        transport_options["unacked_restore_throttle"] = max(1, int(period / interval))
         # A hung Redis (paused, overloaded) must not hang an API request or a worker for ever.
         timeout = getattr(settings, "broker_socket_timeout", None)
         if timeout:
