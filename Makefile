@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PORT ?= 8000
 
-.PHONY: setup system-deps test-deps run migrate test lint format bench clean
+.PHONY: setup system-deps test-deps run migrate test lint format bench screenshots clean
 
 setup: system-deps $(STAMP)
 
@@ -49,6 +49,10 @@ test: lint test-deps
 bench: setup
 	$(PY) -m pip install -q -r bench/requirements.txt
 	$(PY) bench/engine.py
+
+# Regenerates the README's dashboard screenshots (docs/screenshots/) from a real browser run.
+screenshots: setup test-deps
+	TRAINYARD_SCREENSHOTS_DIR=docs/screenshots $(PY) -m pytest tests/dashboard/test_browser.py -k submit
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache .hypothesis

@@ -1,4 +1,5 @@
-"""Dependencies point one way: engine <- service <- workers, and no code creates tables."""
+"""Dependencies point one way (engine <- service <- workers; the client talks HTTP only),
+and no application code creates tables."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from tests.conftest import ROOT
 
 FORBIDDEN = {
     "engine": {"service", "workers", "flask", "celery", "sqlalchemy"},
-    "service": {"workers"},
+    "service": {"workers", "client"},
+    "client": {"service", "workers", "flask", "celery", "sqlalchemy"},
 }
 
 
