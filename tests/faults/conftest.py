@@ -26,18 +26,14 @@ import sqlalchemy as sa
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.auth import create_api_key
 from service.celery import TRAIN_TASK, celery_config
 from service.config import Settings
 from service.db import make_engine, make_sessionmaker, session_scope, utcnow
-from service.models import Dataset, Job, JobEpoch, TrainedModel
+from service.models import DEFAULT_OWNER, Dataset, Job, JobEpoch, TrainedModel
 from service.modelspec import array_to_bytes
 from tests.conftest import REDIS_URL, create_pg_database, drop_pg_database, migrate
-from tests.e2e.conftest import (
-    Proc,
-    Processes,
-    base_env,
-    worker_cmd,
-)
+from tests.e2e.conftest import Api, Proc, Processes, api_cmd, base_env, free_port, worker_cmd
 from tests.workers.datasets import regression
 
 FINAL = ("succeeded", "failed", "cancelled")
@@ -82,6 +78,15 @@ class Cluster:
             proc.wait_for_output(" ready.", 90)
         return proc
 
+    def api(self, **extra: str) -> Api:
+        """The API under gunicorn on this store and broker, with an API key in its session."""
+        port = free_port()
+        proc = self.processes.start("api", api_cmd(port), self.env(**extra))
+        api = Api(f"http://127.0.0.1:{port}", proc)
+        api.wait_ready(60)
+        api.http.headers.update(api_key(self.database_url))
+        return api
+
     def add_job(
         self,
         epochs: int = 50,
@@ -91,24 +96,11 @@ class Cluster:
         y: np.ndarray | None = None,
         publish: bool = True,
     ) -> str:
-        """A regression job on a tiny dataset (about a few ms per epoch), published."""
-        if x is None or y is None:
-            x, y = regression(n)
+        """A regression job on a tiny dataset (a few ms per epoch), published."""
+        dataset_id = self.add_dataset(n, x, y)
         with session_scope(self.factory) as session:
-            dataset = Dataset(
-                name="faults",
-                n_samples=len(x),
-                n_features=x.shape[1],
-                n_targets=1,
-                target_kind="numeric",
-                classes=None,
-                features=array_to_bytes(np.asarray(x, dtype=np.float64)),
-                targets=array_to_bytes(np.asarray(y, dtype=np.float64).reshape(-1, 1)),
-            )
-            session.add(dataset)
-            session.flush()
             job = Job(
-                dataset_id=dataset.id,
+                dataset_id=dataset_id,
                 model_spec={"layers": layers or [4, 1], "activation": "tanh",
                             "output_activation": None},
                 training_spec={
@@ -124,6 +116,27 @@ class Cluster:
         if publish:
             self.publish(job_id)
         return job_id
+
+    def add_dataset(
+        self, n: int = 16, x: np.ndarray | None = None, y: np.ndarray | None = None
+    ) -> str:
+        """A regression dataset of the default owner (the one `api_key` makes keys for)."""
+        if x is None or y is None:
+            x, y = regression(n)
+        with session_scope(self.factory) as session:
+            dataset = Dataset(
+                name="faults",
+                n_samples=len(x),
+                n_features=x.shape[1],
+                n_targets=1,
+                target_kind="numeric",
+                classes=None,
+                features=array_to_bytes(np.asarray(x, dtype=np.float64)),
+                targets=array_to_bytes(np.asarray(y, dtype=np.float64).reshape(-1, 1)),
+            )
+            session.add(dataset)
+            session.flush()
+            return dataset.id
 
     def publish(self, job_id: str) -> None:
         self.celery.send_task(TRAIN_TASK, args=[job_id])
@@ -271,12 +284,9 @@ def redis_restorer() -> Iterator[None]:
             start_redis()
 
 
-def api_key(database_url: str, owner: str = "faults") -> dict[str, str]:
-    """`Authorization` header for a new key once API keys exist (service.auth), else none."""
-    try:
-        from service.auth import create_api_key  # type: ignore[attr-defined]
-    except ImportError:
-        return {}
+def api_key(database_url: str, owner: str = DEFAULT_OWNER) -> dict[str, str]:
+    """`Authorization` header with a new API key of `owner` (rows made here belong to
+    DEFAULT_OWNER)."""
     engine = make_engine(database_url)
     try:
         with session_scope(make_sessionmaker(engine)) as session:
