@@ -63,7 +63,22 @@ class InputError(ApiError):
 
 
 class JsonErrorRequest(Request):
-    """`request.get_json()` answers a body that is not JSON with a `malformed_json` 400."""
+    """`request.get_json()` answers a body that is not JSON (not UTF-8, truncated, a number
+    with thousands of digits, nested thousands deep) with a `malformed_json` 400."""
+
+    def get_json(self, force: bool = False, silent: bool = False, cache: bool = True) -> Any:
+        head = self.get_data(cache=True)[:4]
+        if (b"\x00" in head or head[:2] in (b"\xff\xfe", b"\xfe\xff")) and not silent:
+            # UTF-16 or UTF-32, which json.loads would guess; JSON on the wire is UTF-8 (RFC 8259)
+            raise ApiError(
+                400, "The request body is not valid JSON: not UTF-8.", code="malformed_json"
+            )
+        try:
+            return super().get_json(force=force, silent=silent, cache=cache)
+        except RecursionError:
+            raise ApiError(
+                400, "The request body is not valid JSON: nested too deeply.", code="malformed_json"
+            ) from None
 
     def on_json_loading_failed(self, e: ValueError | None) -> Any:
         if e is None:  # not a JSON content type

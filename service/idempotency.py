@@ -109,7 +109,7 @@ class Idempotency:
         """Commit the request's work with its answer; `(answer, first)`. `first` is False when
         a concurrent request with the same key won: this one's work is rolled back and the
         winner's answer returned."""
-        text = current_app.json.dumps(body) + "\n"
+        text = current_app.json.response(body).get_data(as_text=True)
         if self.key is not None:
             self.session.add(
                 IdempotentRequest(

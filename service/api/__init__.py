@@ -7,13 +7,30 @@ import math
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import flask_smorest
 from flask import current_app, g, request
 from sqlalchemy.orm import Session
+from webargs import core
+from webargs.flaskparser import FlaskParser, is_json_request
 
 from service.config import Limits
 from service.errors import ApiError
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class JsonParser(FlaskParser):
+    """webargs' parser, reading JSON bodies with `request.get_json()` (service.errors'
+    JsonErrorRequest), so every unparsable body is the same `malformed_json` 400."""
+
+    def _raw_load_json(self, req: Any) -> Any:
+        if not is_json_request(req):
+            return core.missing
+        return req.get_json()
+
+
+class Blueprint(flask_smorest.Blueprint):
+    ARGUMENTS_PARSER = JsonParser()
 
 
 def db() -> Session:

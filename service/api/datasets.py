@@ -7,11 +7,10 @@ from typing import Any
 
 from flask import Response, request
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from marshmallow import RAISE
 
 from service import datasets
-from service.api import db, limits, page, require_content_type
+from service.api import Blueprint, db, limits, page, require_content_type
 from service.auth import current_owner
 from service.errors import InputError
 from service.idempotency import HEADER_DOC, Idempotency

@@ -6,9 +6,8 @@ from typing import Any
 
 from flask import current_app, jsonify
 from flask.typing import ResponseReturnValue
-from flask_smorest import Blueprint
 
-from service.api import db
+from service.api import Blueprint, db
 from service.health import check_broker, check_database
 from service.schemas import HealthSchema
 

@@ -6,11 +6,10 @@ from typing import Any
 
 from flask import Response, current_app, url_for
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from marshmallow import RAISE
 
 from service import jobs
-from service.api import db, json_only, limits, page
+from service.api import Blueprint, db, json_only, limits, page
 from service.auth import current_owner
 from service.idempotency import HEADER_DOC, Idempotency
 from service.schemas import ErrorSchema, JobInSchema, JobPageQuerySchema, JobPageSchema, JobSchema

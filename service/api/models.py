@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Response
-from flask_smorest import Blueprint
 from marshmallow import RAISE
 
 from service import trained_models
-from service.api import db, json_only, limits, page
+from service.api import Blueprint, db, json_only, limits, page
 from service.auth import current_owner
 from service.schemas import (
     ErrorSchema,
