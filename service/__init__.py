@@ -61,9 +61,22 @@ _AUTH_RESPONSES = {
 }
 
 
+_BODY_RESPONSES = {
+    "400": {
+        "description": "The body is not valid JSON (`malformed_json`).",
+        "content": _ERROR_CONTENT,
+    },
+    "413": {"description": "The body is over the configured limit.", "content": _ERROR_CONTENT},
+    "415": {
+        "description": "The body is not of a content type this operation takes.",
+        "content": _ERROR_CONTENT,
+    },
+}
+
+
 class AuthDocPlugin(BasePlugin):
     """Documents authentication per operation: public ones get `security: []`, the others
-    their 401 and 429 answers."""
+    their 401 and 429 answers (and 400, 413, 415 where they take a body)."""
 
     def operation_helper(
         self, path: str | None = None, operations: dict[str, Any] | None = None, **_: Any
@@ -75,6 +88,9 @@ class AuthDocPlugin(BasePlugin):
                 responses = operation.setdefault("responses", {})
                 for status, response in _AUTH_RESPONSES.items():
                     responses.setdefault(status, response)
+                if "requestBody" in operation:
+                    for status, response in _BODY_RESPONSES.items():
+                        responses.setdefault(status, response)
 
 
 class TrainyardApi(Api):

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from service.config import Limits
 from service.errors import ApiError, InputError
-from service.models import Dataset
+from service.models import Dataset, is_id
 from service.modelspec import array_to_bytes
 
 
@@ -125,6 +125,9 @@ def parse_targets(
                 classes = distinct
         return array, "numeric", classes
     if kinds in ({str}, {bool}):
+        for i, v in enumerate(values):
+            if isinstance(v, str) and "\x00" in v:
+                raise InputError(field, f"entry {i}: labels cannot hold NUL characters")
         distinct = sorted(set(values))
         if len(distinct) > limits.max_classes:
             raise InputError(
@@ -172,6 +175,8 @@ def parse_csv_dataset(
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise InputError(field, "is not UTF-8 text") from None
+    if "\x00" in text:
+        raise InputError(field, "holds NUL characters: it is not a text file")
     try:
         rows = list(csv.reader(io.StringIO(text)))
     except csv.Error as exc:
@@ -257,6 +262,8 @@ def create_dataset(session: Session, parsed: ParsedDataset, owner: str) -> Datas
 
 def find_dataset(session: Session, dataset_id: str, owner: str) -> Dataset | None:
     """The owner's dataset with this id; None for another owner's (as for no dataset)."""
+    if not is_id(dataset_id):
+        return None
     return session.scalars(
         sa.select(Dataset).where(Dataset.id == dataset_id, Dataset.owner == owner)
     ).one_or_none()

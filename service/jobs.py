@@ -19,7 +19,7 @@ from service.config import Limits
 from service.datasets import ParsedDataset, find_dataset, new_dataset, parse_json_dataset
 from service.db import utcnow
 from service.errors import ApiError, InputError
-from service.models import FINAL_STATUSES, Job, JobEpoch, TrainedModel
+from service.models import FINAL_STATUSES, Job, JobEpoch, TrainedModel, is_id
 from service.modelspec import SpecError, check_fits
 
 log = logging.getLogger(__name__)
@@ -204,7 +204,11 @@ def publish(session: Session, celery: Celery, job_id: str) -> bool:
 
 
 def get_job(session: Session, job_id: str, owner: str) -> Job:
-    job = session.scalars(sa.select(Job).where(Job.id == job_id, Job.owner == owner)).one_or_none()
+    job = None
+    if is_id(job_id):
+        job = session.scalars(
+            sa.select(Job).where(Job.id == job_id, Job.owner == owner)
+        ).one_or_none()
     if job is None:
         raise ApiError(404, f"No job with id {job_id!r}.")
     return job

@@ -27,6 +27,12 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
+def is_id(value: str) -> bool:
+    """Could `value` be a row id (32 lowercase hex digits)? Anything else is looked up nowhere:
+    an id from a URL never reaches the database unless it has this form."""
+    return len(value) == 32 and all(c in "0123456789abcdef" for c in value)
+
+
 def _owner_of(table: str, fk: str) -> Any:
     """A column default: the owner of the row this one refers to (a job's dataset, a model's
     job), so code that inserts jobs and models (the workers) needs to know nothing of owners."""

@@ -50,8 +50,11 @@ class UTCDateTime(fields.DateTime):
         return super()._serialize(value, attr, obj, **kwargs)
 
 
+NO_NUL = validate.Regexp(r"^[^\x00]*$", error="cannot hold NUL characters")
+
+
 class DatasetInSchema(Schema):
-    name = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    name = fields.String(required=True, validate=[validate.Length(min=1, max=200), NO_NUL])
     features = fields.Raw(required=True, metadata=NUMBER_MATRIX)
     targets = fields.Raw(required=True, metadata=TARGETS)
 
@@ -61,7 +64,7 @@ class DatasetCsvSchema(Schema):
 
     file = fields.Raw(required=True, metadata={"type": "string", "format": "binary"})
     name = fields.String(
-        validate=validate.Length(min=1, max=200),
+        validate=[validate.Length(min=1, max=200), NO_NUL],
         metadata={"description": "Default: the file name without its extension."},
     )
     target = fields.String(

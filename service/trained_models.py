@@ -11,40 +11,43 @@ from service import modelspec
 from service.config import Limits
 from service.datasets import parse_matrix
 from service.errors import ApiError, InputError
-from service.models import TrainedModel
+from service.models import TrainedModel, is_id
+
+
+def _not_found(model_id: str) -> ApiError:
+    return ApiError(404, f"No model with id {model_id!r}.")
+
+
+def _owned(model_id: str, owner: str) -> Any:
+    """The WHERE clause for the owner's model with this id (404 for an id that cannot exist)."""
+    if not is_id(model_id):
+        raise _not_found(model_id)
+    return sa.and_(TrainedModel.id == model_id, TrainedModel.owner == owner)
 
 
 def get_model(
     session: Session, model_id: str, owner: str, *, with_weights: bool = False
 ) -> TrainedModel:
-    query = sa.select(TrainedModel).where(TrainedModel.id == model_id, TrainedModel.owner == owner)
+    query = sa.select(TrainedModel).where(_owned(model_id, owner))
     if with_weights:
         query = query.options(undefer(TrainedModel.weights))
     model = session.scalars(query).one_or_none()
     if model is None:
-        raise ApiError(404, f"No model with id {model_id!r}.")
+        raise _not_found(model_id)
     return model
 
 
 def get_graph_svg(session: Session, model_id: str, owner: str) -> str:
-    svg = session.scalar(
-        sa.select(TrainedModel.graph_svg).where(
-            TrainedModel.id == model_id, TrainedModel.owner == owner
-        )
-    )
+    svg = session.scalar(sa.select(TrainedModel.graph_svg).where(_owned(model_id, owner)))
     if svg is None:
-        raise ApiError(404, f"No model with id {model_id!r}.")
+        raise _not_found(model_id)
     return svg
 
 
 def get_weights(session: Session, model_id: str, owner: str) -> bytes:
-    blob = session.scalar(
-        sa.select(TrainedModel.weights).where(
-            TrainedModel.id == model_id, TrainedModel.owner == owner
-        )
-    )
+    blob = session.scalar(sa.select(TrainedModel.weights).where(_owned(model_id, owner)))
     if blob is None:
-        raise ApiError(404, f"No model with id {model_id!r}.")
+        raise _not_found(model_id)
     return blob
 
 

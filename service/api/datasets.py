@@ -51,7 +51,8 @@ def _parse_upload() -> datasets.ParsedDataset:
     if upload is None:
         raise InputError("file", "a CSV file is needed in the form field 'file'")
     form = DatasetCsvSchema(exclude=("file",)).load(request.form.to_dict())
-    name = form.get("name") or PurePath(upload.filename or "dataset").stem or "dataset"
+    stem = PurePath((upload.filename or "").replace("\x00", "")).stem
+    name = form.get("name") or stem or "dataset"
     return datasets.parse_csv_dataset(upload.read(), name[:200], form.get("target"), limits())
 
 
