@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -180,3 +181,25 @@ def test_job_survives_a_killed_worker_process(
     finally:
         client.flushdb()
         client.close()
+
+
+def test_hostile_text_never_reaches_the_graph_or_answers_unescaped(api: Api) -> None:
+    """A dataset named like a script, with labels that try to break out of attributes, trained
+    by a real worker: the graph SVG holds none of it, JSON answers escape `<` and `>`."""
+    name = "<script>alert(1)</script>"
+    labels = ['"><img src=x onerror=alert(1)>', "</svg><script>alert(2)</script>"]
+    x, y = moons(40)
+    dataset_id = api.dataset(x, [labels[int(v)] for v in y], name)
+    assert b"<" not in api.get(f"/datasets/{dataset_id}").content
+    job = api.wait(api.job(dataset_id, [4, 1], loss="binary_cross_entropy", epochs=3), timeout=60)
+    svg = api.get(f"/models/{job['model_id']}/graph.svg")
+    assert svg.headers["X-Content-Type-Options"] == "nosniff"
+    assert "sandbox" in svg.headers["Content-Security-Policy"]
+    root = ET.fromstring(svg.content)
+    assert not {e.tag.rsplit("}", 1)[-1] for e in root.iter()} & {"script", "img", "foreignObject"}
+    assert not any(a.lower().startswith("on") for e in root.iter() for a in e.attrib)
+    assert all(text not in svg.text for text in (name, *labels, "alert("))
+    model = api.get(f"/models/{job['model_id']}")
+    assert b"<" not in model.content and sorted(model.json()["architecture"]["classes"]) == sorted(
+        labels
+    )
