@@ -6,13 +6,15 @@ it created. Of concurrent requests with one key exactly one commits; the others 
 constraint (PostgreSQL makes them wait for the first to commit; SQLite serialises writers),
 roll back everything they did and replay the winner's answer. The same key with another request
 (method, path, content type or body) is a 422. Error answers are not stored: a request that
-failed validation may be corrected and sent again under the same key.
+failed validation may be corrected and sent again under the same key. Stored answers are kept
+until `purge_expired` removes them (24 hours by default).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -20,6 +22,7 @@ from flask import Response, current_app, request
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from service.db import utcnow
 from service.errors import ApiError
 from service.models import IdempotentRequest
 
@@ -133,3 +136,14 @@ class Idempotency:
         if location:
             response.headers["Location"] = location
         return response, True
+
+
+def purge_expired(session: Session, max_age_s: float = 86400.0) -> int:
+    """Forget answers older than `max_age_s` (a retry after that makes a new job or dataset);
+    for a periodic sweep, e.g. the reaper's. Commits; returns how many were deleted."""
+    cutoff = utcnow() - timedelta(seconds=max_age_s)
+    result = session.execute(
+        sa.delete(IdempotentRequest).where(IdempotentRequest.created_at < cutoff)
+    )
+    session.commit()
+    return int(result.rowcount or 0)

@@ -147,3 +147,15 @@ def test_twenty_concurrent_posts_make_one_job(
     assert sum("Idempotent-Replayed" not in a.headers for a in answers) == 1
     assert count_rows(app, Job) == 1 and queued_messages() == 1
     assert count_rows(app, Dataset) == datasets_before + (1 if inline else 0)
+
+
+def test_purge_forgets_old_answers(app: Flask, client: FlaskClient) -> None:
+    from service.idempotency import purge_expired
+
+    client.post("/api/v1/datasets", json=binary_dataset(), headers=key("old"))
+    with app.extensions["db_sessionmaker"]() as session:
+        assert purge_expired(session, max_age_s=3600) == 0
+        assert purge_expired(session, max_age_s=0) == 1
+    again = client.post("/api/v1/datasets", json=binary_dataset(), headers=key("old"))
+    assert again.status_code == 201 and "Idempotent-Replayed" not in again.headers
+    assert count_rows(app, Dataset) == 2
