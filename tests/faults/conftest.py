@@ -32,18 +32,11 @@ from service.config import Settings
 from service.db import make_engine, make_sessionmaker, session_scope, utcnow
 from service.models import DEFAULT_OWNER, Dataset, Job, JobEpoch, TrainedModel
 from service.modelspec import array_to_bytes
-from tests.conftest import REDIS_URL, create_pg_database, drop_pg_database, migrate
+from tests.conftest import create_pg_database, drop_pg_database, migrate
 from tests.e2e.conftest import Api, Proc, Processes, api_cmd, base_env, free_port, worker_cmd
 from tests.workers.datasets import regression
 
 FINAL = ("succeeded", "failed", "cancelled")
-
-#: How the tests restart Redis (the same command as .ci/run).
-REDIS_START = [
-    "redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", "6379",
-    "--save", "", "--appendonly", "no", "--dir", "/var/lib/redis",
-    "--logfile", "/var/log/redis/ci.log",
-]  # fmt: skip
 
 FAST = {
     "TRAINYARD_HEARTBEAT_INTERVAL": "0.5",
@@ -245,43 +238,63 @@ def cluster(pg_url: str, redis_url: str, procs: Processes) -> Iterator[Cluster]:
         c.engine.dispose()
 
 
-def redis_alive() -> bool:
-    client = redis.Redis.from_url(REDIS_URL, socket_timeout=1)
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
-    finally:
-        client.close()
+class RedisServer:
+    """A Redis server of the test's own, on a free port, started with the flags of `.ci/run`
+    (no persistence): stopping it (`shutdown nosave`) loses everything in its memory, as it
+    would for the shared server, without pulling Redis from under other test runs that share
+    this machine's 127.0.0.1:6379."""
 
+    def __init__(self, folder: Path) -> None:
+        self.port = free_port()
+        self.folder = folder
+        self.url = f"redis://127.0.0.1:{self.port}/0"
 
-def stop_redis() -> None:
-    """`redis-cli shutdown nosave`: Redis exits and everything in its memory is gone."""
-    subprocess.run(["redis-cli", "-p", "6379", "shutdown", "nosave"], timeout=10, check=False)
-    deadline = time.monotonic() + 10
-    while redis_alive():
-        assert time.monotonic() < deadline, "redis did not stop"
-        time.sleep(0.1)
+    def command(self) -> list[str]:
+        return [
+            "redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "--port",
+            str(self.port), "--save", "", "--appendonly", "no", "--dir", str(self.folder),
+            "--logfile", str(self.folder / "redis.log"),
+            "--pidfile", str(self.folder / "redis.pid"),
+        ]  # fmt: skip
 
+    def alive(self) -> bool:
+        client = redis.Redis.from_url(self.url, socket_timeout=1, socket_connect_timeout=1)
+        try:
+            return bool(client.ping())
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()
 
-def start_redis() -> None:
-    Path("/var/lib/redis").mkdir(parents=True, exist_ok=True)
-    Path("/var/log/redis").mkdir(parents=True, exist_ok=True)
-    subprocess.run(REDIS_START, timeout=10, check=True)
-    deadline = time.monotonic() + 15
-    while not redis_alive():
-        assert time.monotonic() < deadline, "redis did not start again"
-        time.sleep(0.1)
+    def start(self) -> None:
+        subprocess.run(self.command(), timeout=10, check=True)
+        deadline = time.monotonic() + 15
+        while not self.alive():
+            assert time.monotonic() < deadline, "redis did not start"
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        """`redis-cli shutdown nosave`: Redis exits and everything in its memory is gone."""
+        subprocess.run(
+            ["redis-cli", "-p", str(self.port), "shutdown", "nosave"], timeout=10, check=False
+        )
+        deadline = time.monotonic() + 10
+        while self.alive():
+            assert time.monotonic() < deadline, "redis did not stop"
+            time.sleep(0.1)
 
 
 @pytest.fixture
-def redis_restorer() -> Iterator[None]:
-    """For tests that stop Redis: whatever happens, Redis runs again afterwards."""
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    folder = tmp_path / "redis"
+    folder.mkdir()
+    server = RedisServer(folder)
+    server.start()
     try:
-        yield
+        yield server
     finally:
-        if not redis_alive():
-            start_redis()
+        if server.alive():
+            server.stop()
 
 
 def api_key(database_url: str, owner: str = DEFAULT_OWNER) -> dict[str, str]:

@@ -2,15 +2,16 @@
 submitted. The SQL store knows every queued job; the reconciler publishes again what the broker
 lost or never got, so every accepted job still runs, once.
 
-These tests stop the shared local Redis (and start it again with the command of `.ci/run`):
-any other test using Redis at that moment would see it go away. The suite runs tests one after
-another, and `redis_restorer` starts Redis again whatever happens.
+Each test runs its own Redis server (the flags of `.ci/run`, a free port) and stops it with
+`redis-cli shutdown nosave`, then starts it again on the same port: the shared server on 6379,
+which other test runs on this machine may be using, is never touched.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 import redis
@@ -19,25 +20,38 @@ import sqlalchemy as sa
 
 from service.db import session_scope
 from service.models import Job
-from tests.e2e.conftest import Api
-from tests.faults.conftest import Cluster, start_redis, stop_redis
+from tests.e2e.conftest import Api, Processes
+from tests.faults.conftest import Cluster, RedisServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
 
 
+@pytest.fixture
+def cluster_on_own_redis(
+    pg_url: str, redis_server: RedisServer, procs: Processes
+) -> Iterator[Cluster]:
+    c = Cluster(pg_url, redis_server.url, procs)
+    try:
+        yield c
+    finally:
+        procs.stop_all()
+        c.engine.dispose()
+
+
 def test_redis_restart_loses_queued_messages_and_the_reconciler_publishes_them(
-    cluster: Cluster, redis_restorer: None
+    cluster_on_own_redis: Cluster, redis_server: RedisServer
 ) -> None:
     """Fault 4: `redis-cli shutdown nosave` while one job trains and two wait in the queue."""
+    cluster = cluster_on_own_redis
     worker = cluster.worker("w1", TRAINYARD_REPUBLISH_AFTER="4")
     running = cluster.add_job(epochs=1200)
     waiting = [cluster.add_job(epochs=30), cluster.add_job(epochs=30)]
     cluster.wait(running, ("running",), min_epoch=10, timeout=60)
     broker = redis.Redis.from_url(cluster.broker_url)
     assert broker.llen("celery") == 2
-    stop_redis()
+    redis_server.stop()
     time.sleep(1.0)
-    start_redis()
+    redis_server.start()
     assert broker.llen("celery") == 0  # the queued messages are gone with Redis's memory
     for job_id in [running, *waiting]:
         cluster.wait(job_id, timeout=90)
@@ -76,7 +90,8 @@ def check_accepted_or_refused(
 
 
 @pytest.fixture
-def api_cluster(cluster: Cluster) -> tuple[Cluster, Api]:
+def api_cluster(cluster_on_own_redis: Cluster) -> tuple[Cluster, Api]:
+    cluster = cluster_on_own_redis
     cluster.worker("w1")
     return cluster, cluster.api()
 
@@ -91,19 +106,19 @@ def no_orphans(cluster: Cluster, accepted: set[str]) -> None:
         cluster.assert_succeeded_once(job_id, attempts=1)
 
 
-def test_redis_down_at_submit(api_cluster: tuple[Cluster, Api], redis_restorer: None) -> None:
+def test_redis_down_at_submit(api_cluster: tuple[Cluster, Api], redis_server: RedisServer) -> None:
     """Fault 5 (down): the API answers at once; the job is published when Redis is back."""
     cluster, api = api_cluster
     dataset_id = cluster.add_dataset()
     accepted: set[str] = set()
-    stop_redis()
+    redis_server.stop()
     try:
         for _ in range(2):
             r, elapsed = submit(cluster, api.base, dict(api.http.headers), dataset_id)
             check_accepted_or_refused(cluster, r, elapsed, accepted)
         assert api.http.get(f"{api.base}/readyz", timeout=10).status_code == 503
     finally:
-        start_redis()
+        redis_server.start()
     no_orphans(cluster, accepted)
 
 
