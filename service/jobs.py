@@ -220,18 +220,18 @@ def cancel_job(session: Session, job_id: str, owner: str) -> Job:
     Both steps are conditional UPDATEs, so a cancel that races the worker's claim or its final
     write leaves exactly one final state. Another owner's job is a 404.
     """
-    get_job(session, job_id, owner)
-    session.rollback()
+    if not is_id(job_id):
+        raise ApiError(404, f"No job with id {job_id!r}.")
     for _ in range(3):
         queued = session.execute(
             sa.update(Job)
-            .where(Job.id == job_id, Job.status == "queued")
+            .where(Job.id == job_id, Job.owner == owner, Job.status == "queued")
             .values(status="cancelled", finished_at=utcnow(), cancel_requested=True)
         )
         if queued.rowcount == 0:
             running = session.execute(
                 sa.update(Job)
-                .where(Job.id == job_id, Job.status == "running")
+                .where(Job.id == job_id, Job.owner == owner, Job.status == "running")
                 .values(cancel_requested=True)
             )
             if running.rowcount == 0:
