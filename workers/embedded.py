@@ -140,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     api = subprocess.Popen(api_command(port), cwd=ROOT, env=env, start_new_session=True)
     print(
         f"trainyard: API on http://127.0.0.1:{port} (pid {api.pid}), "
-        f"celery worker pid {worker.pid}; Ctrl-C stops both",
+        f"celery worker pid {worker.pid}; Ctrl-C stops both\n"
+        f"trainyard: dashboard: http://127.0.0.1:{port}/#token={key}",
         flush=True,
     )
     status = 0

@@ -2,7 +2,7 @@
 
 The pages are a static shell: no data is rendered on the server and no key is needed to load
 them. The page scripts (static/) fetch everything from `/api/v1` with the API key that the
-browser keeps in localStorage (given once as `/?token=KEY`, or pasted into the key form).
+browser keeps in localStorage (given once as `/#token=KEY`, or pasted into the key form).
 Everything is written for a strict Content-Security-Policy: no inline scripts or styles, no
 event-handler attributes, user text inserted with `textContent`; charts by the vendored
 Chart.js (static/vendor/).

@@ -31,14 +31,17 @@
     }
   }
 
-  // Like notebook servers: /?token=KEY stores the key, then drops it from the address bar.
+  // Like notebook servers, but in the fragment: /#token=KEY stores the key, then drops it from
+  // the address bar. A fragment is never sent to the server, so the key stays out of access logs.
   function takeTokenFromUrl() {
     const url = new URL(window.location.href);
-    const token = url.searchParams.get("token");
+    const fragment = new URLSearchParams(url.hash.replace(/^#/, ""));
+    const token = fragment.get("token");
     if (token !== null) {
       setKey(token.trim());
-      url.searchParams.delete("token");
-      window.history.replaceState(null, "", url.pathname + url.search + url.hash);
+      fragment.delete("token");
+      const rest = fragment.toString();
+      window.history.replaceState(null, "", url.pathname + url.search + (rest ? "#" + rest : ""));
     }
   }
 
