@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 
 #: A job committed without `published_at` may still be being published by the API.
 PUBLISH_GRACE_S = 2.0
+#: After a hard time limit, the job is failed this long after billiard's signal (once the pool
+#: process has been killed: SIGTERM, 0.1 s, SIGKILL).
+HARD_LIMIT_RECORD_DELAY_S = 1.0
 #: At most this many jobs are republished per sweep (the rest wait for the next one).
 REPUBLISH_BATCH = 200
 # Publishing from the maintenance thread must not block it for long when the broker is down.
@@ -261,12 +264,23 @@ def install(flask_app: Flask, celery: Celery) -> Maintenance:
         ):
             return
         job_id = str(args[0]) if args else ""
-        try:
-            if fail_timed_out(maintenance.factory, job_id, maintenance.settings.hard_time_limit):
-                log.warning("job %s: hard time limit exceeded; failed", job_id)
-        except Exception:
-            # the reaper fails it later (stale heartbeat, then max attempts)
-            log.exception("job %s: could not record the hard time limit", job_id)
+
+        def record() -> None:
+            try:
+                limit = maintenance.settings.hard_time_limit
+                if fail_timed_out(maintenance.factory, job_id, limit):
+                    log.warning("job %s: hard time limit exceeded; failed", job_id)
+            except Exception:
+                # the reaper fails it later (stale heartbeat, then max attempts)
+                log.exception("job %s: could not record the hard time limit", job_id)
+
+        # Billiard sends this before it kills the pool process. Failing the job now would let
+        # the still-running attempt see it lost and return at that very moment, a result
+        # racing the kill (seen to leave the worker consuming nothing more). So: once the
+        # process is gone.
+        timer = threading.Timer(HARD_LIMIT_RECORD_DELAY_S, record)
+        timer.daemon = True
+        timer.start()
 
     worker_ready.connect(on_ready, weak=False)
     worker_shutdown.connect(on_shutdown, weak=False)
