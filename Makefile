@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PORT ?= 8000
 
-.PHONY: setup system-deps test-deps run migrate test lint format bench screenshots clean
+.PHONY: setup system-deps test-deps run migrate test lint format bench bench-service bench-load screenshots clean
 
 setup: system-deps $(STAMP)
 
@@ -49,6 +49,13 @@ test: lint test-deps
 bench: setup
 	$(PY) -m pip install -q -r bench/requirements.txt
 	$(PY) bench/engine.py
+
+# Distributed-mode benchmarks against the local Redis and PostgreSQL.
+bench-service: setup
+	$(PY) bench/service.py
+
+bench-load: setup
+	$(PY) bench/load.py
 
 # Regenerates the README's dashboard screenshots (docs/screenshots/) from a real browser run.
 screenshots: setup test-deps
