@@ -24,6 +24,15 @@ from service.modelspec import SpecError, check_fits
 
 log = logging.getLogger(__name__)
 
+# Publishing must not hang the API when the broker is down: one quick retry, then give up (the
+# job stays `queued` in the store and the workers' reconciler publishes it again).
+PUBLISH_RETRY_POLICY = {
+    "max_retries": 1,
+    "interval_start": 0.0,
+    "interval_step": 0.2,
+    "interval_max": 0.2,
+}
+
 
 def parameter_count(nin: int, layers: list[int]) -> int:
     """Weights and biases of `MLP(nin, layers)`."""
@@ -183,9 +192,7 @@ def create_job(session: Session, data: dict[str, Any], limits: Limits, owner: st
 def publish(session: Session, celery: Celery, job_id: str) -> bool:
     """Send the job's message and record when; False (logged) if the broker is unreachable."""
     try:
-        # No retry loop here: a broker that is down or hung must not hold up the answer (socket
-        # timeouts bound the attempt); the workers' reconciler publishes the job again.
-        celery.send_task(TRAIN_TASK, args=[job_id], retry=False)
+        celery.send_task(TRAIN_TASK, args=[job_id], retry=True, retry_policy=PUBLISH_RETRY_POLICY)
     except Exception:
         log.warning("could not publish job %s; it stays queued", job_id, exc_info=True)
         return False

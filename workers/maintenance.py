@@ -40,6 +40,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.celery import TRAIN_TASK
 from service.db import make_engine, make_sessionmaker, session_scope, utcnow
+from service.idempotency import purge_expired
 from service.models import Job
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,8 @@ class MaintenanceSettings:
     republish_after: float = 600.0
     max_attempts: int = 3
     hard_time_limit: float | None = None
+    # stored `Idempotency-Key` answers are forgotten after this long
+    idempotency_ttl: float = 86400.0
 
     @classmethod
     def from_config(cls, config: Any) -> MaintenanceSettings:
@@ -195,6 +198,14 @@ def fail_timed_out(factory: sessionmaker[Session], job_id: str, limit: float | N
     return done.rowcount == 1
 
 
+def sweep(factory: sessionmaker[Session], celery: Celery, settings: MaintenanceSettings) -> None:
+    """One pass: reap lost jobs, publish lost messages, forget expired idempotent answers."""
+    reap(factory, settings)
+    reconcile(factory, celery, settings)
+    with factory() as session:
+        purge_expired(session, settings.idempotency_ttl)
+
+
 class Maintenance:
     """The periodic sweep of one worker's main process (a daemon thread)."""
 
@@ -215,8 +226,7 @@ class Maintenance:
             return self._factory
 
     def sweep(self) -> None:
-        reap(self.factory, self.settings)
-        reconcile(self.factory, self.celery, self.settings)
+        sweep(self.factory, self.celery, self.settings)
 
     def start(self) -> None:
         if self.settings.interval <= 0 or self._thread is not None:

@@ -83,10 +83,13 @@ def test_embedded_mode_trains_serves_and_stops_cleanly(
     assert not any(pid_alive(pid) for pid in pids)
     assert "stopped" in proc.text()
 
-    # a second start reuses the key (and says where it is) and still serves the same data
+    # a second start reuses the key (says where it is, creates none, prints the dashboard's
+    # one-click link again, as notebook servers do) and still serves the same data
     api2, proc2 = start_embedded(processes, var)
     assert key_file.read_text().strip() == key
-    assert f"using the API key in {key_file}" in proc2.text() and key not in proc2.text()
+    assert f"using the API key in {key_file}" in proc2.text()
+    assert "created an API key" not in proc2.text()
+    assert f"/#token={key}" in proc2.text()
     assert api2.get(f"/jobs/{job_id}").json()["status"] == "succeeded"
 
 

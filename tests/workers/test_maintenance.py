@@ -17,9 +17,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.celery import celery_config
 from service.config import Settings
 from service.db import make_engine, make_sessionmaker, session_scope, utcnow
-from service.models import Job
+from service.models import IdempotentRequest, Job
 from tests.workers.test_tasks import add_job, job_row
-from workers.maintenance import MaintenanceSettings, fail_timed_out, reap, reconcile
+from workers.maintenance import MaintenanceSettings, fail_timed_out, reap, reconcile, sweep
 
 SETTINGS = MaintenanceSettings(interval=1.0, stale_after=30.0, republish_after=60.0, max_attempts=3)
 LONG_AGO = timedelta(minutes=10)
@@ -130,3 +130,20 @@ def test_hard_time_limit_fails_a_running_job_only(factory: sessionmaker[Session]
     assert job.error == "time limit exceeded (hard limit 2 s); partial history kept"
     assert not fail_timed_out(factory, finished, 2.0)
     assert job_row(factory, finished).status == "succeeded"
+
+
+def test_sweep_forgets_expired_idempotent_answers(
+    factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    with session_scope(factory) as session:
+        for key, age in (("old", timedelta(days=2)), ("new", timedelta(minutes=5))):
+            session.add(
+                IdempotentRequest(
+                    owner="o", key=key, fingerprint="f" * 64, status_code=202, body="{}",
+                    created_at=utcnow() - age,
+                )
+            )  # fmt: skip
+    sweep(factory, broker(f"filesystem://{tmp_path.as_posix()}"), SETTINGS)
+    with factory() as session:
+        keys = session.scalars(sa.select(IdempotentRequest.key)).all()
+    assert keys == ["new"]
