@@ -11,6 +11,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -53,15 +54,22 @@ def drop_pg_database(url: str) -> None:
     admin.dispose()
 
 
-@pytest.fixture(scope="session")
-def pg_database_url() -> Iterator[str]:
-    """A fresh, migrated PostgreSQL database for the test session, dropped afterwards."""
+@contextmanager
+def fresh_pg_database() -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database, dropped on exit."""
     url = create_pg_database()
     try:
         migrate(url)
         yield url
     finally:
         drop_pg_database(url)
+
+
+@pytest.fixture(scope="session")
+def pg_database_url() -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database for the test session, dropped afterwards."""
+    with fresh_pg_database() as url:
+        yield url
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import redis
 
-from tests.conftest import REDIS_URL, create_pg_database, drop_pg_database, migrate
+from tests.conftest import REDIS_URL, fresh_pg_database
 from tests.e2e.conftest import (
     Api,
     Processes,
@@ -34,12 +34,8 @@ REDIS_DB = 15  # the shared fixture uses 8..14
 @pytest.fixture(scope="module")
 def database_url() -> Iterator[str]:
     """A database of this module's own: its workers sweep (reap, republish) what they see."""
-    url = create_pg_database()
-    try:
-        migrate(url)
+    with fresh_pg_database() as url:
         yield url
-    finally:
-        drop_pg_database(url)
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ from service.config import Settings
 from service.db import make_engine, make_sessionmaker, session_scope, utcnow
 from service.models import DEFAULT_OWNER, Dataset, Job, JobEpoch, TrainedModel
 from service.modelspec import array_to_bytes
-from tests.conftest import create_pg_database, drop_pg_database, migrate
+from tests.conftest import fresh_pg_database
 from tests.e2e.conftest import Api, Proc, Processes, api_cmd, base_env, free_port, worker_cmd
 from tests.workers.datasets import regression
 
@@ -220,12 +220,8 @@ def procs(tmp_path: Path) -> Iterator[Processes]:
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """A fresh, migrated PostgreSQL database of this test only (the sweep acts on every job)."""
-    url = create_pg_database()
-    try:
-        migrate(url)
+    with fresh_pg_database() as url:
         yield url
-    finally:
-        drop_pg_database(url)
 
 
 @pytest.fixture

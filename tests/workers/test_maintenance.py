@@ -5,35 +5,22 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
-import pytest
 import sqlalchemy as sa
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.celery import celery_config
 from service.config import Settings
-from service.db import make_engine, make_sessionmaker, session_scope, utcnow
+from service.db import session_scope, utcnow
 from service.models import IdempotentRequest, Job
 from tests.workers.test_tasks import add_job, job_row
 from workers.maintenance import MaintenanceSettings, fail_timed_out, reap, reconcile, sweep
 
 SETTINGS = MaintenanceSettings(interval=1.0, stale_after=30.0, republish_after=60.0, max_attempts=3)
 LONG_AGO = timedelta(minutes=10)
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def factory(request: pytest.FixtureRequest) -> Iterator[sessionmaker[Session]]:
-    if request.param == "sqlite":
-        url = request.getfixturevalue("sqlite_database_url")
-    else:
-        url = request.getfixturevalue("pg_database_url")
-    engine = make_engine(url)
-    yield make_sessionmaker(engine)
-    engine.dispose()
 
 
 def broker(url: str) -> Celery:

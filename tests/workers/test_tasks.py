@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -16,24 +15,13 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from engine.nn import MLP
-from service.db import make_engine, make_sessionmaker, session_scope, utcnow
+from service.db import session_scope, utcnow
 from service.models import Dataset, Job, JobEpoch, TrainedModel
 from service.modelspec import array_to_bytes, predict, weights_from_npz
 from tests.workers.datasets import moons
 from workers.tasks import Claim, WorkerSettings, _Busy, claim_job, run_job
 
 SETTINGS = WorkerSettings(max_attempts=3, stale_after=30.0, heartbeat_interval=0.5)
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def factory(request: pytest.FixtureRequest) -> Iterator[sessionmaker[Session]]:
-    if request.param == "sqlite":
-        url = request.getfixturevalue("sqlite_database_url")
-    else:
-        url = request.getfixturevalue("pg_database_url")
-    engine = make_engine(url)
-    yield make_sessionmaker(engine)
-    engine.dispose()
 
 
 def add_job(
