@@ -257,7 +257,9 @@ def graph_svg(
     value = _loss_fn(loss)(out, _target_tensor(y[:k]))
     value.label = "loss"
     value.backward()
-    svg = draw_dot(value).pipe(format="svg")
+    # Top to bottom: a layer's wide weight and activation records side by side would make an
+    # LR picture many thousand pixels wide; stacked they read in a browser.
+    svg = draw_dot(value, rankdir="TB").pipe(format="svg")
     model.zero_grad()
     return svg.decode("utf-8") if isinstance(svg, bytes) else svg
 

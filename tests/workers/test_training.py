@@ -153,6 +153,13 @@ def test_graph_svg_is_svg() -> None:
     assert result.graph_svg is not None
     root = ET.fromstring(result.graph_svg)
     assert root.tag.endswith("svg")
+    texts = [(t.text or "", float(t.get("y", "0"))) for t in root.iter() if t.tag.endswith("text")]
+    # the forward pass and the loss, with the model's parameters and the input labelled
+    words = {text for text, _ in texts}
+    assert {"linear", "tanh", "weight", "bias", "loss", "x"} <= words
+    # laid out top to bottom (so it reads in a browser): the loss below every parameter
+    loss_y = max(y for text, y in texts if text == "loss")
+    assert all(loss_y > y for text, y in texts if text in ("weight", "bias", "x"))
 
 
 def test_string_labels_use_class_indices() -> None:
