@@ -89,7 +89,9 @@ def test_submit_watch_and_inspect_a_job(
 ) -> None:
     api = service.client()
     x, y = moons(200, noise=0.1, seed=3)
-    api.upload_dataset(x, np.where(y == 1, "inner", "outer"), name="moons <b>bold</b>")
+    # an older dataset whose name is markup (it must show as text), then the one to train on
+    api.upload_dataset(x[:20], np.where(y[:20] == 1, "inner", "outer"), name="moons <b>bold</b>")
+    api.upload_dataset(x, np.where(y == 1, "inner", "outer"), name="two moons")
     # a finished job already in the table, so the page shows more than one status
     old = api.submit_job(api.list_datasets()["items"][0]["id"], [4, 1],
                          loss="binary_cross_entropy", epochs=3)  # fmt: skip
@@ -104,8 +106,9 @@ def test_submit_watch_and_inspect_a_job(
     assert p.evaluate("localStorage.getItem('trainyard-api-key')") == key
 
     # user text is text: the dataset's name shows literally, no <b> element is made
-    expect(p.locator("#job-dataset option").first).to_contain_text("moons <b>bold</b>")
+    expect(p.locator("#job-dataset option").nth(1)).to_contain_text("moons <b>bold</b>")
     assert p.locator("#job-dataset b").count() == 0
+    expect(p.locator("#job-dataset option").first).to_contain_text("two moons")
 
     # submit a job through the form (dataset chosen: loss and output width are suggested)
     p.fill("#job-layers", "16,16,1")
@@ -157,9 +160,12 @@ def test_submit_watch_and_inspect_a_job(
     )
     p.locator("#boundary-panel").scroll_into_view_if_needed()
     screenshot(p, tmp_path, "dashboard-job.png", full_page=True)
-    graph.scroll_into_view_if_needed()
+    # the whole graph SVG, as the browser draws it
     graph_path = tmp_path / "graph.png"
-    graph.screenshot(path=str(graph_path))
+    graph_page = p.context.new_page()
+    graph_page.set_content(api.graph_svg(api.get_job(job_id)["model_id"]))
+    graph_page.screenshot(path=str(graph_path), full_page=True)
+    graph_page.close()
     screenshot_dir = os.environ.get("TRAINYARD_SCREENSHOTS_DIR")
     if screenshot_dir:
         shutil.copy(graph_path, Path(screenshot_dir) / "graph.png")
