@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from service.config import Limits
 from service.errors import ApiError, InputError
 from service.models import Dataset, is_id
-from service.modelspec import array_to_bytes
+from service.modelspec import array_from_bytes, array_to_bytes
 
 
 @dataclass
@@ -258,6 +258,23 @@ def create_dataset(session: Session, parsed: ParsedDataset, owner: str) -> Datas
     session.add(dataset)
     session.flush()
     return dataset
+
+
+def dataset_rows(dataset: Dataset) -> dict[str, Any]:
+    """The rows as submitted: `features`, and `targets` as numbers (a list per row for several
+    outputs) or as labels in their own type (ints or strings)."""
+    features = array_from_bytes(dataset.features)
+    targets = array_from_bytes(dataset.targets)
+    if dataset.target_kind == "labels":
+        classes = dataset.classes or []
+        values: list[Any] = [classes[i] for i in targets.reshape(-1).tolist()]
+    elif dataset.classes is not None:  # one column of integer labels
+        values = [int(v) for v in targets.reshape(-1).tolist()]
+    elif dataset.n_targets == 1:
+        values = targets.reshape(-1).tolist()
+    else:
+        values = targets.tolist()
+    return {"id": dataset.id, "features": features.tolist(), "targets": values}
 
 
 def find_dataset(session: Session, dataset_id: str, owner: str) -> Dataset | None:

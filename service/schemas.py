@@ -86,6 +86,18 @@ class DatasetSchema(Schema):
     created_at = UTCDateTime()
 
 
+class DatasetRowsSchema(Schema):
+    id = fields.String()
+    features = fields.List(fields.List(fields.Float()), metadata={"description": "One row each."})
+    targets = fields.List(
+        fields.Raw(),
+        metadata={
+            "description": "As submitted: numbers, a list per row for several outputs, or "
+            "labels (ints or strings)."
+        },
+    )
+
+
 class ModelSpecSchema(Schema):
     layers = fields.List(
         fields.Integer(strict=True, validate=validate.Range(min=1)),

@@ -19,6 +19,7 @@ from service.schemas import (
     DatasetCsvSchema,
     DatasetInSchema,
     DatasetPageSchema,
+    DatasetRowsSchema,
     DatasetSchema,
     ErrorSchema,
     PageQuerySchema,
@@ -113,3 +114,12 @@ class DatasetById(MethodView):
     def get(self, dataset_id: str) -> dict[str, Any]:
         """Fetch a dataset's description (not its data)."""
         return dataset_json(datasets.get_dataset(db(), dataset_id, current_owner()))
+
+
+@blp.route("/<dataset_id>/data")
+class DatasetRows(MethodView):
+    @blp.response(200, DatasetRowsSchema)
+    @blp.alt_response(404, schema=ErrorSchema, description="No such dataset.")
+    def get(self, dataset_id: str) -> dict[str, Any]:
+        """Fetch a dataset's rows: `features` and `targets` as they were submitted."""
+        return datasets.dataset_rows(datasets.get_dataset(db(), dataset_id, current_owner()))

@@ -64,6 +64,7 @@ def test_openapi_document(client: FlaskClient) -> None:
         ("/api/v1/datasets", "post"),
         ("/api/v1/datasets", "get"),
         ("/api/v1/datasets/{dataset_id}", "get"),
+        ("/api/v1/datasets/{dataset_id}/data", "get"),
         ("/api/v1/jobs", "post"),
         ("/api/v1/jobs", "get"),
         ("/api/v1/jobs/{job_id}", "get"),

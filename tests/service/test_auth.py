@@ -21,6 +21,7 @@ API_ROUTES = [
     ("GET", "/api/v1/datasets"),
     ("POST", "/api/v1/datasets"),
     ("GET", "/api/v1/datasets/x"),
+    ("GET", "/api/v1/datasets/x/data"),
     ("GET", "/api/v1/jobs"),
     ("POST", "/api/v1/jobs"),
     ("GET", "/api/v1/jobs/x"),

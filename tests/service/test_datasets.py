@@ -259,3 +259,36 @@ def test_list_paginated_newest_first(client: FlaskClient) -> None:
 def test_list_bad_pagination(client: FlaskClient, query: str) -> None:
     field = query.split("=")[0]
     assert_error(client.get(f"{URL}?{query}"), 422, field)
+
+
+@pytest.mark.parametrize(
+    "targets",
+    [
+        [1.5, 2.0, -3.0],  # regression
+        [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]],  # several outputs
+        [3, 1, 3],  # integer labels stay ints
+        ["cat", "dog", "cat"],  # string labels stay strings
+    ],
+)
+def test_rows_come_back_as_submitted(client: FlaskClient, targets: list[Any]) -> None:
+    features = [[0.0, 1.0], [2.0, 3.5], [4.0, -5.0]]
+    r = client.post(URL, json={"name": "d", "features": features, "targets": targets})
+    assert r.status_code == 201, r.get_json()
+    dataset_id = r.get_json()["id"]
+    rows = client.get(f"{URL}/{dataset_id}/data")
+    assert rows.status_code == 200
+    assert rows.get_json() == {"id": dataset_id, "features": features, "targets": targets}
+    assert [type(t) for t in rows.get_json()["targets"]] == [type(t) for t in targets]
+
+
+def test_rows_of_a_csv_upload(client: FlaskClient) -> None:
+    csv = b"x1,x2,label\n0.5,1,yes\n-1,2e-1,no\n"
+    r = client.post(
+        URL, data={"file": (io.BytesIO(csv), "a.csv")}, content_type="multipart/form-data"
+    )
+    rows = client.get(f"{URL}/{r.get_json()['id']}/data").get_json()
+    assert rows["features"] == [[0.5, 1.0], [-1.0, 0.2]] and rows["targets"] == ["yes", "no"]
+
+
+def test_rows_of_an_unknown_dataset(client: FlaskClient) -> None:
+    assert_error(client.get(f"{URL}/{'0' * 32}/data"), 404)

@@ -45,6 +45,7 @@ def test_another_owner_gets_404_everywhere(
     d, j, m = ids["dataset"], ids["job"], ids["model"]
     for method, path, body in [
         ("GET", f"/api/v1/datasets/{d}", None),
+        ("GET", f"/api/v1/datasets/{d}/data", None),
         ("GET", f"/api/v1/jobs/{j}", None),
         ("POST", f"/api/v1/jobs/{j}/cancel", None),
         ("GET", f"/api/v1/models/{m}", None),
