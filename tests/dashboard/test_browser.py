@@ -149,6 +149,11 @@ def test_submit_watch_and_inspect_a_job(
     p.wait_for_function("document.getElementById('graph-img').naturalWidth > 0")
     assert graph.get_attribute("src").startswith("blob:")
     expect(p.locator("#boundary-chart")).to_have_attribute("data-drawn", "true")
+    # the training points over the boundary, one series per class, the range fitted to them
+    per_class = p.evaluate("Chart.getChart('boundary-chart').data.datasets.map(d => d.data.length)")
+    assert sorted(per_class) == sorted([int((y == 1).sum()), int((y == 0).sum())])
+    x_range = [float(p.input_value("#bx-min")), float(p.input_value("#bx-max"))]
+    assert x_range[0] < x[:, 0].min() < x[:, 0].max() < x_range[1]
 
     # predict through the form
     p.fill("#predict-input", "0, 1\n1, -0.5")

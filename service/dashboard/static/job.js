@@ -1,6 +1,6 @@
 // The job page: live loss curve (Chart.js), spec and metrics; for a finished job the model's
 // graph SVG, a weights download, a predict form and, for 2-D data with 2 or 3 classes, the
-// decision boundary (predictions on a grid via the predict endpoint).
+// decision boundary (predictions on a grid via the predict endpoint, with the training points).
 "use strict";
 
 (function () {
@@ -13,6 +13,7 @@
   let model = null;
   let lossChart = null;
   let boundaryChart = null;
+  let points = null; // the dataset's rows, grouped by class: [[{x, y}, ...], ...]
 
   // -- loss chart --------------------------------------------------------------------------
 
@@ -238,9 +239,37 @@
     },
   };
 
+  const MAX_POINTS = 1500;
+
+  // The dataset's rows by class (every k-th row past MAX_POINTS); on the first draw the range
+  // is fitted to them, with a margin.
+  async function loadPoints(classes) {
+    const rows = await T.getJson("/datasets/" + encodeURIComponent(model.dataset_id) + "/data");
+    const step = Math.max(1, Math.ceil(rows.features.length / MAX_POINTS));
+    const byClass = classes.map(function () { return []; });
+    rows.features.forEach(function (f, i) {
+      const c = classes.indexOf(rows.targets[i]);
+      if (i % step === 0 && c >= 0) byClass[c].push({ x: f[0], y: f[1] });
+    });
+    const xs = rows.features.map(function (f) { return f[0]; });
+    const ys = rows.features.map(function (f) { return f[1]; });
+    const fit = function (v, lo, hi) {
+      const min = Math.min.apply(null, v), max = Math.max.apply(null, v);
+      const pad = 0.1 * (max - min || 1);
+      document.getElementById(lo).value = String(+(min - pad).toPrecision(3));
+      document.getElementById(hi).value = String(+(max + pad).toPrecision(3));
+    };
+    if (xs.length) {
+      fit(xs, "bx-min", "bx-max");
+      fit(ys, "by-min", "by-max");
+    }
+    return byClass;
+  }
+
   async function drawBoundary() {
-    const r = readRange();
     const classes = model.architecture.classes;
+    if (points === null) points = await loadPoints(classes);
+    const r = readRange();
     const features = [];
     for (let j = 0; j < GRID; j++) {
       const y = r.ymin + ((j + 0.5) * (r.ymax - r.ymin)) / GRID;
@@ -253,10 +282,13 @@
     if (boundaryChart) boundaryChart.destroy();
     boundaryChart = new window.Chart(document.getElementById("boundary-chart"), {
       type: "scatter",
-      // one empty dataset per class: the legend names the colours
+      // one dataset per class: its training points, and the legend names the colours
       data: {
         datasets: classes.map(function (label, i) {
-          return { label: "class " + String(label), data: [], backgroundColor: COLORS[i], borderColor: COLORS[i], pointStyle: "rect" };
+          return {
+            label: "class " + String(label), data: points[i], backgroundColor: COLORS[i],
+            borderColor: "#ffffff", borderWidth: 1, pointRadius: 3,
+          };
         }),
       },
       options: {
