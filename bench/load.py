@@ -21,26 +21,16 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import redis  # noqa: E402
-import requests  # noqa: E402
-import sqlalchemy as sa  # noqa: E402
+import requests
+import sqlalchemy as sa
+from cluster import cluster
 
-from service.auth import create_api_key  # noqa: E402
-from service.db import make_engine, make_sessionmaker, session_scope  # noqa: E402
-from service.models import Job, TrainedModel  # noqa: E402
-from tests.conftest import REDIS_URL, create_pg_database, drop_pg_database, migrate  # noqa: E402
-from tests.e2e.conftest import (  # noqa: E402
-    Api,
-    Processes,
-    api_cmd,
-    base_env,
-    free_port,
-    worker_cmd,
-)
-from tests.workers.datasets import moons  # noqa: E402
+from service.auth import create_api_key
+from service.db import make_engine, make_sessionmaker, session_scope
+from service.models import Job, TrainedModel
+from tests.workers.datasets import moons
 
 REDIS_DB = 4
 
@@ -87,24 +77,10 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=1200.0)
     args = parser.parse_args()
 
-    database_url = create_pg_database()
-    broker_url = f"{REDIS_URL}/{REDIS_DB}"
-    broker = redis.Redis.from_url(broker_url)
-    broker.flushdb()
-    folder = ROOT / "var" / "bench-load"
-    folder.mkdir(parents=True, exist_ok=True)
-    procs = Processes(folder)
-    engine = make_engine(database_url)
-    factory = make_sessionmaker(engine)
-    try:
-        migrate(database_url)
-        env = base_env(DATABASE_URL=database_url, CELERY_BROKER_URL=broker_url)
-        port = free_port()
-        api = Api(f"http://127.0.0.1:{port}", procs.start("api", api_cmd(port), env))
-        workers = [procs.start(f"w{i}", worker_cmd(f"load{i}"), env) for i in range(args.workers)]
-        api.wait_ready(60)
-        for w in workers:
-            w.wait_for_output(" ready.", 60)
+    with cluster("bench-load", REDIS_DB, workers=args.workers) as c:
+        engine = make_engine(c.database_url)
+        factory = make_sessionmaker(engine)
+        api = c.api
         with session_scope(factory) as session:
             keys = [create_api_key(session, f"load-client-{i}") for i in range(args.clients)]
 
@@ -182,13 +158,8 @@ def main() -> int:
             and models == model_jobs == args.jobs
         )
         print("every job accounted for" if ok else "NOT every job accounted for")
-        return 0 if ok else 1
-    finally:
-        procs.stop_all()
         engine.dispose()
-        broker.flushdb()
-        broker.close()
-        drop_pg_database(database_url)
+        return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -18,21 +18,12 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import redis  # noqa: E402
+from cluster import cluster
 
-from tests.conftest import REDIS_URL, create_pg_database, drop_pg_database, migrate  # noqa: E402
-from tests.e2e.conftest import (  # noqa: E402
-    Api,
-    Processes,
-    api_cmd,
-    base_env,
-    free_port,
-    worker_cmd,
-)
-from tests.workers.datasets import moons  # noqa: E402
+from tests.e2e.conftest import Api
+from tests.workers.datasets import moons
 
 REDIS_DB = 5
 
@@ -82,29 +73,14 @@ def main() -> None:
     parser.add_argument("--latency-samples", type=int, default=5)
     args = parser.parse_args()
 
-    database_url = create_pg_database()
-    broker_url = f"{REDIS_URL}/{REDIS_DB}"
-    client = redis.Redis.from_url(broker_url)
-    client.flushdb()
-    folder = Path("var/bench")
-    folder.mkdir(parents=True, exist_ok=True)
-    procs = Processes(folder)
-    try:
-        migrate(database_url)
-        env = base_env(DATABASE_URL=database_url, CELERY_BROKER_URL=broker_url)
-        port = free_port()
-        api = Api(f"http://127.0.0.1:{port}", procs.start("api", api_cmd(port), env))
-        api.wait_ready(60)
+    with cluster("bench-service", REDIS_DB) as c:
+        api = c.api
         x, y = moons(200)
         dataset_id = api.dataset(x, y, "bench-moons")
         print(f"{args.jobs} jobs, moons 200 x 2, [8, 1], {args.epochs} epochs, batch 32")
 
-        workers = []
         for n in (1, 2):
-            while len(workers) < n:
-                w = procs.start(f"w{len(workers) + 1}", worker_cmd(f"bench{len(workers)}"), env)
-                w.wait_for_output(" ready.", 60)
-                workers.append(w)
+            c.scale(n)
             rate = throughput(api, dataset_id, args.jobs, args.epochs)
             print(f"  {n} worker(s): {rate:7.1f} jobs/min")
 
@@ -118,11 +94,6 @@ def main() -> None:
             "created_at -> started_at (store timestamps): "
             f"median {statistics.median(db_gap) * 1000:.0f} ms, max {max(db_gap) * 1000:.0f} ms"
         )
-    finally:
-        procs.stop_all()
-        client.flushdb()
-        client.close()
-        drop_pg_database(database_url)
 
 
 if __name__ == "__main__":
