@@ -1,14 +1,19 @@
 """Configuration from environment variables, in one place.
 
 Every setting has a default that makes the embedded mode work on one machine with no server
-installed. The README documents each variable in its configuration table.
+installed. The README documents each variable in its configuration table. `Settings` is the only
+place where a default is written: the API, the worker task, the maintenance loop and the job
+lifecycle (`service.lifecycle`) all read the same object (a worker rebuilds it from its Flask
+config with `Settings.from_flask_config`).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("TRAINYARD_VAR_DIR", ROOT / "var"))
@@ -109,7 +114,18 @@ class Settings:
     rate_limit_storage_url: str = field(
         default_factory=lambda: _env_str("TRAINYARD_RATE_LIMIT_STORAGE_URL", "")
     )
+    # Stored `Idempotency-Key` answers are forgotten after this many seconds (by the maintenance
+    # sweep); not read from the environment.
+    idempotency_ttl: float = 86400.0
     limits: Limits = field(default_factory=Limits)
+
+    @classmethod
+    def from_flask_config(cls, config: Mapping[str, Any]) -> Settings:
+        """The settings an app was made with: `as_flask_config()` with its overrides applied
+        (`create_app(test_config)`); a key the config lacks keeps its default."""
+        return cls(
+            **{f.name: config[f.name.upper()] for f in fields(cls) if f.name.upper() in config}
+        )
 
     def as_flask_config(self) -> dict[str, object]:
         """The settings as Flask config keys (upper case), for `app.config.from_mapping`."""
