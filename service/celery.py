@@ -1,7 +1,8 @@
 """Celery bound to the Flask app (Flask's recommended pattern: `celery_init_app`).
 
-The API never imports task code: it publishes by task name (`TRAIN_TASK`) with the job id as the
-only argument, so `service` does not depend on `workers`. Worker-side settings for long jobs
+The API never imports task code: it publishes by task name (`TRAIN_TASK`, defined with the rest of
+the job's life in `service.lifecycle`) with the job id as the only argument, so `service` does not
+depend on `workers`. Worker-side settings for long jobs
 (late acks, prefetch of one, time limits, Redis visibility timeout) are set here so that the API
 and every worker process share one configuration.
 """
@@ -15,10 +16,11 @@ from urllib.parse import urlsplit
 from celery import Celery, Task
 from flask import Flask
 
-TRAIN_TASK = "trainyard.train_job"
+from service.config import Settings
+from service.lifecycle import TRAIN_TASK as TRAIN_TASK
 
 
-def celery_config(settings: Any) -> dict[str, Any]:
+def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings derived from `service.config.Settings`."""
     transport_options: dict[str, Any] = {}
     if settings.broker_url.startswith(("redis://", "rediss://", "redis+socket://")):
@@ -31,7 +33,7 @@ def celery_config(settings: Any) -> dict[str, Any]:
         transport_options["unacked_restore_interval"] = interval
         transport_options["unacked_restore_throttle"] = max(1, int(period / interval))
         # A hung Redis (paused, overloaded) must not hang an API request or a worker for ever.
-        timeout = getattr(settings, "broker_socket_timeout", None)
+        timeout = settings.broker_socket_timeout
         if timeout:
             transport_options["socket_timeout"] = timeout
             transport_options["socket_connect_timeout"] = timeout
@@ -50,7 +52,6 @@ def celery_config(settings: Any) -> dict[str, Any]:
         "task_time_limit": settings.task_time_limit or None,
         "broker_transport_options": transport_options,
         "result_backend_transport_options": transport_options,
-        "visibility_timeout": settings.visibility_timeout,
         "broker_connection_retry_on_startup": True,
         "task_serializer": "json",
         "accept_content": ["json"],

@@ -1,37 +1,24 @@
-"""Training jobs: validate and create, publish, cancel, serialise.
+"""Training jobs, the API's view: validate and create, publish, cancel, look up, serialise.
 
-The SQL store is the source of truth for job state; the broker only carries the job id. A job is
-committed as `queued` before its message is published, so a message never names a job that does
-not exist, and a job whose message was lost stays `queued` for a reconciler to publish again.
+What a job's state may become, and how, is `service.lifecycle`'s (submit, publish, cancel are
+its transitions); this module validates requests and turns the outcomes into API answers.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import sqlalchemy as sa
 from celery import Celery
 from sqlalchemy.orm import Session
 
-from service.celery import TRAIN_TASK
+from service import lifecycle
 from service.config import Limits
 from service.datasets import ParsedDataset, find_dataset, new_dataset, parse_json_dataset
-from service.db import utcnow
 from service.errors import ApiError, InputError
-from service.models import FINAL_STATUSES, Job, JobEpoch, TrainedModel, is_id
+from service.lifecycle import ACTIVE_STATUSES, FINAL_STATUSES
+from service.models import Job, JobEpoch, TrainedModel, is_id
 from service.modelspec import SpecError, check_fits
-
-log = logging.getLogger(__name__)
-
-# Publishing must not hang the API when the broker is down: one quick retry, then give up (the
-# job stays `queued` in the store and the workers' reconciler publishes it again).
-PUBLISH_RETRY_POLICY = {
-    "max_retries": 1,
-    "interval_start": 0.0,
-    "interval_step": 0.2,
-    "interval_max": 0.2,
-}
 
 
 def parameter_count(nin: int, layers: list[int]) -> int:
@@ -126,7 +113,7 @@ def check_active_jobs(session: Session, owner: str, limits: Limits) -> None:
         session.scalar(
             sa.select(sa.func.count())
             .select_from(Job)
-            .where(Job.owner == owner, Job.status.in_(("queued", "running")))
+            .where(Job.owner == owner, Job.status.in_(ACTIVE_STATUSES))
         )
         or 0
     )
@@ -176,31 +163,14 @@ def create_job(session: Session, data: dict[str, Any], limits: Limits, owner: st
         dataset_id = dataset.id
     else:
         dataset_id = data["dataset_id"]
-    job = Job(
-        owner=owner,
-        status="queued",
-        dataset_id=dataset_id,
-        model_spec=model,
-        training_spec=training,
-        epochs=training["epochs"],
+    return lifecycle.submit(
+        session, owner=owner, dataset_id=dataset_id, model_spec=model, training_spec=training
     )
-    session.add(job)
-    session.flush()
-    return job
 
 
 def publish(session: Session, celery: Celery, job_id: str) -> bool:
     """Send the job's message and record when; False (logged) if the broker is unreachable."""
-    try:
-        celery.send_task(TRAIN_TASK, args=[job_id], retry=True, retry_policy=PUBLISH_RETRY_POLICY)
-    except Exception:
-        log.warning("could not publish job %s; it stays queued", job_id, exc_info=True)
-        return False
-    session.execute(
-        sa.update(Job).where(Job.id == job_id, Job.status == "queued").values(published_at=utcnow())
-    )
-    session.commit()
-    return True
+    return lifecycle.publish(session, celery, job_id)
 
 
 def get_job(session: Session, job_id: str, owner: str) -> Job:
@@ -215,35 +185,19 @@ def get_job(session: Session, job_id: str, owner: str) -> Job:
 
 
 def cancel_job(session: Session, job_id: str, owner: str) -> Job:
-    """Cancel a queued job now, or ask a running one to stop; 409 once it is final.
-
-    Both steps are conditional UPDATEs, so a cancel that races the worker's claim or its final
-    write leaves exactly one final state. Another owner's job is a 404.
-    """
+    """Cancel a queued job now, or ask a running one to stop (`lifecycle.cancel`); 409 once it
+    is final. Another owner's job is a 404."""
     if not is_id(job_id):
         raise ApiError(404, f"No job with id {job_id!r}.")
-    for _ in range(3):
-        queued = session.execute(
-            sa.update(Job)
-            .where(Job.id == job_id, Job.owner == owner, Job.status == "queued")
-            .values(status="cancelled", finished_at=utcnow(), cancel_requested=True)
-        )
-        if queued.rowcount == 0:
-            running = session.execute(
-                sa.update(Job)
-                .where(Job.id == job_id, Job.owner == owner, Job.status == "running")
-                .values(cancel_requested=True)
-            )
-            if running.rowcount == 0:
-                session.rollback()
-                job = get_job(session, job_id, owner)
-                if job.status in FINAL_STATUSES:
-                    raise ApiError(409, f"Job {job_id} is already {job.status}.")
-                continue  # it changed state between the two updates: try again
-        session.commit()
-        session.expire_all()
-        return get_job(session, job_id, owner)
-    raise ApiError(409, f"Job {job_id} changed state while being cancelled; try again.")
+    result = lifecycle.cancel(session, job_id, owner)
+    if not result.done:
+        if result.status is None:
+            raise ApiError(404, f"No job with id {job_id!r}.")
+        if result.status in FINAL_STATUSES:
+            raise ApiError(409, f"Job {job_id} is already {result.status}.")
+        raise ApiError(409, f"Job {job_id} changed state while being cancelled; try again.")
+    session.expire_all()
+    return get_job(session, job_id, owner)
 
 
 def list_jobs(

@@ -1,5 +1,6 @@
-"""workers.maintenance against real databases (SQLite file and PostgreSQL) and a real broker
-(the filesystem transport of the embedded mode): the reaper, the reconciler, hard time limits.
+"""The maintenance loop's sweeps against real databases (SQLite file and PostgreSQL) and a real
+broker (the filesystem transport of the embedded mode): the reaper, the reconciler (both in
+`service.lifecycle`, as `workers.maintenance` runs them), hard time limits.
 """
 
 from __future__ import annotations
@@ -15,11 +16,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.celery import celery_config
 from service.config import Settings
 from service.db import session_scope, utcnow
+from service.lifecycle import fail_timed_out, reap, reconcile
 from service.models import IdempotentRequest, Job
 from tests.workers.test_tasks import add_job, job_row
-from workers.maintenance import MaintenanceSettings, fail_timed_out, reap, reconcile, sweep
+from workers.maintenance import sweep
 
-SETTINGS = MaintenanceSettings(interval=1.0, stale_after=30.0, republish_after=60.0, max_attempts=3)
+SETTINGS = dataclasses.replace(
+    Settings(), maintenance_interval=1.0, stale_after=30.0, republish_after=60.0, max_attempts=3
+)
 LONG_AGO = timedelta(minutes=10)
 
 
@@ -111,11 +115,12 @@ def test_reconciler_with_the_broker_down_keeps_the_job_for_later(
 def test_hard_time_limit_fails_a_running_job_only(factory: sessionmaker[Session]) -> None:
     running = add_job(factory, status="running", attempts=1, heartbeat_at=utcnow())
     finished = add_job(factory, status="succeeded", attempts=1)
-    assert fail_timed_out(factory, running, 2.0)
+    hard_limit = dataclasses.replace(SETTINGS, task_time_limit=2.0)
+    assert fail_timed_out(factory, running, hard_limit)
     job = job_row(factory, running)
     assert job.status == "failed"
     assert job.error == "time limit exceeded (hard limit 2 s); partial history kept"
-    assert not fail_timed_out(factory, finished, 2.0)
+    assert not fail_timed_out(factory, finished, hard_limit)
     assert job_row(factory, finished).status == "succeeded"
 
 

@@ -4,6 +4,7 @@ cancellation, failure and the final save. The task function is called directly, 
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from datetime import timedelta
@@ -15,13 +16,15 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from engine.nn import MLP
+from service.config import Settings
 from service.db import session_scope, utcnow
+from service.lifecycle import Claim
 from service.models import Dataset, Job, JobEpoch, TrainedModel
 from service.modelspec import array_to_bytes, predict, weights_from_npz
 from tests.workers.datasets import moons
-from workers.tasks import Claim, WorkerSettings, _Busy, claim_job, run_job
+from workers.tasks import _Busy, claim_job, run_job
 
-SETTINGS = WorkerSettings(max_attempts=3, stale_after=30.0, heartbeat_interval=0.5)
+SETTINGS = dataclasses.replace(Settings(), max_attempts=3, stale_after=30.0, heartbeat_interval=0.5)
 
 
 def add_job(

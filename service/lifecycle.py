@@ -1,0 +1,557 @@
+"""The life of a training job: every change of a job row's state is one function of this module.
+
+::
+
+    submit ──► queued ───────────── claim ────────────► running ───── succeed ────► succeeded
+               │ ▲ ↺ publish, reconcile                 │ │ ↺ heartbeat, record_epoch
+               │ │   (published_at)                     │ │ ↺ claim: take over a lost worker's
+               │ │                                      │ │   job (attempts + 1, from scratch)
+               │ │                                      │ │ ↺ cancel (API): the cancel flag
+               │ └─── reap: hand back (stale heartbeat) ┘ │
+               │                                          ├──── fail, fail_timed_out ───► failed
+               │                                          │     claim, reap: lost
+               │                                          │     max_attempts times
+               │                                          │
+               └── cancel (API), ──► cancelled ◄──────────┘ cancel_attempt (the flag seen
+                   claim (flagged)                          at an epoch); claim, reap
+                                                            (flagged, its worker lost)
+
+======================  ===============================  ======================================
+function                transition                       who calls it
+======================  ===============================  ======================================
+`submit`                (new) -> queued                  API (`service.jobs.create_job`)
+`publish`               queued: `published_at` set       API, after the commit
+`cancel`                queued -> cancelled, or running  API (`POST /jobs/{id}/cancel`)
+                        gets `cancel_requested`
+`claim`                 queued -> running, or a stale    the task, per delivery
+                        running -> running (take over),
+                        -> cancelled / failed
+`heartbeat`,            running: `heartbeat_at`,         the task (heartbeat thread, per epoch)
+`record_epoch`          `epoch`, one `job_epochs` row
+`succeed`               running -> succeeded (and the    the task
+                        `models` row)
+`cancel_attempt`        running -> cancelled             the task (cancel flag seen)
+`fail`                  running -> failed                the task (any error, soft time limit)
+`reap`                  stale running -> queued (hand    maintenance loop (every worker)
+                        back), failed or cancelled
+`reconcile`             queued: published again          maintenance loop
+`fail_timed_out`        running -> failed                maintenance (hard time limit)
+======================  ===============================  ======================================
+
+The rules:
+
+- The SQL store is the source of truth; the broker only carries the job id. A job is committed
+  `queued` before its message is published, so a message never names a missing job, and a job
+  whose message was lost stays `queued` for `reconcile` to publish again.
+- Every transition is a conditional UPDATE on the state it expects, so of two racing writers
+  (two deliveries, a cancel and a claim, two workers' sweeps) exactly one wins.
+- **Fencing.** `attempts` counts the claims of a job, and a `Claim` carries the attempt it made.
+  Every later write of that attempt (`heartbeat`, `record_epoch`, `succeed`, `cancel_attempt`,
+  `fail`) is conditional on `status = 'running' AND attempts = <its attempt>`: an attempt that
+  was taken over or handed back can no longer touch the job, and stops at its next epoch.
+- **Lost workers.** A running attempt proves it is alive by `heartbeat_at`. Older than
+  `Settings.stale_after`, the job belongs to a lost worker: a new delivery takes it over
+  (`claim`) or the reaper hands it back to the queue (`reap`); once `Settings.max_attempts`
+  attempts were lost it ends `failed` with `lost_error`. A job with the cancel flag ends
+  `cancelled` instead.
+- Every new attempt starts from scratch: the claim deletes the history of earlier attempts.
+
+Functions called by the API take its request `Session`; the worker-side ones take a
+`sessionmaker` and run whole transactions (so a caller may retry one when the connection broke).
+Settings come from `service.config.Settings`; this module imports nothing from Flask, Celery
+(publishing takes the Celery app as an argument) or `workers`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.config import Settings
+from service.db import session_scope, utcnow
+from service.models import FINAL_STATUSES, JOB_STATUSES, Job, JobEpoch, TrainedModel
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+__all__ = [
+    "ACTIVE_STATUSES",
+    "FINAL_STATUSES",
+    "JOB_STATUSES",
+    "PUBLISH_RETRY_POLICY",
+    "TRAIN_TASK",
+    "CancelResult",
+    "Claim",
+    "cancel",
+    "cancel_attempt",
+    "claim",
+    "fail",
+    "fail_timed_out",
+    "heartbeat",
+    "lost_error",
+    "publish",
+    "reap",
+    "reconcile",
+    "record_epoch",
+    "submit",
+    "succeed",
+    "time_limit_error",
+]
+
+log = logging.getLogger(__name__)
+
+#: The Celery task that trains a job; its only argument is the job id. The API publishes by
+#: this name and never imports the task's code.
+TRAIN_TASK = "trainyard.train_job"
+
+#: A job that is queued or running counts against its owner's `max_active_jobs`.
+ACTIVE_STATUSES = ("queued", "running")
+
+# Publishing must not hang the API (or the maintenance thread) when the broker is down: one
+# quick retry (a refused Redis answers in 0.1 s), then give up; the job stays `queued` in the
+# store and `reconcile` publishes it again.
+PUBLISH_RETRY_POLICY = {
+    "max_retries": 1,
+    "interval_start": 0.0,
+    "interval_step": 0.2,
+    "interval_max": 0.2,
+}
+#: A job committed without `published_at` may still be being published by the API.
+PUBLISH_GRACE_S = 2.0
+#: At most this many jobs are republished per sweep (the rest wait for the next one).
+REPUBLISH_BATCH = 200
+#: `error` is cut to this many characters.
+MAX_ERROR_LENGTH = 4000
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One attempt at a job: `attempt` is its fencing token (the job's `attempts` it set)."""
+
+    job_id: str
+    attempt: int
+
+
+@dataclass(frozen=True)
+class CancelResult:
+    """What `cancel` did: `done` (cancelled, or asked to stop), else the status that was found
+    (None: no such job of this owner; a final status; or still active after every try)."""
+
+    done: bool
+    status: str | None = None
+
+
+# -- messages ----------------------------------------------------------------------------------
+
+
+def lost_error(attempts: int, max_attempts: int) -> str:
+    return (
+        f"the worker running this job was lost {attempts} times "
+        f"(max attempts {max_attempts}); giving up"
+    )
+
+
+def time_limit_error(limit: float | None, *, hard: bool = False) -> str:
+    """The error of a job stopped by Celery's soft (`hard=False`) or hard time limit."""
+    what = f" ({'hard limit ' if hard else ''}{limit:g} s)" if limit else ""
+    return f"time limit exceeded{what}; partial history kept"
+
+
+# -- the API side (the request's Session) ------------------------------------------------------
+
+
+def submit(
+    session: Session,
+    *,
+    owner: str,
+    dataset_id: str,
+    model_spec: dict[str, Any],
+    training_spec: dict[str, Any],
+) -> Job:
+    """A new `queued` job of `owner` (flushed; the caller commits, then calls `publish`)."""
+    job = Job(
+        owner=owner,
+        status="queued",
+        dataset_id=dataset_id,
+        model_spec=model_spec,
+        training_spec=training_spec,
+        epochs=training_spec["epochs"],
+    )
+    session.add(job)
+    session.flush()
+    return job
+
+
+def _send(celery: Celery, job_id: str) -> None:
+    celery.send_task(TRAIN_TASK, args=[job_id], retry=True, retry_policy=PUBLISH_RETRY_POLICY)
+
+
+def publish(session: Session, celery: Celery, job_id: str) -> bool:
+    """Send a committed job's message and record when (commits); False (logged) if the broker
+    is unreachable: the job stays queued with `published_at` null for `reconcile`."""
+    try:
+        _send(celery, job_id)
+    except Exception:
+        log.warning("could not publish job %s; it stays queued", job_id, exc_info=True)
+        return False
+    session.execute(
+        sa.update(Job).where(Job.id == job_id, Job.status == "queued").values(published_at=utcnow())
+    )
+    session.commit()
+    return True
+
+
+def cancel(session: Session, job_id: str, owner: str, tries: int = 3) -> CancelResult:
+    """Cancel `owner`'s job: a queued one now (it never starts), a running one by its flag
+    (its attempt stops at the next epoch boundary). Commits when done.
+
+    Both steps are conditional UPDATEs, so a cancel that races the worker's claim or its final
+    write leaves exactly one final state; a job that changed state between them is tried again.
+    """
+    status: str | None = None
+    for _ in range(tries):
+        queued = session.execute(
+            sa.update(Job)
+            .where(Job.id == job_id, Job.owner == owner, Job.status == "queued")
+            .values(status="cancelled", finished_at=utcnow(), cancel_requested=True)
+        )
+        if queued.rowcount == 0:
+            running = session.execute(
+                sa.update(Job)
+                .where(Job.id == job_id, Job.owner == owner, Job.status == "running")
+                .values(cancel_requested=True)
+            )
+            if running.rowcount == 0:
+                session.rollback()
+                status = session.scalar(
+                    sa.select(Job.status).where(Job.id == job_id, Job.owner == owner)
+                )
+                if status is None or status in FINAL_STATUSES:
+                    return CancelResult(False, status)
+                continue  # it changed state between the two updates: try again
+        session.commit()
+        return CancelResult(True)
+    return CancelResult(False, status)
+
+
+# -- one attempt (the task; a sessionmaker, one transaction per call) --------------------------
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    # SQLite gives naive datetimes back; everything the workers write is UTC.
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def _owned(claim: Claim) -> sa.ColumnElement[bool]:
+    """The fencing rule: the job still runs, and runs this attempt."""
+    return sa.and_(Job.id == claim.job_id, Job.status == "running", Job.attempts == claim.attempt)
+
+
+def _start(session: Session, job_id: str, now: datetime, *where: Any) -> Claim | None:
+    """Make a new attempt (`attempts + 1`, from scratch) of the job if it matches `where`."""
+    row = session.execute(
+        sa.update(Job)
+        .where(Job.id == job_id, *where)
+        .values(
+            status="running",
+            attempts=Job.attempts + 1,
+            started_at=now,
+            heartbeat_at=now,
+            finished_at=None,
+            epoch=0,
+            error=None,
+            metrics=None,
+        )
+        .returning(Job.attempts)
+    ).first()
+    if row is None:
+        return None
+    session.execute(sa.delete(JobEpoch).where(JobEpoch.job_id == job_id))
+    return Claim(job_id, row.attempts)
+
+
+def claim(factory: sessionmaker[Session], job_id: str, settings: Settings) -> Claim | str:
+    """Make this delivery the job's running attempt, or say why not.
+
+    Returns the `Claim`, or: "missing" (no such job), "duplicate" (finished, or another
+    delivery took it over first), "cancelled" (the flag was set before it ran), "failed" (its
+    workers were lost `max_attempts` times), "busy" (it runs elsewhere with a fresh heartbeat:
+    a duplicate of a live attempt, or a worker that died seconds ago; look again after
+    `stale_after` seconds).
+    """
+    now = utcnow()
+    with session_scope(factory) as session:
+        started = _start(
+            session, job_id, now, Job.status == "queued", Job.cancel_requested.is_(False)
+        )
+        if started is not None:
+            return started
+
+        job = session.execute(
+            sa.select(Job.status, Job.attempts, Job.heartbeat_at, Job.cancel_requested).where(
+                Job.id == job_id
+            )
+        ).first()
+        if job is None:
+            return "missing"
+        if job.status in FINAL_STATUSES:
+            return "duplicate"
+        if job.status == "queued":  # cancel requested before it ever started
+            session.execute(
+                sa.update(Job)
+                .where(Job.id == job_id, Job.status == "queued")
+                .values(status="cancelled", finished_at=now)
+            )
+            return "cancelled"
+        return _take_over(session, job_id, job, settings, now)
+
+
+def _take_over(
+    session: Session, job_id: str, job: sa.Row[Any], settings: Settings, now: datetime
+) -> Claim | str:
+    """A running job seen by a new delivery: a live attempt elsewhere, or a lost worker's."""
+    beat = _aware(job.heartbeat_at)
+    if beat is not None and now - beat < timedelta(seconds=settings.stale_after):
+        return "busy"
+    # conditional on the attempt that was read: of two concurrent deliveries one wins
+    seen = (Job.status == "running", Job.attempts == job.attempts)
+    if job.cancel_requested:
+        session.execute(
+            sa.update(Job)
+            .where(Job.id == job_id, *seen)
+            .values(status="cancelled", finished_at=now)
+        )
+        return "cancelled"
+    if job.attempts >= settings.max_attempts:
+        session.execute(
+            sa.update(Job)
+            .where(Job.id == job_id, *seen)
+            .values(
+                status="failed",
+                finished_at=now,
+                error=lost_error(job.attempts, settings.max_attempts),
+            )
+        )
+        return "failed"
+    started = _start(session, job_id, now, *seen)
+    if started is None:
+        return "duplicate"  # another delivery took it over first
+    log.warning("job %s: taking over from a lost worker (attempt %s)", job_id, started.attempt)
+    return started
+
+
+def heartbeat(factory: sessionmaker[Session], claim: Claim) -> None:
+    """The attempt is alive (between epochs); nothing if it no longer owns the job."""
+    with session_scope(factory) as session:
+        session.execute(sa.update(Job).where(_owned(claim)).values(heartbeat_at=utcnow()))
+
+
+def record_epoch(
+    factory: sessionmaker[Session],
+    claim: Claim,
+    epoch: int,
+    loss: float,
+    val_loss: float | None,
+) -> bool | None:
+    """Append a finished epoch and move `epoch` and `heartbeat_at` forward, in one transaction.
+
+    Returns the job's cancel flag (True: stop now), or None when the attempt no longer owns the
+    job (taken over, handed back, failed): it must stop and write nothing more.
+    """
+    with session_scope(factory) as session:
+        row = session.execute(
+            sa.update(Job)
+            .where(_owned(claim))
+            .values(epoch=epoch, heartbeat_at=utcnow())
+            .returning(Job.cancel_requested)
+        ).first()
+        if row is None:
+            return None
+        # merge: a retry after a commit whose answer was lost writes the same row again
+        session.merge(JobEpoch(job_id=claim.job_id, epoch=epoch, loss=loss, val_loss=val_loss))
+        return bool(row.cancel_requested)
+
+
+def succeed(
+    factory: sessionmaker[Session],
+    claim: Claim,
+    *,
+    epoch: int,
+    metrics: dict[str, Any],
+    model: Mapping[str, Any],
+) -> str:
+    """End the attempt `succeeded` and insert its trained model (`models` row: `model`'s fields,
+    besides `job_id`) in the same transaction, only while the attempt owns the job and no cancel
+    was asked for. Returns "succeeded", "cancelled" (asked for meanwhile) or "lost"."""
+    now = utcnow()
+    with session_scope(factory) as session:
+        done = session.execute(
+            sa.update(Job)
+            .where(_owned(claim), Job.cancel_requested.is_(False))
+            .values(
+                status="succeeded",
+                metrics=metrics,
+                epoch=epoch,
+                finished_at=now,
+                heartbeat_at=now,
+            )
+        )
+        if done.rowcount != 1:
+            session.rollback()
+            cancelled = session.execute(
+                sa.select(Job.cancel_requested).where(_owned(claim))
+            ).scalar_one_or_none()
+            if cancelled:
+                return cancel_attempt(factory, claim)
+            return "lost"
+        session.add(TrainedModel(job_id=claim.job_id, **model))
+    return "succeeded"
+
+
+def cancel_attempt(factory: sessionmaker[Session], claim: Claim) -> str:
+    """The attempt saw the cancel flag: end the job `cancelled` (its history kept)."""
+    with session_scope(factory) as session:
+        session.execute(
+            sa.update(Job).where(_owned(claim)).values(status="cancelled", finished_at=utcnow())
+        )
+    return "cancelled"
+
+
+def fail(factory: sessionmaker[Session], claim: Claim, message: str) -> None:
+    """End the attempt's job `failed` with `message` (its history kept)."""
+    with session_scope(factory) as session:
+        session.execute(
+            sa.update(Job)
+            .where(_owned(claim))
+            .values(status="failed", error=message[:MAX_ERROR_LENGTH], finished_at=utcnow())
+        )
+
+
+# -- the maintenance loop (every worker's main process) -----------------------------------------
+
+
+def reap(
+    factory: sessionmaker[Session], settings: Settings, now: datetime | None = None
+) -> dict[str, str]:
+    """Hand back running jobs with a stale heartbeat ("requeued": `queued`, `published_at`
+    cleared, so `reconcile` publishes it at once), or end them "failed" (`max_attempts` lost) or
+    "cancelled" (flagged); returns {job id: outcome}. Each is a conditional UPDATE on the row as
+    read, so two workers sweeping together never act twice on one job."""
+    now = now or utcnow()
+    cutoff = now - timedelta(seconds=settings.stale_after)
+    stale = sa.or_(
+        Job.heartbeat_at < cutoff, sa.and_(Job.heartbeat_at.is_(None), Job.started_at < cutoff)
+    )
+    outcomes: dict[str, str] = {}
+    with session_scope(factory) as session:
+        rows = session.execute(
+            sa.select(Job.id, Job.attempts, Job.cancel_requested).where(
+                Job.status == "running", stale
+            )
+        ).all()
+    for row in rows:
+        seen = sa.and_(
+            Job.id == row.id, Job.status == "running", Job.attempts == row.attempts, stale
+        )
+        values: dict[str, Any]
+        if row.cancel_requested:
+            outcome, values = "cancelled", {"status": "cancelled", "finished_at": now}
+        elif row.attempts >= settings.max_attempts:
+            outcome = "failed"
+            values = {
+                "status": "failed",
+                "finished_at": now,
+                "error": lost_error(row.attempts, settings.max_attempts),
+            }
+        else:
+            outcome = "requeued"
+            values = {"status": "queued", "published_at": None, "heartbeat_at": None}
+        with session_scope(factory) as session:
+            if session.execute(sa.update(Job).where(seen).values(**values)).rowcount == 1:
+                outcomes[row.id] = outcome
+                log.warning(
+                    "reaper: job %s (attempt %s) has had no heartbeat for %ss: %s",
+                    row.id,
+                    row.attempts,
+                    settings.stale_after,
+                    outcome,
+                )
+    return outcomes
+
+
+def reconcile(
+    factory: sessionmaker[Session],
+    celery: Celery,
+    settings: Settings,
+    now: datetime | None = None,
+) -> list[str]:
+    """Publish again queued jobs whose message may be missing: never published (broker down at
+    submit) or published longer than `republish_after` seconds ago (lost with the broker's
+    memory). Returns the ids published. A duplicate message is harmless (`claim`)."""
+    now = now or utcnow()
+    never = sa.and_(
+        Job.published_at.is_(None), Job.created_at < now - timedelta(seconds=PUBLISH_GRACE_S)
+    )
+    long_ago = Job.published_at < now - timedelta(seconds=settings.republish_after)
+    with session_scope(factory) as session:
+        rows = session.execute(
+            sa.select(Job.id, Job.published_at)
+            .where(Job.status == "queued", sa.or_(never, long_ago))
+            .order_by(Job.created_at)
+            .limit(REPUBLISH_BATCH)
+        ).all()
+    published = []
+    for row in rows:
+        was = (
+            Job.published_at.is_(None)
+            if row.published_at is None
+            else (Job.published_at == row.published_at)
+        )
+        # Take the job for this sweep (another worker's UPDATE then matches nothing) ...
+        with session_scope(factory) as session:
+            taken = session.execute(
+                sa.update(Job)
+                .where(Job.id == row.id, Job.status == "queued", was)
+                .values(published_at=now)
+            ).rowcount
+        if taken != 1:
+            continue
+        # ... and publish; on failure put `published_at` back so the next sweep tries again.
+        try:
+            _send(celery, row.id)
+        except Exception as exc:
+            log.warning("reconciler: could not publish job %s: %s", row.id, exc)
+            with session_scope(factory) as session:
+                session.execute(
+                    sa.update(Job)
+                    .where(Job.id == row.id, Job.published_at == now)
+                    .values(published_at=row.published_at)
+                )
+            break  # the broker is down: the rest waits for the next sweep
+        published.append(row.id)
+        log.info("reconciler: published job %s again", row.id)
+    return published
+
+
+def fail_timed_out(factory: sessionmaker[Session], job_id: str, settings: Settings) -> bool:
+    """End a running job whose process Celery's hard time limit (`task_time_limit`) killed, its
+    partial history kept; False if it was not running."""
+    with session_scope(factory) as session:
+        done = session.execute(
+            sa.update(Job)
+            .where(Job.id == job_id, Job.status == "running")
+            .values(
+                status="failed",
+                finished_at=utcnow(),
+                error=time_limit_error(settings.task_time_limit, hard=True),
+            )
+        )
+    return done.rowcount == 1
