@@ -1,5 +1,6 @@
 """Dependencies point one way (engine <- service <- workers; the client talks HTTP only),
-and no application code creates tables."""
+every change of a job's state lives in `service/lifecycle.py`, and no application code creates
+tables."""
 
 from __future__ import annotations
 
@@ -17,8 +18,17 @@ FORBIDDEN = {
 }
 
 
-def imported_packages(path: Path) -> set[str]:
+def imported_packages(path: Path, runtime_only: bool = False) -> set[str]:
+    """Top-level packages that `path` imports (`runtime_only`: not counting imports under
+    `if TYPE_CHECKING:`, which exist for type hints only)."""
     tree = ast.parse(path.read_text(), filename=str(path))
+    if runtime_only:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.If) and ast.unparse(node.test) in (
+                "TYPE_CHECKING",
+                "typing.TYPE_CHECKING",
+            ):
+                node.body = []
     names: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -44,3 +54,49 @@ def test_no_create_all_in_application_code() -> None:
     for package in ("service", "workers"):
         for path in (ROOT / package).rglob("*.py"):
             assert "create_all(" not in path.read_text(), path
+
+
+def test_lifecycle_knows_no_framework_and_no_worker() -> None:
+    """The job lifecycle takes the Celery app as an argument (its type under TYPE_CHECKING
+    only) and its settings from `service.config`: it imports no web or task framework and
+    nothing from `workers` (which would close a circle: the workers call it)."""
+    path = ROOT / "service" / "lifecycle.py"
+    assert imported_packages(path, runtime_only=True) & {"workers", "flask", "celery"} == set()
+    tree = ast.parse(path.read_text())
+    local = {
+        node.module
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("service")
+    }
+    assert local <= {"service.config", "service.db", "service.models"}, local
+
+
+def job_writes(path: Path) -> list[str]:
+    """`update(...)`, `insert(...)` and `delete(...)` calls on `Job` or `JobEpoch` in `path`."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if not isinstance(node, ast.Call) or not node.args:
+            continue
+        func = node.func
+        name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+        target = node.args[0]
+        if (
+            name in ("update", "insert", "delete")
+            and isinstance(target, ast.Name)
+            and target.id in ("Job", "JobEpoch")
+        ):
+            found.append(f"{path.relative_to(ROOT)}:{node.lineno} {ast.unparse(node)}")
+    return found
+
+
+def test_job_writes_live_in_the_lifecycle_module() -> None:
+    """The task, the maintenance loop and the API hold no UPDATE of a job of their own."""
+    files = [*sorted((ROOT / "workers").rglob("*.py")), *sorted((ROOT / "service").rglob("*.py"))]
+    offenders = [
+        write for path in files if path.name != "lifecycle.py" for write in job_writes(path)
+    ]
+    assert offenders == []
+    for name in ("tasks.py", "maintenance.py"):
+        text = (ROOT / "workers" / name).read_text()
+        assert "update(Job)" not in text, name
+    assert job_writes(ROOT / "service" / "lifecycle.py")  # the check finds what it looks for
