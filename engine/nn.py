@@ -143,11 +143,13 @@ class Layer(Linear):
         nout: int,
         activation: str | None = "tanh",
         *,
+        init: str | None = None,
         rng: np.random.Generator | None = None,
         dtype: Any = np.float64,
     ) -> None:
         _check_activation(activation)
-        init = "kaiming" if activation == "relu" else "xavier"
+        if init is None:
+            init = "kaiming" if activation == "relu" else "xavier"
         super().__init__(nin, nout, init=init, rng=rng, dtype=dtype)
         self.activation = activation
 
@@ -175,7 +177,8 @@ class Neuron(Layer):
 
 class MLP(Module):
     """`MLP(nin, nouts)`: layers of widths `nouts`; hidden layers use `activation`, the last
-    `output_activation` (linear if None). Input `(B, nin)` gives `(B, nout)`; a single sample
+    `output_activation` (linear if None). `init` ("kaiming" or "xavier") sets every layer's
+    weight initialisation; None: Kaiming for relu layers, Xavier otherwise. Input `(B, nin)` gives `(B, nout)`; a single sample
     `(nin,)` gives `(nout,)`, or a 0-d tensor when `nout == 1` (the article's usage)."""
 
     def __init__(
@@ -186,6 +189,7 @@ class MLP(Module):
         output_activation: str | None = None,
         seed: int | None = None,
         dtype: Any = np.float64,
+        init: str | None = None,
     ) -> None:
         if not nouts:
             raise ValueError("MLP needs at least one layer width in nouts")
@@ -198,6 +202,7 @@ class MLP(Module):
                 sizes[i],
                 sizes[i + 1],
                 activation if i < len(nouts) - 1 else output_activation,
+                init=init,
                 rng=rng,
                 dtype=dtype,
             )

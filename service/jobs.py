@@ -12,13 +12,22 @@ import sqlalchemy as sa
 from celery import Celery
 from sqlalchemy.orm import Session
 
+from core.spec import (
+    SpecError,
+    check_class_weight,
+    check_fits,
+    check_output_activation,
+    check_splits,
+    default_loss,
+    resolve_training,
+)
 from service import lifecycle
 from service.config import Limits
-from service.datasets import ParsedDataset, find_dataset, new_dataset, parse_json_dataset
+from service.datasets import find_dataset, new_dataset
 from service.errors import ApiError, InputError
+from service.ingest import ParsedDataset, parse_json_dataset
 from service.lifecycle import ACTIVE_STATUSES, FINAL_STATUSES
 from service.models import Job, JobEpoch, TrainedModel, is_id
-from service.modelspec import SpecError, check_fits
 
 
 def parameter_count(nin: int, layers: list[int]) -> int:
@@ -52,54 +61,81 @@ def check_limits(model: dict[str, Any], training: dict[str, Any], nin: int, limi
         )
 
 
+def encoded_width(columns: list[dict[str, Any]], preprocessing: dict[str, Any]) -> int:
+    """The network's input width for these dataset columns (at most: one-hot over every level
+    of the whole dataset; the training split may see fewer)."""
+    onehot = preprocessing.get("categorical", "onehot") == "onehot"
+    return sum(
+        max(int(c.get("n_levels") or 1), 1) if c["type"] == "categorical" and onehot else 1
+        for c in columns
+    )
+
+
 def check_spec(
     model: dict[str, Any],
     training: dict[str, Any],
     *,
     n_samples: int,
-    n_features: int,
+    columns: list[dict[str, Any]],
     n_targets: int,
     target_kind: str,
     classes: list[Any] | None,
     limits: Limits,
 ) -> None:
-    """Raise a 422 unless the spec is within the limits and fits the dataset."""
-    check_limits(model, training, n_features, limits)
+    """Raise a 422 unless the spec is within the limits, fits the dataset and can train."""
+    nin = encoded_width(columns, training["preprocessing"])
+    check_limits(model, training, nin, limits)
     try:
         check_fits(training["loss"], model["layers"], target_kind, n_targets, classes)
+        check_output_activation(training["loss"], model["output_activation"])
+        check_class_weight(training["class_weight"], training["loss"], classes)
+        check_splits(training, n_samples)
     except SpecError as exc:
         raise InputError(exc.field, exc.message) from None
-    if training["validation_split"] > 0:
-        n_val = round(n_samples * training["validation_split"])
-        if n_val < 1 or n_samples - n_val < 1:
+    if training["preprocessing"]["missing"] == "error":
+        gappy = [c["name"] for c in columns if c.get("missing")]
+        if gappy:
             raise InputError(
-                "training.validation_split",
-                f"leaves no training or no validation sample out of {n_samples}",
+                "training.preprocessing.missing",
+                f'is "error" but the columns {gappy} have missing cells; use "impute"',
             )
 
 
-def normalized_specs(data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The stored model and training specs: exactly these keys, every default filled."""
-    m, t = data["model"], data["training"]
+#: the stored training spec's keys (every default filled)
+TRAINING_KEYS = (
+    "loss",
+    "optimizer",
+    "learning_rate",
+    "momentum",
+    "weight_decay",
+    "epochs",
+    "batch_size",
+    "seed",
+    "validation_split",
+    "test_split",
+    "early_stopping",
+    "lr_schedule",
+    "class_weight",
+    "dtype",
+    "preprocessing",
+)
+
+
+def normalized_specs(
+    data: dict[str, Any], target_kind: str, n_targets: int, classes: list[Any] | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The stored model and training specs: exactly these keys, every default filled (the
+    loss, when not given, picked from the targets)."""
+    m = data["model"]
     model = {
         "layers": list(m["layers"]),
         "activation": m["activation"],
         "output_activation": m["output_activation"],
     }
-    training = {
-        key: t[key]
-        for key in (
-            "loss",
-            "optimizer",
-            "learning_rate",
-            "momentum",
-            "weight_decay",
-            "epochs",
-            "batch_size",
-            "seed",
-            "validation_split",
-        )
-    }
+    t = resolve_training(data["training"])
+    if t["loss"] is None:
+        t["loss"] = default_loss(target_kind, n_targets, classes)
+    training = {key: t[key] for key in TRAINING_KEYS}
     return model, training
 
 
@@ -131,13 +167,12 @@ def create_job(session: Session, data: dict[str, Any], limits: Limits, owner: st
     """Validate a job request (and its inline dataset) and add it as `queued` for `owner`
     (flushed; the caller commits). A `dataset_id` must name one of the owner's datasets."""
     check_active_jobs(session, owner, limits)
-    model, training = normalized_specs(data)
     parsed: ParsedDataset | None = None
     if "dataset" in data:
         parsed = parse_json_dataset(data["dataset"], limits, prefix="dataset.")
         facts = {
             "n_samples": parsed.n_samples,
-            "n_features": parsed.n_features,
+            "columns": parsed.table.describe(),
             "n_targets": parsed.n_targets,
             "target_kind": parsed.target_kind,
             "classes": parsed.classes,
@@ -149,11 +184,15 @@ def create_job(session: Session, data: dict[str, Any], limits: Limits, owner: st
             raise ApiError(404, message, {"dataset_id": message})
         facts = {
             "n_samples": stored.n_samples,
-            "n_features": stored.n_features,
+            "columns": stored.columns
+            or [{"name": f"x{j}", "type": "numeric"} for j in range(stored.n_features)],
             "n_targets": stored.n_targets,
             "target_kind": stored.target_kind,
             "classes": stored.classes,
         }
+    model, training = normalized_specs(
+        data, facts["target_kind"], facts["n_targets"], facts["classes"]
+    )
     check_spec(model, training, limits=limits, **facts)
 
     if parsed is not None:
@@ -242,6 +281,11 @@ def serialize_jobs(session: Session, jobs: list[Job]) -> list[dict[str, Any]]:
             "loss_history": [e.loss for e in history[job.id]],
             "val_loss_history": [e.val_loss for e in history[job.id] if e.val_loss is not None],
             "metrics": job.metrics or {},
+            "evaluation": job.evaluation,
+            "best_epoch": job.best_epoch,
+            "stopped_epoch": job.stopped_epoch,
+            "stop_reason": job.stop_reason
+            or (job.status if job.status in ("cancelled", "failed") else None),
             "error": job.error,
             "model_id": model_ids.get(job.id),
             "attempts": job.attempts,

@@ -60,12 +60,32 @@ class Dataset(Base):
     target_kind: Mapped[str] = mapped_column(sa.String(16))
     # For labels: the sorted distinct labels, as submitted (ints or strings); index = class id.
     classes: Mapped[list[Any] | None] = mapped_column(sa.JSON, nullable=True)
+    # the feature columns' names, in order (x0, x1, ... for a bare features matrix)
     feature_names: Mapped[list[str] | None] = mapped_column(sa.JSON, nullable=True)
-    # float64 arrays, stored as .npy bytes: features (n_samples, n_features); targets
-    # (n_samples, n_targets) for regression, class indices (n_samples,) for labels.
-    features: Mapped[bytes] = mapped_column(sa.LargeBinary, deferred=True)
-    targets: Mapped[bytes] = mapped_column(sa.LargeBinary, deferred=True)
+    # one description per feature column: {"name", "type", "missing", ...} (core.table)
+    columns: Mapped[list[dict[str, Any]] | None] = mapped_column(sa.JSON, nullable=True)
+    # the target column's name, when the data came as a CSV file or named rows
+    target_name: Mapped[str | None] = mapped_column(sa.String(200), nullable=True)
+    # the rows themselves live in `dataset_data`: listing datasets never reads them
+    data: Mapped[DatasetData] = relationship(
+        cascade="all, delete-orphan", lazy="raise", uselist=False
+    )
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
+
+
+class DatasetData(Base):
+    """A dataset's rows: `features` a typed column table (`core.table.table_to_bytes`; rows
+    stored before typed columns are a float64 `.npy` matrix, read the same way), `targets` a
+    `.npy` array: float64 `(n_samples, n_targets)`, or int64 class indices `(n_samples,)` for
+    labels."""
+
+    __tablename__ = "dataset_data"
+
+    dataset_id: Mapped[str] = mapped_column(
+        sa.ForeignKey("datasets.id", ondelete="CASCADE"), primary_key=True
+    )
+    features: Mapped[bytes] = mapped_column(sa.LargeBinary)
+    targets: Mapped[bytes] = mapped_column(sa.LargeBinary)
 
 
 class Job(Base):
@@ -90,6 +110,12 @@ class Job(Base):
     epoch: Mapped[int] = mapped_column(default=0)
     epochs: Mapped[int]
     metrics: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON, nullable=True)
+    # {"train": {...}, "validation": {...}, "test": {...}} (core.metrics), once succeeded
+    evaluation: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON, nullable=True)
+    best_epoch: Mapped[int | None] = mapped_column(nullable=True)
+    stopped_epoch: Mapped[int | None] = mapped_column(nullable=True)
+    # "completed" or "early_stopping" once succeeded (cancelled and failed jobs: their status)
+    stop_reason: Mapped[str | None] = mapped_column(sa.String(32), nullable=True)
     error: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
     attempts: Mapped[int] = mapped_column(default=0)
     cancel_requested: Mapped[bool] = mapped_column(default=False)
@@ -134,11 +160,13 @@ class TrainedModel(Base):
         sa.String(200), index=True, default=_owner_of("jobs", "job_id")
     )
     dataset_id: Mapped[str] = mapped_column(sa.ForeignKey("datasets.id"), index=True)
-    # {"nin", "layers", "activation", "output_activation"?, "loss", "target_kind", "classes"?}
+    # core.model's architecture: {"nin", "layers", "activation", "output_activation", "loss",
+    # "target_kind", "classes", "dtype"?, "init"?, "preprocessing"?}
     architecture: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
     weights: Mapped[bytes] = mapped_column(sa.LargeBinary, deferred=True)  # .npz
     graph_svg: Mapped[str] = mapped_column(sa.Text, deferred=True)
     metrics: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
+    evaluation: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(
         sa.DateTime(timezone=True), default=utcnow, index=True
     )

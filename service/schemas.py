@@ -12,9 +12,40 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, post_load, validate, validates_schema
 
+from core import preprocessing
+from core.spec import (
+    ACTIVATIONS,
+    DEFAULT_LEARNING_RATE,
+    DTYPES,
+    EARLY_STOPPING_DEFAULTS,
+    EARLY_STOPPING_SPLIT,
+    LOSSES,
+    LR_SCHEDULE_DEFAULTS,
+    LR_SCHEDULES,
+    OPTIMIZERS,
+    TRAINING_DEFAULTS,
+)
 from service.models import JOB_STATUSES
-from service.modelspec import ACTIVATIONS, LOSSES, OPTIMIZERS
 
+CELL_MATRIX = {
+    "description": "Rows of equally many cells (at least one row and one column): numbers, "
+    "strings or booleans (a categorical column), null or an empty string (a missing cell).",
+    "type": "array",
+    "minItems": 1,
+    "items": {
+        "type": "array",
+        "minItems": 1,
+        "items": {"type": ["number", "string", "boolean", "null"]},
+    },
+    "example": [[0.1, "Biscoe"], [None, "Dream"]],
+}
+RECORDS = {
+    "description": "One object per row, keyed by column name; a key left out is a missing cell.",
+    "type": "array",
+    "minItems": 1,
+    "items": {"type": "object"},
+    "example": [{"island": "Biscoe", "bill_length_mm": 41.2, "species": "Adelie"}],
+}
 NUMBER_MATRIX = {
     "description": "Rows of equally many finite numbers (at least one row and one column).",
     "type": "array",
@@ -37,7 +68,6 @@ TARGETS = {
     },
     "example": [1, 0],
 }
-DEFAULT_LEARNING_RATE = {"sgd": 0.05, "adam": 0.01}
 MAX_PAGE = 1_000_000  # keeps OFFSET within what every database takes
 
 
@@ -53,10 +83,42 @@ class UTCDateTime(fields.DateTime):
 NO_NUL = validate.Regexp(r"^[^\x00]*$", error="cannot hold NUL characters")
 
 
+COLUMN_TYPES_DOC = {
+    "description": "Column name -> `numeric` or `categorical`, overriding the inferred type "
+    "(a column is numeric when every present cell is a number).",
+    "type": "object",
+    "additionalProperties": {"type": "string", "enum": ["numeric", "categorical"]},
+    "example": {"zip": "categorical"},
+}
+
+
 class DatasetInSchema(Schema):
+    """`features` + `targets` (a matrix of cells, columns named x0, x1, ...), or `rows` +
+    `target` (objects keyed by column name)."""
+
     name = fields.String(required=True, validate=[validate.Length(min=1, max=200), NO_NUL])
-    features = fields.Raw(required=True, metadata=NUMBER_MATRIX)
-    targets = fields.Raw(required=True, metadata=TARGETS)
+    features = fields.Raw(metadata=CELL_MATRIX)
+    targets = fields.Raw(metadata=TARGETS)
+    rows = fields.Raw(metadata=RECORDS)
+    target = fields.String(
+        validate=[validate.Length(min=1, max=200), NO_NUL],
+        metadata={"description": "With `rows`: the target column's name."},
+    )
+    column_types = fields.Raw(metadata=COLUMN_TYPES_DOC)
+
+    @validates_schema
+    def _one_form(self, data: dict[str, Any], **_: Any) -> None:
+        if ("features" in data) == ("rows" in data):
+            raise ValidationError(
+                "give either features and targets, or rows and target", field_name="features"
+            )
+        if "features" in data and "targets" not in data:
+            raise ValidationError("Missing data for required field.", field_name="targets")
+        if "rows" in data and "target" not in data:
+            raise ValidationError(
+                "Missing data for required field (the target column's name).",
+                field_name="target",
+            )
 
 
 class DatasetCsvSchema(Schema):
@@ -70,6 +132,12 @@ class DatasetCsvSchema(Schema):
     target = fields.String(
         metadata={"description": "The target column's name. Default: the last column."}
     )
+    column_types = fields.String(
+        metadata={
+            "description": 'A JSON object such as `{"zip": "categorical"}` overriding the '
+            "inferred column types."
+        }
+    )
 
 
 class DatasetSchema(Schema):
@@ -82,13 +150,33 @@ class DatasetSchema(Schema):
         fields.Raw(),
         metadata={"description": "Sorted distinct labels, when the targets are labels."},
     )
-    feature_names = fields.List(fields.String(), metadata={"description": "From a CSV header."})
+    feature_names = fields.List(
+        fields.String(),
+        metadata={"description": "The feature columns in order (x0, x1, ... when unnamed)."},
+    )
+    columns = fields.List(
+        fields.Dict(),
+        metadata={
+            "description": "One per feature column: `name`, `type` (`numeric` or "
+            "`categorical`), `missing` (count); numeric: `min`, `max`, `mean`, `std`; "
+            "categorical: `n_levels` and `top` (the most frequent levels with their `count`)."
+        },
+    )
+    target = fields.Dict(
+        metadata={
+            "description": "`name` (null when unnamed), `kind` (`numeric`, `integers` or "
+            "`labels`) and `classes` (sorted labels, or null)."
+        }
+    )
     created_at = UTCDateTime()
 
 
 class DatasetRowsSchema(Schema):
     id = fields.String()
-    features = fields.List(fields.List(fields.Float()), metadata={"description": "One row each."})
+    features = fields.List(
+        fields.List(fields.Raw()),
+        metadata={"description": "One row each: numbers, strings, null for missing cells."},
+    )
     targets = fields.List(
         fields.Raw(),
         metadata={
@@ -115,30 +203,176 @@ class ModelSpecSchema(Schema):
     )
 
 
+class EarlyStoppingSchema(Schema):
+    patience = fields.Integer(
+        strict=True,
+        load_default=EARLY_STOPPING_DEFAULTS["patience"],
+        validate=validate.Range(min=1, max=100_000),
+        metadata={"description": "Epochs without improvement before stopping."},
+    )
+    min_delta = fields.Float(
+        load_default=EARLY_STOPPING_DEFAULTS["min_delta"],
+        validate=validate.Range(min=0),
+        metadata={"description": "The least decrease of the validation loss that counts."},
+    )
+    restore_best = fields.Boolean(
+        load_default=EARLY_STOPPING_DEFAULTS["restore_best"],
+        metadata={"description": "Save the best epoch's weights, not the last epoch's."},
+    )
+
+
+class LRScheduleSchema(Schema):
+    type = fields.String(load_default="constant", validate=validate.OneOf(LR_SCHEDULES))
+    step_size = fields.Integer(
+        strict=True,
+        validate=validate.Range(min=1),
+        metadata={
+            "description": f"step: epochs per step (default "
+            f"{LR_SCHEDULE_DEFAULTS['step']['step_size']})."
+        },
+    )
+    gamma = fields.Float(
+        validate=validate.Range(min=0, max=1, min_inclusive=False),
+        metadata={
+            "description": f"step: the factor per step (default "
+            f"{LR_SCHEDULE_DEFAULTS['step']['gamma']})."
+        },
+    )
+    min_lr = fields.Float(
+        validate=validate.Range(min=0),
+        metadata={"description": "cosine: the last epoch's rate (default 0)."},
+    )
+    factor = fields.Float(
+        validate=validate.Range(min=0, max=1, min_inclusive=False, max_inclusive=False),
+        metadata={
+            "description": f"plateau: the factor on a plateau (default "
+            f"{LR_SCHEDULE_DEFAULTS['plateau']['factor']})."
+        },
+    )
+    patience = fields.Integer(
+        strict=True,
+        validate=validate.Range(min=0),
+        metadata={
+            "description": f"plateau: epochs without improvement first (default "
+            f"{LR_SCHEDULE_DEFAULTS['plateau']['patience']})."
+        },
+    )
+
+    @validates_schema
+    def _fields_of_type(self, data: dict[str, Any], **_: Any) -> None:
+        allowed = {"type", *LR_SCHEDULE_DEFAULTS[data.get("type", "constant")]}
+        for key in data:
+            if key not in allowed:
+                raise ValidationError(
+                    f"does not apply to the {data.get('type', 'constant')!r} schedule",
+                    field_name=key,
+                )
+
+
+class PreprocessingSchema(Schema):
+    numeric = fields.String(
+        load_default=preprocessing.DEFAULTS["numeric"],
+        validate=validate.OneOf(preprocessing.CHOICES["numeric"]),
+    )
+    categorical = fields.String(
+        load_default=preprocessing.DEFAULTS["categorical"],
+        validate=validate.OneOf(preprocessing.CHOICES["categorical"]),
+    )
+    missing = fields.String(
+        load_default=preprocessing.DEFAULTS["missing"],
+        validate=validate.OneOf(preprocessing.CHOICES["missing"]),
+        metadata={"description": "impute: the training rows' median / most frequent level."},
+    )
+    target = fields.String(
+        load_default=preprocessing.DEFAULTS["target"],
+        validate=validate.OneOf(preprocessing.CHOICES["target"]),
+        metadata={
+            "description": "mse only: standardize the target while training "
+            "(predictions come back in its own units)."
+        },
+    )
+
+
 class TrainingSpecSchema(Schema):
-    loss = fields.String(load_default="mse", validate=validate.OneOf(LOSSES))
-    optimizer = fields.String(load_default="sgd", validate=validate.OneOf(OPTIMIZERS))
+    loss = fields.String(
+        load_default=None,
+        allow_none=True,
+        validate=validate.OneOf(LOSSES),
+        metadata={
+            "description": "Default: binary_cross_entropy for 2 classes, cross_entropy for more "
+            "(string or boolean labels, or one column of integers with 2 values), mse for numbers."
+        },
+    )
+    optimizer = fields.String(
+        load_default=TRAINING_DEFAULTS["optimizer"], validate=validate.OneOf(OPTIMIZERS)
+    )
     learning_rate = fields.Float(
         load_default=None,
         allow_none=True,
         validate=validate.Range(min=0, min_inclusive=False),
-        metadata={"description": "Default 0.05 for sgd, 0.01 for adam."},
+        metadata={
+            "description": f"Default {DEFAULT_LEARNING_RATE['sgd']} for sgd, "
+            f"{DEFAULT_LEARNING_RATE['adam']} for adam."
+        },
     )
     momentum = fields.Float(
-        load_default=0.0, validate=validate.Range(min=0, max=1, max_inclusive=False)
+        load_default=TRAINING_DEFAULTS["momentum"],
+        validate=validate.Range(min=0, max=1, max_inclusive=False),
     )
-    weight_decay = fields.Float(load_default=0.0, validate=validate.Range(min=0))
-    epochs = fields.Integer(strict=True, load_default=100, validate=validate.Range(min=1))
+    weight_decay = fields.Float(
+        load_default=TRAINING_DEFAULTS["weight_decay"], validate=validate.Range(min=0)
+    )
+    epochs = fields.Integer(
+        strict=True, load_default=TRAINING_DEFAULTS["epochs"], validate=validate.Range(min=1)
+    )
     batch_size = fields.Integer(
         strict=True,
-        load_default=32,
+        load_default=TRAINING_DEFAULTS["batch_size"],
         allow_none=True,
         validate=validate.Range(min=1),
         metadata={"description": "null: full batch."},
     )
-    seed = fields.Integer(strict=True, load_default=0, validate=validate.Range(min=0))
+    seed = fields.Integer(
+        strict=True, load_default=TRAINING_DEFAULTS["seed"], validate=validate.Range(min=0)
+    )
     validation_split = fields.Float(
-        load_default=0.0, validate=validate.Range(min=0, max=1, max_inclusive=False)
+        load_default=TRAINING_DEFAULTS["validation_split"],
+        validate=validate.Range(min=0, max=1, max_inclusive=False),
+        metadata={"description": f"With early_stopping and no split: {EARLY_STOPPING_SPLIT}."},
+    )
+    test_split = fields.Float(
+        load_default=TRAINING_DEFAULTS["test_split"],
+        validate=validate.Range(min=0, max=1, max_inclusive=False),
+        metadata={
+            "description": "Rows held out from training and early stopping, only "
+            "scored (`evaluation.test`). Splits are seeded, stratified by class."
+        },
+    )
+    early_stopping = fields.Nested(
+        EarlyStoppingSchema,
+        load_default=None,
+        allow_none=True,
+        metadata={
+            "description": "null: train every epoch. Else stop when the validation loss "
+            "has not improved for `patience` epochs."
+        },
+    )
+    lr_schedule = fields.Nested(LRScheduleSchema, load_default=lambda: {"type": "constant"})
+    class_weight = fields.Raw(
+        load_default=None,
+        allow_none=True,
+        metadata={
+            "description": 'Classification: null, "balanced" (n / (k * count)) or {label: weight}.',
+            "oneOf": [{"type": "string", "enum": ["balanced"]}, {"type": "object"}],
+        },
+    )
+    dtype = fields.String(
+        load_default=TRAINING_DEFAULTS["dtype"],
+        validate=validate.OneOf(DTYPES),
+        metadata={"description": "float32 trains about twice as fast."},
+    )
+    preprocessing = fields.Nested(
+        PreprocessingSchema, load_default=lambda: dict(preprocessing.DEFAULTS)
     )
 
     @post_load
@@ -176,7 +410,33 @@ class JobSchema(Schema):
     progress = fields.Nested(ProgressSchema)
     loss_history = fields.List(fields.Float(), metadata={"description": "Per finished epoch."})
     val_loss_history = fields.List(fields.Float())
-    metrics = fields.Dict(allow_none=True)
+    metrics = fields.Dict(
+        allow_none=True,
+        metadata={
+            "description": "`loss` and `accuracy` of the saved model on the training rows, "
+            "`val_loss` / `val_accuracy` on the validation rows (the per-epoch `loss_history` "
+            "is the mean over each epoch's mini-batches while the weights moved)."
+        },
+    )
+    evaluation = fields.Dict(
+        allow_none=True,
+        metadata={
+            "description": "The saved model scored on each split that exists (`train`, "
+            "`validation`, `test`). Classification: `accuracy`, `balanced_accuracy`, "
+            "`precision`/`recall`/`f1` (`macro`, `per_class`), `log_loss`, `roc_auc`, "
+            "`confusion_matrix` (`labels`, `matrix`: rows true, columns predicted), `loss`, "
+            "`n`. Regression: `mse`, `rmse`, `mae`, `r2` in the target's units, `loss`, `n`."
+        },
+    )
+    best_epoch = fields.Integer(
+        allow_none=True,
+        metadata={"description": "The epoch with the lowest validation loss (1-based)."},
+    )
+    stopped_epoch = fields.Integer(allow_none=True, metadata={"description": "The last epoch."})
+    stop_reason = fields.String(
+        allow_none=True,
+        metadata={"enum": ["completed", "early_stopping", "cancelled", "failed", None]},
+    )
     error = fields.String(allow_none=True)
     model_id = fields.String(allow_none=True)
     attempts = fields.Integer()
@@ -201,6 +461,11 @@ class ModelSchema(Schema):
         metadata={"description": "name -> nested lists (the `state_dict` of the MLP)."},
     )
     metrics = fields.Dict()
+    evaluation = fields.Dict(allow_none=True, metadata={"description": "As the job's."})
+    columns = fields.List(
+        fields.Dict(),
+        metadata={"description": "The input columns it was trained on: `name`, `type`."},
+    )
     created_at = UTCDateTime()
 
 
@@ -210,7 +475,35 @@ class ModelSummarySchema(ModelSchema):
 
 
 class PredictInSchema(Schema):
-    features = fields.Raw(required=True, metadata=NUMBER_MATRIX)
+    """`rows` (objects keyed by column name) or `features` (cells in the training column
+    order); raw values: the model's preprocessing is applied."""
+
+    features = fields.Raw(metadata=CELL_MATRIX)
+    rows = fields.Raw(metadata=RECORDS)
+
+    @validates_schema
+    def _one_form(self, data: dict[str, Any], **_: Any) -> None:
+        if ("features" in data) == ("rows" in data):
+            raise ValidationError("give either features or rows", field_name="features")
+
+
+class PredictCsvSchema(Schema):
+    """`multipart/form-data`: a CSV file with a header row naming the model's columns."""
+
+    file = fields.Raw(required=True, metadata={"type": "string", "format": "binary"})
+
+
+class EvaluationSchema(Schema):
+    model_id = fields.String()
+    dataset_id = fields.String()
+    evaluation = fields.Dict(metadata={"description": "As a job's `evaluation.test`."})
+
+
+class EvaluateInSchema(Schema):
+    dataset_id = fields.String(
+        required=True,
+        metadata={"description": "A dataset of yours with the model's columns and target."},
+    )
 
 
 class PredictionSchema(Schema):

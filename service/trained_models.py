@@ -1,15 +1,23 @@
-"""Trained models: look up, serialise, predict."""
+"""Trained models: look up, serialise, predict, evaluate on another dataset."""
 
 from __future__ import annotations
 
+import csv
+import io
 from typing import Any
 
+import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, undefer
 
-from service import modelspec
+from core import metrics
+from core.model import Model, probabilities_from_logits, weights_from_npz
+from core.preprocessing import MissingValueError
+from core.table import Table, TableError
+from core.training import encode_targets
+from service import ingest
 from service.config import Limits
-from service.datasets import parse_matrix
+from service.datasets import get_dataset, load_data
 from service.errors import ApiError, InputError
 from service.models import TrainedModel, is_id
 
@@ -51,6 +59,14 @@ def get_weights(session: Session, model_id: str, owner: str) -> bytes:
     return blob
 
 
+def columns_of(architecture: dict[str, Any]) -> list[dict[str, str]]:
+    """The input columns a model was trained on (x0, x1, ... numeric for older models)."""
+    pre = architecture.get("preprocessing")
+    if pre:
+        return [{"name": c["name"], "type": c["type"]} for c in pre["columns"]]
+    return [{"name": f"x{i}", "type": "numeric"} for i in range(architecture["nin"])]
+
+
 def serialize_model(model: TrainedModel, *, parameters: bool = True) -> dict[str, Any]:
     out: dict[str, Any] = {
         "id": model.id,
@@ -58,10 +74,12 @@ def serialize_model(model: TrainedModel, *, parameters: bool = True) -> dict[str
         "dataset_id": model.dataset_id,
         "architecture": model.architecture,
         "metrics": model.metrics,
+        "evaluation": model.evaluation,
+        "columns": columns_of(model.architecture),
         "created_at": model.created_at,
     }
     if parameters:
-        state = modelspec.weights_from_npz(model.weights)
+        state = weights_from_npz(model.weights)
         out["parameters"] = {name: array.tolist() for name, array in state.items()}
     return out
 
@@ -81,12 +99,119 @@ def list_models(
     return list(rows), total
 
 
-def predict(model: TrainedModel, features: Any, limits: Limits) -> dict[str, Any]:
-    """Predictions for a JSON matrix of features, checked against the model's input width."""
-    nin = model.architecture["nin"]
-    array = parse_matrix(features, "features", limits)
-    if array.shape[1] != nin:
-        raise InputError(
-            "features", f"rows have {array.shape[1]} values; the model takes {nin} features"
+def loaded(model: TrainedModel) -> Model:
+    return Model(model.architecture, weights_from_npz(model.weights))
+
+
+def bundle(model: TrainedModel) -> bytes:
+    """The model as one file: weights plus architecture and preprocessing (`core.model`)."""
+    return loaded(model).to_bytes()
+
+
+def input_table(model: TrainedModel, data: dict[str, Any], limits: Limits) -> Table:
+    """The rows to predict on from a JSON body: `rows` (by column name) or `features` (cells
+    in the training column order), typed as the training columns were."""
+    columns = columns_of(model.architecture)
+    names = [c["name"] for c in columns]
+    types = {c["name"]: c["type"] for c in columns}
+    if "rows" in data:
+        table, _ = ingest.table_from_records(
+            data["rows"], "rows", limits, names=names, column_types=types
         )
-    return modelspec.predict(model.architecture, modelspec.weights_from_npz(model.weights), array)
+        return table
+    width = ingest.check_rows(data["features"], "features", limits)
+    if width != len(names):
+        raise InputError(
+            "features",
+            f"rows have {width} values; the model takes {len(names)} features ({names})",
+        )
+    return ingest.table_from_cells(
+        data["features"], "features", limits, names=names, column_types=types
+    )
+
+
+def csv_table(model: TrainedModel, raw: bytes, limits: Limits) -> Table:
+    columns = columns_of(model.architecture)
+    return ingest.table_from_csv(
+        raw, [c["name"] for c in columns], [c["type"] for c in columns], limits
+    )
+
+
+def predict(model: TrainedModel, table: Table, field: str = "features") -> dict[str, Any]:
+    """Predictions for a table with the model's columns (its preprocessing applied)."""
+    try:
+        return loaded(model).predict(table)
+    except MissingValueError as exc:
+        raise InputError(
+            field,
+            f"row {exc.row}, column {exc.column!r} is missing, and the model was trained with "
+            'preprocessing.missing "error"',
+        ) from None
+    except TableError as exc:
+        raise InputError(field, exc.message) from None
+
+
+def predictions_csv(result: dict[str, Any], classes: list[Any] | None) -> str:
+    """The predictions as CSV: `prediction` (one column per output for several), then one
+    `p_<label>` column per class for classification."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    predictions = result["predictions"]
+    probabilities = result.get("probabilities")
+    first = predictions[0] if predictions else None
+    if isinstance(first, list):
+        writer.writerow([f"prediction_{j}" for j in range(len(first))])
+        writer.writerows(predictions)
+        return buf.getvalue()
+    header = ["prediction"]
+    if probabilities is not None:
+        header += [f"p_{label}" for label in classes or []]
+    writer.writerow(header)
+    for i, value in enumerate(predictions):
+        writer.writerow([value, *(probabilities[i] if probabilities is not None else [])])
+    return buf.getvalue()
+
+
+def evaluate(session: Session, model: TrainedModel, dataset_id: str, owner: str) -> dict[str, Any]:
+    """Score a model on one of the owner's datasets with its columns: the job's metrics."""
+    dataset = get_dataset(session, dataset_id, owner)
+    arch = model.architecture
+    wanted = [c["name"] for c in columns_of(arch)]
+    names = dataset.feature_names or [f"x{i}" for i in range(dataset.n_features)]
+    if sorted(names) != sorted(wanted):
+        raise InputError(
+            "dataset_id", f"the dataset's columns {names} are not the model's columns {wanted}"
+        )
+    table, targets = load_data(session, dataset.id)
+    table = Table([table.columns[names.index(n)] for n in wanted])
+    loss = arch["loss"]
+    classes = arch.get("classes")
+    if loss != "mse":
+        labels = dataset.classes or []
+        unknown = [c for c in labels if c not in (classes or [])]
+        if unknown:
+            raise InputError("dataset_id", f"has classes the model does not know: {unknown[:10]}")
+        if dataset.target_kind == "labels":
+            targets = np.asarray([labels[i] for i in targets.reshape(-1)], dtype=object)
+            targets = np.asarray([classes.index(v) for v in targets], dtype=np.int64)
+            y = encode_targets(loss, "labels", targets, classes)
+        else:
+            y = encode_targets(loss, "numeric", targets, classes)
+    else:
+        if dataset.target_kind != "numeric" or dataset.n_targets != arch["layers"][-1]:
+            raise InputError("dataset_id", "its targets do not fit the model's outputs")
+        y = encode_targets(loss, "numeric", targets, None)
+    trained = loaded(model)
+    try:
+        outputs = trained.outputs(trained.encode(table))
+    except MissingValueError as exc:
+        raise InputError("dataset_id", str(exc)) from None
+    if loss == "mse":
+        report = metrics.regression_metrics(y, outputs)
+    else:
+        report = metrics.classification_metrics(
+            y.reshape(-1).astype(np.int64),
+            probabilities_from_logits(loss, outputs),
+            list(classes or []),
+        )
+    return {"model_id": model.id, "dataset_id": dataset.id, "evaluation": report}

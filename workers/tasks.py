@@ -1,4 +1,4 @@
-"""The Celery task: thin glue between a job row in the SQL store and `workers.training`.
+"""The Celery task: thin glue between a job row in the SQL store and `core.training`.
 
 The store, not Celery, holds the job's state, and every change of it is a function of
 `service.lifecycle` (whose docstring is the job's state diagram). The task receives only the job
@@ -31,20 +31,20 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-import sqlalchemy as sa
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from flask import current_app
-from sqlalchemy.orm import Session, sessionmaker, undefer
+from sqlalchemy.orm import Session, sessionmaker
 
+from core.model import weights_to_npz
+from core.training import TrainingError, TrainResult, train
 from service import lifecycle
 from service.config import Settings
+from service.datasets import load_data
 from service.db import session_scope
 from service.lifecycle import TRAIN_TASK, Claim
 from service.models import Dataset, Job
-from service.modelspec import array_from_bytes, weights_to_npz
 from workers.runtime import Heartbeat, SoftLimit, session_factory, with_db_retry
-from workers.training import TrainingError, TrainResult, train
 
 log = logging.getLogger(__name__)
 
@@ -107,16 +107,11 @@ def _load(factory: sessionmaker[Session], claim: Claim) -> dict[str, Any]:
     with session_scope(factory) as session:
         job = session.get(Job, claim.job_id)
         assert job is not None
-        dataset = session.execute(
-            sa.select(Dataset)
-            .where(Dataset.id == job.dataset_id)
-            .options(undefer(Dataset.features), undefer(Dataset.targets))
-        ).scalar_one_or_none()
+        dataset = session.get(Dataset, job.dataset_id)
         if dataset is None:
             raise ValueError(f"dataset {job.dataset_id} does not exist")
         model_spec, training_spec = dict(job.model_spec), dict(job.training_spec)
-        features = array_from_bytes(dataset.features)
-        targets = array_from_bytes(dataset.targets)
+        features, targets = load_data(session, dataset.id)
         return {
             "model_spec": model_spec,
             "training_spec": training_spec,
@@ -143,6 +138,18 @@ def _train(
     )
 
 
+def _job_results(result: TrainResult) -> dict[str, Any]:
+    """What a successful run writes on the job row besides its status."""
+    return {
+        "epoch": len(result.loss_history),
+        "metrics": result.metrics,
+        "evaluation": result.evaluation,
+        "best_epoch": result.best_epoch,
+        "stopped_epoch": result.stopped_epoch,
+        "stop_reason": result.stop_reason,
+    }
+
+
 def _model_row(loaded: dict[str, Any], result: TrainResult) -> dict[str, Any]:
     """The fields of the job's `TrainedModel` row (besides `job_id`)."""
     return {
@@ -151,6 +158,7 @@ def _model_row(loaded: dict[str, Any], result: TrainResult) -> dict[str, Any]:
         "weights": weights_to_npz(result.state_dict),
         "graph_svg": result.graph_svg or "",
         "metrics": result.metrics,
+        "evaluation": result.evaluation,
     }
 
 
@@ -176,11 +184,9 @@ def _run_claimed(factory: sessionmaker[Session], claim: Claim, soft_limit: SoftL
         return with_db_retry(
             lambda: lifecycle.cancel_attempt(factory, claim), f"job {claim.job_id} cancel"
         )
-    model = _model_row(loaded, result)
+    results, model = _job_results(result), _model_row(loaded, result)
     return with_db_retry(
-        lambda: lifecycle.succeed(
-            factory, claim, epoch=len(result.loss_history), metrics=result.metrics, model=model
-        ),
+        lambda: lifecycle.succeed(factory, claim, results=results, model=model),
         f"job {claim.job_id} save",
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import PurePath
 from typing import Any
 
@@ -9,12 +10,11 @@ from flask import Response, request
 from flask.views import MethodView
 from marshmallow import RAISE
 
-from service import datasets
+from service import datasets, ingest
 from service.api import Blueprint, db, limits, page, require_content_type
 from service.auth import current_owner
 from service.errors import InputError
 from service.idempotency import HEADER_DOC, Idempotency
-from service.models import Dataset
 from service.schemas import (
     DatasetCsvSchema,
     DatasetInSchema,
@@ -28,33 +28,34 @@ from service.schemas import (
 blp = Blueprint("datasets", __name__, url_prefix="/datasets", description="Training data.")
 
 
-def dataset_json(dataset: Dataset) -> dict[str, Any]:
-    out = {
-        "id": dataset.id,
-        "name": dataset.name,
-        "n_samples": dataset.n_samples,
-        "n_features": dataset.n_features,
-        "n_targets": dataset.n_targets,
-        "created_at": dataset.created_at,
-    }
-    if dataset.classes is not None:
-        out["classes"] = dataset.classes
-    if dataset.feature_names is not None:
-        out["feature_names"] = dataset.feature_names
-    return out
+def _column_types(raw: str | None) -> Any:
+    if raw is None or raw == "":
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise InputError(
+            "column_types", 'must be a JSON object such as {"zip": "categorical"}'
+        ) from None
 
 
-def _parse_upload() -> datasets.ParsedDataset:
+def _parse_upload() -> ingest.ParsedDataset:
     if request.mimetype == "application/json":
         data = DatasetInSchema().load(request.get_json())
-        return datasets.parse_json_dataset(data, limits())
+        return ingest.parse_json_dataset(data, limits())
     upload = request.files.get("file")
     if upload is None:
         raise InputError("file", "a CSV file is needed in the form field 'file'")
     form = DatasetCsvSchema(exclude=("file",)).load(request.form.to_dict())
     stem = PurePath((upload.filename or "").replace("\x00", "")).stem
     name = form.get("name") or stem or "dataset"
-    return datasets.parse_csv_dataset(upload.read(), name[:200], form.get("target"), limits())
+    return ingest.parse_csv_dataset(
+        upload.read(),
+        name[:200],
+        form.get("target"),
+        limits(),
+        column_types=_column_types(form.get("column_types")),
+    )
 
 
 @blp.route("")
@@ -70,7 +71,7 @@ class Datasets(MethodView):
         rows, total = datasets.list_datasets(
             db(), current_owner(), query["page"], query["page_size"]
         )
-        return page([dataset_json(d) for d in rows], total, query)
+        return page([datasets.describe(d) for d in rows], total, query)
 
     @blp.doc(
         parameters=[HEADER_DOC],
@@ -91,9 +92,12 @@ class Datasets(MethodView):
     def post(self) -> Response:
         """Submit a dataset as JSON, or as a CSV file (`multipart/form-data`).
 
-        JSON: `{"name", "features": [[...], ...], "targets": [...]}`. CSV: field `file` with a
-        header row, numeric feature columns; `target` names the target column (default: the
-        last one), `name` defaults to the file name. With an `Idempotency-Key`, a retry gets
+        JSON: `{"name", "features": [[...], ...], "targets": [...]}` or `{"name", "rows":
+        [{"col": value, ...}, ...], "target": "col"}`. CSV: field `file` with a header row;
+        `target` names the target column (default: the last one), `name` defaults to the file
+        name. Feature columns are numeric or categorical (strings, booleans), inferred unless
+        `column_types` says otherwise; cells may be missing (empty, `NA`, `NaN`, `null`,
+        `None`; JSON `null`), targets may not. With an `Idempotency-Key`, a retry gets
         the first answer and stores nothing new.
         """
         session, owner = db(), current_owner()
@@ -102,7 +106,7 @@ class Datasets(MethodView):
         if replayed is not None:
             return replayed
         dataset = datasets.create_dataset(session, _parse_upload(), owner)
-        body = DatasetSchema().dump(dataset_json(dataset))
+        body = DatasetSchema().dump(datasets.describe(dataset))
         response, _ = idempotency.commit(body, 201, f"{request.path}/{dataset.id}")
         return response
 
@@ -113,7 +117,7 @@ class DatasetById(MethodView):
     @blp.alt_response(404, schema=ErrorSchema, description="No such dataset.")
     def get(self, dataset_id: str) -> dict[str, Any]:
         """Fetch a dataset's description (not its data)."""
-        return dataset_json(datasets.get_dataset(db(), dataset_id, current_owner()))
+        return datasets.describe(datasets.get_dataset(db(), dataset_id, current_owner()))
 
 
 @blp.route("/<dataset_id>/data")
@@ -122,4 +126,7 @@ class DatasetRows(MethodView):
     @blp.alt_response(404, schema=ErrorSchema, description="No such dataset.")
     def get(self, dataset_id: str) -> dict[str, Any]:
         """Fetch a dataset's rows: `features` and `targets` as they were submitted."""
-        return datasets.dataset_rows(datasets.get_dataset(db(), dataset_id, current_owner()))
+        session = db()
+        return datasets.dataset_rows(
+            session, datasets.get_dataset(session, dataset_id, current_owner())
+        )

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Response
+from flask import Response, request
 from marshmallow import RAISE
 
 from service import trained_models
-from service.api import Blueprint, db, json_only, limits, page
+from service.api import Blueprint, db, json_only, limits, page, require_content_type
 from service.auth import current_owner
+from service.errors import InputError
 from service.schemas import (
     ErrorSchema,
+    EvaluateInSchema,
+    EvaluationSchema,
     ModelPageSchema,
     ModelSchema,
     PageQuerySchema,
+    PredictCsvSchema,
     PredictInSchema,
     PredictionSchema,
 )
@@ -55,7 +59,11 @@ def get_model(model_id: str) -> dict[str, Any]:
 )
 @blp.alt_response(404, schema=ErrorSchema, description="No such model.")
 def get_weights(model_id: str) -> Response:
-    """Download the weights: `engine.nn.MLP(...).load_state_dict(dict(np.load(f)))`."""
+    """Download the weights: `engine.nn.MLP(...).load_state_dict(dict(np.load(f)))`.
+
+    These are the network's weights only: it takes the preprocessed inputs. `GET .../bundle`
+    has the weights together with the fitted preprocessing.
+    """
     blob = trained_models.get_weights(db(), model_id, current_owner())
     return Response(
         blob,
@@ -75,13 +83,80 @@ def get_graph(model_id: str) -> Response:
     return Response(svg, mimetype="image/svg+xml")
 
 
-@blp.route("/<model_id>/predict", methods=["POST"])
-@json_only
-@blp.arguments(PredictInSchema)
-@blp.response(200, PredictionSchema)
+@blp.route("/<model_id>/bundle")
+@blp.response(
+    200,
+    description="`.npz`: the weights under their `state_dict` names plus `__model__.json` "
+    "(the architecture with the fitted preprocessing, UTF-8 JSON as a uint8 array).",
+    content_type="application/octet-stream",
+)
 @blp.alt_response(404, schema=ErrorSchema, description="No such model.")
-@blp.alt_response(422, schema=ErrorSchema, description="Features of the wrong shape.")
-def predict(data: dict[str, Any], model_id: str) -> dict[str, Any]:
-    """Predict: values for regression; labels (as submitted) and probabilities otherwise."""
+def get_bundle(model_id: str) -> Response:
+    """Download the whole model, preprocessing included: `core.model.Model.from_bytes(blob)`
+    (or `client.Client.load_model`) predicts on raw rows."""
     model = trained_models.get_model(db(), model_id, current_owner(), with_weights=True)
-    return trained_models.predict(model, data["features"], limits())
+    return Response(
+        trained_models.bundle(model),
+        mimetype="application/octet-stream",
+        headers={"Content-Disposition": f'attachment; filename="model-{model_id}.bundle.npz"'},
+    )
+
+
+@blp.route("/<model_id>/predict", methods=["POST"])
+@blp.doc(
+    requestBody={
+        "required": True,
+        "content": {
+            "application/json": {"schema": PredictInSchema},
+            "multipart/form-data": {"schema": PredictCsvSchema},
+        },
+    }
+)
+@blp.response(
+    200,
+    PredictionSchema,
+    description="JSON; or CSV (`prediction`, then `p_<label>` per class) for `Accept: text/csv`.",
+)
+@blp.alt_response(404, schema=ErrorSchema, description="No such model.")
+@blp.alt_response(415, schema=ErrorSchema, description="Neither JSON nor a form.")
+@blp.alt_response(422, schema=ErrorSchema, description="Rows that do not fit the model.")
+@require_content_type("application/json", "multipart/form-data")
+def predict(model_id: str) -> Any:
+    """Predict on raw rows: the model's preprocessing (scaling, one-hot, imputing) is applied.
+
+    JSON `{"rows": [{"col": value, ...}]}` (a missing key is a missing cell; an unknown key is a
+    422) or `{"features": [[...]]}` (cells in the training column order); or a CSV file
+    (`multipart/form-data`, field `file`) with a header naming the columns. Values for
+    regression; labels (as submitted) and probabilities otherwise. A category never seen in
+    training encodes as all zeros; a missing cell is imputed.
+    """
+    model = trained_models.get_model(db(), model_id, current_owner(), with_weights=True)
+    if request.mimetype == "application/json":
+        data = PredictInSchema().load(request.get_json())
+        table = trained_models.input_table(model, data, limits())
+        field = "rows" if "rows" in data else "features"
+    else:
+        upload = request.files.get("file")
+        if upload is None:
+            raise InputError("file", "a CSV file is needed in the form field 'file'")
+        table = trained_models.csv_table(model, upload.read(), limits())
+        field = "file"
+    result = trained_models.predict(model, table, field)
+    if request.accept_mimetypes.best_match(["application/json", "text/csv"]) == "text/csv":
+        body = trained_models.predictions_csv(result, model.architecture.get("classes"))
+        return Response(body, mimetype="text/csv")
+    return result
+
+
+@blp.route("/<model_id>/evaluate", methods=["POST"])
+@json_only
+@blp.arguments(EvaluateInSchema)
+@blp.response(200, EvaluationSchema)
+@blp.alt_response(404, schema=ErrorSchema, description="No such model or dataset.")
+@blp.alt_response(422, schema=ErrorSchema, description="A dataset that does not fit the model.")
+def evaluate(data: dict[str, Any], model_id: str) -> dict[str, Any]:
+    """Score the model on another dataset with the same columns and target: the metrics of the
+    job's `evaluation` (classification or regression)."""
+    session, owner = db(), current_owner()
+    model = trained_models.get_model(session, model_id, owner, with_weights=True)
+    return trained_models.evaluate(session, model, data["dataset_id"], owner)

@@ -26,12 +26,12 @@ import sqlalchemy as sa
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
+from core.model import array_to_bytes
 from service.auth import create_api_key
 from service.celery import TRAIN_TASK, celery_config
 from service.config import Settings
 from service.db import make_engine, make_sessionmaker, session_scope, utcnow
-from service.models import DEFAULT_OWNER, Dataset, Job, JobEpoch, TrainedModel
-from service.modelspec import array_to_bytes
+from service.models import DEFAULT_OWNER, Dataset, DatasetData, Job, JobEpoch, TrainedModel
 from tests.conftest import fresh_pg_database
 from tests.e2e.conftest import Api, Proc, Processes, api_cmd, base_env, free_port, worker_cmd
 from tests.workers.datasets import regression
@@ -124,8 +124,10 @@ class Cluster:
                 n_targets=1,
                 target_kind="numeric",
                 classes=None,
-                features=array_to_bytes(np.asarray(x, dtype=np.float64)),
-                targets=array_to_bytes(np.asarray(y, dtype=np.float64).reshape(-1, 1)),
+                data=DatasetData(
+                    features=array_to_bytes(np.asarray(x, dtype=np.float64)),
+                    targets=array_to_bytes(np.asarray(y, dtype=np.float64).reshape(-1, 1)),
+                ),
             )
             session.add(dataset)
             session.flush()

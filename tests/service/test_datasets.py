@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -11,20 +12,29 @@ import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
 
+from core.model import array_from_bytes, array_to_bytes
+from service.datasets import load_data
 from service.models import Dataset
-from service.modelspec import array_from_bytes
 from tests.service.helpers import assert_error
 
 URL = "/api/v1/datasets"
 
 
-def stored(app: Flask, dataset_id: str) -> Dataset:
+def stored(app: Flask, dataset_id: str) -> SimpleNamespace:
+    """The stored dataset: its row's fields, `table` (the feature columns), `features` (an
+    all-numeric table as `.npy` bytes of its matrix) and `targets` (`.npy` bytes)."""
     with app.extensions["db_sessionmaker"]() as session:
-        return session.scalars(
-            sa.select(Dataset)
-            .where(Dataset.id == dataset_id)
-            .options(sa.orm.undefer(Dataset.features), sa.orm.undefer(Dataset.targets))
-        ).one()
+        row = session.get(Dataset, dataset_id)
+        table, targets = load_data(session, dataset_id)
+        numeric = all(t == "numeric" for t in table.types)
+        matrix = np.stack([c.values for c in table.columns], axis=1) if numeric else None
+        return SimpleNamespace(
+            target_kind=row.target_kind,
+            classes=row.classes,
+            table=table,
+            features=array_to_bytes(matrix) if numeric else None,
+            targets=array_to_bytes(targets),
+        )
 
 
 def count(app: Flask) -> int:

@@ -11,10 +11,10 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 import engine
+from core.model import array_to_bytes, weights_to_npz
 from engine.nn import MLP
 from service.db import utcnow
-from service.models import Dataset, Job, TrainedModel
-from service.modelspec import array_to_bytes, weights_to_npz
+from service.models import Dataset, DatasetData, Job, TrainedModel
 from tests.service.helpers import assert_error
 
 URL = "/api/v1/models"
@@ -56,8 +56,10 @@ def add_model(
             n_features=nin,
             n_targets=1,
             target_kind="numeric",
-            features=array_to_bytes(np.zeros((1, nin))),
-            targets=array_to_bytes(np.zeros((1, 1))),
+            data=DatasetData(
+                features=array_to_bytes(np.zeros((1, nin))),
+                targets=array_to_bytes(np.zeros((1, 1))),
+            ),
         )
         session.add(dataset)
         session.flush()

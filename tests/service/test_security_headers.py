@@ -12,10 +12,11 @@ import xml.etree.ElementTree as ET
 from flask import Flask
 from flask.testing import FlaskClient
 
+from core import training
+from core.model import weights_to_npz
+from service.datasets import load_data
 from service.models import Dataset, Job, TrainedModel
-from service.modelspec import array_from_bytes, weights_to_npz
 from service.security import HTML_CSP, SVG_CSP
-from workers import training
 
 EVIL_NAME = "<script>alert(1)</script>"
 EVIL_LABELS = ['"><img src=x onerror=alert(1)>', "</svg><script>alert(2)</script>"]
@@ -56,8 +57,7 @@ def store_trained_model(app: Flask, dataset_id: str) -> str:
     with app.extensions["db_sessionmaker"]() as session:
         dataset = session.get(Dataset, dataset_id)
         assert dataset is not None
-        x = array_from_bytes(dataset.features)
-        y = array_from_bytes(dataset.targets)
+        x, y = load_data(session, dataset_id)
         model_spec = {"layers": [4, 1], "activation": "tanh", "output_activation": None}
         training_spec = {"loss": "binary_cross_entropy", "optimizer": "adam", "epochs": 5,
                          "learning_rate": 0.05, "batch_size": None, "seed": 0,

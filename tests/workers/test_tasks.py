@@ -15,12 +15,12 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
+from core.model import array_to_bytes, predict, weights_from_npz
 from engine.nn import MLP
 from service.config import Settings
 from service.db import session_scope, utcnow
 from service.lifecycle import Claim
-from service.models import Dataset, Job, JobEpoch, TrainedModel
-from service.modelspec import array_to_bytes, predict, weights_from_npz
+from service.models import Dataset, DatasetData, Job, JobEpoch, TrainedModel
 from tests.workers.datasets import moons
 from workers.tasks import _Busy, claim_job, run_job
 
@@ -45,8 +45,10 @@ def add_job(
             n_targets=1,
             target_kind="numeric",
             classes=[0, 1],
-            features=array_to_bytes(x),
-            targets=array_to_bytes(y.reshape(-1, 1).astype(np.float64)),
+            data=DatasetData(
+                features=array_to_bytes(x),
+                targets=array_to_bytes(y.reshape(-1, 1).astype(np.float64)),
+            ),
         )
         session.add(dataset)
         session.flush()
@@ -221,7 +223,9 @@ def test_bad_data_fails_the_job_not_the_worker(factory: sessionmaker[Session]) -
         job = session.get(Job, job_id)
         assert job is not None
         session.execute(
-            sa.update(Dataset).where(Dataset.id == job.dataset_id).values(features=b"garbage")
+            sa.update(DatasetData)
+            .where(DatasetData.dataset_id == job.dataset_id)
+            .values(features=b"garbage")
         )
     assert run_job(factory, job_id, SETTINGS) == "failed"
     assert job_row(factory, job_id).error

@@ -1,4 +1,4 @@
-"""workers.training on its own: no Celery, no database."""
+"""core.training on its own: no Celery, no database."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 
-from service.modelspec import predict
+from core.model import predict
+from core.training import DivergedError, EpochCallback, TrainResult, split_indices, train
 from tests.workers.datasets import blobs, moons, regression
-from workers.training import DivergedError, EpochCallback, TrainResult, split_indices, train
 
 BINARY = {"layers": [16, 16, 1], "activation": "tanh"}
 
@@ -106,7 +106,8 @@ def test_validation_split_reports_val_history_and_metrics() -> None:
 
 
 def test_split_indices_are_disjoint_and_seeded() -> None:
-    train_idx, val_idx = split_indices(10, 0.3, np.random.default_rng(0))
+    train_idx, val_idx, test_idx = split_indices(10, 0.3, np.random.default_rng(0))
+    assert len(test_idx) == 0
     assert len(val_idx) == 3 and len(train_idx) == 7
     assert sorted([*train_idx, *val_idx]) == list(range(10))
     again = split_indices(10, 0.3, np.random.default_rng(0))

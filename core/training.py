@@ -1,0 +1,465 @@
+"""Training without Celery or a database: table + targets + spec -> trained, evaluated model.
+
+Steps, all deterministic for a given seed (`np.random.default_rng(seed)`):
+1. Split the rows into train / validation / test (stratified by class for classification).
+   Early stopping with no `validation_split` validates on `EARLY_STOPPING_SPLIT` of the rows.
+2. Fit the preprocessing on the training rows only (never on validation or test rows) and
+   encode every split with it; for mse the target is standardized too.
+3. Train the MLP with mini-batches, the learning-rate schedule, class weights and early
+   stopping on the validation loss (the best epoch's weights are restored if asked).
+4. Evaluate the final model on each split (`core.metrics`, in the target's own units).
+
+The Celery task (`workers.tasks`) passes an `on_epoch` callback that records each epoch and
+reads the cancel flag.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+import engine
+from core import metrics as metrics_mod
+from core.model import Model, build_mlp, probabilities_from_logits
+from core.preprocessing import Preprocessor
+from core.spec import (
+    class_weights,
+    default_loss,
+    effective_validation_split,
+    resolve_training,
+    split_sizes,
+)
+from core.table import Table, numeric_column
+from engine import nn, optim
+
+#: `on_epoch(epoch, loss, val_loss)` after each finished epoch (1-based); False stops training.
+EpochCallback = Callable[[int, float, float | None], bool]
+
+#: How many samples the saved computational-graph picture shows.
+GRAPH_SAMPLES = 3
+
+
+class TrainingError(Exception):
+    """Training could not go on; `loss_history` holds the epochs that did finish."""
+
+    def __init__(
+        self,
+        message: str,
+        loss_history: list[float] | None = None,
+        val_loss_history: list[float] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.loss_history = loss_history or []
+        self.val_loss_history = val_loss_history or []
+
+
+class DivergedError(TrainingError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class TrainResult:
+    architecture: dict[str, Any]
+    state_dict: dict[str, np.ndarray]
+    loss_history: list[float] = field(default_factory=list)
+    val_loss_history: list[float] = field(default_factory=list)
+    #: the flat metrics: `loss`, `accuracy`, `val_loss`, `val_accuracy` (as before evaluation)
+    metrics: dict[str, float] = field(default_factory=dict)
+    #: `{"train": {...}, "validation": {...}, "test": {...}}`, a split only when it exists
+    evaluation: dict[str, Any] = field(default_factory=dict)
+    best_epoch: int | None = None
+    stopped_epoch: int | None = None
+    #: "completed", "early_stopping" or "cancelled"
+    stop_reason: str = "completed"
+    #: False when `on_epoch` asked to stop before the last epoch (cancellation).
+    completed: bool = True
+    graph_svg: str | None = None
+
+
+def as_table(features: Table | np.ndarray) -> Table:
+    """A table for a plain numeric matrix (columns x0, x1, ...)."""
+    if isinstance(features, Table):
+        return features
+    x = np.asarray(features, dtype=np.float64)
+    if x.ndim != 2 or len(x) == 0:
+        raise ValueError(f"features must be a non-empty 2-D array, got shape {x.shape}")
+    return Table([numeric_column(f"x{j}", x[:, j]) for j in range(x.shape[1])])
+
+
+def encode_targets(
+    loss: str, target_kind: str, targets: np.ndarray, classes: list[Any] | None
+) -> np.ndarray:
+    """The array the loss compares predictions with: floats for mse/bce, indices for ce."""
+    if loss == "mse":
+        return targets.astype(np.float64).reshape(len(targets), -1)
+    if target_kind == "labels":
+        index = targets.astype(np.int64).reshape(-1)
+    else:
+        index = np.searchsorted(np.asarray(classes), targets.reshape(-1)).astype(np.int64)
+    if loss == "binary_cross_entropy":
+        return index.astype(np.float64).reshape(-1, 1)
+    return index
+
+
+def class_index(loss: str, y: np.ndarray) -> np.ndarray | None:
+    """Class indices `(n,)` of encoded targets, None for regression."""
+    if loss == "mse":
+        return None
+    return y.reshape(-1).astype(np.int64)
+
+
+def split_indices(
+    n: int,
+    validation_split: float,
+    rng: np.random.Generator,
+    *,
+    test_split: float = 0.0,
+    strata: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Seeded (train, validation, test) index arrays, sorted; stratified by `strata` (class
+    indices) when given, so each split keeps the class proportions as far as counts allow."""
+    n_train, n_val, n_test = split_sizes(n, validation_split, test_split)
+    order = rng.permutation(n)
+    if strata is not None and (n_val or n_test):
+        # Interleave the classes: rows of each class in random order, each class spread evenly
+        # over [0, 1); sorting by that position deals the classes out in proportion.
+        position = np.empty(n)
+        labels = strata[order]
+        for label in np.unique(labels):
+            members = np.nonzero(labels == label)[0]
+            offset = rng.uniform(0, 1 / len(members))
+            position[members] = offset + np.arange(len(members)) / len(members)
+        order = order[np.argsort(position, kind="stable")]
+    test = order[:n_test]
+    val = order[n_test : n_test + n_val]
+    train = order[n_test + n_val :]
+    assert len(train) == n_train
+    return np.sort(train), np.sort(val), np.sort(test)
+
+
+def loss_function(
+    loss: str, weights: list[float] | None = None
+) -> Callable[[engine.Tensor, np.ndarray], engine.Tensor]:
+    """`f(outputs, encoded targets)` -> mean loss; with class `weights`, the weighted mean
+    `sum(w_i * l_i) / sum(w_i)` (as PyTorch's `weight=` with reduction "mean")."""
+    if loss == "mse":
+        return lambda out, y: nn.mse_loss(out, engine.Tensor(y, requires_grad=False))
+    if weights is None:
+        if loss == "binary_cross_entropy":
+            return lambda out, y: nn.binary_cross_entropy_with_logits(
+                out, engine.Tensor(y, requires_grad=False)
+            )
+        return lambda out, y: nn.cross_entropy(out, y)
+    w = np.asarray(weights, dtype=np.float64)
+
+    def weighted(out: engine.Tensor, y: np.ndarray) -> engine.Tensor:
+        idx = y.reshape(-1).astype(np.int64)
+        if loss == "binary_cross_entropy":
+            # two-class logits [0, x]: softmax of them is [1 - sigmoid(x), sigmoid(x)]
+            out = engine.concat([out * 0.0, out], axis=1)
+        sample = w[idx]
+        target = np.zeros(out.shape)
+        target[np.arange(len(idx)), idx] = sample * (len(idx) / max(sample.sum(), 1e-12))
+        return nn.cross_entropy(out, target.astype(out.data.dtype))
+
+    return weighted
+
+
+def make_optimizer(params: list[engine.Tensor], spec: dict[str, Any]) -> Any:
+    name = spec["optimizer"]
+    lr = float(spec["learning_rate"])
+    weight_decay = float(spec.get("weight_decay") or 0.0)
+    if name == "sgd":
+        momentum = float(spec.get("momentum") or 0.0)
+        return optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adam":
+        return optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
+class LRSchedule:
+    """The learning rate for each epoch: constant, step, cosine, or reduced on a plateau of
+    the monitored loss (the validation loss when there is one, else the training loss)."""
+
+    def __init__(self, spec: dict[str, Any], base_lr: float, epochs: int) -> None:
+        self.spec = spec
+        self.kind = spec.get("type", "constant")
+        self.base_lr = base_lr
+        self.epochs = epochs
+        self.lr = base_lr
+        self._best = math.inf
+        self._wait = 0
+
+    def before_epoch(self, epoch: int) -> float:
+        """The rate for `epoch` (1-based)."""
+        if self.kind == "step":
+            self.lr = self.base_lr * float(self.spec["gamma"]) ** (
+                (epoch - 1) // int(self.spec["step_size"])
+            )
+        elif self.kind == "cosine":
+            low = float(self.spec["min_lr"])
+            t = (epoch - 1) / max(self.epochs - 1, 1)
+            self.lr = low + (self.base_lr - low) * (1 + math.cos(math.pi * t)) / 2
+        return self.lr
+
+    def after_epoch(self, monitored: float) -> None:
+        if self.kind != "plateau":
+            return
+        if monitored < self._best:
+            self._best, self._wait = monitored, 0
+            return
+        self._wait += 1
+        if self._wait > int(self.spec["patience"]):
+            self.lr *= float(self.spec["factor"])
+            self._wait = 0
+
+
+class EarlyStopping:
+    """Stop after `patience` epochs without the validation loss improving by `min_delta`."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.patience = int(spec["patience"])
+        self.min_delta = float(spec["min_delta"])
+        self.restore_best = bool(spec["restore_best"])
+        self.best = math.inf
+        self.best_epoch: int | None = None
+        self.best_state: dict[str, np.ndarray] | None = None
+        self._wait = 0
+
+    def update(self, epoch: int, val_loss: float, model: nn.MLP) -> bool:
+        """Record the epoch; True when training should stop."""
+        if val_loss < self.best - self.min_delta:
+            self.best, self.best_epoch, self._wait = val_loss, epoch, 0
+            if self.restore_best:
+                self.best_state = model.state_dict()
+            return False
+        self._wait += 1
+        return self._wait >= self.patience
+
+
+def train(
+    features: Table | np.ndarray,
+    targets: np.ndarray,
+    model_spec: dict[str, Any],
+    training_spec: dict[str, Any],
+    *,
+    target_kind: str = "numeric",
+    classes: list[Any] | None = None,
+    on_epoch: EpochCallback | None = None,
+    graph: bool = True,
+) -> TrainResult:
+    """Train an MLP on a dataset (a `Table` or a numeric matrix) and return it evaluated.
+
+    Raises `DivergedError` when a loss turns NaN or inf, with the finished epochs' history.
+    """
+    # Overflow is expected when training diverges; it is reported as a non-finite loss.
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        return _Run(
+            as_table(features),
+            np.asarray(targets),
+            model_spec,
+            resolve_training(training_spec),
+            target_kind,
+            classes,
+            on_epoch,
+        ).run(graph)
+
+
+class _Run:
+    def __init__(
+        self,
+        table: Table,
+        targets: np.ndarray,
+        model_spec: dict[str, Any],
+        spec: dict[str, Any],
+        target_kind: str,
+        classes: list[Any] | None,
+        on_epoch: EpochCallback | None,
+    ) -> None:
+        self.spec = spec
+        n_targets = 1 if targets.ndim == 1 else int(targets.shape[1])
+        self.loss = spec["loss"] or default_loss(target_kind, n_targets, classes)
+        self.classes = classes
+        self.on_epoch = on_epoch
+        self.dtype = np.dtype(spec.get("dtype") or "float64")
+        y_all = encode_targets(self.loss, target_kind, targets, classes)
+        if len(y_all) != table.n_rows:
+            raise ValueError(f"{table.n_rows} feature rows but {len(y_all)} targets")
+        self.rng = np.random.default_rng(spec.get("seed"))
+        strata = class_index(self.loss, y_all)
+        idx = split_indices(
+            table.n_rows,
+            effective_validation_split(spec),
+            self.rng,
+            test_split=float(spec.get("test_split") or 0.0),
+            strata=strata,
+        )
+        self.splits = dict(zip(("train", "validation", "test"), idx, strict=True))
+        train_idx = self.splits["train"]
+        self.preprocessor = Preprocessor.fit(
+            table.take(train_idx),
+            spec.get("preprocessing"),
+            y_all[train_idx] if self.loss == "mse" else None,
+        )
+        # Raw targets per split (for metrics in the target's units), encoded ones for the loss.
+        self.x: dict[str, np.ndarray] = {}
+        self.y_raw: dict[str, np.ndarray] = {}
+        self.y: dict[str, np.ndarray] = {}
+        for name, rows in self.splits.items():
+            self.x[name] = self.preprocessor.transform(table.take(rows), self.dtype)
+            self.y_raw[name] = y_all[rows]
+            y = self.preprocessor.encode_targets(y_all[rows]) if self.loss == "mse" else y_all[rows]
+            self.y[name] = y.astype(self.dtype) if self.loss != "cross_entropy" else y
+        self.architecture = {
+            "nin": self.preprocessor.n_outputs,
+            "layers": [int(w) for w in model_spec["layers"]],
+            "activation": model_spec.get("activation") or "tanh",
+            "output_activation": model_spec.get("output_activation"),
+            "loss": self.loss,
+            "target_kind": target_kind,
+            "classes": classes if self.loss != "mse" else None,
+            "dtype": self.dtype.name,
+            # Glorot-uniform for every layer (relu too): Kaiming's larger start trained worse
+            # on small tabular sets within a fixed budget (bench/quality.py).
+            "init": "xavier",
+            "preprocessing": self.preprocessor.to_dict(),
+        }
+        weights = None
+        if self.loss != "mse" and classes is not None:
+            weights = class_weights(spec.get("class_weight"), self.y["train"], classes)
+        self.loss_fn = loss_function(self.loss, weights)
+        self.plain_loss = loss_function(self.loss)
+
+    def run(self, graph: bool) -> TrainResult:
+        spec = self.spec
+        model = build_mlp(self.architecture, seed=spec.get("seed"), dtype=self.dtype)
+        opt = make_optimizer(model.parameters(), spec)
+        epochs = int(spec["epochs"])
+        schedule = LRSchedule(spec["lr_schedule"], float(spec["learning_rate"]), epochs)
+        stopper = EarlyStopping(spec["early_stopping"]) if spec.get("early_stopping") else None
+        x_train, y_train = self.x["train"], self.y["train"]
+        has_val = len(self.splits["validation"]) > 0
+        n = len(x_train)
+        batch_size = spec.get("batch_size") or n
+        batch_size = max(1, min(int(batch_size), n))
+
+        result = TrainResult(architecture=self.architecture, state_dict={})
+        for epoch in range(1, epochs + 1):
+            opt.lr = schedule.before_epoch(epoch)
+            order = self.rng.permutation(n) if batch_size < n else np.arange(n)
+            total = 0.0
+            for start in range(0, n, batch_size):
+                idx = order[start : start + batch_size]
+                opt.zero_grad()
+                out = model(engine.Tensor(x_train[idx], requires_grad=False))
+                loss = self.loss_fn(out, y_train[idx])
+                value = float(loss.item())
+                if not math.isfinite(value):
+                    raise self._diverged("loss", value, epoch, result)
+                loss.backward()
+                opt.step()
+                total += value * len(idx)
+            epoch_loss = total / n
+            val_loss = None
+            if has_val:
+                val_loss = self._loss(model, "validation")
+                if not math.isfinite(val_loss):
+                    raise self._diverged("validation loss", val_loss, epoch, result)
+                result.val_loss_history.append(val_loss)
+            result.loss_history.append(epoch_loss)
+            result.stopped_epoch = epoch
+            schedule.after_epoch(val_loss if val_loss is not None else epoch_loss)
+            if self.on_epoch is not None and self.on_epoch(epoch, epoch_loss, val_loss) is False:
+                result.completed = False
+                result.stop_reason = "cancelled"
+                break
+            if (
+                stopper is not None
+                and val_loss is not None
+                and stopper.update(epoch, val_loss, model)
+            ):
+                result.stop_reason = "early_stopping"
+                break
+
+        if stopper is not None:
+            result.best_epoch = stopper.best_epoch
+            if stopper.best_state is not None and result.completed:
+                model.load_state_dict(stopper.best_state)
+        elif has_val and result.val_loss_history:
+            result.best_epoch = int(np.argmin(result.val_loss_history)) + 1
+        result.state_dict = {k: np.array(v, copy=True) for k, v in model.state_dict().items()}
+        if not result.completed:
+            return result
+
+        final_loss = self._loss(model, "train")
+        if not math.isfinite(final_loss):
+            raise self._diverged("loss", final_loss, result.stopped_epoch or epochs, result)
+        self._evaluate(model, result)
+        if graph:
+            result.graph_svg = graph_svg(model, self.plain_loss, x_train, y_train)
+        return result
+
+    def _loss(self, model: nn.MLP, split: str) -> float:
+        with engine.no_grad():
+            out = model(engine.Tensor(self.x[split], requires_grad=False))
+            return float(self.plain_loss(out, self.y[split]).item())
+
+    def _evaluate(self, model: nn.MLP, result: TrainResult) -> None:
+        trained = Model(self.architecture, model.state_dict())
+        names = {"train": "", "validation": "val_"}
+        for split, rows in self.splits.items():
+            if not len(rows):
+                continue
+            outputs = trained.outputs(self.x[split])
+            loss = self._loss(model, split)
+            if self.loss == "mse":
+                report = metrics_mod.regression_metrics(self.y_raw[split], outputs)
+                accuracy = None
+            else:
+                probabilities = probabilities_from_logits(self.loss, outputs)
+                truth = self.y_raw[split].reshape(-1).astype(np.int64)
+                report = metrics_mod.classification_metrics(
+                    truth, probabilities, list(self.classes or [])
+                )
+                accuracy = report["accuracy"]
+            report["loss"] = loss
+            result.evaluation[split] = report
+            if split in names:
+                result.metrics[f"{names[split]}loss"] = loss
+                if accuracy is not None:
+                    result.metrics[f"{names[split]}accuracy"] = accuracy
+
+    def _diverged(self, what: str, value: float, epoch: int, result: TrainResult) -> DivergedError:
+        return DivergedError(
+            f"{what} became {'NaN' if math.isnan(value) else 'inf'} at epoch {epoch}; "
+            "try a smaller learning_rate",
+            result.loss_history,
+            result.val_loss_history,
+        )
+
+
+def graph_svg(
+    model: nn.MLP,
+    loss_fn: Callable[[engine.Tensor, np.ndarray], engine.Tensor],
+    x: np.ndarray,
+    y: np.ndarray,
+    samples: int = GRAPH_SAMPLES,
+) -> str:
+    """The computational graph (forward and loss, gradients filled) on a few samples, as SVG."""
+    from engine.viz import draw_dot
+
+    k = min(samples, len(x))
+    inputs = engine.Tensor(x[:k], requires_grad=False, label="x")
+    out = model(inputs)
+    value = loss_fn(out, y[:k])
+    value.label = "loss"
+    value.backward()
+    # Top to bottom: a layer's wide weight and activation records side by side would make an
+    # LR picture many thousand pixels wide; stacked they read in a browser.
+    svg = draw_dot(value, rankdir="TB").pipe(format="svg")
+    model.zero_grad()
+    return svg.decode("utf-8") if isinstance(svg, bytes) else svg

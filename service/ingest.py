@@ -1,0 +1,502 @@
+"""Reading what users upload: JSON bodies and CSV files into typed feature tables and targets.
+
+Feature columns are numeric or categorical with missing cells (`core.table` has the rules);
+targets may not be missing. Three dataset forms:
+- JSON `{"name", "features": [[cell, ...], ...], "targets": [...]}` (cells: numbers, strings,
+  booleans, null);
+- JSON `{"name", "rows": [{"col": cell, ...}, ...], "target": "col"}`;
+- a CSV file with a header row (`multipart/form-data`: `file`, `target`, `name`), parsed by
+  pandas' C reader.
+Both forms take an optional `column_types` (`{"zip": "categorical"}`) that overrides inference.
+Everything is checked here, before anything is stored; errors name the field and the line.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from core.table import (
+    CATEGORICAL,
+    COLUMN_TYPES,
+    MISSING_TOKENS,
+    NUMERIC,
+    Column,
+    Table,
+    TableError,
+    categorical_from_texts,
+    column_from_cells,
+    default_names,
+    is_missing,
+    numeric_column,
+)
+from service.config import Limits
+from service.errors import InputError
+
+
+@dataclass
+class ParsedDataset:
+    name: str
+    table: Table
+    targets: np.ndarray  # float64 (n_samples, n_targets) or int64 class indices (n_samples,)
+    target_kind: str  # "numeric" or "labels"
+    classes: list[Any] | None
+    target_name: str | None = None
+    #: the CSV header / the rows' keys; None for a bare features matrix
+    named: bool = False
+
+    @property
+    def n_samples(self) -> int:
+        return self.table.n_rows
+
+    @property
+    def n_features(self) -> int:
+        return len(self.table.columns)
+
+    @property
+    def n_targets(self) -> int:
+        return 1 if self.targets.ndim == 1 else int(self.targets.shape[1])
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _is_number(value: Any) -> bool:
+    return type(value) in (int, float)
+
+
+# ---- targets -------------------------------------------------------------------------------
+
+
+def parse_targets(
+    values: Any, n_samples: int, field: str, limits: Limits, *, line_offset: int = 0
+) -> tuple[np.ndarray, str, list[Any] | None]:
+    """Targets as `(array, target_kind, classes)`: numbers (float64 `(n, 1)`; `classes` the
+    sorted distinct values when they are all integers), lists of numbers (several outputs), or
+    labels (all strings or all booleans: int64 indices into the sorted `classes`)."""
+    if not isinstance(values, list):
+        raise InputError(field, "must be a list with one target per row")
+    if len(values) != n_samples:
+        raise InputError(field, f"has {len(values)} entries but there are {n_samples} rows")
+    for i, v in enumerate(values):
+        if is_missing(v):
+            where = f"line {i + line_offset}" if line_offset else f"entry {i}"
+            raise InputError(field, f"{where}: the target is missing; every row needs one")
+    kinds = {type(v) for v in values}
+    if kinds == {list}:
+        array = parse_number_matrix(values, field, limits, max_columns=limits.max_width)
+        return array, "numeric", None
+    if kinds <= {int, float}:
+        try:
+            array = np.array(values, dtype=np.float64).reshape(-1, 1)
+        except OverflowError as exc:
+            raise InputError(field, f"holds a number out of range: {exc}") from None
+        if not np.isfinite(array).all():
+            i = int(np.argwhere(~np.isfinite(array))[0][0])
+            raise InputError(field, f"entry {i}: {values[i]} is not a finite number")
+        classes: list[Any] | None = None
+        if kinds == {int}:
+            distinct = sorted(set(values))
+            if len(distinct) <= limits.max_classes:
+                classes = distinct
+        return array, "numeric", classes
+    if kinds in ({str}, {bool}):
+        for i, v in enumerate(values):
+            if isinstance(v, str) and "\x00" in v:
+                raise InputError(field, f"entry {i}: labels cannot hold NUL characters")
+        distinct = sorted(set(values))
+        if len(distinct) > limits.max_classes:
+            raise InputError(
+                field, f"has {len(distinct)} classes; the limit is {limits.max_classes}"
+            )
+        index = {label: k for k, label in enumerate(distinct)}
+        array = np.array([index[v] for v in values], dtype=np.int64)
+        return array, "labels", distinct
+    for i, v in enumerate(values):
+        if not (_is_number(v) or isinstance(v, str | bool | list)):
+            raise InputError(field, f"entry {i}: {_describe(v)} is not a valid target")
+    raise InputError(
+        field,
+        "mixes kinds of targets: use numbers, lists of numbers, or labels (all strings, "
+        "all integers or all booleans)",
+    )
+
+
+def parse_number_matrix(
+    rows: Any, field: str, limits: Limits, *, max_columns: int | None = None
+) -> np.ndarray:
+    """A JSON list of equally long lists of finite numbers as float64 `(n, m)`, or 422."""
+    check_rows(rows, field, limits, max_columns=max_columns)
+    kinds = {type(v) for row in rows for v in row}
+    if not kinds <= {int, float}:
+        for i, row in enumerate(rows):
+            for j, v in enumerate(row):
+                if not _is_number(v):
+                    raise InputError(field, f"row {i}, column {j}: {_describe(v)} is not a number")
+    try:
+        array = np.array(rows, dtype=np.float64)
+    except (OverflowError, ValueError) as exc:
+        raise InputError(field, f"holds a number out of range: {exc}") from None
+    if not np.isfinite(array).all():
+        i, j = np.argwhere(~np.isfinite(array))[0]
+        raise InputError(field, f"row {i}, column {j}: {array[i, j]} is not a finite number")
+    return array
+
+
+# ---- feature tables --------------------------------------------------------------------------
+
+
+def check_rows(rows: Any, field: str, limits: Limits, *, max_columns: int | None = None) -> int:
+    """Check a list of equally long lists; return the width."""
+    if not isinstance(rows, list):
+        raise InputError(field, "must be a list of rows (lists of values)")
+    if not rows:
+        raise InputError(field, "is empty: at least one row is needed")
+    if len(rows) > limits.max_rows:
+        raise InputError(field, f"has {len(rows)} rows; the limit is {limits.max_rows}")
+    first = rows[0]
+    if not isinstance(first, list):
+        raise InputError(field, f"row 0 is {_describe(first)}, not a list of values")
+    width = len(first)
+    if width == 0:
+        raise InputError(field, "row 0 is empty: at least one column is needed")
+    cap = limits.max_features if max_columns is None else max_columns
+    if width > cap:
+        raise InputError(field, f"has {width} columns; the limit is {cap}")
+    for i, row in enumerate(rows):
+        if not isinstance(row, list):
+            raise InputError(field, f"row {i} is {_describe(row)}, not a list of values")
+        if len(row) != width:
+            raise InputError(
+                field, f"rows have different lengths: row 0 has {width}, row {i} has {len(row)}"
+            )
+    return width
+
+
+def _check_cells(rows: list[list[Any]], field: str) -> None:
+    for i, row in enumerate(rows):
+        for j, v in enumerate(row):
+            if not (v is None or isinstance(v, int | float | str | bool)):
+                raise InputError(
+                    field,
+                    f"row {i}, column {j}: {_describe(v)} is not a number, string, boolean or null",
+                )
+
+
+def _table_error(exc: TableError, field: str, what: str = "row") -> InputError:
+    where = []
+    if exc.row is not None:
+        where.append(f"{what} {exc.row}")
+    if exc.column is not None:
+        where.append(f"column {exc.column!r}")
+    prefix = ", ".join(where)
+    return InputError(field, f"{prefix}: {exc.message}" if prefix else exc.message)
+
+
+def check_column_types(
+    column_types: Any, names: list[str], field: str = "column_types"
+) -> dict[str, str]:
+    if column_types is None:
+        return {}
+    if not isinstance(column_types, dict):
+        raise InputError(field, 'must be an object such as {"zip": "categorical"}')
+    for name, kind in column_types.items():
+        if name not in names:
+            raise InputError(field, f"names no column {name!r}; the columns are {names}")
+        if kind not in COLUMN_TYPES:
+            raise InputError(
+                f"{field}.{name}", f"is {kind!r}; expected one of {list(COLUMN_TYPES)}"
+            )
+    return dict(column_types)
+
+
+def table_from_cells(
+    rows: Any,
+    field: str,
+    limits: Limits,
+    *,
+    names: list[str] | None = None,
+    column_types: dict[str, str] | None = None,
+) -> Table:
+    """A typed table from a JSON matrix of cells (numbers, strings, booleans, null)."""
+    width = check_rows(rows, field, limits)
+    if names is not None and len(names) != width:
+        raise InputError(field, f"rows have {width} values; there are {len(names)} columns")
+    names = names or default_names(width)
+    if all(type(v) in (int, float) for row in rows for v in row):  # the fast path
+        matrix = parse_number_matrix(rows, field, limits)
+        columns = [numeric_column(n, matrix[:, j]) for j, n in enumerate(names)]
+        types = column_types or {}
+        if any(t == CATEGORICAL for t in types.values()):
+            columns = [
+                column_from_cells(n, [row[j] for row in rows], CATEGORICAL)
+                if types.get(n) == CATEGORICAL
+                else c
+                for j, (n, c) in enumerate(zip(names, columns, strict=True))
+            ]
+        return Table(columns)
+    _check_cells(rows, field)
+    types = column_types or {}
+    try:
+        return Table(
+            [
+                column_from_cells(n, [row[j] for row in rows], types.get(n))
+                for j, n in enumerate(names)
+            ]
+        )
+    except TableError as exc:
+        raise _table_error(exc, field) from None
+
+
+def table_from_records(
+    records: Any,
+    field: str,
+    limits: Limits,
+    *,
+    names: list[str] | None = None,
+    column_types: dict[str, str] | None = None,
+    exclude: str | None = None,
+) -> tuple[Table, list[str]]:
+    """A table from JSON objects keyed by column name (a missing key is a missing cell).
+    `names`: the columns to expect (an unknown key is a 422); None: every key seen, in order."""
+    if not isinstance(records, list):
+        raise InputError(field, "must be a list of objects ({column: value})")
+    if not records:
+        raise InputError(field, "is empty: at least one row is needed")
+    if len(records) > limits.max_rows:
+        raise InputError(field, f"has {len(records)} rows; the limit is {limits.max_rows}")
+    seen: dict[str, None] = {}
+    for i, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise InputError(field, f"row {i} is {_describe(record)}, not an object")
+        for key in record:
+            seen.setdefault(key, None)
+    if names is None:
+        names = [k for k in seen if k != exclude]
+        if not names:
+            raise InputError(field, "has no feature columns")
+        if len(names) > limits.max_features:
+            raise InputError(
+                field, f"has {len(names)} feature columns; the limit is {limits.max_features}"
+            )
+    else:
+        unknown = [k for k in seen if k not in names and k != exclude]
+        if unknown:
+            raise InputError(
+                field, f"unknown column {unknown[0]!r}; the model takes the columns {names}"
+            )
+    matrix = [[record.get(name) for name in names] for record in records]
+    _check_cells(matrix, field)
+    return table_from_cells(matrix, field, limits, names=names, column_types=column_types), names
+
+
+def parse_json_dataset(data: dict[str, Any], limits: Limits, prefix: str = "") -> ParsedDataset:
+    """A dataset from a JSON body: `features` + `targets`, or `rows` + `target`."""
+    if "rows" in data:
+        records = data["rows"]
+        target = data["target"]
+        if isinstance(records, list) and records and all(isinstance(r, dict) for r in records):
+            keys = {k for r in records for k in r}
+            if target not in keys:
+                raise InputError(f"{prefix}target", f"no column named {target!r} in the rows")
+            names = [k for k in dict.fromkeys(k for r in records for k in r) if k != target]
+            types = check_column_types(data.get("column_types"), names, f"{prefix}column_types")
+        else:
+            types = {}
+        table, names = table_from_records(
+            records, f"{prefix}rows", limits, column_types=types, exclude=target
+        )
+        values = [r.get(target) for r in records]
+        targets, kind, classes = parse_targets(values, len(values), f"{prefix}rows", limits)
+        return ParsedDataset(data["name"], table, targets, kind, classes, target, named=True)
+    features = data["features"]
+    width = check_rows(features, f"{prefix}features", limits)
+    names = default_names(width)
+    types = check_column_types(data.get("column_types"), names, f"{prefix}column_types")
+    table = table_from_cells(features, f"{prefix}features", limits, column_types=types)
+    targets, kind, classes = parse_targets(
+        data["targets"], table.n_rows, f"{prefix}targets", limits
+    )
+    return ParsedDataset(data["name"], table, targets, kind, classes)
+
+
+# ---- CSV -----------------------------------------------------------------------------------
+
+
+def _case_variants(word: str) -> list[str]:
+    return [
+        "".join(chars)
+        for chars in itertools.product(*((c.lower(), c.upper()) for c in word))
+        if True
+    ]
+
+
+#: every spelling of the missing-cell tokens, for pandas' `na_values`
+NA_VALUES = sorted({v for token in MISSING_TOKENS for v in _case_variants(token)})
+
+
+def _decode(raw: bytes, field: str) -> str:
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise InputError(field, "is not UTF-8 text") from None
+    if "\x00" in text:
+        raise InputError(field, "holds NUL characters: it is not a text file")
+    return text
+
+
+def read_csv(
+    raw: bytes,
+    field: str,
+    limits: Limits,
+    column_types: Any = None,
+    *,
+    min_columns: int = 1,
+    types_field: str = "column_types",
+) -> tuple[list[str], dict[str, Any], dict[str, str]]:
+    """(header, {name: pandas Series}, column types asked for) of a CSV file with a header."""
+    import pandas as pd
+
+    text = _decode(raw, field)
+    first_line = text.split("\n", 1)[0]
+    header_guess = next(iter(__import__("csv").reader([first_line])), [])
+    if len(header_guess) < max(min_columns, 2) and ";" in first_line:
+        raise InputError(
+            field,
+            "looks semicolon-separated (its header has no commas but has semicolons); "
+            "save it with commas as separators",
+        )
+    if not text.strip():
+        raise InputError(field, "is empty: a header row and at least one data row are needed")
+    header = [h.strip() for h in header_guess]
+    if len(set(header)) != len(header):
+        dupes = sorted({h for h in header if header.count(h) > 1})
+        raise InputError(field, f"the header names a column twice: {dupes}")
+    if len(header) < min_columns:
+        raise InputError(field, f"needs at least {min_columns} columns")
+    types = check_column_types(column_types, header, types_field)
+    dtypes = {name: str for name, kind in types.items() if kind == CATEGORICAL}
+    try:
+        frame = pd.read_csv(
+            io.StringIO(text),
+            na_values=NA_VALUES,
+            keep_default_na=False,
+            skipinitialspace=True,
+            skip_blank_lines=True,
+            dtype=dtypes or None,
+            engine="c",
+            low_memory=False,
+        )
+    except pd.errors.ParserError as exc:
+        raise InputError(field, f"is not valid CSV: {str(exc).strip()}") from None
+    except pd.errors.EmptyDataError:
+        raise InputError(
+            field, "is empty: a header row and at least one data row are needed"
+        ) from None
+    frame.columns = header if len(frame.columns) == len(header) else list(frame.columns)
+    if len(frame) == 0:
+        raise InputError(field, "is empty: no data rows after the header")
+    if len(frame) > limits.max_rows:
+        raise InputError(field, f"has {len(frame)} rows; the limit is {limits.max_rows}")
+    return header, {name: frame[name] for name in header}, types
+
+
+def column_from_series(name: str, series: Any, kind: str | None, field: str) -> Column:
+    """A typed column from a pandas Series (lines in errors count the header as line 1)."""
+    import pandas as pd
+
+    try:
+        if (
+            kind != CATEGORICAL
+            and pd.api.types.is_numeric_dtype(series.dtype)
+            and not (pd.api.types.is_bool_dtype(series.dtype))
+        ):
+            return numeric_column(name, series.to_numpy(dtype=np.float64, na_value=np.nan))
+        if kind == NUMERIC:
+            numbers = pd.to_numeric(series, errors="coerce")
+            bad = numbers.isna() & ~series.map(is_missing)
+            if bad.any():
+                row = int(np.argmax(bad.to_numpy()))
+                raise TableError(
+                    f"{_describe(series.iloc[row])} is not a number", column=name, row=row
+                )
+            return numeric_column(name, numbers.to_numpy(dtype=np.float64, na_value=np.nan))
+        cells = series.to_numpy(dtype=object)
+        return categorical_from_texts(name, _category_texts(cells))
+    except TableError as exc:
+        if exc.row is not None:
+            exc.row += 2  # 0-based data row -> file line (the header is line 1)
+        raise _table_error(exc, field, "line") from None
+
+
+def _category_texts(cells: np.ndarray) -> list[str | None]:
+    from core.table import as_category
+
+    return [None if is_missing(v) else as_category(v) for v in cells.tolist()]
+
+
+def parse_csv_dataset(
+    raw: bytes,
+    name: str,
+    target: str | None,
+    limits: Limits,
+    field: str = "file",
+    column_types: Any = None,
+) -> ParsedDataset:
+    """A dataset from a CSV file with a header row; `target` names the target column (default:
+    the last one)."""
+    header, series, types = read_csv(raw, field, limits, column_types, min_columns=2)
+    if len(header) - 1 > limits.max_features:
+        raise InputError(
+            field, f"has {len(header) - 1} feature columns; the limit is {limits.max_features}"
+        )
+    if target is None or target == "":
+        target = header[-1]
+    elif target not in header:
+        raise InputError("target", f"no column named {target!r}; the columns are {header}")
+    if target in types:
+        raise InputError("column_types", f"names the target column {target!r}")
+    columns = [column_from_series(n, series[n], types.get(n), field) for n in header if n != target]
+    values = _target_values(series[target])
+    targets, kind, classes = parse_targets(values, len(values), field, limits, line_offset=2)
+    return ParsedDataset(name, Table(columns), targets, kind, classes, target, named=True)
+
+
+def _target_values(series: Any) -> list[Any]:
+    """A target column's cells as JSON-like values (ints stay ints, missing cells None)."""
+    import pandas as pd
+
+    if pd.api.types.is_bool_dtype(series.dtype):
+        return [bool(v) for v in series.tolist()]
+    if pd.api.types.is_integer_dtype(series.dtype):
+        return [int(v) for v in series.tolist()]
+    if pd.api.types.is_float_dtype(series.dtype):
+        return [None if np.isnan(v) else v for v in series.tolist()]
+    return [None if is_missing(v) else str(v).strip() for v in series.tolist()]
+
+
+def table_from_csv(raw: bytes, names: list[str], types: list[str], limits: Limits) -> Table:
+    """Rows to predict on from a CSV file with a header naming (some of) the model's columns:
+    a column the model does not take is a 422, a missing one is all missing cells."""
+    header, series, _ = read_csv(raw, "file", limits)
+    unknown = [h for h in header if h not in names]
+    if unknown:
+        raise InputError(
+            "file", f"unknown column {unknown[0]!r}; the model takes the columns {names}"
+        )
+    n = len(next(iter(series.values())))
+    columns = []
+    for name, kind in zip(names, types, strict=True):
+        if name in series:
+            columns.append(column_from_series(name, series[name], kind, "file"))
+        elif kind == NUMERIC:
+            columns.append(numeric_column(name, np.full(n, np.nan)))
+        else:
+            columns.append(categorical_from_texts(name, [None] * n))
+    return Table(columns)
