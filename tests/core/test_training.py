@@ -177,3 +177,167 @@ def test_string_labels_use_class_indices() -> None:
     )
     labels = predict(result.architecture, result.state_dict, x[:5])["predictions"]
     assert set(labels) <= set(names)
+
+
+# ---- issue 13: splits, preprocessing in the model, early stopping, schedules, evaluation -----
+
+
+def test_stratified_splits_keep_class_proportions_and_are_seeded() -> None:
+    strata = np.array([0] * 80 + [1] * 20)
+    train_idx, val_idx, test_idx = split_indices(
+        100, 0.2, np.random.default_rng(5), test_split=0.25, strata=strata
+    )
+    assert (len(train_idx), len(val_idx), len(test_idx)) == (55, 20, 25)
+    assert sorted([*train_idx, *val_idx, *test_idx]) == list(range(100))
+    assert strata[test_idx].sum() == 5 and strata[val_idx].sum() == 4
+    again = split_indices(100, 0.2, np.random.default_rng(5), test_split=0.25, strata=strata)
+    np.testing.assert_array_equal(test_idx, again[2])
+
+
+def test_early_stopping_restores_the_best_epoch() -> None:
+    x, y = moons(200)
+    result = train(
+        x,
+        y.reshape(-1, 1).astype(float),
+        {"layers": [64, 64, 1], "activation": "relu"},
+        spec(
+            epochs=300,
+            learning_rate=0.05,
+            early_stopping={"patience": 5},
+            dtype="float64",
+        ),
+        classes=classes_of(y),
+        graph=False,
+    )
+    assert result.stop_reason == "early_stopping"
+    assert result.stopped_epoch < 300 and result.stopped_epoch == len(result.loss_history)
+    best = int(np.argmin(result.val_loss_history)) + 1
+    assert result.best_epoch == best
+    # the saved weights are the best epoch's: their validation loss is the minimum
+    assert result.metrics["val_loss"] == pytest.approx(min(result.val_loss_history), rel=1e-9)
+    assert result.evaluation["validation"]["loss"] == pytest.approx(result.metrics["val_loss"])
+
+
+def test_test_split_is_held_out_and_scored() -> None:
+    x, y = blobs()
+    result = train(
+        x,
+        y.reshape(-1, 1).astype(float),
+        {"layers": [16, 3], "activation": "tanh"},
+        spec(loss="cross_entropy", epochs=30, test_split=0.25, validation_split=0.1),
+        classes=classes_of(y),
+        graph=False,
+    )
+    test = result.evaluation["test"]
+    assert set(result.evaluation) == {"train", "validation", "test"}
+    assert (
+        sum(test["confusion_matrix"]["matrix"][i][j] for i in range(3) for j in range(3))
+        == (test["n"])
+    )
+    assert test["n"] == round(len(x) * 0.25)
+    assert result.evaluation["train"]["n"] + result.evaluation["validation"]["n"] + test["n"] == (
+        len(x)
+    )
+    assert {"accuracy", "balanced_accuracy", "f1", "roc_auc", "log_loss"} <= set(test)
+    # the preprocessing saw only the training rows
+    assert result.architecture["preprocessing"]["steps"][0]["center"] != pytest.approx(
+        float(x[:, 0].mean()), abs=1e-12
+    )
+
+
+def test_categorical_table_with_missing_cells_trains_and_predicts() -> None:
+    from core.model import Model
+    from core.table import table_from_matrix
+
+    rng = np.random.default_rng(0)
+    colours = rng.choice(["red", "green", "blue"], size=300)
+    size = rng.normal(size=300)
+    label = ((colours == "red") ^ (size > 0)).astype(int)
+    rows = [
+        [None if i % 17 == 0 else c, None if i % 13 == 0 else float(s)]
+        for i, (c, s) in enumerate(zip(colours, size, strict=True))
+    ]
+    table = table_from_matrix(rows, ["colour", "size"])
+    result = train(
+        table,
+        label.reshape(-1, 1).astype(float),
+        {"layers": [16, 1], "activation": "relu"},
+        spec(epochs=80, learning_rate=0.02),
+        classes=[0, 1],
+        graph=False,
+    )
+    assert result.architecture["nin"] == 4  # three colours one-hot + size
+    assert result.metrics["accuracy"] > 0.9
+    model = Model(result.architecture, result.state_dict)
+    out = model.predict([["red", 1.0], ["purple", None], [None, -1.0]])
+    assert len(out["predictions"]) == 3 and all(p in (0, 1) for p in out["predictions"])
+
+
+def test_regression_target_is_standardized_and_predictions_in_its_units() -> None:
+    from core.model import Model
+
+    x, y = regression()
+    y_big = y * 1000 + 5000
+    result = train(
+        x,
+        y_big,
+        {"layers": [32, 1], "activation": "tanh"},
+        spec(loss="mse", epochs=100, learning_rate=0.01, test_split=0.2),
+        graph=False,
+    )
+    assert result.evaluation["test"]["r2"] > 0.8
+    predicted = np.asarray(Model(result.architecture, result.state_dict).predict(x)["predictions"])
+    assert abs(predicted.mean() - y_big.mean()) < 0.1 * y_big.std()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_dtype_is_the_weights_dtype(dtype: str) -> None:
+    result = train_moons(epochs=2, dtype=dtype)
+    assert {v.dtype.name for v in result.state_dict.values()} == {dtype}
+    assert result.architecture["dtype"] == dtype
+
+
+def test_learning_rate_schedules() -> None:
+    from core.training import LRSchedule
+
+    step = LRSchedule({"type": "step", "step_size": 2, "gamma": 0.5}, 1.0, 10)
+    assert [step.before_epoch(e) for e in range(1, 6)] == [1.0, 1.0, 0.5, 0.5, 0.25]
+    cosine = LRSchedule({"type": "cosine", "min_lr": 0.1}, 1.0, 11)
+    assert cosine.before_epoch(1) == pytest.approx(1.0)
+    assert cosine.before_epoch(6) == pytest.approx(0.55)
+    assert cosine.before_epoch(11) == pytest.approx(0.1)
+    plateau = LRSchedule({"type": "plateau", "factor": 0.5, "patience": 1}, 1.0, 10)
+    for loss in (1.0, 0.9, 0.95, 0.95):
+        plateau.before_epoch(1)
+        plateau.after_epoch(loss)
+    assert plateau.lr == 0.5
+
+
+def test_balanced_class_weight_lifts_the_minority_class() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(400, 2))
+    y = ((x[:, 0] + 0.5 * rng.normal(size=400)) > 1.3).astype(int)  # about 10% positives
+    common = {"layers": [8, 1], "activation": "tanh"}
+    targets = y.reshape(-1, 1).astype(float)
+
+    def recall(**overrides: object) -> float:
+        result = train(
+            x, targets, common, spec(epochs=40, **overrides), classes=[0, 1], graph=False
+        )
+        return result.evaluation["train"]["recall"]["per_class"]["1"]
+
+    assert recall(class_weight="balanced") > recall()
+
+
+def test_loss_is_picked_from_the_targets_when_not_given() -> None:
+    x, y = blobs()
+    result = train(
+        x,
+        y.astype(np.int64),
+        {"layers": [8, 3], "activation": "tanh"},
+        spec(loss=None, epochs=2),
+        target_kind="labels",
+        classes=["a", "b", "c"],
+        graph=False,
+    )
+    assert result.architecture["loss"] == "cross_entropy"

@@ -110,12 +110,17 @@ def test_job_succeeds_and_saves_everything(factory: sessionmaker[Session]) -> No
     assert arch["nin"] == 2 and arch["layers"] == [8, 1] and arch["classes"] == [0, 1]
     assert "<svg" in svg
     state = weights_from_npz(weights)
-    mlp = MLP(2, [8, 1], activation="tanh")
+    mlp = MLP(2, [8, 1], activation="tanh", dtype=np.dtype(arch["dtype"]))
     mlp.load_state_dict(state)
     x, _ = moons(10, seed=3)
-    logits = mlp(x).numpy().reshape(-1)
+    # the stored preprocessing (standardized with the training rows' statistics) comes first
+    steps = arch["preprocessing"]["steps"]
+    scaled = (x - [s["center"] for s in steps]) / [s["scale"] for s in steps]
+    logits = mlp(scaled).numpy().reshape(-1).astype(np.float64)
     probabilities = np.asarray(predict(arch, state, x)["probabilities"])
-    np.testing.assert_allclose(probabilities[:, 1], 1 / (1 + np.exp(-logits)), rtol=1e-9)
+    np.testing.assert_allclose(probabilities[:, 1], 1 / (1 + np.exp(-logits)), rtol=1e-5)
+    assert job.stop_reason == "completed" and job.stopped_epoch == 5
+    assert set(job.evaluation or {}) == {"train", "validation"}
 
 
 def test_second_delivery_does_nothing(factory: sessionmaker[Session]) -> None:
