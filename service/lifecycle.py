@@ -85,6 +85,7 @@ __all__ = [
     "FINAL_STATUSES",
     "JOB_STATUSES",
     "PUBLISH_RETRY_POLICY",
+    "STATE_COLUMNS",
     "TRAIN_TASK",
     "CancelResult",
     "Claim",
@@ -126,6 +127,19 @@ PUBLISH_RETRY_POLICY = {
 PUBLISH_GRACE_S = 2.0
 #: At most this many jobs are republished per sweep (the rest wait for the next one).
 REPUBLISH_BATCH = 200
+#: The columns that say where a job is in its life: only this module's transitions set them.
+STATE_COLUMNS = frozenset(
+    {
+        "status",
+        "attempts",
+        "cancel_requested",
+        "started_at",
+        "finished_at",
+        "heartbeat_at",
+        "published_at",
+        "error",
+    }
+)
 #: `error` is cut to this many characters.
 MAX_ERROR_LENGTH = 4000
 
@@ -384,25 +398,21 @@ def succeed(
     factory: sessionmaker[Session],
     claim: Claim,
     *,
-    epoch: int,
-    metrics: dict[str, Any],
+    results: Mapping[str, Any],
     model: Mapping[str, Any],
 ) -> str:
-    """End the attempt `succeeded` and insert its trained model (`models` row: `model`'s fields,
-    besides `job_id`) in the same transaction, only while the attempt owns the job and no cancel
-    was asked for. Returns "succeeded", "cancelled" (asked for meanwhile) or "lost"."""
+    """End the attempt `succeeded` with `results` (the job's result columns: `epoch`,
+    `metrics`, ...) and insert its trained model (the `models` row: `model`'s fields, besides
+    `job_id`) in the same transaction, only while the attempt owns the job and no cancel was
+    asked for. Returns "succeeded", "cancelled" (asked for meanwhile) or "lost"."""
+    if STATE_COLUMNS & set(results):
+        raise ValueError(f"only the lifecycle writes {sorted(STATE_COLUMNS & set(results))}")
     now = utcnow()
     with session_scope(factory) as session:
         done = session.execute(
             sa.update(Job)
             .where(_owned(claim), Job.cancel_requested.is_(False))
-            .values(
-                status="succeeded",
-                metrics=metrics,
-                epoch=epoch,
-                finished_at=now,
-                heartbeat_at=now,
-            )
+            .values(**results, status="succeeded", finished_at=now, heartbeat_at=now)
         )
         if done.rowcount != 1:
             session.rollback()

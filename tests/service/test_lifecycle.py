@@ -1,0 +1,304 @@
+"""service.lifecycle's transitions one by one, on real databases (SQLite file and PostgreSQL).
+
+The task and the maintenance loop are tested around them in tests/workers (a whole attempt,
+re-delivery, the reaper, the reconciler); here: the fencing of each write of an attempt, the
+outcomes of `claim`, `succeed` and `cancel`, publishing, and the messages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from celery import Celery
+from sqlalchemy.orm import Session, sessionmaker
+
+from service import lifecycle
+from service.celery import celery_config
+from service.config import Settings
+from service.db import make_engine, make_sessionmaker, session_scope, utcnow
+from service.lifecycle import CancelResult, Claim
+from service.models import Job, JobEpoch, TrainedModel
+from tests.workers.test_tasks import add_job, job_row
+
+SETTINGS = dataclasses.replace(
+    Settings(), max_attempts=3, stale_after=30.0, task_soft_time_limit=5.0, task_time_limit=7.0
+)
+STALE = timedelta(minutes=10)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def factory(request: pytest.FixtureRequest) -> Iterator[sessionmaker[Session]]:
+    name = "sqlite_database_url" if request.param == "sqlite" else "pg_database_url"
+    url = request.getfixturevalue(name)
+    engine = make_engine(url)
+    yield make_sessionmaker(engine)
+    engine.dispose()
+
+
+def broker(url: str) -> Celery:
+    app = Celery("lifecycle-test", set_as_current=False)
+    app.config_from_object(celery_config(dataclasses.replace(Settings(), broker_url=url)))
+    return app
+
+
+def running(factory: sessionmaker[Session], **fields: object) -> Claim:
+    """A job claimed by this test (attempt 1)."""
+    claim = lifecycle.claim(factory, add_job(factory, **fields), SETTINGS)
+    assert isinstance(claim, Claim) and claim.attempt == 1
+    return claim
+
+
+def epochs_of(factory: sessionmaker[Session], job_id: str) -> list[int]:
+    with session_scope(factory) as session:
+        return list(
+            session.scalars(
+                sa.select(JobEpoch.epoch).where(JobEpoch.job_id == job_id).order_by(JobEpoch.epoch)
+            )
+        )
+
+
+def models_of(factory: sessionmaker[Session], job_id: str) -> int:
+    with session_scope(factory) as session:
+        query = sa.select(sa.func.count()).select_from(TrainedModel)
+        return int(session.scalar(query.where(TrainedModel.job_id == job_id)) or 0)
+
+
+def set_fields(factory: sessionmaker[Session], job_id: str, **values: object) -> None:
+    with session_scope(factory) as session:
+        session.execute(sa.update(Job).where(Job.id == job_id).values(**values))
+
+
+# -- the API side -------------------------------------------------------------------------------
+
+
+def test_submit_adds_a_queued_job(factory: sessionmaker[Session]) -> None:
+    dataset_id = job_row(factory, add_job(factory)).dataset_id
+    training = {"epochs": 7, "loss": "mse"}
+    with session_scope(factory) as session:
+        job = lifecycle.submit(
+            session,
+            owner="carol",
+            dataset_id=dataset_id,
+            model_spec={"layers": [1]},
+            training_spec=training,
+        )
+        job_id = job.id
+    job = job_row(factory, job_id)
+    assert (job.owner, job.status, job.epochs, job.attempts) == ("carol", "queued", 7, 0)
+    assert job.published_at is None and job.cancel_requested is False
+
+
+def test_publish_records_when_and_keeps_a_job_queued_when_the_broker_is_down(
+    factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    job_id = add_job(factory)
+    with factory() as session:
+        assert lifecycle.publish(session, broker(f"filesystem://{tmp_path.as_posix()}"), job_id)
+    assert job_row(factory, job_id).published_at is not None
+    assert len(list((tmp_path / "queue").iterdir())) == 1
+
+    down = add_job(factory)
+    with factory() as session:
+        assert not lifecycle.publish(session, broker("redis://127.0.0.1:9/0"), down)
+    assert (job_row(factory, down).status, job_row(factory, down).published_at) == ("queued", None)
+
+
+def test_publish_does_not_touch_a_job_that_left_the_queue(
+    factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    job_id = running(factory).job_id  # a fast worker claimed it before the API's UPDATE
+    with factory() as session:
+        assert lifecycle.publish(session, broker(f"filesystem://{tmp_path.as_posix()}"), job_id)
+    assert job_row(factory, job_id).published_at is None
+
+
+def test_cancel_outcomes(factory: sessionmaker[Session]) -> None:
+    queued = add_job(factory, owner="alice")
+    claim = running(factory, owner="alice")
+    finished = add_job(factory, owner="alice", status="succeeded")
+    with factory() as session:
+        assert lifecycle.cancel(session, queued, "alice") == CancelResult(True)
+        assert lifecycle.cancel(session, claim.job_id, "alice") == CancelResult(True)
+        assert lifecycle.cancel(session, finished, "alice") == CancelResult(False, "succeeded")
+        assert lifecycle.cancel(session, queued, "alice") == CancelResult(False, "cancelled")
+        assert lifecycle.cancel(session, queued, "bob") == CancelResult(False, None)
+        assert lifecycle.cancel(session, "0" * 32, "alice") == CancelResult(False, None)
+    job = job_row(factory, queued)
+    assert (job.status, job.cancel_requested, job.attempts) == ("cancelled", True, 0)
+    assert job.finished_at is not None
+    job = job_row(factory, claim.job_id)  # asked to stop: the attempt ends it
+    assert (job.status, job.cancel_requested, job.finished_at) == ("running", True, None)
+    assert lifecycle.record_epoch(factory, claim, 1, 0.5, None) is True
+    assert lifecycle.cancel_attempt(factory, claim) == "cancelled"
+    assert job_row(factory, claim.job_id).status == "cancelled"
+
+
+# -- one attempt --------------------------------------------------------------------------------
+
+
+def test_claim_starts_from_scratch(factory: sessionmaker[Session]) -> None:
+    job_id = add_job(factory, status="queued", attempts=1, epoch=3, error="old", metrics={"a": 1})
+    with session_scope(factory) as session:  # a handed-back attempt's history
+        session.add_all([JobEpoch(job_id=job_id, epoch=e, loss=9.0) for e in (1, 2, 3)])
+    assert lifecycle.claim(factory, job_id, SETTINGS) == Claim(job_id, 2)
+    job = job_row(factory, job_id)
+    assert (job.status, job.attempts, job.epoch, job.error, job.metrics) == (
+        "running", 2, 0, None, None,
+    )  # fmt: skip
+    assert job.started_at is not None and job.heartbeat_at is not None
+    assert epochs_of(factory, job_id) == []
+
+
+def test_claim_outcomes_without_a_new_attempt(factory: sessionmaker[Session]) -> None:
+    stale = utcnow() - STALE
+    assert lifecycle.claim(factory, "0" * 32, SETTINGS) == "missing"
+    done = add_job(factory, status="failed", attempts=1)
+    assert lifecycle.claim(factory, done, SETTINGS) == "duplicate"
+    alive = running(factory).job_id
+    assert lifecycle.claim(factory, alive, SETTINGS) == "busy"
+    flagged = add_job(
+        factory, status="running", attempts=1, heartbeat_at=stale, cancel_requested=True
+    )
+    assert lifecycle.claim(factory, flagged, SETTINGS) == "cancelled"
+    lost = add_job(factory, status="running", attempts=3, heartbeat_at=stale)
+    assert lifecycle.claim(factory, lost, SETTINGS) == "failed"
+
+    assert job_row(factory, alive).attempts == 1
+    assert (job_row(factory, flagged).status, job_row(factory, flagged).attempts) == (
+        "cancelled", 1,
+    )  # fmt: skip
+    job = job_row(factory, lost)
+    assert (job.status, job.attempts) == ("failed", 3)
+    assert job.error == lifecycle.lost_error(3, 3)
+    assert job.error == "the worker running this job was lost 3 times (max attempts 3); giving up"
+
+
+def test_take_over_fences_out_the_old_attempt(factory: sessionmaker[Session]) -> None:
+    old = running(factory, epochs=5)
+    assert lifecycle.record_epoch(factory, old, 1, 0.9, 1.0) is False
+    set_fields(factory, old.job_id, heartbeat_at=utcnow() - STALE)  # its worker went silent
+    new = lifecycle.claim(factory, old.job_id, SETTINGS)
+    assert new == Claim(old.job_id, 2)
+    assert epochs_of(factory, old.job_id) == []  # the new attempt starts from scratch
+
+    # nothing the old attempt writes reaches the job any more
+    assert lifecycle.record_epoch(factory, old, 2, 0.8, None) is None
+    lifecycle.heartbeat(factory, old)
+    lifecycle.fail(factory, old, "late")
+    lifecycle.cancel_attempt(factory, old)
+    model = {"dataset_id": job_row(factory, old.job_id).dataset_id, "architecture": {},
+             "weights": b"", "graph_svg": "", "metrics": {}}  # fmt: skip
+    assert lifecycle.succeed(factory, old, results={"epoch": 5}, model=model) == "lost"
+    job = job_row(factory, old.job_id)
+    assert (job.status, job.attempts, job.epoch, job.error) == ("running", 2, 0, None)
+    assert epochs_of(factory, old.job_id) == [] and models_of(factory, old.job_id) == 0
+
+    # a later delivery finds the new attempt alive
+    assert lifecycle.claim(factory, old.job_id, SETTINGS) == "busy"
+
+
+def test_record_epoch_and_heartbeat(factory: sessionmaker[Session]) -> None:
+    claim = running(factory)
+    set_fields(factory, claim.job_id, heartbeat_at=utcnow() - STALE)
+    lifecycle.heartbeat(factory, claim)
+    beat = job_row(factory, claim.job_id).heartbeat_at
+    assert beat is not None and utcnow() - beat.replace(tzinfo=utcnow().tzinfo) < STALE
+    assert lifecycle.record_epoch(factory, claim, 1, 0.7, 0.8) is False
+    # a retry after a commit whose answer was lost writes the same row again
+    assert lifecycle.record_epoch(factory, claim, 1, 0.7, 0.8) is False
+    assert lifecycle.record_epoch(factory, claim, 2, 0.6, None) is False
+    assert job_row(factory, claim.job_id).epoch == 2
+    assert epochs_of(factory, claim.job_id) == [1, 2]
+
+
+def test_succeed_saves_the_model_in_the_same_transaction(factory: sessionmaker[Session]) -> None:
+    claim = running(factory)
+    dataset_id = job_row(factory, claim.job_id).dataset_id
+    model = {"dataset_id": dataset_id, "architecture": {"layers": [8, 1]}, "weights": b"npz",
+             "graph_svg": "<svg/>", "metrics": {"loss": 0.1}}  # fmt: skip
+    results = {"epoch": 5, "metrics": {"loss": 0.1}}
+    outcome = lifecycle.succeed(factory, claim, results=results, model=model)
+    assert outcome == "succeeded"
+    job = job_row(factory, claim.job_id)
+    assert (job.status, job.epoch, job.metrics) == ("succeeded", 5, {"loss": 0.1})
+    assert job.finished_at is not None
+    with session_scope(factory) as session:
+        row = session.scalars(sa.select(TrainedModel).where(TrainedModel.job_id == job.id)).one()
+        assert (row.dataset_id, row.architecture, row.owner) == (
+            dataset_id, {"layers": [8, 1]}, job.owner,
+        )  # fmt: skip
+    # a second save (a retry, a duplicate) finds the job finished: no second model
+    assert lifecycle.succeed(factory, claim, results={"epoch": 5}, model=model) == "lost"
+    assert models_of(factory, claim.job_id) == 1
+
+
+def test_succeed_after_a_cancel_request_ends_cancelled(factory: sessionmaker[Session]) -> None:
+    claim = running(factory)
+    set_fields(factory, claim.job_id, cancel_requested=True)
+    model = {"dataset_id": job_row(factory, claim.job_id).dataset_id, "architecture": {},
+             "weights": b"", "graph_svg": "", "metrics": {}}  # fmt: skip
+    assert lifecycle.succeed(factory, claim, results={"epoch": 5}, model=model) == "cancelled"
+    assert job_row(factory, claim.job_id).status == "cancelled"
+    assert models_of(factory, claim.job_id) == 0
+
+
+def test_fail_keeps_the_history_and_cuts_the_message(factory: sessionmaker[Session]) -> None:
+    claim = running(factory)
+    assert lifecycle.record_epoch(factory, claim, 1, 0.5, None) is False
+    lifecycle.fail(factory, claim, "x" * 5000)
+    job = job_row(factory, claim.job_id)
+    assert job.status == "failed" and job.error == "x" * lifecycle.MAX_ERROR_LENGTH
+    assert job.finished_at is not None and epochs_of(factory, claim.job_id) == [1]
+
+
+# -- the maintenance loop -----------------------------------------------------------------------
+
+
+def test_reaper_hands_back_a_job_the_claim_then_restarts(factory: sessionmaker[Session]) -> None:
+    lost = running(factory)
+    assert lifecycle.record_epoch(factory, lost, 1, 0.5, None) is False
+    set_fields(factory, lost.job_id, heartbeat_at=utcnow() - STALE)
+    assert lifecycle.reap(factory, SETTINGS).get(lost.job_id) == "requeued"
+    assert lifecycle.record_epoch(factory, lost, 2, 0.4, None) is None  # fenced out
+    assert lifecycle.claim(factory, lost.job_id, SETTINGS) == Claim(lost.job_id, 2)
+    assert epochs_of(factory, lost.job_id) == []
+
+
+def test_fail_timed_out(factory: sessionmaker[Session]) -> None:
+    claim = running(factory)
+    assert lifecycle.fail_timed_out(factory, claim.job_id, SETTINGS)
+    job = job_row(factory, claim.job_id)
+    assert job.error == "time limit exceeded (hard limit 7 s); partial history kept"
+    assert not lifecycle.fail_timed_out(factory, claim.job_id, SETTINGS)
+
+
+# -- messages and settings ----------------------------------------------------------------------
+
+
+def test_time_limit_messages() -> None:
+    assert lifecycle.time_limit_error(5.0) == "time limit exceeded (5 s); partial history kept"
+    assert lifecycle.time_limit_error(7.5, hard=True) == (
+        "time limit exceeded (hard limit 7.5 s); partial history kept"
+    )
+    assert lifecycle.time_limit_error(None) == "time limit exceeded; partial history kept"
+    assert lifecycle.time_limit_error(0, hard=True) == "time limit exceeded; partial history kept"
+
+
+def test_settings_round_trip_through_the_flask_config() -> None:
+    settings = dataclasses.replace(Settings(), stale_after=2.0, max_attempts=5)
+    config = {**settings.as_flask_config(), "MAX_ATTEMPTS": 7, "OTHER": "ignored"}
+    assert Settings.from_flask_config(config) == dataclasses.replace(settings, max_attempts=7)
+
+
+def test_succeed_leaves_the_state_columns_to_the_lifecycle(
+    factory: sessionmaker[Session],
+) -> None:
+    claim = running(factory)
+    with pytest.raises(ValueError, match="attempts"):
+        lifecycle.succeed(factory, claim, results={"attempts": 9}, model={})
+    assert job_row(factory, claim.job_id).status == "running"
