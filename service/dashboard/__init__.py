@@ -1,11 +1,12 @@
 """The web dashboard, served by the API's Flask app at `/`.
 
-The pages are a static shell: no data is rendered on the server and no key is needed to load
-them. The page scripts (static/) fetch everything from `/api/v1` with the API key that the
-browser keeps in localStorage (given once as `/#token=KEY`, or pasted into the key form).
-Everything is written for a strict Content-Security-Policy: no inline scripts or styles, no
-event-handler attributes, user text inserted with `textContent`; charts by the vendored
-Chart.js (static/vendor/).
+Pages: jobs (`/`), one job (`/jobs/<id>`), datasets (`/datasets`, with the CSV upload) and one
+dataset (`/datasets/<id>`). They are a static shell: no data is rendered on the server and no
+key is needed to load them. The page scripts (static/) fetch everything from `/api/v1` with the
+API key that the browser keeps in localStorage (given once as `/#token=KEY`, or pasted into the
+key form). Everything is written for a strict Content-Security-Policy: no inline scripts or
+styles, no event-handler attributes, user text inserted with `textContent`; charts by the
+vendored Chart.js (static/vendor/), the confusion matrix as a table shaded by CSS classes.
 """
 
 from __future__ import annotations
@@ -46,3 +47,16 @@ def jobs_page() -> str:
 def job_page(job_id: str) -> str:
     """One job: loss curve, spec, metrics, graph, weights, predict (static/job.js)."""
     return render_template("dashboard/job.html", job_id=job_id)
+
+
+@bp.route("/datasets")
+def datasets_page() -> str:
+    """The datasets table and the CSV upload form (static/datasets.js)."""
+    return render_template("dashboard/datasets.html")
+
+
+@bp.route("/datasets/<dataset_id>")
+def dataset_page(dataset_id: str) -> str:
+    """One dataset: its target and columns with types, missing counts and stats
+    (static/datasets.js)."""
+    return render_template("dashboard/dataset.html", dataset_id=dataset_id)

@@ -17,7 +17,7 @@ def client(sqlite_database_url: str) -> FlaskClient:
     return app.test_client()
 
 
-@pytest.mark.parametrize("path", ["/", "/jobs/abc123"])
+@pytest.mark.parametrize("path", ["/", "/jobs/abc123", "/datasets", "/datasets/abc123"])
 def test_pages_are_a_static_shell_under_a_strict_csp(client: FlaskClient, path: str) -> None:
     response = client.get(path)
     assert response.status_code == 200 and response.mimetype == "text/html"
@@ -31,9 +31,15 @@ def test_pages_are_a_static_shell_under_a_strict_csp(client: FlaskClient, path: 
         assert client.get(src).status_code == 200, src
 
 
-def test_job_id_is_escaped_into_an_attribute(client: FlaskClient) -> None:
-    html = client.get('/jobs/"><img src=x>').get_data(as_text=True)
+@pytest.mark.parametrize("prefix", ["/jobs/", "/datasets/"])
+def test_ids_are_escaped_into_an_attribute(client: FlaskClient, prefix: str) -> None:
+    html = client.get(prefix + '"><img src=x>').get_data(as_text=True)
     assert "<img src=x>" not in html and "&#34;&gt;&lt;img" in html
+
+
+def test_every_page_links_the_datasets_page(client: FlaskClient) -> None:
+    for path in ("/", "/jobs/abc123", "/datasets", "/datasets/abc123"):
+        assert 'href="/datasets"' in client.get(path).get_data(as_text=True), path
 
 
 def test_chart_library_is_vendored_with_its_license(client: FlaskClient) -> None:

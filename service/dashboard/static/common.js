@@ -76,7 +76,9 @@
 
   async function request(method, path, body) {
     const init = { method: method, headers: headers(), cache: "no-store" };
-    if (body !== undefined) {
+    if (body instanceof FormData) {
+      init.body = body; // multipart/form-data: the browser sets the type and its boundary
+    } else if (body !== undefined) {
       init.headers["Content-Type"] = "application/json";
       init.body = JSON.stringify(body);
     }
@@ -93,6 +95,11 @@
 
   async function postJson(path, body) {
     return (await request("POST", path, body)).json();
+  }
+
+  // A multipart/form-data POST (a file upload); the answer is JSON.
+  async function postForm(path, formData) {
+    return (await request("POST", path, formData)).json();
   }
 
   // For what needs the key but is shown by the browser (graph SVG, weights): a blob URL.
@@ -225,6 +232,7 @@
     setKey: setKey,
     getJson: getJson,
     postJson: postJson,
+    postForm: postForm,
     blobUrl: blobUrl,
     el: el,
     fmtNumber: fmtNumber,

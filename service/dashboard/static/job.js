@@ -1,5 +1,7 @@
-// The job page: live loss curve (Chart.js), spec and metrics; for a finished job the model's
-// graph SVG, a weights download, a predict form and, for 2-D data with 2 or 3 classes, the
+// The job page: live loss curve (Chart.js, the best epoch marked), why training stopped, spec
+// and metrics; for a finished job the evaluation on each split (a table, and for classification
+// the confusion matrix and per-class scores), the model's graph SVG, a weights download, a
+// predict form with an input per column and, for 2 numeric columns with 2 or 3 classes, the
 // decision boundary (predictions on a grid via the predict endpoint, with the training points).
 "use strict";
 
@@ -8,6 +10,7 @@
   const jobId = document.getElementById("main").dataset.jobId;
   const COLORS = ["#2f6fdf", "#e8731a", "#2a9d55"];
   const COLORS_RGB = [[47, 111, 223], [232, 115, 26], [42, 157, 85]];
+  const BEST_COLOR = "#7a3fc4";
 
   let job = null;
   let model = null;
@@ -17,6 +20,35 @@
 
   // -- loss chart --------------------------------------------------------------------------
 
+  // The best epoch as a dashed vertical line across the plot, labelled; drawn by this small
+  // plugin from `options.plugins.bestEpoch.epoch` (1-based; null: none).
+  const bestEpochLine = {
+    id: "bestEpoch",
+    afterDatasetsDraw: function (chart, _args, options) {
+      const epoch = options.epoch;
+      if (!epoch || epoch > chart.data.labels.length) return;
+      const x = chart.scales.x.getPixelForValue(epoch - 1);
+      const a = chart.chartArea;
+      const ctx = chart.ctx;
+      ctx.save();
+      ctx.strokeStyle = options.color;
+      ctx.lineWidth = 1.5;
+      ctx.setLineDash([5, 4]);
+      ctx.beginPath();
+      ctx.moveTo(x, a.top);
+      ctx.lineTo(x, a.bottom);
+      ctx.stroke();
+      ctx.setLineDash([]);
+      ctx.fillStyle = options.color;
+      ctx.font = "12px system-ui, sans-serif";
+      const text = "best epoch " + epoch;
+      const width = ctx.measureText(text).width;
+      ctx.textAlign = x + 6 + width > a.right ? "right" : "left";
+      ctx.fillText(text, ctx.textAlign === "right" ? x - 6 : x + 6, a.top + 14);
+      ctx.restore();
+    },
+  };
+
   function makeLossChart() {
     return new window.Chart(document.getElementById("loss-chart"), {
       type: "line",
@@ -25,6 +57,8 @@
         datasets: [
           { label: "training", data: [], borderColor: COLORS[0], backgroundColor: COLORS[0], pointRadius: 0, borderWidth: 2, tension: 0.1 },
           { label: "validation", data: [], borderColor: COLORS[1], backgroundColor: COLORS[1], pointRadius: 0, borderWidth: 2, tension: 0.1, hidden: false },
+          // one point, at the best epoch on the validation curve
+          { label: "best epoch", data: [], borderColor: BEST_COLOR, backgroundColor: BEST_COLOR, showLine: false, pointRadius: 6, pointHoverRadius: 7, pointStyle: "rectRot", hidden: true },
         ],
       },
       options: {
@@ -35,8 +69,17 @@
           x: { title: { display: true, text: "epoch" }, ticks: { maxTicksLimit: 10 } },
           y: { type: "linear", title: { display: true, text: "loss" } },
         },
-        plugins: { legend: { position: "bottom" } },
+        plugins: {
+          legend: { position: "bottom" },
+          bestEpoch: { epoch: null, color: BEST_COLOR },
+          tooltip: {
+            filter: function (item) {
+              return item.raw !== null && item.raw !== undefined;
+            },
+          },
+        },
       },
+      plugins: [bestEpochLine],
     });
   }
 
@@ -50,6 +93,18 @@
     lossChart.data.datasets[0].data = train;
     lossChart.data.datasets[1].data = val;
     lossChart.data.datasets[1].hidden = val.length === 0;
+    const best = job.best_epoch && job.best_epoch <= n ? job.best_epoch : null;
+    const curve = val.length ? val : train;
+    lossChart.data.datasets[2].data = best ? Array.from({ length: n }, function (_, i) {
+      return i === best - 1 ? curve[i] : null;
+    }) : [];
+    lossChart.data.datasets[2].hidden = !best;
+    lossChart.options.plugins.bestEpoch.epoch = best;
+    const canvas = document.getElementById("loss-chart");
+    if (best) canvas.dataset.bestEpoch = String(best);
+    const note = document.getElementById("best-epoch-note");
+    note.hidden = !best;
+    note.textContent = best ? "Best epoch " + best + ": the lowest " + (val.length ? "validation" : "training") + " loss, " + T.fmtNumber(curve[best - 1]) + "." : "";
     // A log scale shows the long tail of a falling loss; only possible when all are > 0.
     const all = train.concat(val).filter(Number.isFinite);
     const positive = all.length > 1 && all.every(function (v) { return v > 0; });
@@ -83,18 +138,36 @@
     errorBox.hidden = !job.error;
     document.getElementById("cancel-button").hidden = T.FINISHED.indexOf(job.status) >= 0;
 
+    const stop = document.getElementById("job-stop");
+    stop.textContent = stopText();
+    stop.hidden = !stop.textContent;
+    if (job.stop_reason) stop.dataset.stopReason = job.stop_reason;
+
     const m = job.model || {};
     const t = job.training || {};
+    const es = t.early_stopping;
+    const schedule = t.lr_schedule || { type: "constant" };
+    const scheduleParams = Object.keys(schedule).filter(function (k) { return k !== "type"; }).map(function (k) {
+      return k + " " + T.fmtNumber(schedule[k]);
+    });
+    const pre = t.preprocessing || {};
+    const classWeight = t.class_weight;
     kvRows(document.getElementById("spec-table"), [
       ["dataset", job.dataset_id],
       ["layers", (m.layers || []).join(", ")],
       ["activation", m.activation + (m.output_activation ? " / out " + m.output_activation : "")],
       ["loss", t.loss],
       ["optimizer", t.optimizer + (t.momentum ? " (momentum " + t.momentum + ")" : "")],
-      ["learning rate", T.fmtNumber(t.learning_rate)],
+      ["learning rate", T.fmtNumber(t.learning_rate) + (schedule.type !== "constant" ? " · " + schedule.type + (scheduleParams.length ? " (" + scheduleParams.join(", ") + ")" : "") : "")],
+      ["weight decay", t.weight_decay ? T.fmtNumber(t.weight_decay) : "none"],
       ["epochs", t.epochs],
       ["batch size", t.batch_size === null ? "full batch" : t.batch_size],
-      ["validation split", t.validation_split],
+      ["validation split", (t.validation_split || 0) + (es && !t.validation_split ? " (0.1 for early stopping)" : "")],
+      ["test split", t.test_split || 0],
+      ["early stopping", es ? "patience " + es.patience + (es.min_delta ? ", min delta " + T.fmtNumber(es.min_delta) : "") + (es.restore_best ? ", keeps the best epoch" : "") : "off"],
+      ["class weights", classWeight === null || classWeight === undefined ? "none" : typeof classWeight === "string" ? classWeight : JSON.stringify(classWeight)],
+      ["dtype", t.dtype || "float64"],
+      ["preprocessing", pre.numeric ? "numeric " + pre.numeric + " · categorical " + pre.categorical + " · missing " + pre.missing + (t.loss === "mse" ? " · target " + pre.target : "") : "–"],
       ["seed", t.seed],
       ["attempts", job.attempts],
       ["created", T.fmtTime(job.created_at)],
@@ -107,7 +180,135 @@
       ? names.map(function (k) { return [k, T.fmtNumber(metrics[k])]; })
       : [["", job.status === "succeeded" ? "none" : "when the job ends"]]);
     updateLossChart();
+    showEvaluation();
   }
+
+  // Why training ended, in words.
+  function stopText() {
+    const p = job.progress || {};
+    const last = job.stopped_epoch || p.epoch;
+    const best = job.best_epoch ? " Best epoch " + job.best_epoch + "." : "";
+    const es = (job.training || {}).early_stopping;
+    switch (job.stop_reason) {
+      case "early_stopping":
+        return "Stopped early at epoch " + last + " of " + p.epochs + ": the validation loss had not improved for " + (es ? es.patience : "several") + " epochs." + best + (es && es.restore_best ? " The saved weights are the best epoch's." : "");
+      case "completed":
+        return "Ran all " + last + " epochs." + best;
+      case "cancelled":
+        return "Cancelled at epoch " + last + ".";
+      case "failed":
+        return "Failed at epoch " + last + ".";
+      default:
+        return "";
+    }
+  }
+
+  // -- evaluation ----------------------------------------------------------------------------
+
+  const SPLITS = ["train", "validation", "test"];
+  const SPLIT_NAMES = { train: "training", validation: "validation", test: "test" };
+  const METRIC_ROWS = [
+    ["n", "rows", function (e) { return e.n; }],
+    ["loss", "loss", function (e) { return e.loss; }],
+    ["accuracy", "accuracy", function (e) { return e.accuracy; }],
+    ["balanced_accuracy", "balanced accuracy", function (e) { return e.balanced_accuracy; }],
+    ["precision", "precision (macro)", function (e) { return e.precision && e.precision.macro; }],
+    ["recall", "recall (macro)", function (e) { return e.recall && e.recall.macro; }],
+    ["f1", "F1 (macro)", function (e) { return e.f1 && e.f1.macro; }],
+    ["log_loss", "log loss", function (e) { return e.log_loss; }],
+    ["roc_auc", "ROC AUC", function (e) { return e.roc_auc; }],
+    ["mse", "MSE", function (e) { return e.mse; }],
+    ["rmse", "RMSE", function (e) { return e.rmse; }],
+    ["mae", "MAE", function (e) { return e.mae; }],
+    ["r2", "R²", function (e) { return e.r2; }],
+  ];
+  let cmSplit = null;
+
+  function showEvaluation() {
+    const evaluation = job.evaluation || {};
+    const splits = SPLITS.filter(function (s) { return evaluation[s]; });
+    document.getElementById("evaluation-panel").hidden = splits.length === 0;
+    if (!splits.length) return;
+    const table = document.getElementById("evaluation-table");
+    table.tHead.replaceChildren(T.el("tr", {}, [T.el("th", { text: "" })].concat(splits.map(function (s) {
+      const th = T.el("th", { text: SPLIT_NAMES[s] });
+      th.dataset.split = s;
+      return th;
+    }))));
+    const rows = METRIC_ROWS.filter(function (r) {
+      return splits.some(function (s) { return r[0] in evaluation[s]; });
+    });
+    table.tBodies[0].replaceChildren.apply(table.tBodies[0], rows.map(function (r) {
+      const tr = T.el("tr", {}, [T.el("th", { text: r[1] })].concat(splits.map(function (s) {
+        const value = r[2](evaluation[s]);
+        return T.el("td", { text: value === undefined ? "–" : T.fmtNumber(value), className: "num" });
+      })));
+      tr.dataset.metric = r[0];
+      return tr;
+    }));
+
+    const withMatrix = splits.filter(function (s) { return evaluation[s].confusion_matrix; });
+    document.getElementById("classification-panel").hidden = withMatrix.length === 0;
+    if (!withMatrix.length) return;
+    // the test rows when there are some, else validation, else training
+    if (withMatrix.indexOf(cmSplit) < 0) cmSplit = withMatrix[withMatrix.length - 1];
+    const select = document.getElementById("cm-split");
+    select.replaceChildren.apply(select, withMatrix.map(function (s) {
+      const option = T.el("option", { text: SPLIT_NAMES[s] });
+      option.value = s;
+      return option;
+    }));
+    select.value = cmSplit;
+    showConfusion(evaluation[cmSplit], cmSplit);
+  }
+
+  function showConfusion(e, split) {
+    const cm = e.confusion_matrix;
+    const labels = cm.labels.map(String);
+    const table = document.getElementById("confusion-matrix");
+    table.dataset.split = split;
+    const head = T.el("tr", {}, [
+      T.el("th", { text: "true ↓ predicted →", className: "corner" }),
+    ].concat(labels.map(function (label) {
+      return T.el("th", { text: label, className: "predicted" });
+    })));
+    const body = cm.matrix.map(function (counts, i) {
+      const total = counts.reduce(function (a, b) { return a + b; }, 0);
+      return T.el("tr", {}, [T.el("th", { text: labels[i], className: "true" })].concat(counts.map(function (count, j) {
+        const share = total ? count / total : 0;
+        const shade = Math.round(share * 10);
+        const cell = T.el("td", {
+          text: count,
+          className: "heat heat-" + shade + (i === j ? " diagonal" : ""),
+          title: labels[i] + " predicted as " + labels[j] + ": " + count + " of " + total + " (" + Math.round(100 * share) + "%)",
+        });
+        cell.dataset.count = String(count);
+        return cell;
+      })));
+    });
+    table.replaceChildren(T.el("thead", {}, [head]), T.el("tbody", {}, body));
+
+    document.getElementById("per-class-split").textContent = "(" + SPLIT_NAMES[split] + ")";
+    const perClass = document.getElementById("per-class-table").tBodies[0];
+    const pc = function (metric, label) {
+      return e[metric] && e[metric].per_class ? e[metric].per_class[label] : undefined;
+    };
+    perClass.replaceChildren.apply(perClass, labels.map(function (label, i) {
+      const support = cm.matrix[i].reduce(function (a, b) { return a + b; }, 0);
+      return T.el("tr", {}, [
+        T.el("td", { text: label }),
+        T.el("td", { text: T.fmtNumber(pc("precision", label)), className: "num" }),
+        T.el("td", { text: T.fmtNumber(pc("recall", label)), className: "num" }),
+        T.el("td", { text: T.fmtNumber(pc("f1", label)), className: "num" }),
+        T.el("td", { text: support, className: "num" }),
+      ]);
+    }));
+  }
+
+  document.getElementById("cm-split").addEventListener("change", function (event) {
+    cmSplit = event.target.value;
+    showEvaluation();
+  });
 
   async function refresh() {
     job = await T.getJson("/jobs/" + encodeURIComponent(jobId));
@@ -121,15 +322,25 @@
 
   // -- the trained model ---------------------------------------------------------------------
 
+  // The model's input columns: `columns` ([{name, type}]); a model without them takes `nin`
+  // numbers.
+  function modelColumns() {
+    if (model.columns && model.columns.length) return model.columns;
+    return Array.from({ length: model.architecture.nin }, function (_, i) {
+      return { name: "x" + i, type: "numeric" };
+    });
+  }
+
   async function loadModel(modelId) {
     model = await T.getJson("/models/" + encodeURIComponent(modelId));
     document.getElementById("model-panel").hidden = false;
     document.getElementById("model-id").textContent = model.id;
     const arch = model.architecture;
-    document.getElementById("predict-nin").textContent = String(arch.nin);
-    document.getElementById("predict-input").value = Array(arch.nin).fill("0").join(", ");
+    buildPredictForm();
+    const columns = modelColumns();
     const classes = arch.classes || [];
-    if (arch.nin === 2 && (classes.length === 2 || classes.length === 3)) {
+    const numeric = columns.every(function (c) { return c.type === "numeric"; });
+    if (columns.length === 2 && numeric && (classes.length === 2 || classes.length === 3)) {
       document.getElementById("boundary-panel").hidden = false;
       drawBoundary().catch(function (e) {
         T.flash("Could not draw the decision boundary: " + e.message);
@@ -142,6 +353,80 @@
     const open = document.getElementById("graph-open");
     open.href = url;
     open.hidden = false;
+  }
+
+  // -- predict: an input per column, a row of inputs per row ----------------------------------
+
+  // The levels a categorical column was fitted with, when the model says (for suggestions).
+  function levelsOf(name) {
+    const pre = model.architecture.preprocessing || {};
+    const step = (pre.steps || []).find(function (s) { return s.name === name; });
+    return step && Array.isArray(step.levels) ? step.levels : [];
+  }
+
+  function buildPredictForm() {
+    const columns = modelColumns();
+    const table = document.getElementById("predict-rows");
+    table.tHead.replaceChildren(T.el("tr", {}, columns.map(function (c) {
+      return T.el("th", {}, [T.el("span", { text: c.name }), T.el("span", { text: " " + c.type, className: "col-type" })]);
+    })));
+    columns.forEach(function (c, i) {
+      const levels = levelsOf(c.name);
+      if (c.type !== "categorical" || !levels.length) return;
+      const list = document.createElement("datalist");
+      list.id = "predict-levels-" + i;
+      levels.forEach(function (level) {
+        const option = document.createElement("option");
+        option.value = String(level);
+        list.appendChild(option);
+      });
+      document.getElementById("predict-form").appendChild(list);
+    });
+    table.tBodies[0].replaceChildren();
+    addPredictRow();
+  }
+
+  function addPredictRow() {
+    const columns = modelColumns();
+    const tbody = document.getElementById("predict-rows").tBodies[0];
+    const n = tbody.rows.length;
+    tbody.appendChild(T.el("tr", {}, columns.map(function (c, i) {
+      const input = document.createElement("input");
+      input.dataset.column = c.name;
+      input.dataset.type = c.type;
+      input.placeholder = "missing";
+      input.spellcheck = false;
+      input.setAttribute("aria-label", c.name + ", row " + (n + 1));
+      if (c.type === "numeric") input.inputMode = "decimal";
+      else if (document.getElementById("predict-levels-" + i)) input.setAttribute("list", "predict-levels-" + i);
+      return T.el("td", {}, [input]);
+    })));
+  }
+
+  document.getElementById("predict-add-row").addEventListener("click", addPredictRow);
+
+  // One `{column: value}` per row of inputs: numbers for numeric columns when they parse (else
+  // the text, which the API names in its error), text for categorical ones; empty ones left out
+  // (a missing cell).
+  function predictRows() {
+    const tbody = document.getElementById("predict-rows").tBodies[0];
+    return Array.from(tbody.rows).map(function (tr) {
+      const row = {};
+      tr.querySelectorAll("input").forEach(function (input) {
+        const raw = input.value.trim();
+        if (raw === "") return;
+        const number = Number(raw);
+        row[input.dataset.column] = input.dataset.type === "numeric" && Number.isFinite(number) ? number : raw;
+      });
+      return row;
+    });
+  }
+
+  function describeRow(row) {
+    const parts = modelColumns().map(function (c) {
+      return c.name + " = " + (c.name in row ? String(row[c.name]) : "missing");
+    });
+    return parts.join(", ");
   }
 
   document.getElementById("weights-button").addEventListener("click", async function () {
@@ -160,25 +445,21 @@
     event.preventDefault();
     const errorBox = document.getElementById("predict-error");
     errorBox.hidden = true;
-    const lines = document.getElementById("predict-input").value.split("\n").map(function (l) {
-      return l.trim();
-    }).filter(Boolean);
-    const rows = lines.map(function (line) {
-      return line.split(/[,\s]+/).filter(Boolean).map(Number);
-    });
-    if (rows.some(function (r) { return r.some(function (v) { return !Number.isFinite(v); }); })) {
-      T.showError(errorBox, { message: "Every value must be a number." });
-      return;
-    }
+    const rows = predictRows();
     try {
-      const answer = await T.postJson("/models/" + encodeURIComponent(model.id) + "/predict", { features: rows });
+      const answer = await T.postJson("/models/" + encodeURIComponent(model.id) + "/predict", { rows: rows });
+      const classes = model.architecture.classes || [];
       const table = document.getElementById("predict-table");
       const tbody = table.tBodies[0];
       tbody.replaceChildren.apply(tbody, rows.map(function (row, i) {
-        const probs = answer.probabilities ? answer.probabilities[i].map(T.fmtNumber).join(", ") : "–";
+        const probs = answer.probabilities
+          ? answer.probabilities[i].map(function (p, k) {
+            return (k < classes.length ? String(classes[k]) + " " : "") + T.fmtNumber(p);
+          }).join(", ")
+          : "–";
         const prediction = answer.predictions[i];
         return T.el("tr", {}, [
-          T.el("td", { text: row.join(", ") }),
+          T.el("td", { text: describeRow(row) }),
           T.el("td", { text: Array.isArray(prediction) ? prediction.map(T.fmtNumber).join(", ") : (typeof prediction === "number" ? T.fmtNumber(prediction) : prediction), className: "prediction" }),
           T.el("td", { text: probs }),
         ]);

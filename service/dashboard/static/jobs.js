@@ -95,28 +95,41 @@
       option.value = "";
       datasetSelect.appendChild(option);
     }
+    // `/?dataset=ID` (the dataset page's "Train a model on it") picks that dataset
+    const wanted = new URLSearchParams(window.location.search).get("dataset");
+    if (wanted && datasets[wanted]) datasetSelect.value = wanted;
     suggest();
   }
 
-  // Pick a loss and an output width that fit the chosen dataset.
+  // The loss the service picks when none is given (core.spec.default_loss).
+  function autoLoss(d) {
+    const classes = d.target ? d.target.classes : d.classes;
+    if (d.target && d.target.kind === "labels" && classes) {
+      return classes.length === 2 ? "binary_cross_entropy" : "cross_entropy";
+    }
+    if (classes && d.n_targets === 1 && classes.length === 2) return "binary_cross_entropy";
+    return "mse";
+  }
+
+  // Fit the output width to the chosen dataset and loss ("auto": the one the service picks).
   function suggest() {
     const d = datasets[datasetSelect.value];
     if (!d) return;
-    const loss = document.getElementById("job-loss");
+    const loss = document.getElementById("job-loss").value || autoLoss(d);
     const layers = document.getElementById("job-layers");
     const hidden = layers.value.split(",").slice(0, -1).join(",") || "16,16";
-    if (d.classes && d.classes.length === 2) {
-      loss.value = "binary_cross_entropy";
-      layers.value = hidden + ",1";
-    } else if (d.classes) {
-      loss.value = "cross_entropy";
-      layers.value = hidden + "," + d.classes.length;
-    } else {
-      loss.value = "mse";
-      layers.value = hidden + "," + d.n_targets;
-    }
+    let width = d.n_targets;
+    if (loss === "binary_cross_entropy") width = 1;
+    else if (loss === "cross_entropy" && d.classes) width = d.classes.length;
+    layers.value = hidden + "," + width;
   }
   datasetSelect.addEventListener("change", suggest);
+  document.getElementById("job-loss").addEventListener("change", suggest);
+
+  const early = document.getElementById("job-early");
+  early.addEventListener("change", function () {
+    document.getElementById("job-patience").disabled = !early.checked;
+  });
 
   function numberOrNull(id) {
     const raw = document.getElementById(id).value.trim();
@@ -131,15 +144,28 @@
       return Number(w.trim());
     });
     const training = {
-      loss: document.getElementById("job-loss").value,
       optimizer: document.getElementById("job-optimizer").value,
       epochs: numberOrNull("job-epochs"),
       batch_size: numberOrNull("job-batch"),
       validation_split: numberOrNull("job-val") || 0,
+      test_split: numberOrNull("job-test") || 0,
       seed: numberOrNull("job-seed") || 0,
+      dtype: document.getElementById("job-dtype").value,
+      preprocessing: {
+        numeric: document.getElementById("job-numeric").value,
+        categorical: document.getElementById("job-categorical").value,
+      },
     };
+    const loss = document.getElementById("job-loss").value;
+    if (loss) training.loss = loss; // "auto": left out, the service picks it from the target
     const lr = numberOrNull("job-lr");
     if (lr !== null) training.learning_rate = lr;
+    if (early.checked) {
+      const patience = numberOrNull("job-patience");
+      training.early_stopping = patience === null ? {} : { patience: patience };
+    }
+    const classWeight = document.getElementById("job-class-weight").value;
+    if (classWeight) training.class_weight = classWeight;
     const spec = {
       dataset_id: datasetSelect.value,
       model: { layers: layers, activation: document.getElementById("job-activation").value },
