@@ -24,7 +24,7 @@ import numpy as np
 
 import engine
 from core.preprocessing import Preprocessor
-from core.table import Table, conform
+from core.table import NUMERIC, Table, TableError, conform, default_names
 from engine.nn import MLP
 
 META_KEY = "__model__.json"
@@ -104,7 +104,7 @@ class Model:
     def encode(self, features: Table | Sequence[Sequence[Any]] | np.ndarray) -> np.ndarray:
         """The network's input for raw rows (cells in the training column order) or a table."""
         if self.preprocessor is None:
-            return np.asarray(features, dtype=np.float64)
+            return _legacy_matrix(features)
         if isinstance(features, np.ndarray):
             features = features.tolist()
         cols = self.columns
@@ -150,6 +150,33 @@ class Model:
         if meta is None:
             raise ValueError(f"not a model file: no {META_KEY} entry (a bare weights file?)")
         return cls(json.loads(meta.tobytes().decode("utf-8")), arrays)
+
+
+def _legacy_matrix(features: Table | Sequence[Sequence[Any]] | np.ndarray) -> np.ndarray:
+    """The input of a model without preprocessing: finite numbers as they are (it can neither
+    encode text nor impute a missing cell)."""
+    if isinstance(features, Table):
+        for column in features.columns:
+            if column.kind != NUMERIC:
+                raise TableError("must hold numbers only", column=column.name)
+        if not features.columns:
+            return np.empty((0, 0))
+        matrix = np.column_stack([c.values for c in features.columns]).astype(np.float64)
+    else:
+        try:
+            matrix = np.asarray(features, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise TableError("must hold numbers only") from None
+    if matrix.ndim == 2 and not np.isfinite(matrix).all():
+        row, j = (int(i) for i in np.argwhere(~np.isfinite(matrix))[0])
+        names = features.names if isinstance(features, Table) else default_names(j + 1)
+        raise TableError(
+            "is missing or not a finite number; this model was trained before preprocessing "
+            "was part of the model and cannot impute missing cells",
+            column=names[j],
+            row=row,
+        )
+    return matrix
 
 
 def predict(

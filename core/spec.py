@@ -170,7 +170,7 @@ def _count(n: int, fraction: float) -> int:
 
 def effective_validation_split(training: dict[str, Any]) -> float:
     split = float(training.get("validation_split") or 0.0)
-    if training.get("early_stopping") and not split:
+    if training.get("early_stopping") is not None and not split:
         return EARLY_STOPPING_SPLIT
     return split
 
@@ -189,7 +189,7 @@ def check_splits(training: dict[str, Any], n_samples: int) -> None:
     short = (validation_split and n_val < 1) or (test_split and n_test < 1)
     if n_train < 1 or short or n_train + n_val + n_test < n_samples:
         field = "training.validation_split"
-        if training.get("early_stopping") and not training.get("validation_split"):
+        if training.get("early_stopping") is not None and not training.get("validation_split"):
             field = "training.early_stopping"
             raise SpecError(
                 field,
@@ -208,7 +208,7 @@ def resolve_training(training: dict[str, Any]) -> dict[str, Any]:
     out.update({k: v for k, v in training.items() if v is not None or k in ("batch_size",)})
     if out.get("learning_rate") is None:
         out["learning_rate"] = DEFAULT_LEARNING_RATE[out["optimizer"]]
-    if out.get("early_stopping"):
+    if out.get("early_stopping") is not None:
         out["early_stopping"] = {**EARLY_STOPPING_DEFAULTS, **out["early_stopping"]}
     schedule = dict(out.get("lr_schedule") or {"type": "constant"})
     schedule = {"type": schedule.get("type", "constant"), **schedule}

@@ -31,6 +31,7 @@ __all__ = [
 ]
 
 ACTIVATIONS = ("tanh", "relu", "sigmoid")
+INITS = ("kaiming", "xavier", "glorot")
 
 
 class Module:
@@ -104,8 +105,9 @@ def _check_activation(activation: str | None) -> None:
 class Linear(Module):
     """`x @ weight.T + bias` with `weight` of shape (nout, nin) and `bias` of shape (nout,).
 
-    Weights are Kaiming-normal for relu (`init="kaiming"`), Xavier-uniform otherwise; biases
-    start at zero.
+    `init`: "kaiming" (normal, std sqrt(2 / nin); biases zero), "xavier" (uniform within
+    sqrt(6 / (nin + nout)); biases zero) or "glorot" (weights and biases uniform within that
+    bound, as scikit-learn's MLP starts).
     """
 
     def __init__(
@@ -119,15 +121,18 @@ class Linear(Module):
         dtype: Any = np.float64,
     ) -> None:
         rng = rng if rng is not None else np.random.default_rng()
+        b = np.zeros(nout)
         if init == "kaiming":
             w = rng.normal(0.0, np.sqrt(2.0 / nin), size=(nout, nin))
-        elif init == "xavier":
+        elif init in ("xavier", "glorot"):
             limit = np.sqrt(6.0 / (nin + nout))
             w = rng.uniform(-limit, limit, size=(nout, nin))
+            if init == "glorot":
+                b = rng.uniform(-limit, limit, size=nout)
         else:
-            raise ValueError(f"unknown init {init!r}; expected 'xavier' or 'kaiming'")
+            raise ValueError(f"unknown init {init!r}; expected one of {INITS}")
         self.weight = Tensor(w.astype(dtype), label="weight")
-        self.bias = Tensor(np.zeros(nout, dtype=dtype), label="bias") if bias else None
+        self.bias = Tensor(b.astype(dtype), label="bias") if bias else None
 
     def forward(self, x: Any) -> Tensor:
         x = x if isinstance(x, Tensor) else Tensor(x, requires_grad=False)
@@ -177,9 +182,10 @@ class Neuron(Layer):
 
 class MLP(Module):
     """`MLP(nin, nouts)`: layers of widths `nouts`; hidden layers use `activation`, the last
-    `output_activation` (linear if None). `init` ("kaiming" or "xavier") sets every layer's
-    weight initialisation; None: Kaiming for relu layers, Xavier otherwise. Input `(B, nin)` gives `(B, nout)`; a single sample
-    `(nin,)` gives `(nout,)`, or a 0-d tensor when `nout == 1` (the article's usage)."""
+    `output_activation` (linear if None). `init` (see `Linear`) sets every layer's
+    initialisation; None: Kaiming for relu layers, Xavier otherwise. Input `(B, nin)` gives
+    `(B, nout)`; a single sample `(nin,)` gives `(nout,)`, or a 0-d tensor when `nout == 1`
+    (the article's usage)."""
 
     def __init__(
         self,

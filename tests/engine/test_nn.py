@@ -184,3 +184,16 @@ def test_losses_values_and_target_gradients():
     f32 = Tensor(np.zeros((3, 4), dtype=np.float32))
     assert nn.cross_entropy(f32, [0, 1, 2]).dtype == np.float32
     assert nn.mse_loss(f32, np.ones((3, 4))).dtype == np.float32
+
+
+def test_glorot_init_draws_weights_and_biases_within_the_bound() -> None:
+    from engine.nn import Linear
+
+    layer = Linear(30, 100, init="glorot", rng=np.random.default_rng(0))
+    bound = np.sqrt(6.0 / 130)
+    assert np.abs(layer.weight.data).max() <= bound
+    assert np.abs(layer.bias.data).max() <= bound
+    assert np.abs(layer.bias.data).max() > bound / 2  # not zeros
+    assert np.all(Linear(30, 100, init="xavier").bias.data == 0)
+    with pytest.raises(ValueError, match="unknown init"):
+        Linear(2, 2, init="uniform")
