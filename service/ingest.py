@@ -13,8 +13,10 @@ Everything is checked here, before anything is stored; errors name the field and
 
 from __future__ import annotations
 
+import csv
 import io
 import itertools
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +30,7 @@ from core.table import (
     Column,
     Table,
     TableError,
+    as_number,
     categorical_from_texts,
     column_from_cells,
     default_names,
@@ -189,7 +192,7 @@ def _check_cells(rows: list[list[Any]], field: str) -> None:
                 )
 
 
-def _table_error(exc: TableError, field: str, what: str = "row") -> InputError:
+def table_error(exc: TableError, field: str, what: str = "row") -> InputError:
     where = []
     if exc.row is not None:
         where.append(f"{what} {exc.row}")
@@ -251,7 +254,7 @@ def table_from_cells(
             ]
         )
     except TableError as exc:
-        raise _table_error(exc, field) from None
+        raise table_error(exc, field) from None
 
 
 def table_from_records(
@@ -365,7 +368,7 @@ def read_csv(
 
     text = _decode(raw, field)
     first_line = text.split("\n", 1)[0]
-    header_guess = next(iter(__import__("csv").reader([first_line])), [])
+    header_guess = next(iter(csv.reader([first_line])), [])
     if len(header_guess) < max(min_columns, 2) and ";" in first_line:
         raise InputError(
             field,
@@ -383,28 +386,64 @@ def read_csv(
     types = check_column_types(column_types, header, types_field)
     dtypes = {name: str for name, kind in types.items() if kind == CATEGORICAL}
     try:
-        frame = pd.read_csv(
-            io.StringIO(text),
-            na_values=NA_VALUES,
-            keep_default_na=False,
-            skipinitialspace=True,
-            skip_blank_lines=True,
-            dtype=dtypes or None,
-            engine="c",
-            low_memory=False,
-        )
+        with warnings.catch_warnings():
+            # index_col=False: a row longer than the header is an error (pandas would otherwise
+            # take the first column as the index, shifting every cell) instead of a warning
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            frame = pd.read_csv(
+                io.StringIO(text),
+                header=0,
+                names=header,
+                index_col=False,
+                na_values=NA_VALUES,
+                keep_default_na=False,
+                skipinitialspace=True,
+                skip_blank_lines=True,
+                dtype=dtypes or None,
+                engine="c",
+                low_memory=False,
+            )
+    except pd.errors.ParserWarning:
+        raise InputError(
+            field, f"has rows with more values than the header's {len(header)} columns"
+        ) from None
     except pd.errors.ParserError as exc:
         raise InputError(field, f"is not valid CSV: {str(exc).strip()}") from None
     except pd.errors.EmptyDataError:
         raise InputError(
             field, "is empty: a header row and at least one data row are needed"
         ) from None
-    frame.columns = header if len(frame.columns) == len(header) else list(frame.columns)
     if len(frame) == 0:
         raise InputError(field, "is empty: no data rows after the header")
+    _check_short_rows(text, frame, len(header), field)
     if len(frame) > limits.max_rows:
         raise InputError(field, f"has {len(frame)} rows; the limit is {limits.max_rows}")
     return header, {name: frame[name] for name in header}, types
+
+
+def _check_short_rows(text: str, frame: Any, width: int, field: str) -> None:
+    """pandas reads a row with fewer values than the header as missing trailing cells: refuse
+    it (ragged rows are a broken file, not missing data). Only rows whose last cell came out
+    missing are looked at again, by the csv module."""
+    suspects = np.flatnonzero(frame.iloc[:, -1].isna().to_numpy())
+    if not len(suspects):
+        return
+    wanted, last = set(suspects.tolist()), int(suspects[-1])
+    reader = csv.reader(io.StringIO(text), skipinitialspace=True)
+    next(reader, None)  # the header
+    row = -1
+    for record in reader:
+        if not record or (len(record) == 1 and not record[0].strip()):
+            continue  # a blank line: pandas skips it too
+        row += 1
+        if row in wanted and len(record) < width:
+            raise InputError(
+                field,
+                f"line {reader.line_num}: has {len(record)} of the header's {width} columns "
+                "(rows have different lengths)",
+            )
+        if row >= last:
+            return
 
 
 def column_from_series(name: str, series: Any, kind: str | None, field: str) -> Column:
@@ -428,11 +467,30 @@ def column_from_series(name: str, series: Any, kind: str | None, field: str) -> 
                 )
             return numeric_column(name, numbers.to_numpy(dtype=np.float64, na_value=np.nan))
         cells = series.to_numpy(dtype=object)
+        if kind is None and not pd.api.types.is_bool_dtype(series.dtype):
+            # pandas leaves some numbers as text (e.g. 5000 digits); read them as core.table
+            # does, so a CSV and a JSON body type a column alike (and an overflow is refused)
+            numbers = _all_numbers(cells)
+            if numbers is not None:
+                return numeric_column(name, numbers)
         return categorical_from_texts(name, _category_texts(cells))
     except TableError as exc:
         if exc.row is not None:
             exc.row += 2  # 0-based data row -> file line (the header is line 1)
-        raise _table_error(exc, field, "line") from None
+        raise table_error(exc, field, "line") from None
+
+
+def _all_numbers(cells: np.ndarray) -> np.ndarray | None:
+    """The cells as floats (NaN where missing), or None at the first one that is no number."""
+    out = np.empty(len(cells), dtype=np.float64)
+    for i, value in enumerate(cells.tolist()):
+        number = as_number(value)
+        if number is None:
+            if not is_missing(value):
+                return None
+            number = np.nan
+        out[i] = number
+    return out
 
 
 def _category_texts(cells: np.ndarray) -> list[str | None]:

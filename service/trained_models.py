@@ -148,7 +148,7 @@ def predict(model: TrainedModel, table: Table, field: str = "features") -> dict[
             'preprocessing.missing "error"',
         ) from None
     except TableError as exc:
-        raise InputError(field, exc.message) from None
+        raise ingest.table_error(exc, field) from None
 
 
 def predictions_csv(result: dict[str, Any], classes: list[Any] | None) -> str:
@@ -206,6 +206,8 @@ def evaluate(session: Session, model: TrainedModel, dataset_id: str, owner: str)
         outputs = trained.outputs(trained.encode(table))
     except MissingValueError as exc:
         raise InputError("dataset_id", str(exc)) from None
+    except TableError as exc:
+        raise ingest.table_error(exc, "dataset_id") from None
     if loss == "mse":
         report = metrics.regression_metrics(y, outputs)
     else:

@@ -74,6 +74,8 @@ def test_openapi_document(client: FlaskClient) -> None:
         ("/api/v1/models/{model_id}/weights", "get"),
         ("/api/v1/models/{model_id}/graph.svg", "get"),
         ("/api/v1/models/{model_id}/predict", "post"),
+        ("/api/v1/models/{model_id}/bundle", "get"),
+        ("/api/v1/models/{model_id}/evaluate", "post"),
         ("/healthz", "get"),
         ("/readyz", "get"),
     ]:
@@ -81,7 +83,9 @@ def test_openapi_document(client: FlaskClient) -> None:
     schemas = spec["components"]["schemas"]
     # generated from the schemas that validate the requests
     training = schemas["TrainingSpec"]["properties"]
-    assert training["loss"]["enum"] == ["mse", "binary_cross_entropy", "cross_entropy"]
+    # null: picked from the targets (core.spec.default_loss)
+    assert training["loss"]["enum"] == ["mse", "binary_cross_entropy", "cross_entropy", None]
+    assert training["loss"]["nullable"] is True
     assert training["epochs"]["minimum"] == 1
     post_job = paths["/api/v1/jobs"]["post"]
     assert "202" in post_job["responses"]

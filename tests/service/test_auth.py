@@ -31,6 +31,8 @@ API_ROUTES = [
     ("GET", "/api/v1/models/x/weights"),
     ("GET", "/api/v1/models/x/graph.svg"),
     ("POST", "/api/v1/models/x/predict"),
+    ("GET", "/api/v1/models/x/bundle"),
+    ("POST", "/api/v1/models/x/evaluate"),
     ("GET", "/api/v1/nope"),  # unknown routes too: nothing below /api/v1 answers without a key
 ]
 

@@ -129,15 +129,25 @@ def test_csv_upload_named_target(app: Flask, client: FlaskClient) -> None:
 @pytest.mark.parametrize(
     ("csv", "form", "field"),
     [
-        (b"a,b,c\n1,x,1\n", {}, "file"),  # a string in a feature column
-        (b"a,b\nx,1\n", {}, "file"),
-        (b"a,b\n1,2\n3\n", {}, "file"),  # ragged
+        (b"a,b,c\n1,x,1\n", {"column_types": '{"b": "numeric"}'}, "file"),  # text, numeric
+        (b"a,b\n1,2\n3\n", {}, "file"),  # ragged: short
+        (b"y,a,b\n1,2\n0,3,4\n", {"target": "y"}, "file"),  # short, the target present
+        (b"a,b\n1,2,3\n4,5,6\n", {}, "file"),  # every row longer than the header
+        (b"a,b\n1,2\n3,4,5\n", {}, "file"),
         (b"a,b\n", {}, "file"),  # header only
         (b"", {}, "file"),
-        (b"a,b\nnan,1\n", {}, "file"),
         (b"a,b\ninf,1\n", {}, "file"),
+        (b"a,b\n1,NaN\n", {}, "file"),  # a missing target
+        (b"a,a,b\n1,2,3\n", {}, "file"),  # a column named twice
+        (b"a;b;c\n1;2;3\n", {}, "file"),  # semicolons
         (b"a,b\n1,2\n", {"target": "nope"}, "target"),
+        (b"a,b\n1,2\n", {"column_types": '{"zip": "categorical"}'}, "column_types"),
+        (b"a,b\n1,2\n", {"column_types": '{"a": "text"}'}, "column_types.a"),
+        (b"a,b\n1,2\n", {"column_types": "zip=categorical"}, "column_types"),
+        (b"a,b\n1,2\n", {"column_types": '["a"]'}, "column_types"),
+        (b"a,b\n1,2\n", {"column_types": '{"b": "categorical"}'}, "column_types"),  # target
         (b"\xff\xfe\x00a", {}, "file"),
+        (b"a,b\nx\x00y,1\n", {}, "file"),
     ],
 )
 def test_csv_errors(
@@ -152,6 +162,61 @@ def test_csv_errors(
     assert count(app) == 0
 
 
+@pytest.mark.parametrize(
+    ("csv", "columns"),
+    [
+        # these were 422s before typed columns: text is a categorical column, NaN a missing cell
+        (
+            b"a,b,c\n1,x,1\n2,y,0\n3,x,1\n",
+            [("a", "numeric", 0, None), ("b", "categorical", 0, ["x", "y"])],
+        ),
+        (b"a,b\nx,1\n", [("a", "categorical", 0, ["x"])]),
+        (b"a,b\nnan,1\n2,0\n", [("a", "numeric", 1, None)]),
+    ],
+)
+def test_csv_text_and_nan_cells(
+    app: Flask, client: FlaskClient, csv: bytes, columns: list[tuple[Any, ...]]
+) -> None:
+    r = client.post(
+        URL, data={"file": (io.BytesIO(csv), "d.csv")}, content_type="multipart/form-data"
+    )
+    assert r.status_code == 201, r.get_json()
+    described = r.get_json()["columns"]
+    assert [(c["name"], c["type"], c["missing"]) for c in described] == [c[:3] for c in columns]
+    table = stored(app, r.get_json()["id"]).table
+    for column, (_, _, _, levels) in zip(table.columns, columns, strict=True):
+        assert column.levels == levels
+
+
+@pytest.mark.parametrize(
+    ("features", "types", "rows"),
+    [
+        ([[1, "2"]], ["numeric", "numeric"], [[1.0, 2.0]]),  # a string that is a number
+        ([[1, None], [2, 3]], ["numeric", "numeric"], [[1.0, None], [2.0, 3.0]]),
+        ([[1, True], [2, False]], ["numeric", "categorical"], [[1.0, "true"], [2.0, "false"]]),
+        ([[1, "b"], [2, "NA"]], ["numeric", "categorical"], [[1.0, "b"], [2.0, None]]),
+    ],
+)
+def test_json_string_bool_and_null_cells(
+    client: FlaskClient, features: list[list[Any]], types: list[str], rows: list[list[Any]]
+) -> None:
+    r = client.post(URL, json={"name": "x", "features": features, "targets": [1] * len(rows)})
+    assert r.status_code == 201, r.get_json()
+    assert [c["type"] for c in r.get_json()["columns"]] == types
+    assert client.get(f"{URL}/{r.get_json()['id']}/data").get_json()["features"] == rows
+
+
+def test_a_missing_target_names_the_line(app: Flask, client: FlaskClient) -> None:
+    csv = b"a,b\n1,0\n2,\n3,1\n"
+    r = client.post(
+        URL, data={"file": (io.BytesIO(csv), "d.csv")}, content_type="multipart/form-data"
+    )
+    assert "line 3" in assert_error(r, 422, "file")["fields"]["file"]
+    r = client.post(URL, json={"name": "x", "features": [[1], [2]], "targets": [0, None]})
+    assert "entry 1" in assert_error(r, 422, "targets")["fields"]["targets"]
+    assert count(app) == 0
+
+
 def test_csv_missing_file(client: FlaskClient) -> None:
     r = client.post(URL, data={"target": "y"}, content_type="multipart/form-data")
     assert_error(r, 422, "file")
@@ -163,10 +228,23 @@ def test_csv_missing_file(client: FlaskClient) -> None:
         ({"name": "x", "features": [[1, 2], [3]], "targets": [0, 1]}, "features"),
         ({"name": "x", "features": [], "targets": []}, "features"),
         ({"name": "x", "features": [[]], "targets": [1]}, "features"),
-        ({"name": "x", "features": [[1, "2"]], "targets": [1]}, "features"),
-        ({"name": "x", "features": [[1, None]], "targets": [1]}, "features"),
-        ({"name": "x", "features": [[1, True]], "targets": [1]}, "features"),
+        ({"name": "x", "features": [[1, {"a": 2}]], "targets": [1]}, "features"),
+        ({"name": "x", "features": [[1, [2]]], "targets": [1]}, "features"),
+        ({"name": "x", "features": [[1, "a\x00b"]], "targets": [1]}, "features"),
         ({"name": "x", "features": [[1, 10**400]], "targets": [1]}, "features"),
+        (
+            {"name": "x", "features": [[1, 2]], "targets": [1], "column_types": {"z": "numeric"}},
+            "column_types",
+        ),
+        (
+            {
+                "name": "x",
+                "features": [[1, "a"]],
+                "targets": [1],
+                "column_types": {"x1": "numeric"},
+            },
+            "features",
+        ),
         ({"name": "x", "features": [1, 2], "targets": [1, 2]}, "features"),
         ({"name": "x", "features": "1,2", "targets": [1]}, "features"),
         ({"name": "x", "features": [[1], [2]], "targets": [1]}, "targets"),

@@ -52,7 +52,21 @@ def test_submit_with_dataset_id(
         "batch_size": 4,
         "seed": 0,
         "validation_split": 0.0,
+        "test_split": 0.0,
+        "early_stopping": None,
+        "lr_schedule": {"type": "constant"},
+        "class_weight": None,
+        "dtype": "float32",
+        "preprocessing": {
+            "numeric": "standardize",
+            "categorical": "onehot",
+            "missing": "impute",
+            "target": "standardize",
+        },
     }
+    assert job["evaluation"] is None
+    assert job["best_epoch"] is None and job["stopped_epoch"] is None
+    assert job["stop_reason"] is None
     assert job["progress"] == {"epoch": 0, "epochs": 7}
     assert job["loss_history"] == [] and job["val_loss_history"] == []
     assert job["metrics"] == {} and job["error"] is None and job["model_id"] is None
@@ -126,7 +140,44 @@ INVALID = [
     ({"layers": [4, 1]}, {"weight_decay": -1}, None, "training.weight_decay"),
     ({"layers": [4, 1]}, {"seed": -1}, None, "training.seed"),
     ({"layers": [4, 1]}, {"validation_split": 1.0}, None, "training.validation_split"),
-    ({"layers": [4, 1]}, {"validation_split": 0.01}, None, "training.validation_split"),
+    # a non-zero split holds at least one row, so 0.01 of 10 rows is fine; of 1 row it is not
+    (
+        {"layers": [4, 1]},
+        {"loss": "mse", "validation_split": 0.01},
+        {"dataset_id": "__drop__", "dataset": {"name": "x", "features": [[1]], "targets": [0]}},
+        "training.validation_split",
+    ),
+    ({"layers": [4, 1]}, {"test_split": 1.0}, None, "training.test_split"),
+    ({"layers": [4, 1]}, {"test_split": 0.5, "validation_split": 0.5}, None, "training.test_split"),
+    # early stopping validates on 0.1 of the rows by default: one row leaves none to train on
+    (
+        {"layers": [4, 1]},
+        {"loss": "mse", "early_stopping": {}},
+        {"dataset_id": "__drop__", "dataset": {"name": "x", "features": [[1]], "targets": [0]}},
+        "training.early_stopping",
+    ),
+    (
+        {"layers": [4, 1]},
+        {"early_stopping": {"patience": 0}},
+        None,
+        "training.early_stopping.patience",
+    ),
+    (
+        {"layers": [4, 1], "output_activation": "sigmoid"},
+        {"loss": "binary_cross_entropy"},
+        None,
+        "model.output_activation",
+    ),
+    ({"layers": [4, 1]}, {"class_weight": {"7": 1.0}}, None, "training.class_weight"),
+    ({"layers": [4, 1]}, {"class_weight": "even"}, None, "training.class_weight"),
+    ({"layers": [4, 1]}, {"dtype": "float16"}, None, "training.dtype"),
+    ({"layers": [4, 1]}, {"lr_schedule": {"type": "exp"}}, None, "training.lr_schedule.type"),
+    (
+        {"layers": [4, 1]},
+        {"preprocessing": {"numeric": "log"}},
+        None,
+        "training.preprocessing.numeric",
+    ),
     ({"layers": [4, 1]}, {"epochs": 10_001}, None, "training.epochs"),
     ({"layers": [4, 1]}, {"unknown": 1}, None, "training.unknown"),
     ({"layers": [4, 1]}, {}, {"dataset_id": None}, "dataset_id"),
