@@ -30,6 +30,7 @@ from core.table import (
     Column,
     Table,
     TableError,
+    as_category,
     as_number,
     categorical_from_texts,
     column_from_cells,
@@ -466,37 +467,29 @@ def column_from_series(name: str, series: Any, kind: str | None, field: str) -> 
                     f"{_describe(series.iloc[row])} is not a number", column=name, row=row
                 )
             return numeric_column(name, numbers.to_numpy(dtype=np.float64, na_value=np.nan))
-        cells = series.to_numpy(dtype=object)
+        # pandas factorizes the cells in C; only the distinct values go through core.table's
+        # rules, so a CSV and a JSON body type a column alike (pandas leaves some numbers as
+        # text, e.g. 5000 digits: read as core.table does, an overflow is refused)
+        codes, uniques = pd.factorize(series, use_na_sentinel=True)
+        distinct = uniques.tolist()
+        gaps = [is_missing(u) for u in distinct]
         if kind is None and not pd.api.types.is_bool_dtype(series.dtype):
-            # pandas leaves some numbers as text (e.g. 5000 digits); read them as core.table
-            # does, so a CSV and a JSON body type a column alike (and an overflow is refused)
-            numbers = _all_numbers(cells)
-            if numbers is not None:
-                return numeric_column(name, numbers)
-        return categorical_from_texts(name, _category_texts(cells))
+            numbers = [None if gap else as_number(u) for u, gap in zip(distinct, gaps, strict=True)]
+            if all(n is not None or gap for n, gap in zip(numbers, gaps, strict=True)):
+                lookup = np.array([np.nan if n is None else n for n in numbers] + [np.nan])
+                return numeric_column(name, lookup[codes])
+        texts = [None if gap else as_category(u) for u, gap in zip(distinct, gaps, strict=True)]
+        for text in texts:
+            if text is not None and "\x00" in text:
+                raise TableError("cells cannot hold NUL characters", column=name)
+        levels = sorted({t for t in texts if t is not None})
+        index = {level: i for i, level in enumerate(levels)}
+        lookup = np.array([-1 if t is None else index[t] for t in texts] + [-1], dtype=np.int32)
+        return Column(name, CATEGORICAL, lookup[codes], levels)
     except TableError as exc:
         if exc.row is not None:
             exc.row += 2  # 0-based data row -> file line (the header is line 1)
         raise table_error(exc, field, "line") from None
-
-
-def _all_numbers(cells: np.ndarray) -> np.ndarray | None:
-    """The cells as floats (NaN where missing), or None at the first one that is no number."""
-    out = np.empty(len(cells), dtype=np.float64)
-    for i, value in enumerate(cells.tolist()):
-        number = as_number(value)
-        if number is None:
-            if not is_missing(value):
-                return None
-            number = np.nan
-        out[i] = number
-    return out
-
-
-def _category_texts(cells: np.ndarray) -> list[str | None]:
-    from core.table import as_category
-
-    return [None if is_missing(v) else as_category(v) for v in cells.tolist()]
 
 
 def parse_csv_dataset(
@@ -521,22 +514,40 @@ def parse_csv_dataset(
     if target in types:
         raise InputError("column_types", f"names the target column {target!r}")
     columns = [column_from_series(n, series[n], types.get(n), field) for n in header if n != target]
-    values = _target_values(series[target])
-    targets, kind, classes = parse_targets(values, len(values), field, limits, line_offset=2)
+    targets, kind, classes = _csv_targets(series[target], field, limits)
     return ParsedDataset(name, Table(columns), targets, kind, classes, target, named=True)
 
 
-def _target_values(series: Any) -> list[Any]:
-    """A target column's cells as JSON-like values (ints stay ints, missing cells None)."""
+def _csv_targets(
+    series: Any, field: str, limits: Limits
+) -> tuple[np.ndarray, str, list[Any] | None]:
+    """The target column: numbers (ints may be class labels), or text labels; none missing.
+    Text labels are factorized in C (only the distinct values are read in Python)."""
     import pandas as pd
 
-    if pd.api.types.is_bool_dtype(series.dtype):
-        return [bool(v) for v in series.tolist()]
-    if pd.api.types.is_integer_dtype(series.dtype):
-        return [int(v) for v in series.tolist()]
-    if pd.api.types.is_float_dtype(series.dtype):
-        return [None if np.isnan(v) else v for v in series.tolist()]
-    return [None if is_missing(v) else str(v).strip() for v in series.tolist()]
+    dtype = series.dtype
+    if pd.api.types.is_bool_dtype(dtype):
+        values: list[Any] = [bool(v) for v in series.tolist()]
+    elif pd.api.types.is_integer_dtype(dtype):
+        values = [int(v) for v in series.tolist()]
+    elif pd.api.types.is_float_dtype(dtype):
+        values = [None if np.isnan(v) else v for v in series.tolist()]
+    else:
+        codes, uniques = pd.factorize(series, use_na_sentinel=True)
+        texts = [None if is_missing(u) else str(u).strip() for u in uniques.tolist()]
+        missing = np.array([t is None for t in texts] + [True])[codes]
+        if missing.any():
+            line = int(np.argmax(missing)) + 2
+            raise InputError(field, f"line {line}: the target is missing; every row needs one")
+        if any("\x00" in t for t in texts if t is not None):
+            raise InputError(field, "labels cannot hold NUL characters")
+        levels = sorted({t for t in texts if t is not None})
+        if len(levels) > limits.max_classes:
+            raise InputError(field, f"has {len(levels)} classes; the limit is {limits.max_classes}")
+        index = {level: i for i, level in enumerate(levels)}
+        lookup = np.array([index.get(t, -1) for t in texts] + [-1], dtype=np.int64)
+        return lookup[codes], "labels", levels
+    return parse_targets(values, len(values), field, limits, line_offset=2)
 
 
 def table_from_csv(raw: bytes, names: list[str], types: list[str], limits: Limits) -> Table:
