@@ -3,10 +3,13 @@
 from client import Client
 
 api = Client()  # URL: $TRAINYARD_URL; key: $TRAINYARD_API_KEY or var/api-key
-ds = api.upload_dataset(x, y, name="moons")
-job = api.submit_job(ds["id"], [16, 16, 1], loss="binary_cross_entropy", epochs=200)
+ds = api.upload_csv("penguins.csv", target="species")  # text columns, missing cells
+job = api.submit_job(ds["id"], [16, 16, 3], early_stopping=True, test_split=0.2)
 job = api.wait(job["id"], on_progress=lambda j: print(j["progress"]))
-mlp = api.load_model(job["model_id"])  # an engine.nn.MLP with the trained weights
+job["evaluation"]["test"]  # accuracy, f1, confusion_matrix, ... on the held-out rows
+api.predict(job["model_id"], [{"island": "Biscoe", "bill_length_mm": 41.2}])
+model = api.load_model(job["model_id"])  # a core.model.Model: weights + preprocessing
+model.predict([{"island": "Biscoe", "bill_length_mm": 41.2}])  # the same, locally
 """
 
 from client.api import (
@@ -14,7 +17,9 @@ from client.api import (
     Client,
     ConnectionFailed,
     Dataset,
+    Evaluation,
     Job,
+    LocalModel,
     Model,
     NotFoundError,
     Page,
@@ -30,7 +35,9 @@ __all__ = [
     "Client",
     "ConnectionFailed",
     "Dataset",
+    "Evaluation",
     "Job",
+    "LocalModel",
     "Model",
     "NotFoundError",
     "Page",

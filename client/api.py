@@ -8,18 +8,19 @@ Answers are the API's JSON objects, typed as `TypedDict`s. An error answer becom
 from __future__ import annotations
 
 import csv
-import io
+import json
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, TypedDict
+from typing import Any, Final, TypedDict
 
 import numpy as np
 import requests
 
-if TYPE_CHECKING:
-    from engine.nn import MLP
+import engine
+from core.model import Model as CoreModel
+from core.spec import EARLY_STOPPING_DEFAULTS
 
 DEFAULT_URL: Final = "http://127.0.0.1:8000"
 API_PREFIX: Final = "/api/v1"
@@ -70,6 +71,11 @@ class Dataset(TypedDict, total=False):
     n_targets: int
     classes: list[Any]
     feature_names: list[str]
+    #: one per feature column: `name`, `type` (numeric / categorical), `missing`; numeric:
+    #: `min`, `max`, `mean`, `std`; categorical: `n_levels`, `top` ([{"value", "count"}])
+    columns: list[dict[str, Any]]
+    #: `name`, `kind` (numeric, integers or labels), `classes`
+    target: dict[str, Any]
     created_at: str
 
 
@@ -88,6 +94,11 @@ class Job(TypedDict, total=False):
     loss_history: list[float]
     val_loss_history: list[float]
     metrics: dict[str, float] | None
+    #: the saved model scored on each split that exists: `train`, `validation`, `test`
+    evaluation: dict[str, dict[str, Any]] | None
+    best_epoch: int | None
+    stopped_epoch: int | None
+    stop_reason: str | None
     error: str | None
     model_id: str | None
     attempts: int
@@ -104,7 +115,15 @@ class Model(TypedDict, total=False):
     architecture: dict[str, Any]
     parameters: dict[str, Any]
     metrics: dict[str, float]
+    evaluation: dict[str, dict[str, Any]] | None
+    columns: list[dict[str, str]]
     created_at: str
+
+
+class Evaluation(TypedDict):
+    model_id: str
+    dataset_id: str
+    evaluation: dict[str, Any]
 
 
 class Prediction(TypedDict, total=False):
@@ -137,12 +156,42 @@ def find_api_key(env: Mapping[str, str] | None = None, cwd: Path | None = None) 
     return None
 
 
+MISSING_CELLS: Final = frozenset({"", "na", "nan", "null", "none"})
+
+
+def _cell(value: Any) -> Any:
+    """NaN (not valid JSON) is a missing cell: null."""
+    return None if isinstance(value, float) and value != value else value
+
+
 def _matrix(features: Any) -> list[Any]:
     """NumPy arrays become nested lists (a 1-D array one feature per row); lists go as they
-    are, so the server's validation names what is wrong with them."""
+    are, so the server's validation names what is wrong with them. NaN becomes null (a missing
+    cell)."""
     if isinstance(features, np.ndarray):
-        return (features.reshape(-1, 1) if features.ndim == 1 else features).tolist()
-    return [row.tolist() if isinstance(row, np.ndarray) else row for row in features]
+        features = (features.reshape(-1, 1) if features.ndim == 1 else features).tolist()
+    rows = [row.tolist() if isinstance(row, np.ndarray) else row for row in features]
+    return [
+        [_cell(v) for v in row] if isinstance(row, list | tuple) else _cell(row) for row in rows
+    ]
+
+
+def _records(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Named rows as JSON objects (NumPy scalars as Python values, NaN as null)."""
+    return [
+        {str(k): _cell(v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}
+        for row in rows
+    ]
+
+
+def _is_records(rows: Any) -> bool:
+    """A non-empty list of dicts (named rows), rather than rows of cells."""
+    return (
+        isinstance(rows, Sequence)
+        and not isinstance(rows, str)
+        and len(rows) > 0
+        and isinstance(rows[0], Mapping)
+    )
 
 
 def _targets(targets: Any) -> list[Any]:
@@ -151,19 +200,70 @@ def _targets(targets: Any) -> list[Any]:
     return [t.tolist() if isinstance(t, np.ndarray | np.generic) else t for t in targets]
 
 
-def read_features_csv(path: str | Path) -> list[list[float]]:
-    """Rows of numbers from a CSV file with a header row."""
+def _parse_cell(text: str) -> Any:
+    if text.strip().lower() in MISSING_CELLS:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def read_features_csv(path: str | Path) -> list[list[Any]]:
+    """The rows of a CSV file with a header row, as cells in column order: numbers where a
+    cell reads as one, None for a missing cell (empty, NA, NaN, null, None), else the text."""
     with open(path, newline="") as f:
         rows = [row for row in csv.reader(f) if row]
     if len(rows) < 2:
-        raise ValueError(f"{path}: a header row and at least one row of numbers are needed")
-    try:
-        return [[float(cell) for cell in row] for row in rows[1:]]
-    except ValueError as exc:
-        raise ValueError(f"{path}: {exc}") from None
+        raise ValueError(f"{path}: a header row and at least one row are needed")
+    return [[_parse_cell(cell) for cell in row] for row in rows[1:]]
+
+
+class LocalModel(CoreModel):
+    """A trained model to run locally (what `Client.load_model` returns): a
+    `core.model.Model`, its weights and its fitted preprocessing (scaling, one-hot, imputing).
+
+    `predict(rows)` takes named rows (dicts; a missing key is a missing cell) or rows of raw
+    cells in the training column order (`columns`), as `/predict` does, and answers the same
+    `{"predictions", "probabilities"?}`. `mlp` is the `engine.nn.MLP`; it takes the
+    *encoded* inputs (`encode(rows)`), not the raw cells. Calling the model itself, as code
+    written when `load_model` returned the bare MLP does (`model(x).numpy()`), gives the
+    network's outputs for raw rows (logits; regression values in the target's units) as an
+    `engine.Tensor`.
+    """
+
+    def __call__(self, features: Any) -> engine.Tensor:
+        if _is_records(features):
+            features = self.cells(features)
+        return engine.Tensor(self.outputs(self.encode(features)), requires_grad=False)
+
+    def predict(self, features: Any) -> dict[str, Any]:
+        if _is_records(features):
+            features = self.cells(features)
+        return super().predict(features)
+
+    def cells(self, rows: Sequence[Mapping[str, Any]]) -> list[list[Any]]:
+        """Named rows as rows of cells in the training column order; an unknown key is a
+        `ValueError`."""
+        names = [c["name"] for c in self.columns]
+        known = set(names)
+        for i, row in enumerate(rows):
+            unknown = [key for key in row if key not in known]
+            if unknown:
+                raise ValueError(
+                    f"row {i}: unknown column {unknown[0]!r}; the model takes the columns {names}"
+                )
+        return [[_cell(row.get(name)) for name in names] for row in rows]
 
 
 _UNSET: Any = object()
+
+
+def _label_key(label: Any) -> str:
+    """A class label as a JSON object key, as the server reads it (`str(label)`)."""
+    if isinstance(label, np.generic):
+        label = label.item()
+    return str(label)
 
 
 class Client:
@@ -226,7 +326,8 @@ class Client:
     def upload_dataset(
         self, features: Any, targets: Any = None, *, name: str | None = None
     ) -> Dataset:
-        """Upload features (lists or a NumPy array) and targets, or a CSV file's path
+        """Upload features (lists or a NumPy array: numbers, strings or booleans for a
+        categorical column, None or NaN for a missing cell) and targets, or a CSV file's path
         (`upload_dataset("moons.csv")`, its last column the target; see `upload_csv`)."""
         if isinstance(features, str | Path) and targets is None:
             return self.upload_csv(features, name=name)
@@ -237,15 +338,43 @@ class Client:
         return self._json("POST", "/datasets", json=body)
 
     def upload_csv(
-        self, path: str | Path, *, target: str | None = None, name: str | None = None
+        self,
+        path: str | Path,
+        *,
+        target: str | None = None,
+        name: str | None = None,
+        column_types: Mapping[str, str] | None = None,
     ) -> Dataset:
-        """Upload a CSV file with a header row; `target` names the target column (default:
-        the last one), `name` defaults to the file name."""
+        """Upload a CSV file with a header row, as it is; `target` names the target column
+        (default: the last one), `name` defaults to the file name. Columns may hold text
+        (categorical) and missing cells (empty, NA, NaN, null, None); `column_types`
+        (`{"zip": "categorical"}`) overrides the inferred `numeric` / `categorical`."""
         path = Path(path)
         form = {k: v for k, v in {"target": target, "name": name}.items() if v}
+        if column_types:
+            form["column_types"] = json.dumps(dict(column_types))
         with path.open("rb") as f:
             files = {"file": (path.name, f, "text/csv")}
             return self._json("POST", "/datasets", data=form, files=files)
+
+    def upload_rows(
+        self,
+        rows: Sequence[Mapping[str, Any]],
+        target: str,
+        name: str | None = None,
+        *,
+        column_types: Mapping[str, str] | None = None,
+    ) -> Dataset:
+        """Upload named rows (`[{"island": "Biscoe", "bill_length_mm": 41.2, ...}]`; a key left
+        out, None or NaN is a missing cell); `target` names the target column."""
+        body: dict[str, Any] = {
+            "name": name or "dataset",
+            "rows": _records(rows),
+            "target": target,
+        }
+        if column_types:
+            body["column_types"] = dict(column_types)
+        return self._json("POST", "/datasets", json=body)
 
     def get_dataset(self, dataset_id: str) -> Dataset:
         return self._json("GET", f"/datasets/{dataset_id}")
@@ -271,10 +400,28 @@ class Client:
         batch_size: int | None = _UNSET,
         seed: int | None = None,
         validation_split: float | None = None,
+        test_split: float | None = None,
+        early_stopping: bool | Mapping[str, Any] | None = None,
+        lr_schedule: str | Mapping[str, Any] | None = None,
+        class_weight: str | Mapping[Any, float] | None = None,
+        dtype: str | None = None,
+        preprocessing: Mapping[str, str] | None = None,
     ) -> Job:
         """Submit a training job on a dataset id (or an inline dataset: `{"name", "features",
-        "targets"}`). Unset training options take the server's defaults; `batch_size=None`
-        means full batch."""
+        "targets"}` or `{"name", "rows", "target"}`).
+
+        Unset options take the server's defaults: `loss=None` lets the server pick it from the
+        targets (binary_cross_entropy for 2 classes, cross_entropy for more, mse for numbers);
+        `batch_size=None` means full batch. `test_split`: rows held out and only scored
+        (`job["evaluation"]["test"]`). `early_stopping`: True (patience 10, restoring the best
+        epoch's weights; validation_split 0.1 unless given) or `{"patience", "min_delta",
+        "restore_best"}`. `lr_schedule`: "constant", "step", "cosine", "plateau", or a dict
+        with its parameters (`{"type": "step", "step_size": 30, "gamma": 0.1}`).
+        `class_weight`: "balanced" or `{label: weight}`. `dtype`: "float32" or "float64".
+        `preprocessing`: `{"numeric": "standardize" | "minmax" | "none", "categorical":
+        "onehot" | "ordinal", "missing": "impute" | "error", "target": "standardize" |
+        "none"}`, every key optional.
+        """
         training: dict[str, Any] = {
             key: value
             for key, value in {
@@ -286,23 +433,46 @@ class Client:
                 "epochs": epochs,
                 "seed": seed,
                 "validation_split": validation_split,
+                "test_split": test_split,
+                "dtype": dtype,
             }.items()
             if value is not None
         }
         if batch_size is not _UNSET:
             training["batch_size"] = batch_size
+        if early_stopping is True or isinstance(early_stopping, Mapping):
+            given = early_stopping if isinstance(early_stopping, Mapping) else {}
+            training["early_stopping"] = {**EARLY_STOPPING_DEFAULTS, **given}
+        if isinstance(lr_schedule, str):
+            training["lr_schedule"] = {"type": lr_schedule}
+        elif lr_schedule is not None:
+            training["lr_schedule"] = dict(lr_schedule)
+        if isinstance(class_weight, Mapping):
+            training["class_weight"] = {_label_key(k): w for k, w in class_weight.items()}
+        elif class_weight is not None:
+            training["class_weight"] = class_weight
+        if preprocessing is not None:
+            training["preprocessing"] = dict(preprocessing)
         model: dict[str, Any] = {"layers": [int(w) for w in layers], "activation": activation}
         if output_activation is not None:
             model["output_activation"] = output_activation
         body: dict[str, Any] = {"model": model, "training": training}
         if isinstance(dataset, str):
             body["dataset_id"] = dataset
+        elif "rows" in dataset:
+            body["dataset"] = {
+                "name": dataset.get("name", "dataset"),
+                "rows": _records(dataset["rows"]),
+                "target": dataset["target"],
+            }
         else:
             body["dataset"] = {
                 "name": dataset.get("name", "dataset"),
                 "features": _matrix(dataset["features"]),
                 "targets": _targets(dataset["targets"]),
             }
+        if not isinstance(dataset, str) and dataset.get("column_types"):
+            body["dataset"]["column_types"] = dict(dataset["column_types"])
         return self._json("POST", "/jobs", json=body)
 
     def get_job(self, job_id: str) -> Job:
@@ -355,28 +525,65 @@ class Client:
         path.write_bytes(self.weights(model_id))
         return path
 
-    def load_model(self, model_id: str) -> MLP:
-        """The trained model as an `engine.nn.MLP` with its weights loaded."""
-        from engine.nn import MLP
+    def bundle(self, model_id: str) -> bytes:
+        """The whole model as one `.npz`: its weights plus `__model__.json` (the architecture
+        with the fitted preprocessing); `core.model.Model.from_bytes(blob)` reads it."""
+        return self.request("GET", f"/models/{model_id}/bundle").content
 
-        arch = self.get_model(model_id)["architecture"]
-        mlp = MLP(
-            arch["nin"],
-            list(arch["layers"]),
-            activation=arch["activation"],
-            output_activation=arch.get("output_activation"),
-        )
-        with np.load(io.BytesIO(self.weights(model_id))) as npz:
-            mlp.load_state_dict(dict(npz))
-        return mlp
+    def download_bundle(self, model_id: str, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_bytes(self.bundle(model_id))
+        return path
+
+    def load_model(self, model_id: str) -> LocalModel:
+        """The trained model, to run locally: a `LocalModel` (a `core.model.Model`) with its
+        weights and fitted preprocessing, from `GET /models/{id}/bundle`.
+
+        `load_model(id).predict(rows)` answers as `Client.predict` does (named rows or raw
+        cells); `.mlp` is the `engine.nn.MLP` (it takes the encoded inputs: `.encode(rows)`),
+        `.columns` the input columns as trained on."""
+        return LocalModel.from_bytes(self.bundle(model_id))
 
     def graph_svg(self, model_id: str) -> str:
         """The computational graph of the model's forward pass and loss, as SVG text."""
         return self.request("GET", f"/models/{model_id}/graph.svg").text
 
-    def predict(self, model_id: str, features: Any) -> Prediction:
-        """Predictions for rows of features (lists, a NumPy array, or a CSV file's path)."""
-        if isinstance(features, str | Path):
-            features = read_features_csv(features)
-        body = {"features": _matrix(features)}
+    def predict(self, model_id: str, rows_or_features: Any) -> Prediction:
+        """Predictions on raw rows; the model's preprocessing is applied by the server.
+
+        Named rows (a list of dicts: `[{"island": "Biscoe", "bill_length_mm": 41.2}]`; a
+        missing key, None or NaN is a missing cell, an unknown key an `ApiError`), or rows of
+        cells in the training column order (lists or a NumPy array; strings for categorical
+        columns, None or NaN for missing cells), or a CSV file's path, its rows read as cells
+        in that order (its header skipped; `predict_csv` matches columns by header name).
+        Answers `{"predictions": [...]}`, plus `"probabilities"` (one per class, in the
+        model's `classes` order) for classification."""
+        if isinstance(rows_or_features, str | Path):
+            rows_or_features = read_features_csv(rows_or_features)
+        if _is_records(rows_or_features):
+            body = {"rows": _records(rows_or_features)}
+        else:
+            body = {"features": _matrix(rows_or_features)}
         return self._json("POST", f"/models/{model_id}/predict", json=body)
+
+    def predict_csv(self, model_id: str, path: str | Path, as_csv: bool = False) -> Any:
+        """Predictions for a CSV file, posted as it is (`multipart`): its header names the
+        columns (any order; a column left out is all missing cells, an unknown one an
+        `ApiError`). `as_csv=True` returns the server's CSV text (`prediction`, then one
+        `p_<label>` column per class) instead of the `Prediction` JSON."""
+        path = Path(path)
+        headers = {"Accept": "text/csv"} if as_csv else {"Accept": "application/json"}
+        with path.open("rb") as f:
+            files = {"file": (path.name, f, "text/csv")}
+            response = self.request(
+                "POST", f"/models/{model_id}/predict", files=files, headers=headers
+            )
+        return response.text if as_csv else response.json()
+
+    def evaluate(self, model_id: str, dataset_id: str) -> Evaluation:
+        """Score a model on a dataset with its columns and target: `{"model_id",
+        "dataset_id", "evaluation"}`, the metrics of a job's `evaluation` splits
+        (classification: accuracy, balanced_accuracy, precision / recall / f1 (`macro`,
+        `per_class`), log_loss, roc_auc, confusion_matrix; regression: mse, rmse, mae, r2)."""
+        body = {"dataset_id": dataset_id}
+        return self._json("POST", f"/models/{model_id}/evaluate", json=body)

@@ -1,16 +1,21 @@
 """The `trainyard` command: datasets, jobs, models and predictions from a shell.
 
-    trainyard datasets upload moons.csv --target label [--name moons]
-    trainyard datasets list | datasets get ID
-    trainyard jobs submit --dataset ID --layers 16,16,1 --loss binary_cross_entropy --watch
-    trainyard jobs watch ID | jobs list [--status running] | jobs get ID | jobs cancel ID
-    trainyard models get ID [--weights model.npz] | models list | models graph ID -o graph.svg
-    trainyard predict MODEL_ID data.csv        (CSV of features with a header row)
+    trainyard datasets upload penguins.csv --target species [--name penguins]
+    trainyard datasets list | datasets show ID   (its columns: types, missing cells, stats)
+    trainyard jobs submit --dataset ID --layers 16,16,3 --early-stopping --test-split 0.2 --watch
+    trainyard jobs watch ID | jobs list [--status running] | jobs show ID | jobs cancel ID
+    trainyard models show ID [--weights model.npz] [--bundle model.bundle.npz] | models list
+    trainyard models graph ID -o graph.svg
+    trainyard predict MODEL_ID data.csv [--csv | -o predictions.csv]  (header names columns)
+    trainyard evaluate MODEL_ID --dataset ID
+
+`get` and `show` are the same command.
 
 Global options (before the command): `--url` (default `$TRAINYARD_URL`, then
 http://127.0.0.1:8000), `--api-key` (default `$TRAINYARD_API_KEY`, then the embedded mode's key
 file `$TRAINYARD_VAR_DIR/api-key` or `./var/api-key`), `--json` (print the API's JSON on
-stdout instead of tables). Progress bars and error messages go to stderr.
+stdout instead of tables; also accepted after the command). Progress bars and error messages
+go to stderr.
 
 Exit codes:
     0  success
@@ -44,12 +49,24 @@ from rich.progress import (
 from rich.table import Table
 
 from client.api import (
+    DEFAULT_URL,
     ApiError,
     Client,
     ConnectionFailed,
     Job,
     NotFoundError,
-    read_features_csv,
+)
+from core import preprocessing
+from core.spec import (
+    DEFAULT_LEARNING_RATE,
+    DTYPES,
+    EARLY_STOPPING_DEFAULTS,
+    EARLY_STOPPING_SPLIT,
+    LOSSES,
+    LR_SCHEDULE_DEFAULTS,
+    LR_SCHEDULES,
+    OPTIMIZERS,
+    TRAINING_DEFAULTS,
 )
 
 EXIT_OK = 0
@@ -62,8 +79,8 @@ EXIT_SERVER_ERROR = 6
 EXIT_INTERNAL = 70
 EXIT_INTERRUPTED = 130
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False)
+out = Console(highlight=False, soft_wrap=True, markup=False)  # user text: no markup
+err = Console(stderr=True, highlight=False, markup=False)
 
 
 class UsageError(Exception):
@@ -132,19 +149,136 @@ def show_job(job: Job) -> None:
         ("learning rate", training.get("learning_rate")),
         ("epochs", f"{progress['epoch']}/{progress['epochs']}"),
         ("batch size", training.get("batch_size") or "full batch"),
+    ]
+    optional = [
+        ("validation split", validation_split_text(training)),
+        ("test split", training.get("test_split")),
+        ("early stopping", training.get("early_stopping")),
+        ("lr schedule", _schedule_text(training.get("lr_schedule"))),
+        ("class weight", training.get("class_weight")),
+        ("dtype", training.get("dtype")),
+        ("preprocessing", _pairs_text(training.get("preprocessing"))),
+    ]
+    pairs += [(key, value) for key, value in optional if value not in (None, 0, 0.0)]
+    pairs += [
         ("created", short_time(job.get("created_at"))),
         ("finished", short_time(job.get("finished_at"))),
         ("model", job.get("model_id")),
     ]
+    pairs += stop_pairs(job)
     if job.get("error"):
         pairs.append(("error", job["error"]))
     out.print(key_values(f"Job {job['id']}", pairs))
-    show_metrics(job.get("metrics"))
+    show_results(job)
+
+
+def validation_split_text(training: dict[str, Any]) -> Any:
+    split = training.get("validation_split")
+    if training.get("early_stopping") is not None and not split:
+        return f"{EARLY_STOPPING_SPLIT} (early stopping's default)"
+    return split
+
+
+def _schedule_text(schedule: dict[str, Any] | None) -> str | None:
+    if not schedule:
+        return None
+    params = _pairs_text({k: v for k, v in schedule.items() if k != "type"})
+    return f"{schedule.get('type')} ({params})" if params else str(schedule.get("type"))
+
+
+def _pairs_text(mapping: dict[str, Any] | None) -> str | None:
+    if not mapping:
+        return None
+    return ", ".join(f"{key}={fmt(value)}" for key, value in mapping.items())
+
+
+def stop_pairs(job: dict[str, Any]) -> list[tuple[str, Any]]:
+    """Best epoch, last epoch and why training stopped, those the job has."""
+    keys = (("best epoch", "best_epoch"), ("stopped epoch", "stopped_epoch"),
+            ("stop reason", "stop_reason"))  # fmt: skip
+    return [(label, job[key]) for label, key in keys if job.get(key) is not None]
+
+
+def show_results(job: dict[str, Any]) -> None:
+    """The evaluation when the job (or model) has one, else the flat metrics."""
+    if job.get("evaluation"):
+        show_evaluation(job["evaluation"])
+    else:
+        show_metrics(job.get("metrics"))
 
 
 def show_metrics(metrics: dict[str, Any] | None) -> None:
     if metrics:
         out.print(key_values("Metrics", sorted(metrics.items())))
+
+
+SPLITS = ("test", "validation", "train")  # the honest figure first
+SUMMARY = (
+    ("accuracy", "accuracy"),
+    ("balanced accuracy", "balanced_accuracy"),
+    ("precision (macro)", ("precision", "macro")),
+    ("recall (macro)", ("recall", "macro")),
+    ("f1 (macro)", ("f1", "macro")),
+    ("log loss", "log_loss"),
+    ("roc auc", "roc_auc"),
+    ("mse", "mse"),
+    ("rmse", "rmse"),
+    ("mae", "mae"),
+    ("r2", "r2"),
+    ("loss", "loss"),
+)
+
+
+def _metric(metrics: dict[str, Any], key: str | tuple[str, str]) -> Any:
+    if isinstance(key, tuple):
+        value = metrics.get(key[0])
+        return value.get(key[1]) if isinstance(value, dict) else None
+    return metrics.get(key)
+
+
+def show_evaluation(evaluation: dict[str, Any]) -> None:
+    """A table per split (test first), then the per-class metrics and the confusion matrix of
+    the first split shown (the test split when there is one)."""
+    order = [s for s in SPLITS if evaluation.get(s)]
+    order += [s for s in evaluation if s not in SPLITS and evaluation.get(s)]
+    for split in order:
+        metrics = evaluation[split]
+        pairs = [(label, _metric(metrics, key)) for label, key in SUMMARY]
+        pairs = [(label, value) for label, value in pairs if value is not None]
+        rows = f" ({metrics['n']} rows)" if metrics.get("n") is not None else ""
+        out.print(key_values(f"Evaluation: {split}{rows}", pairs))
+    if order:
+        show_per_class(evaluation[order[0]], order[0])
+
+
+def show_per_class(metrics: dict[str, Any], split: str) -> None:
+    matrix = metrics.get("confusion_matrix") or {}
+    labels, counts = matrix.get("labels") or [], matrix.get("matrix") or []
+    per_class = {
+        key: (metrics.get(key) or {}).get("per_class") or {}
+        for key in ("precision", "recall", "f1")
+    }
+    if per_class["f1"]:
+        classes = labels or list(per_class["f1"])
+        support = {str(label): sum(row) for label, row in zip(labels, counts, strict=False)}
+        rows = [
+            [label, *(per_class[key].get(str(label)) for key in ("precision", "recall", "f1")),
+             support.get(str(label))]
+            for label in classes
+        ]  # fmt: skip
+        columns = ["class", "precision", "recall", "f1", "rows"]
+        out.print(table(f"Per class: {split}", columns, rows))
+    if labels and counts:
+        t = Table(
+            title=f"Confusion matrix: {split} (rows: true class, columns: predicted)",
+            title_justify="left",
+        )
+        t.add_column("true \\ predicted", style="bold")
+        for label in labels:
+            t.add_column(fmt(label), justify="right")
+        for label, row in zip(labels, counts, strict=True):
+            t.add_row(fmt(label), *(str(v) for v in row))
+        out.print(t)
 
 
 def job_rows(jobs: Sequence[Job]) -> list[list[Any]]:
@@ -222,7 +356,10 @@ def watch(api: Client, job_id: str, as_json: bool, poll_interval: float) -> int:
         out.print(f"job {job['id']} {job['status']}")
         if job.get("error"):
             out.print(f"error: {job['error']}")
-        show_metrics(job.get("metrics"))
+        stops = stop_pairs(job)
+        if stops:
+            out.print(", ".join(f"{label} {fmt(value)}" for label, value in stops))
+        show_results(job)
         if job.get("model_id"):
             out.print(f"model {job['model_id']}")
     return EXIT_OK if job["status"] == "succeeded" else EXIT_JOB_FAILED
@@ -232,8 +369,11 @@ def watch(api: Client, job_id: str, as_json: bool, poll_interval: float) -> int:
 
 
 def cmd_datasets_upload(api: Client, args: argparse.Namespace) -> int:
+    column_types = dict(args.column_type or [])
     try:
-        dataset = api.upload_csv(args.file, target=args.target, name=args.name)
+        dataset = api.upload_csv(
+            args.file, target=args.target, name=args.name, column_types=column_types or None
+        )
     except OSError as exc:
         raise UsageError(f"cannot read {args.file}: {exc.strerror or exc}") from exc
     return show_dataset(dataset, args.json)
@@ -243,18 +383,40 @@ def show_dataset(dataset: dict[str, Any], as_json: bool) -> int:
     if as_json:
         emit_json(dataset)
         return EXIT_OK
+    target = dataset.get("target") or {}
     pairs = [
         ("id", dataset["id"]),
         ("name", dataset["name"]),
         ("samples", dataset["n_samples"]),
         ("features", dataset["n_features"]),
         ("targets", dataset["n_targets"]),
-        ("classes", dataset.get("classes")),
-        ("feature names", dataset.get("feature_names")),
-        ("created", short_time(dataset.get("created_at"))),
     ]
+    if target:
+        pairs.append(("target", f"{target.get('name') or '-'} ({target.get('kind')})"))
+    pairs.append(("classes", dataset.get("classes")))
+    if not dataset.get("columns"):  # described before columns were
+        pairs.append(("feature names", dataset.get("feature_names")))
+    pairs.append(("created", short_time(dataset.get("created_at"))))
     out.print(key_values(f"Dataset {dataset['name']}", pairs))
+    if dataset.get("columns"):
+        rows = [
+            [c.get("name"), c.get("type"), c.get("missing"), column_summary(c)]
+            for c in dataset["columns"]
+        ]
+        out.print(table("Columns", ["column", "type", "missing", "values"], rows))
     return EXIT_OK
+
+
+def column_summary(column: dict[str, Any]) -> str:
+    """min/max/mean/std of a numeric column; the most frequent levels of a categorical one."""
+    if column.get("type") == "categorical":
+        top = column.get("top") or []
+        levels = ", ".join(f"{fmt(t.get('value'))} ({t.get('count')})" for t in top)
+        n = column.get("n_levels")
+        more = ", ..." if n is not None and n > len(top) else ""
+        return f"{n} levels: {levels}{more}" if n is not None else levels + more
+    stats = [(key, column.get(key)) for key in ("min", "max", "mean", "std")]
+    return ", ".join(f"{key} {fmt(value)}" for key, value in stats if value is not None) or "-"
 
 
 def cmd_datasets_get(api: Client, args: argparse.Namespace) -> int:
@@ -289,9 +451,16 @@ def cmd_jobs_submit(api: Client, args: argparse.Namespace) -> int:
         "optimizer": args.optimizer,
         "learning_rate": args.lr,
         "momentum": args.momentum,
+        "weight_decay": args.weight_decay,
         "epochs": args.epochs,
         "seed": args.seed,
         "validation_split": args.validation_split,
+        "test_split": args.test_split,
+        "lr_schedule": args.lr_schedule,
+        "class_weight": args.class_weight,
+        "dtype": args.dtype,
+        "preprocessing": dict(args.preprocessing) if args.preprocessing else None,
+        "early_stopping": early_stopping(args),
     }
     if "batch_size" in vars(args):  # absent: the server's default; None: full batch
         options["batch_size"] = args.batch_size
@@ -306,6 +475,18 @@ def cmd_jobs_submit(api: Client, args: argparse.Namespace) -> int:
         out.print(f"submitted job {job['id']} ({job['status']})")
         out.print(f"follow it with: trainyard jobs watch {job['id']}")
     return EXIT_OK
+
+
+def early_stopping(args: argparse.Namespace) -> dict[str, Any] | None:
+    """`--early-stopping`, or any of its settings (which imply it)."""
+    spec: dict[str, Any] = {}
+    if args.patience is not None:
+        spec["patience"] = args.patience
+    if args.min_delta is not None:
+        spec["min_delta"] = args.min_delta
+    if args.no_restore_best:
+        spec["restore_best"] = False
+    return spec if args.early_stopping or spec else None
 
 
 def cmd_jobs_watch(api: Client, args: argparse.Namespace) -> int:
@@ -349,6 +530,11 @@ def cmd_models_get(api: Client, args: argparse.Namespace) -> int:
             api.download_weights(args.id, args.weights)
         except OSError as exc:
             raise UsageError(f"cannot write {args.weights}: {exc.strerror or exc}") from exc
+    if args.bundle:
+        try:
+            api.download_bundle(args.id, args.bundle)
+        except OSError as exc:
+            raise UsageError(f"cannot write {args.bundle}: {exc.strerror or exc}") from exc
     if args.json:
         emit_json(model)
         return EXIT_OK
@@ -363,12 +549,15 @@ def cmd_models_get(api: Client, args: argparse.Namespace) -> int:
         ("loss", arch.get("loss")),
         ("classes", arch.get("classes")),
         ("parameters", sum(_count(v) for v in (model.get("parameters") or {}).values())),
+        ("columns", ", ".join(f"{c['name']} ({c['type']})" for c in model.get("columns") or [])),
         ("created", short_time(model.get("created_at"))),
     ]
     out.print(key_values(f"Model {model['id']}", pairs))
-    show_metrics(model.get("metrics"))
+    show_results(model)
     if args.weights:
         out.print(f"weights written to {args.weights}")
+    if args.bundle:
+        out.print(f"model (weights and preprocessing) written to {args.bundle}")
     return EXIT_OK
 
 
@@ -410,27 +599,165 @@ def cmd_models_graph(api: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_predict(api: Client, args: argparse.Namespace) -> int:
+    """Post the CSV file as it is; print the predictions (table, JSON or the server's CSV)."""
+    as_csv = args.csv or args.output is not None
     try:
-        features = read_features_csv(args.file)
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot read features: {exc}") from exc
-    answer = api.predict(args.id, features)
+        answer = api.predict_csv(args.id, args.file, as_csv=as_csv)
+    except OSError as exc:
+        raise UsageError(f"cannot read {args.file}: {exc.strerror or exc}") from exc
+    if as_csv:
+        if args.output in (None, "-"):
+            sys.stdout.write(answer)
+            return EXIT_OK
+        try:
+            with open(args.output, "w", encoding="utf-8", newline="") as f:
+                f.write(answer)
+        except OSError as exc:
+            raise UsageError(f"cannot write {args.output}: {exc.strerror or exc}") from exc
+        rows = max(answer.count("\n") - 1, 0)
+        if args.json:
+            emit_json({"model_id": args.id, "output": args.output, "rows": rows})
+        else:
+            out.print(f"{rows} predictions written to {args.output}")
+        return EXIT_OK
     if args.json:
         emit_json(answer)
         return EXIT_OK
+    out.print(prediction_table(api, args.id, answer))
+    return EXIT_OK
+
+
+MAX_PROBABILITY_COLUMNS = 6
+
+
+def prediction_table(api: Client, model_id: str, answer: dict[str, Any]) -> Table:
+    predictions = answer["predictions"]
     probabilities = answer.get("probabilities")
-    columns = ["row", "features", "prediction"] + (["probability"] if probabilities else [])
+    classes: list[Any] = []
+    if probabilities:
+        classes = (api.get_model(model_id).get("architecture") or {}).get("classes") or []
+    per_class = probabilities and 0 < len(classes) <= MAX_PROBABILITY_COLUMNS
+    if predictions and isinstance(predictions[0], list):
+        columns = ["row", *(f"prediction {j}" for j in range(len(predictions[0])))]
+    else:
+        columns = ["row", "prediction"]
+    if per_class:
+        columns += [f"p({fmt(label)})" for label in classes]
+    elif probabilities:
+        columns.append("probability")
     rows = []
-    for i, (row, prediction) in enumerate(zip(features, answer["predictions"], strict=True)):
-        cells: list[Any] = [i + 1, ", ".join(f"{v:g}" for v in row), prediction]
-        if probabilities:
+    for i, prediction in enumerate(predictions):
+        cells: list[Any] = [i + 1, *(prediction if isinstance(prediction, list) else [prediction])]
+        if per_class:
+            cells += probabilities[i]
+        elif probabilities:
             cells.append(max(probabilities[i]))
         rows.append(cells)
-    out.print(table(f"Predictions of model {args.id}", columns, rows))
+    return table(f"Predictions of model {model_id}", columns, rows)
+
+
+def cmd_evaluate(api: Client, args: argparse.Namespace) -> int:
+    result = api.evaluate(args.id, args.dataset)
+    if args.json:
+        emit_json(result)
+        return EXIT_OK
+    out.print(f"model {result['model_id']} on dataset {result['dataset_id']}")
+    show_evaluation({"dataset": result["evaluation"]})
     return EXIT_OK
 
 
 # -- argument parsing -------------------------------------------------------------------------
+
+
+def key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip() or not value.strip():
+        raise argparse.ArgumentTypeError(f"KEY=VALUE expected: {text!r}")
+    return key.strip(), value.strip()
+
+
+def preprocessing_option(text: str) -> tuple[str, str]:
+    """`numeric=minmax`: a key and a value of `training.preprocessing`."""
+    key, value = key_value(text)
+    if key not in preprocessing.CHOICES:
+        keys = ", ".join(preprocessing.CHOICES)
+        raise argparse.ArgumentTypeError(f"unknown preprocessing key {key!r} (one of: {keys})")
+    if value not in preprocessing.CHOICES[key]:
+        choices = ", ".join(preprocessing.CHOICES[key])
+        raise argparse.ArgumentTypeError(f"{key} is one of: {choices} (not {value!r})")
+    return key, value
+
+
+def column_type(text: str) -> tuple[str, str]:
+    key, value = key_value(text)
+    if value not in ("numeric", "categorical"):
+        raise argparse.ArgumentTypeError(f"a column is numeric or categorical, not {value!r}")
+    return key, value
+
+
+def _number(text: str) -> int | float:
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
+def lr_schedule(text: str) -> dict[str, Any]:
+    """`cosine`, or `step:step_size=10,gamma=0.5`: the type, then its parameters."""
+    kind, _, params = text.partition(":")
+    kind = kind.strip()
+    if kind not in LR_SCHEDULES:
+        raise argparse.ArgumentTypeError(
+            f"the schedule is one of {', '.join(LR_SCHEDULES)}, not {kind!r}"
+        )
+    schedule: dict[str, Any] = {"type": kind}
+    for part in filter(None, (p.strip() for p in params.split(","))):
+        key, value = key_value(part)
+        try:
+            schedule[key] = _number(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{key} must be a number: {value!r}") from None
+    return schedule
+
+
+def class_weight(text: str) -> str | dict[str, float]:
+    """`balanced`, or `LABEL=WEIGHT,LABEL=WEIGHT`."""
+    if text.strip() == "balanced":
+        return "balanced"
+    weights: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        label, value = key_value(part)
+        try:
+            weights[label] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"a weight is a number: {value!r}") from None
+    if not weights:
+        raise argparse.ArgumentTypeError("'balanced' or LABEL=WEIGHT,... expected")
+    return weights
+
+
+def _schedule_help() -> str:
+    params = "; ".join(
+        f"{kind}: " + ", ".join(f"{k}={v}" for k, v in defaults.items())
+        for kind, defaults in LR_SCHEDULE_DEFAULTS.items()
+        if defaults
+    )
+    return (
+        f"learning-rate schedule: TYPE[:KEY=VALUE,...], TYPE one of {', '.join(LR_SCHEDULES)} "
+        f"(default: constant; parameters and their defaults: {params}); e.g. "
+        "--lr-schedule step:step_size=10,gamma=0.5"
+    )
+
+
+def _preprocessing_help() -> str:
+    keys = "; ".join(
+        f"{key}={'|'.join(choices)} (default {preprocessing.DEFAULTS[key]})"
+        for key, choices in preprocessing.CHOICES.items()
+    )
+    return (
+        f"KEY=VALUE, repeatable: {keys}. Fitted on the training rows, stored with the model "
+        "(target: mse only)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -440,71 +767,153 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 ok, 1 job failed/cancelled, 2 usage, 3 API error, 4 not found, "
         "5 cannot reach server, 6 server error.",
     )
-    parser.add_argument("--url", help="server URL (default: $TRAINYARD_URL or %(default)s)")
+    parser.add_argument("--url", help=f"server URL (default: $TRAINYARD_URL or {DEFAULT_URL})")
     parser.add_argument("--api-key", help="API key (default: $TRAINYARD_API_KEY or var/api-key)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
+    parser.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds per request (default: %(default)s)"
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def paged(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--page", type=int, default=1)
-        p.add_argument("--page-size", type=int, default=20)
+        p.add_argument("--page", type=int, default=1, help="from 1 (default: %(default)s)")
+        p.add_argument("--page-size", type=int, default=20, help="1 to 100 (default: %(default)s)")
 
-    def add(group: Any, name: str, func: Callable[..., int], help: str) -> argparse.ArgumentParser:
-        p = group.add_parser(name, help=help, description=help)
+    def add(
+        group: Any, name: str, func: Callable[..., int], help: str, aliases: Sequence[str] = ()
+    ) -> argparse.ArgumentParser:
+        p = group.add_parser(name, help=help, description=help, aliases=list(aliases))
         p.set_defaults(func=func)
+        # also after the command; SUPPRESS keeps a --json given before it
+        p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
         return p
 
     datasets = commands.add_parser("datasets", help="upload and list datasets")
     ds = datasets.add_subparsers(dest="action", required=True, metavar="ACTION")
-    p = add(ds, "upload", cmd_datasets_upload, "upload a CSV file (header row)")
-    p.add_argument("file")
+    p = add(ds, "upload", cmd_datasets_upload, "upload a CSV file (header row), as it is")
+    p.add_argument("file", help="text columns and missing cells (empty, NA, NaN, null) are fine")
     p.add_argument("--target", help="target column (default: the last one)")
     p.add_argument("--name", help="dataset name (default: the file name)")
+    p.add_argument(
+        "--column-type", type=column_type, action="append", metavar="NAME=TYPE",
+        help="override the inferred type: numeric or categorical (repeatable), "
+        "e.g. --column-type zip=categorical",
+    )  # fmt: skip
     paged(add(ds, "list", cmd_datasets_list, "list datasets, newest first"))
-    add(ds, "get", cmd_datasets_get, "show a dataset").add_argument("id")
+    add(ds, "get", cmd_datasets_get, "show a dataset and its columns", ["show"]).add_argument("id")
 
+    t = TRAINING_DEFAULTS
+    lr_defaults = ", ".join(f"{v} for {k}" for k, v in DEFAULT_LEARNING_RATE.items())
     jobs = commands.add_parser("jobs", help="submit, follow and cancel training jobs")
     js = jobs.add_subparsers(dest="action", required=True, metavar="ACTION")
     p = add(js, "submit", cmd_jobs_submit, "submit a training job")
     p.add_argument("--dataset", required=True, help="dataset id")
-    p.add_argument("--layers", required=True, type=parse_layers, help="widths, e.g. 16,16,1")
-    p.add_argument("--activation", default="tanh", help="hidden activation (default: tanh)")
-    p.add_argument("--output-activation")
-    p.add_argument("--loss", help="mse, binary_cross_entropy or cross_entropy")
-    p.add_argument("--optimizer", help="sgd or adam")
-    p.add_argument("--lr", type=float, help="learning rate")
-    p.add_argument("--momentum", type=float)
-    p.add_argument("--epochs", type=int)
     p.add_argument(
-        "--batch-size", type=batch_size, default=argparse.SUPPRESS, help="an integer or 'full'"
-    )
-    p.add_argument("--seed", type=int)
-    p.add_argument("--validation-split", type=float)
+        "--layers", required=True, type=parse_layers,
+        help="widths, the last one the output width, e.g. 16,16,1 (1 for 2 classes with "
+        "binary_cross_entropy, k for k classes with cross_entropy)",
+    )  # fmt: skip
+    p.add_argument("--activation", default="tanh", help="hidden activation (default: tanh)")
+    p.add_argument("--output-activation", help="(default: none; the loss applies its own)")
+    p.add_argument(
+        "--loss", choices=LOSSES,
+        help="(default: the server picks from the targets: binary_cross_entropy for 2 "
+        "classes, cross_entropy for more, mse for numbers)",
+    )  # fmt: skip
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help=f"(default: {t['optimizer']})")
+    p.add_argument("--lr", type=float, help=f"learning rate (default: {lr_defaults})")
+    p.add_argument("--momentum", type=float, help=f"sgd (default: {t['momentum']})")
+    p.add_argument("--weight-decay", type=float, help=f"(default: {t['weight_decay']})")
+    p.add_argument("--epochs", type=int, help=f"(default: {t['epochs']})")
+    p.add_argument(
+        "--batch-size", type=batch_size, default=argparse.SUPPRESS,
+        help=f"an integer or 'full' (default: {t['batch_size']})",
+    )  # fmt: skip
+    p.add_argument("--seed", type=int, help=f"seeds the weights and the splits (default: "
+                   f"{t['seed']})")  # fmt: skip
+    p.add_argument(
+        "--validation-split", type=float, metavar="F",
+        help=f"fraction of the rows that validate (default: {t['validation_split']}; "
+        f"{EARLY_STOPPING_SPLIT} with --early-stopping)",
+    )  # fmt: skip
+    p.add_argument(
+        "--test-split", type=float, metavar="F",
+        help=f"fraction of the rows held out and only scored, the evaluation's test split "
+        f"(default: {t['test_split']})",
+    )  # fmt: skip
+    es = EARLY_STOPPING_DEFAULTS
+    p.add_argument(
+        "--early-stopping", action="store_true",
+        help="stop when the validation loss stops improving and keep the best epoch's "
+        "weights (default: off)",
+    )  # fmt: skip
+    p.add_argument(
+        "--patience", type=int, metavar="N",
+        help=f"early stopping: epochs without improvement (default: {es['patience']}; "
+        "implies --early-stopping)",
+    )  # fmt: skip
+    p.add_argument(
+        "--min-delta", type=float, metavar="F",
+        help=f"early stopping: the least improvement that counts (default: {es['min_delta']})",
+    )  # fmt: skip
+    p.add_argument(
+        "--no-restore-best", action="store_true",
+        help="early stopping: save the last epoch's weights, not the best epoch's",
+    )  # fmt: skip
+    p.add_argument("--lr-schedule", type=lr_schedule, metavar="TYPE[:K=V,...]",
+                   help=_schedule_help())  # fmt: skip
+    p.add_argument(
+        "--class-weight", type=class_weight, metavar="balanced|LABEL=W,...",
+        help="classification: 'balanced' (n / (k * count)) or per-label weights "
+        "(default: none)",
+    )  # fmt: skip
+    p.add_argument("--dtype", choices=DTYPES, help=f"(default: {t['dtype']})")
+    p.add_argument(
+        "--preprocessing", type=preprocessing_option, action="append", metavar="KEY=VALUE",
+        help=_preprocessing_help(),
+    )  # fmt: skip
     p.add_argument("--watch", action="store_true", help="follow the job to its end")
     p.add_argument("--poll-interval", type=float, default=0.5, help=argparse.SUPPRESS)
     p = add(js, "watch", cmd_jobs_watch, "follow a job with a progress bar to its end")
     p.add_argument("id")
-    p.add_argument("--poll-interval", type=float, default=0.5)
+    p.add_argument("--poll-interval", type=float, default=0.5, help="(default: %(default)s s)")
     p = add(js, "list", cmd_jobs_list, "list jobs, newest first")
     p.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "cancelled"])
     paged(p)
-    add(js, "get", cmd_jobs_get, "show a job").add_argument("id")
+    add(js, "get", cmd_jobs_get, "show a job and its evaluation", ["show"]).add_argument("id")
     add(js, "cancel", cmd_jobs_cancel, "cancel a job").add_argument("id")
 
     models = commands.add_parser("models", help="fetch trained models")
     ms = models.add_subparsers(dest="action", required=True, metavar="ACTION")
-    p = add(ms, "get", cmd_models_get, "show a model")
+    p = add(ms, "get", cmd_models_get, "show a model", ["show"])
     p.add_argument("id")
-    p.add_argument("--weights", metavar="FILE.npz", help="also download its weights")
+    p.add_argument(
+        "--weights", metavar="FILE.npz",
+        help="also download its weights (the network only: it takes preprocessed inputs)",
+    )  # fmt: skip
+    p.add_argument(
+        "--bundle", metavar="FILE.npz",
+        help="also download the whole model, weights and preprocessing "
+        "(core.model.Model.from_bytes reads it)",
+    )  # fmt: skip
     paged(add(ms, "list", cmd_models_list, "list models, newest first"))
     p = add(ms, "graph", cmd_models_graph, "download the computational graph (SVG)")
     p.add_argument("id")
     p.add_argument("-o", "--output", help="file to write (default: stdout)")
 
-    p = add(commands, "predict", cmd_predict, "predict with a model on a CSV of features")
+    p = add(commands, "predict", cmd_predict, "predict with a model on a CSV file")
     p.add_argument("id", help="model id")
-    p.add_argument("file", help="CSV file of features with a header row")
+    p.add_argument(
+        "file",
+        help="CSV file with a header naming the model's columns (any order; text, missing "
+        "cells and unseen categories are fine), posted as it is",
+    )
+    p.add_argument("--csv", action="store_true", help="print the server's CSV instead")
+    p.add_argument("-o", "--output", metavar="FILE.csv", help="write the predictions as CSV")
+
+    p = add(commands, "evaluate", cmd_evaluate, "score a model on a dataset with its columns")
+    p.add_argument("id", help="model id")
+    p.add_argument("--dataset", required=True, help="dataset id (same columns and target)")
     return parser
 
 

@@ -41,9 +41,15 @@ def main() -> None:
     metrics = job["metrics"] or {}
     print(f"job {job['id']}: accuracy {metrics['accuracy']:.3f}, "
           f"validation accuracy {metrics['val_accuracy']:.3f}")  # fmt: skip
-    mlp = api.load_model(job["model_id"])  # the trained engine.nn.MLP, run locally
-    logits = mlp(np.array([[0.0, 1.0], [1.0, -0.5]])).numpy().ravel()
-    print(f"local logits at (0, 1) and (1, -0.5): {logits.round(2).tolist()}")
+    # the trained model with its preprocessing (the inputs are standardized), run locally
+    model = api.load_model(job["model_id"])
+    points = [[0.0, 1.0], [1.0, -0.5]]
+    local = model.predict(points)
+    remote = api.predict(job["model_id"], points)
+    print(f"local predictions at (0, 1) and (1, -0.5): {local['predictions']} "
+          f"(the service: {remote['predictions']})")  # fmt: skip
+    logits = model.mlp(model.encode(points)).numpy().ravel()  # the engine MLP, encoded inputs
+    print(f"local logits: {logits.round(2).tolist()}")
 
 
 if __name__ == "__main__":

@@ -19,8 +19,10 @@ from client.cli import (
     EXIT_UNREACHABLE,
     EXIT_USAGE,
 )
+from core.model import Model as CoreModel
 from engine.nn import MLP
 from tests.client.live import LiveService
+from tests.client.tables import HEADER, SPECIES, write_penguins_csv
 from tests.e2e.conftest import VENV_BIN, free_port
 from tests.workers.datasets import moons
 
@@ -58,24 +60,28 @@ def test_upload_submit_watch_models_graph_predict(
     dataset = as_json(run("--json", "datasets", "upload", str(moons_csv), "--target", "label"))
     assert dataset["name"] == "moons" and dataset["classes"] == ["lower", "upper"]
     shown = run("datasets", "get", dataset["id"])
-    assert shown.returncode == 0 and "moons" in shown.stdout and "feature names" in shown.stdout
+    assert shown.returncode == 0 and "moons" in shown.stdout and "Columns" in shown.stdout
+    assert "x1" in shown.stdout and "numeric" in shown.stdout
     listed = as_json(run("--json", "datasets", "list", "--page-size", "100"))
     assert dataset["id"] in [d["id"] for d in listed["items"]]
 
-    # submit --watch: a progress bar on stderr, the metrics on stdout, exit 0
+    # submit --watch: a progress bar on stderr, the evaluation on stdout, exit 0; no scaling
+    # (numeric=none), so that the downloaded weights take the raw features
     watched = run(
         "jobs", "submit", "--dataset", dataset["id"], "--layers", "8,8,1",
         "--loss", "binary_cross_entropy", "--optimizer", "adam", "--lr", "0.05",
         "--epochs", "30", "--batch-size", "32", "--seed", "1", "--validation-split", "0.25",
-        "--watch",
+        "--preprocessing", "numeric=none", "--watch",
     )  # fmt: skip
     assert watched.returncode == 0, watched.stderr
-    assert "succeeded" in watched.stdout and "val_accuracy" in watched.stdout
+    assert "succeeded" in watched.stdout and "Evaluation: validation" in watched.stdout
+    assert "stop reason completed" in watched.stdout
     assert "30/30" in watched.stderr and "loss" in watched.stderr
 
     jobs = as_json(run("--json", "jobs", "list", "--status", "succeeded", "--page-size", "100"))
     job = next(j for j in jobs["items"] if j["dataset_id"] == dataset["id"])
     assert job["training"]["validation_split"] == 0.25 and job["training"]["seed"] == 1
+    assert job["training"]["preprocessing"]["numeric"] == "none"
     table = run("jobs", "list", "--status", "succeeded")
     assert table.returncode == 0 and job["id"] in table.stdout and "final loss" in table.stdout
     again = as_json(run("--json", "jobs", "watch", job["id"]))  # finished: returns at once
@@ -83,8 +89,9 @@ def test_upload_submit_watch_models_graph_predict(
     assert job["id"] in run("jobs", "get", job["id"]).stdout
 
     model_id = job["model_id"]
-    got = run("models", "get", model_id, "--weights", "model.npz")
+    got = run("models", "get", model_id, "--weights", "model.npz", "--bundle", "model.bundle")
     assert got.returncode == 0 and "binary_cross_entropy" in got.stdout
+    assert "x1 (numeric), x2 (numeric)" in got.stdout
     model = as_json(run("--json", "models", "get", model_id))
     mlp = MLP(2, [8, 8, 1])
     mlp.load_state_dict(dict(np.load(tmp_path / "model.npz")))
@@ -100,8 +107,117 @@ def test_upload_submit_watch_models_graph_predict(
     predicted = as_json(run("--json", "predict", model_id, "points.csv"))
     logits = mlp(x).numpy().reshape(-1)
     assert predicted["predictions"] == [["lower", "upper"][int(v > 0)] for v in logits]
+    bundle = CoreModel.from_bytes((tmp_path / "model.bundle").read_bytes())
+    assert bundle.predict(x)["predictions"] == predicted["predictions"]
     human = run("predict", model_id, "points.csv")
     assert human.returncode == 0 and "prediction" in human.stdout and "upper" in human.stdout
+    assert "p(lower)" in human.stdout and "p(upper)" in human.stdout
+
+
+def test_typed_csv_early_stopping_evaluation_predict_evaluate(
+    service: LiveService, tmp_path: Path
+) -> None:
+    """A real-looking table (text columns, missing cells) from upload to a test-set report,
+    predictions on a CSV with named columns and `evaluate`."""
+    run = lambda *a: trainyard(service, *a, cwd=tmp_path)  # noqa: E731
+    rows = write_penguins_csv(tmp_path / "penguins.csv")
+    dataset = as_json(run("datasets", "upload", "penguins.csv", "--target", "species",
+                          "--column-type", "zip=categorical", "--json"))  # fmt: skip
+    assert [c["type"] for c in dataset["columns"]] == [
+        "numeric", "categorical", "categorical", "numeric"
+    ]  # fmt: skip
+    shown = run("datasets", "show", dataset["id"])
+    assert shown.returncode == 0, shown.stderr
+    lines = {line.split()[1]: line for line in shown.stdout.splitlines() if "│ " in line}
+    missing = sum(row["bill_length_mm"] is None for row in rows)
+    assert "numeric" in lines["bill_length_mm"] and f" {missing} " in lines["bill_length_mm"]
+    assert "min" in lines["bill_length_mm"] and "mean" in lines["bill_length_mm"]
+    assert "categorical" in lines["island"] and "3 levels" in lines["island"]
+    assert "Torgersen (" in lines["island"]
+    assert "species (labels)" in shown.stdout
+
+    # no --loss: the server picks cross_entropy; early stopping, a test split, the options
+    watched = run(
+        "jobs", "submit", "--dataset", dataset["id"], "--layers", "16,3", "--optimizer", "adam",
+        "--lr", "0.02", "--epochs", "300", "--early-stopping", "--patience", "8",
+        "--test-split", "0.2", "--class-weight", "balanced", "--lr-schedule", "cosine",
+        "--dtype", "float64", "--preprocessing", "numeric=minmax", "--watch",
+    )  # fmt: skip
+    assert watched.returncode == 0, watched.stderr
+    out = watched.stdout
+    assert "succeeded" in out and "best epoch" in out and "stop reason" in out
+    # the test split first, then validation and train; per class and the confusion matrix
+    test_at = out.index("Evaluation: test (36 rows)")
+    assert test_at < out.index("Evaluation: validation") < out.index("Evaluation: train")
+    assert "accuracy" in out and "f1 (macro)" in out and "roc auc" in out
+    assert "Per class: test" in out and "Confusion matrix: test" in out
+    assert all(label in out for label in SPECIES)
+
+    job = as_json(run("--json", "jobs", "list", "--status", "succeeded", "--page-size", "100"))
+    job = next(j for j in job["items"] if j["dataset_id"] == dataset["id"])
+    training = job["training"]
+    assert training["loss"] == "cross_entropy" and training["test_split"] == 0.2
+    assert training["early_stopping"]["patience"] == 8
+    assert training["class_weight"] == "balanced" and training["dtype"] == "float64"
+    assert training["lr_schedule"]["type"] == "cosine"
+    assert training["preprocessing"]["numeric"] == "minmax"
+    assert job["stop_reason"] in ("early_stopping", "completed") and job["best_epoch"] >= 1
+    shown = run("jobs", "show", job["id"])
+    assert shown.returncode == 0 and "test split" in shown.stdout
+    assert shown.stdout.index("Evaluation: test") < shown.stdout.index("Evaluation: train")
+    assert f"{job['stopped_epoch']}" in shown.stdout and "early stopping" in shown.stdout
+    model_id = job["model_id"]
+
+    # predict on a CSV posted as it is: columns in another order, a text value never seen in
+    # training, a missing cell, a column left out (zip)
+    (tmp_path / "new.csv").write_text(
+        "island,body_mass_g,bill_length_mm\nTorgersen,3650,39.1\nAtlantis,,50.2\nBiscoe,NA,\n"
+    )
+    named = [
+        {"island": "Torgersen", "body_mass_g": 3650, "bill_length_mm": 39.1},
+        {"island": "Atlantis", "bill_length_mm": 50.2},
+        {"island": "Biscoe"},
+    ]
+    expected = service.client().predict(model_id, named)
+    assert as_json(run("--json", "predict", model_id, "new.csv")) == expected
+    assert as_json(run("predict", model_id, "new.csv", "--json")) == expected
+    human = run("predict", model_id, "new.csv")
+    assert human.returncode == 0, human.stderr
+    assert "p(Adelie)" in human.stdout and expected["predictions"][0] in human.stdout
+    as_csv = run("predict", model_id, "new.csv", "--csv")
+    assert as_csv.returncode == 0, as_csv.stderr
+    lines = as_csv.stdout.splitlines()
+    assert lines[0] == "prediction,p_Adelie,p_Chinstrap,p_Gentoo" and len(lines) == 4
+    assert [line.split(",")[0] for line in lines[1:]] == expected["predictions"]
+    written = run("predict", model_id, "new.csv", "-o", "predictions.csv")
+    assert written.returncode == 0 and "3 predictions written" in written.stdout
+    assert (tmp_path / "predictions.csv").read_text() == as_csv.stdout
+
+    # evaluate on another upload with the same columns
+    write_penguins_csv(tmp_path / "more.csv", n=90, seed=7)
+    other = as_json(run("--json", "datasets", "upload", "more.csv", "--target", "species",
+                        "--column-type", "zip=categorical"))  # fmt: skip
+    report = run("evaluate", model_id, "--dataset", other["id"])
+    assert report.returncode == 0, report.stderr
+    assert "Evaluation: dataset (90 rows)" in report.stdout
+    assert "balanced accuracy" in report.stdout and "Confusion matrix" in report.stdout
+    scored = as_json(run("--json", "evaluate", model_id, "--dataset", other["id"]))
+    assert scored == service.client().evaluate(model_id, other["id"])
+    assert sum(map(sum, scored["evaluation"]["confusion_matrix"]["matrix"])) == 90
+    assert f"{scored['evaluation']['accuracy']:.4g}" in report.stdout
+
+    # what the local model says, the CLI says
+    local = service.client().load_model(model_id)
+    assert local.predict(named)["predictions"] == expected["predictions"]
+    assert [c["name"] for c in local.columns] == list(HEADER[:-1])
+
+    # a column the model does not take (exit 3); a file that is not there (2); no dataset (4)
+    (tmp_path / "odd.csv").write_text("flipper_length_mm\n200\n")
+    odd = run("predict", model_id, "odd.csv")
+    assert odd.returncode == EXIT_API_ERROR and "flipper_length_mm" in odd.stderr
+    absent = run("predict", model_id, "absent.csv")
+    assert absent.returncode == EXIT_USAGE and "absent.csv" in absent.stderr
+    assert run("evaluate", model_id, "--dataset", "no-such").returncode == EXIT_NOT_FOUND
 
 
 def test_exit_codes(service: LiveService, moons_csv: Path, tmp_path: Path) -> None:
@@ -118,6 +234,11 @@ def test_exit_codes(service: LiveService, moons_csv: Path, tmp_path: Path) -> No
     assert run("jobs", "frobnicate").returncode == EXIT_USAGE
     missing = run("datasets", "upload", "nope.csv")
     assert missing.returncode == EXIT_USAGE and "nope.csv" in missing.stderr
+
+    bad = run("jobs", "submit", "--dataset", "x", "--layers", "4,1", "--preprocessing", "numeric")
+    assert bad.returncode == EXIT_USAGE and "KEY=VALUE" in bad.stderr
+    bad = run("jobs", "submit", "--dataset", "x", "--layers", "4,1", "--lr-schedule", "warm")
+    assert bad.returncode == EXIT_USAGE and "cosine" in bad.stderr
 
     down = trainyard(service, "--url", f"http://127.0.0.1:{free_port()}", "jobs", "list",
                      cwd=tmp_path)  # fmt: skip
@@ -139,3 +260,21 @@ def test_help_documents_the_exit_codes(tmp_path: Path, service: LiveService) -> 
     result = trainyard(service, "--help", cwd=tmp_path)
     assert result.returncode == 0
     assert "Exit codes" in result.stdout and "5 cannot reach server" in result.stdout
+    assert "evaluate" in result.stdout and "http://127.0.0.1:8000" in result.stdout
+
+
+def test_submit_help_shows_the_options_and_their_defaults(
+    tmp_path: Path, service: LiveService
+) -> None:
+    result = trainyard(service, "jobs", "submit", "--help", cwd=tmp_path,
+                       env=service.env(COLUMNS="400"))  # fmt: skip
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    for option in ("--early-stopping", "--patience", "--test-split", "--validation-split",
+                   "--dtype", "--preprocessing", "--class-weight", "--lr-schedule"):  # fmt: skip
+        assert option in text, option
+    assert "the server picks from the targets" in text  # --loss is optional
+    assert "(default: float32)" in text and "(default: 100)" in text
+    assert "(default: 10; implies --early-stopping)" in text
+    assert "numeric=standardize|minmax|none (default standardize)" in text
+    assert "0.1 with --early-stopping" in text

@@ -35,6 +35,10 @@ def test_moons(service: LiveService) -> None:
     out = run_example(service, "moons.py")
     assert float(re.search(r"accuracy ([\d.]+)", out).group(1)) >= 0.95
     assert "local logits" in out
+    local, remote = re.search(
+        r"local predictions .*: (\[.*\]) \(the service: (\[.*\])\)", out
+    ).groups()
+    assert local == remote == "['upper', 'lower']"
 
 
 def test_spiral(service: LiveService) -> None:
