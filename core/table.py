@@ -288,23 +288,37 @@ _HEADER = "table.json"
 
 def table_to_bytes(table: Table) -> bytes:
     """The table as a zip of `.npy` arrays (`v{i}` values, `l{i}` levels) and `table.json`
-    (names and types); `np.load` reads it back with `allow_pickle=False`."""
+    (names and types); `np.load` reads it back with `allow_pickle=False`. Category codes are
+    stored in the narrowest integer type and deflated (they compress well); numbers are stored
+    as they are (measured floats rarely compress, and deflating them costs more than it saves)."""
     import io
     import json
     import zipfile
 
     buf = io.BytesIO()
     header = {"columns": [{"name": c.name, "type": c.kind} for c in table.columns]}
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
-        archive.writestr(_HEADER, json.dumps(header))
+    with zipfile.ZipFile(buf, "w") as archive:
+        archive.writestr(_HEADER, json.dumps(header), zipfile.ZIP_DEFLATED)
         for i, column in enumerate(table.columns):
             arrays = {f"v{i}": column.values}
             if column.levels is not None:
+                arrays[f"v{i}"] = column.values.astype(_code_dtype(len(column.levels)))
                 arrays[f"l{i}"] = np.array(column.levels, dtype=str)
             for key, array in arrays.items():
+                deflate = array.dtype.kind != "f"
+                archive.compression = zipfile.ZIP_DEFLATED if deflate else zipfile.ZIP_STORED
+                archive.compresslevel = 1 if deflate else None
                 with archive.open(f"{key}.npy", "w", force_zip64=True) as out:
                     np.lib.format.write_array(out, np.ascontiguousarray(array), allow_pickle=False)
     return buf.getvalue()
+
+
+def _code_dtype(n_levels: int) -> Any:
+    if n_levels < 2**7:
+        return np.int8
+    if n_levels < 2**15:
+        return np.int16
+    return np.int32
 
 
 def table_from_bytes(blob: bytes, names: Sequence[str] | None = None) -> Table:
@@ -326,6 +340,8 @@ def table_from_bytes(blob: bytes, names: Sequence[str] | None = None) -> Table:
         for i, spec in enumerate(header["columns"]):
             with archive.open(f"v{i}.npy") as f:
                 values = np.lib.format.read_array(f, allow_pickle=False)
+            if spec["type"] == CATEGORICAL:
+                values = values.astype(np.int32)
             levels = None
             if spec["type"] == CATEGORICAL:
                 with archive.open(f"l{i}.npy") as f:
