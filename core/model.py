@@ -101,13 +101,21 @@ class Model:
     def loss(self) -> str:
         return str(self.architecture["loss"])
 
-    def encode(self, features: Table | Sequence[Sequence[Any]] | np.ndarray) -> np.ndarray:
-        """The network's input for raw rows (cells in the training column order) or a table."""
+    def encode(self, features: Table | Sequence[Any] | np.ndarray) -> np.ndarray:
+        """The network's input for raw rows: cells in the training column order, or dicts
+        keyed by column name (a missing key is a missing cell; an unknown one a ValueError),
+        or a table."""
+        cols = self.columns
+        if not isinstance(features, Table) and len(features) and isinstance(features[0], dict):
+            names = [c["name"] for c in cols]
+            unknown = sorted({k for row in features for k in row} - set(names))
+            if unknown:
+                raise ValueError(f"unknown column {unknown[0]!r}; the model takes {names}")
+            features = [[row.get(n) for n in names] for row in features]
         if self.preprocessor is None:
             return _legacy_matrix(features)
         if isinstance(features, np.ndarray):
             features = features.tolist()
-        cols = self.columns
         table = conform(features, [c["name"] for c in cols], [c["type"] for c in cols])
         return self.preprocessor.transform(table)
 

@@ -464,7 +464,10 @@ class ModelSchema(Schema):
     evaluation = fields.Dict(allow_none=True, metadata={"description": "As the job's."})
     columns = fields.List(
         fields.Dict(),
-        metadata={"description": "The input columns it was trained on: `name`, `type`."},
+        metadata={
+            "description": "The input columns it was trained on: `name`, `type`, and for "
+            "categorical columns the `levels` seen in training."
+        },
     )
     created_at = UTCDateTime()
 

@@ -59,11 +59,18 @@ def get_weights(session: Session, model_id: str, owner: str) -> bytes:
     return blob
 
 
-def columns_of(architecture: dict[str, Any]) -> list[dict[str, str]]:
-    """The input columns a model was trained on (x0, x1, ... numeric for older models)."""
+def columns_of(architecture: dict[str, Any]) -> list[dict[str, Any]]:
+    """The input columns a model was trained on: `name`, `type`, and for a categorical column
+    the `levels` seen in training (x0, x1, ... numeric for older models)."""
     pre = architecture.get("preprocessing")
     if pre:
-        return [{"name": c["name"], "type": c["type"]} for c in pre["columns"]]
+        out: list[dict[str, Any]] = []
+        for column, step in zip(pre["columns"], pre["steps"], strict=True):
+            entry = {"name": column["name"], "type": column["type"]}
+            if column["type"] == "categorical":
+                entry["levels"] = list(step.get("levels") or [])
+            out.append(entry)
+        return out
     return [{"name": f"x{i}", "type": "numeric"} for i in range(architecture["nin"])]
 
 

@@ -341,3 +341,25 @@ def test_loss_is_picked_from_the_targets_when_not_given() -> None:
         graph=False,
     )
     assert result.architecture["loss"] == "cross_entropy"
+
+
+def test_a_model_predicts_named_rows_like_positional_ones() -> None:
+    from core.model import Model
+    from core.table import table_from_matrix
+
+    rows = [["red", 1.0], ["blue", -1.0], ["red", 0.5], ["green", None]] * 10
+    table = table_from_matrix(rows, ["colour", "size"])
+    result = train(
+        table,
+        np.array([[0.0], [1.0], [0.0], [1.0]] * 10),
+        {"layers": [4, 1]},
+        spec(epochs=3),
+        classes=[0, 1],
+        graph=False,
+    )
+    model = Model(result.architecture, result.state_dict)
+    named = model.predict([{"size": 1.0, "colour": "red"}, {"colour": "teal"}])
+    positional = model.predict([["red", 1.0], ["teal", None]])
+    assert named == positional
+    with pytest.raises(ValueError, match="unknown column 'weight'"):
+        model.predict([{"weight": 3}])
