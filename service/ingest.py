@@ -17,6 +17,7 @@ import csv
 import io
 import itertools
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -363,8 +364,10 @@ def read_csv(
     *,
     min_columns: int = 1,
     types_field: str = "column_types",
+    text_columns: Sequence[str] = (),
 ) -> tuple[list[str], dict[str, Any], dict[str, str]]:
-    """(header, {name: pandas Series}, column types asked for) of a CSV file with a header."""
+    """(header, {name: pandas Series}, column types asked for) of a CSV file with a header;
+    `text_columns` (and the categorical `column_types`) are read as text ("02139" stays so)."""
     import pandas as pd
 
     text = _decode(raw, field)
@@ -386,6 +389,7 @@ def read_csv(
         raise InputError(field, f"needs at least {min_columns} columns")
     types = check_column_types(column_types, header, types_field)
     dtypes = {name: str for name, kind in types.items() if kind == CATEGORICAL}
+    dtypes.update({name: str for name in text_columns if name in header})
     try:
         with warnings.catch_warnings():
             # index_col=False: a row longer than the header is an error (pandas would otherwise
@@ -553,7 +557,8 @@ def _csv_targets(
 def table_from_csv(raw: bytes, names: list[str], types: list[str], limits: Limits) -> Table:
     """Rows to predict on from a CSV file with a header naming (some of) the model's columns:
     a column the model does not take is a 422, a missing one is all missing cells."""
-    header, series, _ = read_csv(raw, "file", limits)
+    text = [n for n, kind in zip(names, types, strict=True) if kind == CATEGORICAL]
+    header, series, _ = read_csv(raw, "file", limits, text_columns=text)
     unknown = [h for h in header if h not in names]
     if unknown:
         raise InputError(
