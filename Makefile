@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PORT ?= 8000
 
-.PHONY: setup system-deps test-deps run migrate test lint format bench bench-service bench-load bench-quality screenshots clean
+.PHONY: setup system-deps test-deps run migrate test lint format bench bench-service bench-load bench-quality bench-ingest screenshots clean
 
 setup: system-deps $(STAMP)
 
@@ -56,6 +56,10 @@ bench-service: setup
 
 bench-load: setup
 	$(PY) bench/load.py
+
+# Storing a ~58 MB CSV of 200,000 rows (and the same data as JSON), listing large datasets.
+bench-ingest: setup
+	$(PY) bench/ingest.py
 
 # Test-set quality of the live (embedded) service against scikit-learn's MLP pipeline; installs
 # only its own dataset packages from bench/requirements.txt (not torch, which `bench` needs).
