@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, undefer
 from core import metrics
 from core.model import Model, probabilities_from_logits, weights_from_npz
 from core.preprocessing import MissingValueError
-from core.table import Table, TableError
+from core.table import NUMERIC, Table, TableError
 from core.training import encode_targets
 from service import ingest
 from service.config import Limits
@@ -191,9 +191,19 @@ def evaluate(session: Session, model: TrainedModel, dataset_id: str, owner: str)
         )
     table, targets = load_data(session, dataset.id)
     table = Table([table.columns[names.index(n)] for n in wanted])
+    for column, spec in zip(table.columns, columns_of(arch), strict=True):
+        if spec["type"] == NUMERIC and column.kind != NUMERIC:
+            raise InputError(
+                "dataset_id",
+                f"column {column.name!r} is {column.kind} in the dataset but numeric in the model",
+            )
     loss = arch["loss"]
     classes = arch.get("classes")
     if loss != "mse":
+        if dataset.target_kind != "labels" and dataset.classes is None:
+            raise InputError(
+                "dataset_id", f"its targets are numbers, not the model's class labels {classes}"
+            )
         labels = dataset.classes or []
         unknown = [c for c in labels if c not in (classes or [])]
         if unknown:

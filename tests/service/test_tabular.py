@@ -429,3 +429,19 @@ def test_a_job_without_loss_gets_one_from_the_targets(
     assert r.get_json()["training"]["loss"] == loss
     with app.extensions["db_sessionmaker"]() as session:
         assert session.get(Job, r.get_json()["id"]).training_spec["loss"] == loss
+
+
+def test_evaluate_refuses_a_dataset_that_does_not_fit(app: Flask, client: FlaskClient) -> None:
+    features = [[float(i), "ab"[i % 2]] for i in range(10)]
+    body = {"name": "a", "features": features, "targets": [i % 2 for i in range(10)]}
+    model_id, _ = store_trained_model(app, post_dataset(client, body), [4, 1],
+                                      "binary_cross_entropy", epochs=2)  # fmt: skip
+    url = f"{URL}/models/{model_id}/evaluate"
+    # the numeric column x0 as text
+    text = post_dataset(client, {**body, "features": [[f"v{i}", "a"] for i in range(10)]})
+    r = client.post(url, json={"dataset_id": text})
+    assert "x0" in assert_error(r, 422, "dataset_id")["fields"]["dataset_id"]
+    # numbers where the model has class labels; labels it does not know
+    for targets in ([0.5 + i % 2 for i in range(10)], ["no", "yes"] * 5):
+        other = post_dataset(client, {**body, "targets": targets})
+        assert_error(client.post(url, json={"dataset_id": other}), 422, "dataset_id")
