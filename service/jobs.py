@@ -19,6 +19,7 @@ from core.spec import (
     check_output_activation,
     check_splits,
     default_loss,
+    effective_validation_split,
     resolve_training,
 )
 from service import lifecycle
@@ -194,6 +195,8 @@ def create_job(session: Session, data: dict[str, Any], limits: Limits, owner: st
         data, facts["target_kind"], facts["n_targets"], facts["classes"]
     )
     check_spec(model, training, limits=limits, **facts)
+    # early stopping with no split of its own validates on EARLY_STOPPING_SPLIT: say so
+    training["validation_split"] = effective_validation_split(training)
 
     if parsed is not None:
         dataset = new_dataset(parsed, owner)
