@@ -56,14 +56,22 @@ class SpecError(ValueError):
         self.message = message
 
 
-def default_loss(target_kind: str, n_targets: int, classes: list[Any] | None) -> str:
-    """The loss for a job that names none: class labels get a classification loss (string or
-    boolean labels always; integer labels too, when there are at most 2 distinct values);
-    numbers get mse."""
+def default_loss(
+    target_kind: str, n_targets: int, classes: list[Any] | None, out_width: int | None = None
+) -> str:
+    """The loss for a job that names none, from the targets and the last layer's width:
+    string or boolean labels are classes (cross_entropy for more than 2, or for 2 with two
+    outputs; else binary_cross_entropy); one column of integers is read as class labels when
+    the last layer has one output per class (or one output for 2 classes), else as numbers;
+    anything else trains mse."""
+    k = len(classes) if classes is not None else 0
     if target_kind == "labels" and classes is not None:
-        return "binary_cross_entropy" if len(classes) == 2 else "cross_entropy"
-    if classes is not None and n_targets == 1 and len(classes) == 2:
-        return "binary_cross_entropy"
+        return "cross_entropy" if k > 2 or out_width == 2 else "binary_cross_entropy"
+    if classes is not None and n_targets == 1 and k >= 2:
+        if k == 2 and out_width in (None, 1):
+            return "binary_cross_entropy"
+        if out_width == k:
+            return "cross_entropy"
     return "mse"
 
 

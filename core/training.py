@@ -282,7 +282,9 @@ class _Run:
     ) -> None:
         self.spec = spec
         n_targets = 1 if targets.ndim == 1 else int(targets.shape[1])
-        self.loss = spec["loss"] or default_loss(target_kind, n_targets, classes)
+        self.loss = spec["loss"] or default_loss(
+            target_kind, n_targets, classes, int(model_spec["layers"][-1])
+        )
         self.classes = classes
         self.on_epoch = on_epoch
         self.dtype = np.dtype(spec.get("dtype") or "float64")

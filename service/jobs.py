@@ -135,7 +135,7 @@ def normalized_specs(
     }
     t = resolve_training(data["training"])
     if t["loss"] is None:
-        t["loss"] = default_loss(target_kind, n_targets, classes)
+        t["loss"] = default_loss(target_kind, n_targets, classes, model["layers"][-1])
     training = {key: t[key] for key in TRAINING_KEYS}
     return model, training
 

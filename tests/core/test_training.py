@@ -363,3 +363,23 @@ def test_a_model_predicts_named_rows_like_positional_ones() -> None:
     assert named == positional
     with pytest.raises(ValueError, match="unknown column 'weight'"):
         model.predict([{"weight": 3}])
+
+
+@pytest.mark.parametrize(
+    ("kind", "classes", "width", "loss"),
+    [
+        ("labels", ["a", "b", "c"], 3, "cross_entropy"),
+        ("labels", ["no", "yes"], 1, "binary_cross_entropy"),
+        ("labels", ["no", "yes"], 2, "cross_entropy"),
+        ("numeric", [0, 1], 1, "binary_cross_entropy"),
+        ("numeric", list(range(10)), 10, "cross_entropy"),  # digits: one output per class
+        ("numeric", list(range(10)), 1, "mse"),  # integers read as numbers
+        ("numeric", None, 1, "mse"),
+    ],
+)
+def test_default_loss_reads_the_targets_and_the_output_width(
+    kind: str, classes: list[object] | None, width: int, loss: str
+) -> None:
+    from core.spec import default_loss
+
+    assert default_loss(kind, 1, classes, width) == loss
