@@ -39,6 +39,12 @@ def run_migrations_online() -> None:
         VAR_DIR.mkdir(parents=True, exist_ok=True)
     connectable = make_engine(url)
     with connectable.connect() as connection:
+        if connection.dialect.name == "sqlite":
+            # Batch mode rebuilds a table (copy, DROP, rename): with foreign keys on, the DROP
+            # deletes the rows that reference it (ON DELETE CASCADE) or fails. Off while
+            # migrating (outside a transaction: SQLite ignores the pragma inside one).
+            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            connection.commit()
         context.configure(
             connection=connection,
             target_metadata=target_metadata,

@@ -50,6 +50,15 @@ def insert_old_dataset(url: str) -> np.ndarray:
                 "t": array_to_bytes(np.array([[0.0], [1.0], [0.0]])),
             },
         )
+        # a job on it (a foreign key into datasets that the SQLite table rebuild must survive)
+        conn.execute(
+            sa.text(
+                "INSERT INTO jobs (id, owner, status, dataset_id, model_spec, training_spec, "
+                "epoch, epochs, attempts, cancel_requested, created_at) VALUES "
+                "(:id, 'local', 'succeeded', :ds, '{}', '{}', 1, 1, 1, false, :now)"
+            ),
+            {"id": "b" * 32, "ds": "a" * 32, "now": datetime.now(UTC)},
+        )
     return features
 
 
@@ -63,6 +72,7 @@ def check_old_dataset(url: str, features: np.ndarray) -> None:
             ("x1", "numeric", 0),
         ]
         assert dataset.columns[1]["min"] == -1.0 and dataset.columns[1]["max"] == 3.25
+        assert session.scalar(sa.text("SELECT dataset_id FROM jobs")) == "a" * 32
     assert table.names == ["x0", "x1"] and table.types == ["numeric", "numeric"]
     np.testing.assert_array_equal(np.column_stack([c.values for c in table.columns]), features)
     np.testing.assert_array_equal(targets, [[0.0], [1.0], [0.0]])
@@ -104,12 +114,6 @@ def test_postgres_upgrade_check_downgrade() -> None:
         drop_pg_database(url)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="migrations run with PRAGMA foreign_keys=ON (service.db.make_engine): batch mode's "
-    "DROP TABLE datasets cascades to dataset_data (and fails once a job references a dataset); "
-    "migrations/env.py must turn foreign keys off on SQLite while migrating",
-)
 def test_sqlite_old_dataset_survives_upgrade(tmp_path: Path) -> None:
     check_old_dataset_survives_upgrade(f"sqlite:///{tmp_path / 'db.sqlite3'}")
 
