@@ -382,6 +382,12 @@ def read_csv(
     if not text.strip():
         raise InputError(field, "is empty: a header row and at least one data row are needed")
     header = [h.strip() for h in header_guess]
+    if "" in header:
+        raise InputError(
+            field,
+            f"the header's column {header.index('') + 1} has no name; every column needs one "
+            "(is the first row a header?)",
+        )
     if len(set(header)) != len(header):
         dupes = sorted({h for h in header if header.count(h) > 1})
         raise InputError(field, f"the header names a column twice: {dupes}")

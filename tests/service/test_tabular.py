@@ -445,3 +445,10 @@ def test_evaluate_refuses_a_dataset_that_does_not_fit(app: Flask, client: FlaskC
     for targets in ([0.5 + i % 2 for i in range(10)], ["no", "yes"] * 5):
         other = post_dataset(client, {**body, "targets": targets})
         assert_error(client.post(url, json={"dataset_id": other}), 422, "dataset_id")
+
+
+def test_a_csv_header_with_an_unnamed_column_is_refused(client: FlaskClient) -> None:
+    body = {"file": (io.BytesIO(b"a,,c\n1,2,3\n"), "x.csv"), "target": "c"}
+    r = client.post("/api/v1/datasets", data=body, content_type="multipart/form-data")
+    assert r.status_code == 422
+    assert "column 2 has no name" in r.get_json()["error"]["fields"]["file"]
