@@ -490,6 +490,14 @@ class PredictInSchema(Schema):
             raise ValidationError("give either features or rows", field_name="features")
 
 
+class ExportQuerySchema(Schema):
+    format = fields.String(
+        required=True,
+        validate=validate.OneOf(["onnx", "bundle"]),
+        metadata={"description": "`onnx` or `bundle`."},
+    )
+
+
 class PredictCsvSchema(Schema):
     """`multipart/form-data`: a CSV file with a header row naming the model's columns."""
 

@@ -110,6 +110,32 @@ def loaded(model: TrainedModel) -> Model:
     return Model(model.architecture, weights_from_npz(model.weights))
 
 
+def export(session: Session, model: TrainedModel, fmt: str) -> tuple[bytes, str, str]:
+    """(body, media type, file name) of the model exported as `fmt` (`service.export`)."""
+    from service import export as exporter
+    from service.models import Job
+
+    trained = loaded(model)
+    if fmt == "onnx":
+        try:
+            body = exporter.to_onnx(trained, name=f"trainyard-{model.id}")
+        except exporter.ExportError as exc:
+            raise InputError("format", str(exc)) from None
+        return body, "application/octet-stream", f"model-{model.id}.onnx"
+    spec = session.execute(
+        sa.select(Job.model_spec, Job.training_spec).where(Job.id == model.job_id)
+    ).first()
+    info = {
+        "model_id": model.id,
+        "job_id": model.job_id,
+        "dataset_id": model.dataset_id,
+        "metrics": model.metrics,
+        "evaluation": model.evaluation,
+        "spec": {"model": spec.model_spec, "training": spec.training_spec} if spec else None,
+    }
+    return exporter.to_bundle(trained, info), "application/zip", f"model-{model.id}.zip"
+
+
 def bundle(model: TrainedModel) -> bytes:
     """The model as one file: weights plus architecture and preprocessing (`core.model`)."""
     return loaded(model).to_bytes()

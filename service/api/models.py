@@ -15,6 +15,7 @@ from service.schemas import (
     ErrorSchema,
     EvaluateInSchema,
     EvaluationSchema,
+    ExportQuerySchema,
     ModelPageSchema,
     ModelSchema,
     PageQuerySchema,
@@ -99,6 +100,31 @@ def get_bundle(model_id: str) -> Response:
         trained_models.bundle(model),
         mimetype="application/octet-stream",
         headers={"Content-Disposition": f'attachment; filename="model-{model_id}.bundle.npz"'},
+    )
+
+
+@blp.route("/<model_id>/export")
+@blp.arguments(ExportQuerySchema, location="query", unknown=RAISE)
+@blp.response(
+    200,
+    description="`format=onnx`: an ONNX model (opset 17 + ai.onnx.ml 3) with the preprocessing, "
+    "the network and the outputs (`label` and `probabilities`, or `prediction`); one input "
+    "per raw column, `double [N, 1]` (NaN: missing) or `string [N, 1]` (empty: missing). "
+    "`format=bundle`: a zip with `model.npz`, `weights.npz`, `model.json` and a README.",
+    content_type="application/octet-stream",
+)
+@blp.alt_response(404, schema=ErrorSchema, description="No such model.")
+@blp.alt_response(422, schema=ErrorSchema, description="A model this format cannot hold.")
+def export(query: dict[str, Any], model_id: str) -> Response:
+    """Export the model for other runtimes: ONNX (onnxruntime serves it with no Python of ours)
+    or a self-describing zip bundle."""
+    session = db()
+    model = trained_models.get_model(session, model_id, current_owner(), with_weights=True)
+    body, mimetype, filename = trained_models.export(session, model, query["format"])
+    return Response(
+        body,
+        mimetype=mimetype,
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )
 
 

@@ -75,6 +75,7 @@ def test_openapi_document(client: FlaskClient) -> None:
         ("/api/v1/models/{model_id}/graph.svg", "get"),
         ("/api/v1/models/{model_id}/predict", "post"),
         ("/api/v1/models/{model_id}/bundle", "get"),
+        ("/api/v1/models/{model_id}/export", "get"),
         ("/api/v1/models/{model_id}/evaluate", "post"),
         ("/healthz", "get"),
         ("/readyz", "get"),

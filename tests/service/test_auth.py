@@ -32,6 +32,7 @@ API_ROUTES = [
     ("GET", "/api/v1/models/x/graph.svg"),
     ("POST", "/api/v1/models/x/predict"),
     ("GET", "/api/v1/models/x/bundle"),
+    ("GET", "/api/v1/models/x/export"),
     ("POST", "/api/v1/models/x/evaluate"),
     ("GET", "/api/v1/nope"),  # unknown routes too: nothing below /api/v1 answers without a key
 ]
