@@ -56,10 +56,13 @@ class ApiError(Exception):
 
 
 class InputError(ApiError):
-    """422 for one field: `InputError("training.epochs", "must be at most 10000")`."""
+    """422 for one field: `InputError("training.epochs", "is 100000; the limit is 10000")`.
+
+    The message names the field too (`training.epochs: is 100000; ...`), as marshmallow's
+    validation errors do, so it reads on its own in a log or a terminal."""
 
     def __init__(self, field: str, message: str) -> None:
-        super().__init__(422, message, {field: message})
+        super().__init__(422, f"{field}: {message}", {field: message})
 
 
 class JsonErrorRequest(Request):

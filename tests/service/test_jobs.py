@@ -428,3 +428,10 @@ def test_broker_down_still_answers_and_keeps_job_queued(app: Flask, client: Flas
     assert client.get(f"{URL}/{r.get_json()['id']}").get_json()["status"] == "queued"
     with app.extensions["db_sessionmaker"]() as session:
         assert session.get(Job, r.get_json()["id"]).published_at is None
+
+
+def test_an_input_error_message_names_its_field(client: FlaskClient) -> None:
+    body = {"dataset_id": post_dataset(client), "model": {"layers": [4, 1]},
+            "training": {"epochs": 100000}}  # fmt: skip
+    error = assert_error(client.post(URL, json=body), 422, "training.epochs")
+    assert error["message"].startswith("training.epochs: is 100000; the limit is ")
