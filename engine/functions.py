@@ -7,43 +7,126 @@ Closures never modify the incoming gradient `g` in place.
 from __future__ import annotations
 
 import builtins
+import math
+import operator
 import warnings
 from typing import Any
 
 import numpy as np
-from numpy.lib.array_utils import normalize_axis_tuple
+from numpy.lib.array_utils import normalize_axis_index, normalize_axis_tuple
 
-from engine.tensor import Tensor, _result
+from engine.tensor import Tensor, _result, to_array
 
 Axis = int | tuple[int, ...] | None
+REDUCTIONS = ("mean", "sum", "none")
 
 
-def as_tensor(x: Any, like: Tensor | None = None, op: str = "op") -> Tensor:
-    """`x` as a Tensor: Tensors pass through; Python numbers take `like`'s dtype (so float32
-    stays float32); ndarrays, NumPy scalars and lists become constants (ints as float64)."""
+def _no_backward(g: np.ndarray) -> tuple:
+    raise AssertionError("a constant has no backward")
+
+
+def _constant(data: Any, op: str = "") -> Tensor:
+    """A tensor outside any graph (comparisons, argmax, operands that are not tensors)."""
+    return _result(data, (), _no_backward, op)
+
+
+# --- dtypes: PyTorch's promotion, in this one place ---------------------------------------------
+
+
+def result_dtype(*operands: Any) -> np.dtype:
+    """The floating dtype an op on `operands` computes in, by PyTorch's rule: dimensioned
+    tensors and arrays decide; 0-d ones only when no dimensioned operand is floating; Python
+    numbers, NumPy scalars and lists never widen a tensor (they take its dtype). Integer and
+    boolean operands take the floating operands' dtype; with none, float64."""
+    tier, found = -1, []
+    for x in operands:
+        if isinstance(x, Tensor | np.ndarray):
+            arr = x.data if isinstance(x, Tensor) else x
+            if arr.dtype.kind != "f":
+                continue
+            rank = 1 if arr.ndim else 0
+            if rank > tier:
+                tier, found = rank, [arr.dtype]
+            elif rank == tier:
+                found.append(arr.dtype)
+        elif not isinstance(x, bool | int | float | np.generic | list | tuple):
+            raise TypeError(
+                f"unsupported operand: expected a Tensor, ndarray, list or number, "
+                f"got {type(x).__name__} ({x!r:.40})"
+            )
+    if not found:
+        return np.dtype(np.float64)
+    return found[0] if len(found) == 1 else np.result_type(*found)
+
+
+def cast(a: Tensor, dtype: Any) -> Tensor:
+    """`a` in `dtype` (the gradient flows back cast to `a`'s dtype by `Tensor.backward`)."""
+    dtype = np.dtype(dtype)
+    if a.data.dtype == dtype:
+        return a
+
+    def backward(g: np.ndarray) -> tuple:
+        return (g,)
+
+    return _result(a.data.astype(dtype), (a,), backward, "cast")
+
+
+def as_tensor(x: Any, dtype: Any = None, op: str = "op") -> Tensor:
+    """`x` as a Tensor: Tensors pass through (cast to `dtype` if given); anything else becomes
+    a constant in `dtype` (default: its own floating dtype, float64 for ints and bools)."""
     if isinstance(x, Tensor):
-        return x
-    if isinstance(x, bool | int | float):
-        dtype = like.data.dtype if like is not None else np.float64
-        return Tensor(np.asarray(x, dtype=dtype), requires_grad=False)
-    if isinstance(x, np.ndarray | np.number | np.bool_ | list | tuple):
-        return Tensor(x, requires_grad=False)
-    raise TypeError(
-        f"unsupported operand for {op}: expected a Tensor, ndarray, list or Python number, "
-        f"got {type(x).__name__} ({x!r:.40})"
-    )
+        return x if dtype is None else cast(x, dtype)
+    if not isinstance(x, bool | int | float | np.generic | np.ndarray | list | tuple):
+        raise TypeError(
+            f"unsupported operand for {op}: expected a Tensor, ndarray, list or number, "
+            f"got {type(x).__name__} ({x!r:.40})"
+        )
+    arr = to_array(x)
+    if dtype is None:
+        dtype = arr.dtype if arr.dtype.kind == "f" else np.float64
+    return _constant(arr.astype(dtype, copy=False))
 
 
-def _pair(a: Any, b: Any, op: str) -> tuple[Tensor, Tensor]:
-    like = a if isinstance(a, Tensor) else b if isinstance(b, Tensor) else None
-    return as_tensor(a, like, op), as_tensor(b, like, op)
+def promote(*operands: Any, op: str = "op") -> tuple[Tensor, ...]:
+    """The operands as tensors of one floating dtype (`result_dtype`)."""
+    tensor = next((x for x in operands if type(x) is Tensor), None)
+    if tensor is not None and tensor.data.dtype.kind == "f":
+        dtype = tensor.data.dtype
+        # The common cases, cheaply: tensors of one dtype, or a tensor and Python numbers.
+        if builtins.all(
+            (type(x) is Tensor and x.data.dtype == dtype) or type(x) in (float, int)
+            for x in operands
+        ):
+            return tuple(
+                x if type(x) is Tensor else _constant(np.asarray(x, dtype)) for x in operands
+            )
+    dtype = result_dtype(*operands)
+    return tuple(as_tensor(x, dtype, op) for x in operands)
+
+
+def _floating(a: Any, op: str = "op") -> Tensor:
+    if type(a) is Tensor and a.data.dtype.kind == "f":
+        return a
+    return as_tensor(a, result_dtype(a), op)
+
+
+# --- axes: normalised once, here, for every op that takes them ---------------------------------
+
+
+def _axes(axis: Axis, ndim: int) -> tuple[int, ...] | None:
+    """`axis` (an int, a tuple, negatives allowed) as a tuple of distinct axes in range."""
+    return None if axis is None else normalize_axis_tuple(axis, ndim)
+
+
+def _axis(axis: int, ndim: int) -> int:
+    return normalize_axis_index(operator.index(axis), ndim)
 
 
 # --- elementwise binary ------------------------------------------------------------------------
 
 
 def add(a: Any, b: Any) -> Tensor:
-    a, b = _pair(a, b, "+")
+    a, b = promote(a, b, op="+")
 
     def backward(g: np.ndarray) -> tuple:
         return g, g
@@ -52,7 +135,7 @@ def add(a: Any, b: Any) -> Tensor:
 
 
 def sub(a: Any, b: Any) -> Tensor:
-    a, b = _pair(a, b, "-")
+    a, b = promote(a, b, op="-")
 
     def backward(g: np.ndarray) -> tuple:
         return g, (-g if b.requires_grad else None)
@@ -61,7 +144,7 @@ def sub(a: Any, b: Any) -> Tensor:
 
 
 def mul(a: Any, b: Any) -> Tensor:
-    a, b = _pair(a, b, "*")
+    a, b = promote(a, b, op="*")
     ad, bd = a.data, b.data
 
     def backward(g: np.ndarray) -> tuple:
@@ -71,7 +154,7 @@ def mul(a: Any, b: Any) -> Tensor:
 
 
 def div(a: Any, b: Any) -> Tensor:
-    a, b = _pair(a, b, "/")
+    a, b = promote(a, b, op="/")
     bd = b.data
     out = a.data / bd
 
@@ -83,18 +166,28 @@ def div(a: Any, b: Any) -> Tensor:
 
 
 def pow(a: Any, b: Any) -> Tensor:
-    """`a ** b`; d/db is `out * log(a)`, taken as 0 where a == 0 (as PyTorch)."""
-    if isinstance(a, Tensor) and isinstance(b, int | float) and not isinstance(b, bool):
-        return _pow_scalar(a, b)
-    a, b = _pair(a, b, "**")
+    """`a ** b`. d/da is `b * a ** (b - 1)`, taken as 0 where b == 0 (a constant); d/db is
+    `out * log(a)`, taken as 0 where a == 0 (as PyTorch)."""
+    if (
+        isinstance(a, Tensor)
+        and a.data.dtype.kind == "f"
+        and isinstance(b, int | float | np.integer | np.floating)
+        and not isinstance(b, bool)
+    ):
+        # A NumPy scalar as a Python number: it must not widen the tensor.
+        return _pow_scalar(a, b.item() if isinstance(b, np.generic) else b)
+    a, b = promote(a, b, op="**")
     ad, bd = a.data, b.data
     out = ad**bd
 
     def backward(g: np.ndarray) -> tuple:
+        ga = gb = None
         with np.errstate(divide="ignore", invalid="ignore"):
-            ga = g * bd * ad ** (bd - 1) if a.requires_grad else None
-            gb = g * np.where(ad == 0, 0, out * np.log(np.where(ad == 0, 1, ad)))
-        return ga, (gb if b.requires_grad else None)
+            if a.requires_grad:
+                ga = g * np.where(bd == 0, 0, bd * ad ** (bd - 1))
+            if b.requires_grad:
+                gb = g * np.where(ad == 0, 0, out * np.log(np.where(ad == 0, 1, ad)))
+        return ga, gb
 
     return _result(out, (a, b), backward, "**")
 
@@ -103,6 +196,8 @@ def _pow_scalar(a: Tensor, e: float) -> Tensor:
     ad = a.data
 
     def backward(g: np.ndarray) -> tuple:
+        if e == 0:
+            return (np.zeros_like(ad),)
         if e == 2:
             return (g * (2 * ad),)
         return (g * (e * ad ** (e - 1)),)
@@ -110,16 +205,66 @@ def _pow_scalar(a: Tensor, e: float) -> Tensor:
     return _result(ad**e, (a,), backward, f"**{e:g}")
 
 
-def neg(a: Tensor) -> Tensor:
-    def backward(g: np.ndarray) -> tuple:
-        return (-g,)
+def maximum(a: Any, b: Any) -> Tensor:
+    """Elementwise maximum; where a == b each receives half the gradient (as PyTorch)."""
+    return _extremum(a, b, np.maximum, np.greater, "maximum")
 
-    return _result(-a.data, (a,), backward, "neg")
+
+def minimum(a: Any, b: Any) -> Tensor:
+    """Elementwise minimum; where a == b each receives half the gradient (as PyTorch)."""
+    return _extremum(a, b, np.minimum, np.less, "minimum")
+
+
+def _extremum(a: Any, b: Any, pick: np.ufunc, wins: np.ufunc, op: str) -> Tensor:
+    a, b = promote(a, b, op=op)
+    ad, bd = a.data, b.data
+
+    def backward(g: np.ndarray) -> tuple:
+        share = np.where(wins(ad, bd), 1, np.where(ad == bd, 0.5, 0)).astype(g.dtype)
+        return g * share, g * (1 - share)
+
+    return _result(pick(ad, bd), (a, b), backward, op)
+
+
+def where(condition: Any, a: Any, b: Any) -> Tensor:
+    """`a` where `condition` (boolean, broadcast) holds, else `b`; each gets its part of the
+    gradient."""
+    cond = condition.data if isinstance(condition, Tensor) else to_array(condition)
+    if cond.dtype != np.bool_:
+        raise TypeError(f"where: condition must be boolean, got {cond.dtype}")
+    a, b = promote(a, b, op="where")
+
+    def backward(g: np.ndarray) -> tuple:
+        ga = np.where(cond, g, 0) if a.requires_grad else None
+        gb = np.where(cond, 0, g) if b.requires_grad else None
+        return ga, gb
+
+    return _result(np.where(cond, a.data, b.data), (a, b), backward, "where")
+
+
+_COMPARISONS = {
+    "<": np.less,
+    "<=": np.less_equal,
+    ">": np.greater,
+    ">=": np.greater_equal,
+    "==": np.equal,
+    "!=": np.not_equal,
+}
+
+
+def compare(a: Any, b: Any, op: str) -> Tensor:
+    """`a op b` for op in <, <=, >, >=, ==, != as a boolean tensor without gradient.
+    NotImplemented for an operand that is not a number (so `t == None` is False)."""
+    try:
+        a, b = promote(a, b, op=op)
+    except TypeError:
+        return NotImplemented
+    return _constant(_COMPARISONS[op](a.data, b.data), op)
 
 
 def matmul(a: Any, b: Any) -> Tensor:
     """`a @ b` with `np.matmul`'s rules (1-D, 2-D, batched with broadcast batch axes)."""
-    a, b = _pair(a, b, "@")
+    a, b = promote(a, b, op="@")
     ad, bd = a.data, b.data
 
     def backward(g: np.ndarray) -> tuple:
@@ -146,7 +291,10 @@ def matmul(a: Any, b: Any) -> Tensor:
 
 def linear(x: Any, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """`x @ weight.T + bias` as one op (weight is (nout, nin), as in PyTorch)."""
-    x = as_tensor(x, weight, "linear")
+    if bias is None:
+        x, weight = promote(x, weight, op="linear")
+    else:
+        x, weight, bias = promote(x, weight, bias, op="linear")
     xd, wd = x.data, weight.data
     out = xd @ wd.T
     if bias is not None:
@@ -177,7 +325,17 @@ def linear(x: Any, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 # --- elementwise unary ------------------------------------------------------------------------
 
 
-def exp(a: Tensor) -> Tensor:
+def neg(a: Any) -> Tensor:
+    a = _floating(a, "neg")
+
+    def backward(g: np.ndarray) -> tuple:
+        return (-g,)
+
+    return _result(-a.data, (a,), backward, "neg")
+
+
+def exp(a: Any) -> Tensor:
+    a = _floating(a, "exp")
     out = np.exp(a.data)
 
     def backward(g: np.ndarray) -> tuple:
@@ -186,7 +344,8 @@ def exp(a: Tensor) -> Tensor:
     return _result(out, (a,), backward, "exp")
 
 
-def log(a: Tensor) -> Tensor:
+def log(a: Any) -> Tensor:
+    a = _floating(a, "log")
     ad = a.data
 
     def backward(g: np.ndarray) -> tuple:
@@ -195,13 +354,47 @@ def log(a: Tensor) -> Tensor:
     return _result(np.log(ad), (a,), backward, "log")
 
 
-def sqrt(a: Tensor) -> Tensor:
+def sqrt(a: Any) -> Tensor:
+    a = _floating(a, "sqrt")
     out = np.sqrt(a.data)
 
     def backward(g: np.ndarray) -> tuple:
         return (g * 0.5 / out,)
 
     return _result(out, (a,), backward, "sqrt")
+
+
+def abs(a: Any) -> Tensor:
+    """|a|; the gradient at 0 is 0 (as PyTorch)."""
+    a = _floating(a, "abs")
+    ad = a.data
+
+    def backward(g: np.ndarray) -> tuple:
+        return (g * np.sign(ad),)
+
+    return _result(np.abs(ad), (a,), backward, "abs")
+
+
+def clip(a: Any, min: Any = None, max: Any = None) -> Tensor:
+    """`a` limited to [min, max] (constant bounds, numbers or arrays that broadcast); the
+    gradient passes where min <= a <= max (as `torch.clamp`)."""
+    if min is None and max is None:
+        raise ValueError("clip: at least one of min and max must be given")
+    a = _floating(a, "clip")
+    ad = a.data
+    lo = None if min is None else as_tensor(min, ad.dtype, "clip").data
+    hi = None if max is None else as_tensor(max, ad.dtype, "clip").data
+    out = np.clip(ad, lo, hi)
+
+    def backward(g: np.ndarray) -> tuple:
+        inside = np.ones(out.shape, dtype=bool)
+        if lo is not None:
+            inside &= ad >= lo
+        if hi is not None:
+            inside &= ad <= hi
+        return (g * inside,)
+
+    return _result(out, (a,), backward, "clip")
 
 
 def _tanh(x: np.ndarray) -> np.ndarray:
@@ -217,7 +410,8 @@ def _tanh(x: np.ndarray) -> np.ndarray:
     return t
 
 
-def tanh(a: Tensor) -> Tensor:
+def tanh(a: Any) -> Tensor:
+    a = _floating(a, "tanh")
     out = _tanh(a.data)
 
     def backward(g: np.ndarray) -> tuple:
@@ -229,22 +423,29 @@ def tanh(a: Tensor) -> Tensor:
     return _result(out, (a,), backward, "tanh")
 
 
-def sigmoid(a: Tensor) -> Tensor:
-    # 1 / (1 + exp(-x)) written through tanh: no overflow for large |x|.
-    out = np.tanh(a.data * 0.5)
-    out += 1
-    out *= 0.5
+def _sigmoids(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sigmoid(x), sigmoid(-x)), each within a few ulps over the whole range: exp(-|x|)
+    never overflows, and neither value is computed as 1 minus the other."""
+    e = np.exp(-np.abs(x))
+    d = 1 + e
+    big = 1 / d  # sigmoid(|x|)
+    small = e / d  # sigmoid(-|x|)
+    positive = x >= 0
+    return np.where(positive, big, small), np.where(positive, small, big)
+
+
+def sigmoid(a: Any) -> Tensor:
+    a = _floating(a, "sigmoid")
+    out, complement = _sigmoids(a.data)
 
     def backward(g: np.ndarray) -> tuple:
-        ga = 1 - out
-        ga *= out
-        ga *= g
-        return (ga,)
+        return (g * out * complement,)
 
     return _result(out, (a,), backward, "sigmoid")
 
 
-def relu(a: Tensor) -> Tensor:
+def relu(a: Any) -> Tensor:
+    a = _floating(a, "relu")
     out = np.maximum(a.data, 0)
 
     def backward(g: np.ndarray) -> tuple:
@@ -256,75 +457,135 @@ def relu(a: Tensor) -> Tensor:
 # --- reductions -------------------------------------------------------------------------------
 
 
-def _expand(g: np.ndarray, shape: tuple[int, ...], axis: Axis, keepdims: bool) -> np.ndarray:
-    """Broadcast a reduced gradient back over the reduced axes (a read-only view)."""
-    if axis is not None and not keepdims:
-        g = np.expand_dims(g, normalize_axis_tuple(axis, len(shape)))
-    elif axis is None and not keepdims:
+def _expand(
+    g: np.ndarray, shape: tuple[int, ...], axes: tuple[int, ...] | None, keepdims: bool
+) -> np.ndarray:
+    """Broadcast a reduced gradient back over the reduced (normalised) axes: a read-only view."""
+    if axes is not None and not keepdims:
+        g = np.expand_dims(g, axes)
+    elif axes is None and not keepdims:
         g = np.reshape(g, (1,) * len(shape))
     return np.broadcast_to(g, shape)
 
 
-def sum(a: Tensor, axis: Axis = None, keepdims: bool = False) -> Tensor:
+def sum(a: Any, axis: Axis = None, keepdims: bool = False) -> Tensor:
+    a = _floating(a, "sum")
     shape = a.data.shape
+    axes = _axes(axis, a.data.ndim)
 
     def backward(g: np.ndarray) -> tuple:
-        return (_expand(g, shape, axis, keepdims),)
+        return (_expand(g, shape, axes, keepdims),)
 
-    return _result(a.data.sum(axis=axis, keepdims=keepdims), (a,), backward, "sum")
+    return _result(a.data.sum(axis=axes, keepdims=keepdims), (a,), backward, "sum")
 
 
-def mean(a: Tensor, axis: Axis = None, keepdims: bool = False) -> Tensor:
+def mean(a: Any, axis: Axis = None, keepdims: bool = False) -> Tensor:
+    a = _floating(a, "mean")
     shape = a.data.shape
-    out = a.data.mean(axis=axis, keepdims=keepdims)
+    axes = _axes(axis, a.data.ndim)
+    out = a.data.mean(axis=axes, keepdims=keepdims)
     count = a.data.size // builtins.max(np.asarray(out).size, 1) if a.data.size else 1
 
     def backward(g: np.ndarray) -> tuple:
-        return (_expand(g / count, shape, axis, keepdims),)
+        return (_expand(g / count, shape, axes, keepdims),)
 
     return _result(out, (a,), backward, "mean")
 
 
-def max(a: Tensor, axis: Axis = None, keepdims: bool = False) -> Tensor:
-    """The maximum; ties share the gradient equally."""
+def _extreme(a: Any, axis: Axis, keepdims: bool, pick: Any, op: str) -> Tensor:
+    """max or min; ties share the gradient equally."""
+    a = a if isinstance(a, Tensor) else as_tensor(a, op=op)
     ad = a.data
-    top = ad.max(axis=axis, keepdims=True)
+    axes = _axes(axis, ad.ndim)
+    top = pick(ad, axis=axes, keepdims=True)
 
     def backward(g: np.ndarray) -> tuple:
         mask = (ad == top).astype(ad.dtype)
-        mask /= mask.sum(axis=axis, keepdims=True)
-        mask *= _expand(g, ad.shape, axis, keepdims)
+        mask /= mask.sum(axis=axes, keepdims=True)
+        mask *= _expand(g, ad.shape, axes, keepdims)
         return (mask,)
 
-    out = top if keepdims else (top.reshape(()) if axis is None else np.squeeze(top, axis))
-    return _result(out, (a,), backward, "max")
+    out = top if keepdims else (top.reshape(()) if axes is None else np.squeeze(top, axes))
+    return _result(out, (a,), backward, op)
 
 
-def logsumexp(a: Tensor, axis: Axis = None, keepdims: bool = False) -> Tensor:
-    """log(sum(exp(a))), shifted by the maximum so that large logits stay finite."""
-    ad = a.data
-    top = ad.max(axis=axis, keepdims=True)
+def max(a: Any, axis: Axis = None, keepdims: bool = False) -> Tensor:
+    """The maximum; ties share the gradient equally."""
+    return _extreme(a, axis, keepdims, np.max, "max")
+
+
+def min(a: Any, axis: Axis = None, keepdims: bool = False) -> Tensor:
+    """The minimum; ties share the gradient equally."""
+    return _extreme(a, axis, keepdims, np.min, "min")
+
+
+def argmax(a: Any, axis: int | None = None, keepdims: bool = False) -> Tensor:
+    """Indices of the maxima (int64, no gradient); the first one on ties."""
+    ad = a.data if isinstance(a, Tensor) else to_array(a)
+    ax = None if axis is None else _axis(axis, ad.ndim)
+    return _constant(np.argmax(ad, axis=ax, keepdims=keepdims).astype(np.int64), "argmax")
+
+
+def argmin(a: Any, axis: int | None = None, keepdims: bool = False) -> Tensor:
+    """Indices of the minima (int64, no gradient); the first one on ties."""
+    ad = a.data if isinstance(a, Tensor) else to_array(a)
+    ax = None if axis is None else _axis(axis, ad.ndim)
+    return _constant(np.argmin(ad, axis=ax, keepdims=keepdims).astype(np.int64), "argmin")
+
+
+def _shifted(x: np.ndarray, axes: tuple[int, ...] | None) -> tuple[np.ndarray, np.ndarray]:
+    """(x - max, max) over `axes`; a slice that is all -inf (or inf) is shifted by 0."""
+    top = x.max(axis=axes, keepdims=True)
     top = np.where(np.isfinite(top), top, 0)
-    e = np.exp(ad - top)
-    total = e.sum(axis=axis, keepdims=True)
+    return x - top, top
+
+
+def logsumexp(a: Any, axis: Axis = None, keepdims: bool = False) -> Tensor:
+    """log(sum(exp(a))), shifted by the maximum so that large logits stay finite."""
+    a = _floating(a, "logsumexp")
+    ad = a.data
+    axes = _axes(axis, ad.ndim)
+    z, top = _shifted(ad, axes)
+    e = np.exp(z)
+    total = e.sum(axis=axes, keepdims=True)
     out = np.log(total) + top
 
     def backward(g: np.ndarray) -> tuple:
         ga = e / total
-        ga *= _expand(g, ad.shape, axis, keepdims)
+        ga *= _expand(g, ad.shape, axes, keepdims)
         return (ga,)
 
     if not keepdims:
-        out = out.reshape(()) if axis is None else np.squeeze(out, axis)
+        out = out.reshape(()) if axes is None else np.squeeze(out, axes)
     return _result(out, (a,), backward, "logsumexp")
 
 
-def log_softmax(a: Tensor, axis: int = -1) -> Tensor:
-    return a - logsumexp(a, axis=axis, keepdims=True)
+def log_softmax(a: Any, axis: Axis = -1) -> Tensor:
+    """`a - logsumexp(a)` computed from `a - max` (exact), not from a rounded logsumexp."""
+    a = _floating(a, "log_softmax")
+    axes = _axes(axis, a.data.ndim)
+    z, _ = _shifted(a.data, axes)
+    out = z - np.log(np.exp(z).sum(axis=axes, keepdims=True))
+
+    def backward(g: np.ndarray) -> tuple:
+        return (g - np.exp(out) * g.sum(axis=axes, keepdims=True),)
+
+    return _result(out, (a,), backward, "log_softmax")
 
 
-def softmax(a: Tensor, axis: int = -1) -> Tensor:
-    return exp(log_softmax(a, axis))
+def softmax(a: Any, axis: Axis = -1) -> Tensor:
+    a = _floating(a, "softmax")
+    axes = _axes(axis, a.data.ndim)
+    z, _ = _shifted(a.data, axes)
+    e = np.exp(z)
+    out = e / e.sum(axis=axes, keepdims=True)
+
+    def backward(g: np.ndarray) -> tuple:
+        ga = out * g
+        ga -= out * ga.sum(axis=axes, keepdims=True)
+        return (ga,)
+
+    return _result(out, (a,), backward, "softmax")
 
 
 # --- shape ------------------------------------------------------------------------------------
@@ -340,12 +601,56 @@ def reshape(a: Tensor, shape: tuple[int, ...]) -> Tensor:
 
 
 def transpose(a: Tensor, axes: tuple[int, ...] | None = None) -> Tensor:
-    inverse = None if axes is None else tuple(np.argsort(axes))
+    """Permute the axes (reverse them when None); negative axes count from the end."""
+    if axes is not None:
+        axes = _axes(axes, a.data.ndim)
+        if len(axes) != a.data.ndim:
+            raise ValueError(f"transpose: axes {axes} do not permute {a.data.ndim} axes")
+    inverse = None if axes is None else tuple(int(i) for i in np.argsort(axes))
 
     def backward(g: np.ndarray) -> tuple:
         return (g.transpose(inverse),)
 
     return _result(a.data.transpose(axes), (a,), backward, "T")
+
+
+def flatten(a: Tensor, start_axis: int = 0, end_axis: int = -1) -> Tensor:
+    """Merge axes `start_axis..end_axis` (inclusive) into one, as `torch.flatten`."""
+    shape = a.data.shape
+    if not shape:
+        return reshape(a, (1,))
+    start, end = _axis(start_axis, len(shape)), _axis(end_axis, len(shape))
+    if start > end:
+        raise ValueError(f"flatten: start axis {start_axis} comes after end axis {end_axis}")
+    merged = int(np.prod(shape[start : end + 1]))
+    return reshape(a, (*shape[:start], merged, *shape[end + 1 :]))
+
+
+def squeeze(a: Tensor, axis: Axis = None) -> Tensor:
+    """Drop axes of length 1: all of them, or those of `axis` that have length 1 (others are
+    kept, as `torch.squeeze`)."""
+    shape = a.data.shape
+    axes = _axes(axis, len(shape))
+    drop = {i for i, n in enumerate(shape) if n == 1 and (axes is None or i in axes)}
+    return reshape(a, tuple(n for i, n in enumerate(shape) if i not in drop))
+
+
+def unsqueeze(a: Tensor, axis: int) -> Tensor:
+    """Insert an axis of length 1 at `axis` (counted in the result's axes)."""
+    shape = a.data.shape
+    ax = _axis(axis, len(shape) + 1)
+    return reshape(a, (*shape[:ax], 1, *shape[ax:]))
+
+
+def _index_part(index: Any) -> Any:
+    if isinstance(index, Tensor):
+        index = index.data
+    if isinstance(index, np.ndarray) and index.dtype.kind not in "biu":
+        raise TypeError(
+            f"index arrays must be integers or booleans, got {index.dtype} "
+            "(a float tensor is not an index; index with ints or a boolean mask)"
+        )
+    return index
 
 
 def _is_integer_array(index: Any) -> bool:
@@ -357,11 +662,9 @@ def _is_integer_array(index: Any) -> bool:
 
 
 def getitem(a: Tensor, index: Any) -> Tensor:
-    """`a[index]`: ints, slices, None, Ellipsis, boolean masks and integer arrays."""
-    if isinstance(index, Tensor):
-        index = index.data.astype(np.intp) if index.data.dtype.kind == "f" else index.data
-    elif isinstance(index, tuple):
-        index = tuple(i.data if isinstance(i, Tensor) else i for i in index)
+    """`a[index]`: ints, slices, None, Ellipsis, boolean masks and integer arrays (ndarrays,
+    lists or tensors: a boolean tensor is a mask, an int64 one a gather)."""
+    index = tuple(map(_index_part, index)) if isinstance(index, tuple) else _index_part(index)
     ad = a.data
     accumulate = _is_integer_array(index)
 
@@ -378,7 +681,8 @@ def getitem(a: Tensor, index: Any) -> Tensor:
 
 def concat(tensors: list[Any], axis: int = 0) -> Tensor:
     """Join tensors along an existing axis."""
-    ts = tuple(as_tensor(t, op="concat") for t in tensors)
+    ts = promote(*tensors, op="concat")
+    axis = _axis(axis, ts[0].data.ndim)
     ends = np.cumsum([t.data.shape[axis] for t in ts])[:-1]
 
     def backward(g: np.ndarray) -> tuple:
@@ -389,7 +693,8 @@ def concat(tensors: list[Any], axis: int = 0) -> Tensor:
 
 def stack(tensors: list[Any], axis: int = 0) -> Tensor:
     """Join tensors along a new axis."""
-    ts = tuple(as_tensor(t, op="stack") for t in tensors)
+    ts = promote(*tensors, op="stack")
+    axis = _axis(axis, ts[0].data.ndim + 1)
 
     def backward(g: np.ndarray) -> tuple:
         return tuple(np.moveaxis(g, axis, 0))
@@ -397,14 +702,12 @@ def stack(tensors: list[Any], axis: int = 0) -> Tensor:
     return _result(np.stack([t.data for t in ts], axis=axis), ts, backward, "stack")
 
 
-# --- losses (means over all elements, as PyTorch's default reduction) -------------------------
+# --- losses: PyTorch's definitions and reductions ---------------------------------------------
 
 
 def _target(target: Any, like: Tensor, op: str) -> Tensor:
-    if isinstance(target, Tensor):
-        return target
-    t = as_tensor(target, like, op)
-    return Tensor(t.data.astype(like.data.dtype, copy=False), requires_grad=False)
+    """A target in the prediction's dtype (a Tensor target keeps its gradient)."""
+    return as_tensor(target, like.data.dtype, op)
 
 
 def _check_shapes(pred: Tensor, target: Tensor, op: str) -> None:
@@ -418,77 +721,237 @@ def _check_shapes(pred: Tensor, target: Tensor, op: str) -> None:
             )
 
 
-def mse_loss(pred: Tensor, target: Any) -> Tensor:
-    """mean((pred - target) ** 2)."""
-    pred = as_tensor(pred, op="mse_loss")
+def _check_reduction(reduction: str, op: str) -> None:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"{op}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
+
+def _loss(
+    terms: np.ndarray,
+    prev: tuple[Tensor, ...],
+    grads: Any,
+    reduction: str,
+    op: str,
+    count: Any = None,
+) -> Tensor:
+    """Reduce per-element loss `terms`: "none" keeps them, "sum" adds them, "mean" divides the
+    sum by `count` (default: their number; NaN when it is 0, as PyTorch). `grads(s)` returns
+    the inputs' gradients for a gradient `s` of the terms (an array of their shape, or 0-d)."""
+    _check_reduction(reduction, op)
+    if reduction == "none":
+        return _result(terms, prev, grads, op)
+    total = terms.sum()
+    scale = 1.0
+    if reduction == "mean":
+        n = terms.size if count is None else float(count)
+        scale = 1.0 / n if n else math.nan
+        with np.errstate(invalid="ignore", divide="ignore"):
+            total = total / n if n else total * math.nan
+
+    def backward(g: np.ndarray) -> tuple:
+        return grads(g * scale)
+
+    return _result(np.asarray(total, dtype=terms.dtype), prev, backward, op)
+
+
+def mse_loss(pred: Any, target: Any, reduction: str = "mean") -> Tensor:
+    """(pred - target) ** 2, reduced by `reduction` ("mean", "sum" or "none")."""
+    pred = _floating(pred, "mse_loss")
     target = _target(target, pred, "mse_loss")
     _check_shapes(pred, target, "mse_loss")
     diff = pred.data - target.data
-    n = diff.size
 
-    def backward(g: np.ndarray) -> tuple:
-        gp = diff * (g * (2 / n))
+    def grads(s: np.ndarray) -> tuple:
+        gp = diff * (2 * s)
         return gp, (-gp if target.requires_grad else None)
 
-    return _result(np.mean(diff * diff), (pred, target), backward, "mse_loss")
+    return _loss(diff * diff, (pred, target), grads, reduction, "mse_loss")
 
 
-def binary_cross_entropy_with_logits(logits: Tensor, target: Any) -> Tensor:
-    """mean(-y log(sigmoid(x)) - (1 - y) log(1 - sigmoid(x))), stable for any logits."""
-    logits = as_tensor(logits, op="binary_cross_entropy_with_logits")
+def _constant_array(x: Any, like: np.ndarray) -> np.ndarray:
+    return (x.data if isinstance(x, Tensor) else to_array(x)).astype(like.dtype, copy=False)
+
+
+def binary_cross_entropy_with_logits(
+    logits: Any,
+    target: Any,
+    weight: Any = None,
+    pos_weight: Any = None,
+    reduction: str = "mean",
+) -> Tensor:
+    """-w [p y log(sigmoid(x)) + (1 - y) log(1 - sigmoid(x))] (PyTorch's definition), stable
+    for any logits; `weight` w (per element) and `pos_weight` p (per class, the last axis) are
+    constants that broadcast; reduced by `reduction`."""
+    logits = _floating(logits, "binary_cross_entropy_with_logits")
     target = _target(target, logits, "binary_cross_entropy_with_logits")
     _check_shapes(logits, target, "binary_cross_entropy_with_logits")
     x, y = logits.data, target.data
-    terms = np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x)))
-    n = terms.size
+    w = None if weight is None else _constant_array(weight, x)
+    p = None if pos_weight is None else _constant_array(pos_weight, x)
+    softplus_neg = np.maximum(-x, 0) + np.log1p(np.exp(-np.abs(x)))  # -log(sigmoid(x))
+    if p is None:
+        terms = (1 - y) * x + softplus_neg
+    else:
+        lw = 1 + (p - 1) * y
+        terms = (1 - y) * x + lw * softplus_neg
+    if w is not None:
+        terms = terms * w
 
-    def backward(g: np.ndarray) -> tuple:
-        scale = g * (1 / n)
-        sig = np.tanh(x * 0.5)
-        sig += 1
-        sig *= 0.5
-        gx = (sig - y) * scale if logits.requires_grad else None
-        gy = np.broadcast_to(x * -scale, terms.shape) if target.requires_grad else None
+    def grads(s: np.ndarray) -> tuple:
+        if w is not None:
+            s = s * w
+        gx = gy = None
+        if logits.requires_grad:
+            sig, _ = _sigmoids(x)
+            gx = (sig - y if p is None else sig * lw - p * y) * s
+        if target.requires_grad:
+            gy = (-x if p is None else (p - 1) * softplus_neg - x) * s
+            gy = np.broadcast_to(gy, terms.shape)  # the target may be wider than the logits
         return gx, gy
 
-    return _result(np.mean(terms), (logits, target), backward, "bce_with_logits")
+    return _loss(terms, (logits, target), grads, reduction, "bce_with_logits")
 
 
-def cross_entropy(logits: Tensor, target: Any) -> Tensor:
-    """Mean cross entropy of logits `(N, C)` (or `(C,)`) against class indices `(N,)` (or a
-    single index); a floating target of the logits' shape is read as class probabilities."""
-    logits = as_tensor(logits, op="cross_entropy")
-    if isinstance(target, Tensor) or np.asarray(target).dtype.kind == "f":
-        probs = _target(target, logits, "cross_entropy")
-        if probs.data.shape == logits.data.shape:
-            axis = -1 if logits.data.ndim == 1 else 1
-            return -(probs * log_softmax(logits, axis)).sum(axis=axis).mean()
-        target = probs.data
-    idx = np.asarray(target)
-    if idx.dtype.kind == "f" and np.any(idx != np.round(idx)):
-        raise TypeError("cross_entropy: class indices must be integers")
-    idx = idx.astype(np.intp)
+def cross_entropy(
+    logits: Any,
+    target: Any,
+    weight: Any = None,
+    ignore_index: int | None = None,
+    label_smoothing: float = 0.0,
+    reduction: str = "mean",
+) -> Tensor:
+    """PyTorch's cross entropy of `logits` (C,), (N, C) or (N, C, d1, ...) (the class axis
+    second) against class indices of shape (), (N,) or (N, d1, ...), or class probabilities: a
+    floating target of the logits' shape. `weight` (C,): per-class weights (the mean divides by
+    the targets' total weight for indices, by the number of samples for probabilities);
+    `ignore_index`: a class index that contributes nothing, not even to the mean's count;
+    `label_smoothing` e: the target is mixed with the uniform distribution, (1 - e) target +
+    e / C. The weight is a constant (no gradient)."""
+    op = "cross_entropy"
+    logits = _floating(logits, op)
+    label_smoothing = float(label_smoothing)
+    _check_reduction(reduction, op)
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"{op}: label_smoothing must be in [0, 1], got {label_smoothing}")
     x = logits.data
-    x2 = x[None, :] if x.ndim == 1 else x
-    idx2 = idx.reshape(-1)
-    if x2.ndim != 2 or idx2.shape[0] != x2.shape[0]:
-        raise ValueError(
-            f"cross_entropy: logits {x.shape} need class indices of shape {x.shape[:-1]}, "
-            f"got {idx.shape}"
+    if x.ndim == 0:
+        raise ValueError(f"{op}: logits need a class axis, got a 0-d tensor")
+    caxis = 0 if x.ndim == 1 else 1
+    n_classes = x.shape[caxis]
+    w = None
+    if weight is not None:
+        w = _constant_array(weight, x)
+        if w.shape != (n_classes,):
+            raise ValueError(f"{op}: weight must have shape ({n_classes},), got {w.shape}")
+    tdata = target.data if isinstance(target, Tensor) else to_array(target)
+    if tdata.dtype.kind == "f" and tdata.shape == x.shape:
+        if ignore_index is not None:
+            raise ValueError(f"{op}: ignore_index needs class-index targets, not probabilities")
+        return _cross_entropy_probabilities(
+            logits, _target(target, logits, op), w, caxis, label_smoothing, reduction
         )
-    if idx2.size and (idx2.min() < 0 or idx2.max() >= x2.shape[1]):
-        raise IndexError(f"cross_entropy: class index out of range [0, {x2.shape[1]})")
+    return _cross_entropy_indices(logits, tdata, w, caxis, ignore_index, label_smoothing, reduction)
+
+
+def _cross_entropy_probabilities(
+    logits: Tensor,
+    probs: Tensor,
+    w: np.ndarray | None,
+    caxis: int,
+    smoothing: float,
+    reduction: str,
+) -> Tensor:
+    n_classes = logits.data.shape[caxis]
+    if smoothing:
+        probs = probs * (1 - smoothing) + smoothing / n_classes
+    prod = log_softmax(logits, caxis) * probs
+    if w is not None:
+        prod = prod * w.reshape((n_classes,) + (1,) * (logits.data.ndim - caxis - 1))
+    terms = -sum(prod, axis=caxis)
+    if reduction == "none":
+        return terms
+    total = sum(terms)
+    if reduction == "sum":
+        return total
+    return total * (1.0 / terms.data.size if terms.data.size else math.nan)
+
+
+def _cross_entropy_indices(
+    logits: Tensor,
+    target: np.ndarray,
+    w: np.ndarray | None,
+    caxis: int,
+    ignore_index: int | None,
+    smoothing: float,
+    reduction: str,
+) -> Tensor:
+    op = "cross_entropy"
+    x = logits.data
+    n_classes = x.shape[caxis]
+    if target.dtype.kind == "f" and np.any(target != np.round(target)):
+        raise TypeError(f"{op}: class indices must be integers")
+    if target.dtype.kind not in "iuf":
+        raise TypeError(f"{op}: class indices must be integers, got {target.dtype}")
+    expected = x.shape[:caxis] + x.shape[caxis + 1 :]
+    # (N, 1) targets for (N, C) logits are accepted, as they always were.
+    if target.shape != expected and not (x.ndim == 2 and target.shape == (x.shape[0], 1)):
+        raise ValueError(
+            f"{op}: logits {x.shape} need class indices of shape {expected}, got {target.shape}"
+        )
+    t = target.reshape(-1).astype(np.intp)
+    # Rows of classes: (M, C) with the class axis last.
+    x2 = x.reshape(1, -1) if x.ndim == 1 else x if x.ndim == 2 else np.moveaxis(x, 1, -1)
+    x2 = x2.reshape(-1, n_classes)
+    valid = None if ignore_index is None else t != ignore_index
+    if valid is not None:
+        t = np.where(valid, t, 0)
+    if t.size and (t.min() < 0 or t.max() >= n_classes):
+        raise IndexError(f"{op}: class index out of range [0, {n_classes})")
     rows = np.arange(x2.shape[0])
-    shifted = x2 - x2.max(axis=1, keepdims=True)
-    e = np.exp(shifted)
+    z, _ = _shifted(x2, (1,))
+    e = np.exp(z)
     total = e.sum(axis=1, keepdims=True)
-    n = x2.shape[0]
-    loss = (np.log(total[:, 0]) - shifted[rows, idx2]).mean()
+    log_total = np.log(total)
+    # Per-row weight of the target term: w[t], 0 where ignored.
+    wt: Any = 1.0 if w is None else w[t]
+    if valid is not None:
+        wt = np.where(valid, wt, 0).astype(x.dtype)
+    terms = (log_total[:, 0] - z[rows, t]) * wt
+    if valid is not None:
+        terms = np.where(valid, terms, 0)  # an ignored row's logits may be infinite
+    if smoothing:
+        logp = z - log_total
+        smooth = -(logp.sum(axis=1) if w is None else logp @ w)
+        keep = 1.0 if valid is None else valid
+        terms = (1 - smoothing) * terms + (smoothing / n_classes) * np.where(keep, smooth, 0)
+    count = None
+    if w is not None:
+        count = wt.sum()
+    elif valid is not None:
+        count = valid.sum()
 
-    def backward(g: np.ndarray) -> tuple:
-        gx = e / total
-        gx[rows, idx2] -= 1
-        gx *= g * (1 / n)
-        return (gx.reshape(x.shape),)
+    def grads(s: np.ndarray) -> tuple:
+        s = s.reshape(-1, 1) if s.ndim else s
+        probs = e / total
+        a = (1 - smoothing) * wt
+        gx = probs * (a[:, None] if np.ndim(a) else a)
+        gx[rows, t] -= a
+        if smoothing:
+            b = np.where(valid, smoothing / n_classes, 0) if valid is not None else None
+            spread = probs * (n_classes if w is None else w.sum()) - (1 if w is None else w)
+            gx += spread * (smoothing / n_classes if b is None else b[:, None])
+        gx *= s
+        if x.ndim == 1:
+            return (gx[0],)
+        if x.ndim > 2:
+            gx = np.moveaxis(gx.reshape(*expected, n_classes), -1, 1)
+        return (gx,)
 
-    return _result(loss.astype(x.dtype, copy=False), (logits,), backward, "cross_entropy")
+    return _loss(
+        terms.reshape(expected).astype(x.dtype, copy=False),
+        (logits,),
+        grads,
+        reduction,
+        op,
+        count,
+    )

@@ -56,24 +56,30 @@ def gradcheck(
     worst = (-np.inf, "")
     with no_grad():
         for (i, t), jac in zip(checked, analytic, strict=True):
-            flat = t.data.reshape(-1)
-            for k in range(t.size):
-                orig = flat[k]
-                flat[k] = orig + eps
-                plus = _output(f, inputs)
-                flat[k] = orig - eps
-                minus = _output(f, inputs)
-                flat[k] = orig
-                numeric = ((plus - minus) / (2 * eps)).reshape(-1)
-                excess = np.abs(jac[:, k] - numeric) - (atol + rtol * np.abs(numeric))
-                bad = int(np.argmax(excess)) if excess.size else 0
-                if excess.size and (excess[bad] > worst[0] or np.isnan(excess[bad])):
-                    where = np.unravel_index(k, t.shape)
-                    worst = (
-                        np.inf if np.isnan(excess[bad]) else excess[bad],
-                        f"input {i} element {tuple(int(w) for w in where)}, output element "
-                        f"{bad}: backward {jac[bad, k]!r}, finite difference {numeric[bad]!r}",
-                    )
+            # Perturb the array f reads, element by element in C order (the order of the
+            # Jacobian's columns); a reshaped copy of a non-contiguous array would go unseen.
+            data = t.data
+            if not data.flags.writeable:
+                t.data = data.copy()
+            try:
+                for k, where in enumerate(np.ndindex(t.shape)):
+                    orig = t.data[where]
+                    t.data[where] = orig + eps
+                    plus = _output(f, inputs)
+                    t.data[where] = orig - eps
+                    minus = _output(f, inputs)
+                    t.data[where] = orig
+                    numeric = ((plus - minus) / (2 * eps)).reshape(-1)
+                    excess = np.abs(jac[:, k] - numeric) - (atol + rtol * np.abs(numeric))
+                    bad = int(np.argmax(excess)) if excess.size else 0
+                    if excess.size and (excess[bad] > worst[0] or np.isnan(excess[bad])):
+                        worst = (
+                            np.inf if np.isnan(excess[bad]) else excess[bad],
+                            f"input {i} element {where}, output element {bad}: backward "
+                            f"{jac[bad, k]!r}, finite difference {numeric[bad]!r}",
+                        )
+            finally:
+                t.data = data
     if worst[0] > 0:
         raise GradcheckError(f"gradcheck failed; worst at {worst[1]}")
     return True

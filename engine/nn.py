@@ -17,10 +17,11 @@ from engine.functions import (
     linear,
     mse_loss,
 )
-from engine.tensor import Tensor
+from engine.tensor import Tensor, to_array
 
 __all__ = [
     "MLP",
+    "Dropout",
     "Layer",
     "Linear",
     "Module",
@@ -35,20 +36,67 @@ INITS = ("kaiming", "xavier", "glorot")
 
 
 class Module:
-    """Parameters are the Tensor attributes; submodules are Module attributes or lists of them."""
+    """Parameters are the Tensor attributes; submodules are Module attributes or lists of them.
 
-    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Tensor]]:
+    `training` (True until `eval()`) switches modules such as `Dropout`; `train()` and
+    `eval()` set it on the module and every submodule, and return the module.
+    """
+
+    training: bool = True
+
+    def children(self) -> Iterator[Module]:
+        for value in vars(self).values():
+            if isinstance(value, Module):
+                yield value
+            elif isinstance(value, list | tuple):
+                yield from (item for item in value if isinstance(item, Module))
+
+    def modules(self) -> Iterator[Module]:
+        """This module and every submodule, each once."""
+        seen: set[int] = set()
+        stack: list[Module] = [self]
+        while stack:
+            module = stack.pop()
+            if id(module) in seen:
+                continue
+            seen.add(id(module))
+            yield module
+            stack.extend(reversed(list(module.children())))
+
+    def train(self, mode: bool = True) -> Module:
+        for module in self.modules():
+            module.training = bool(mode)
+        return self
+
+    def eval(self) -> Module:
+        return self.train(False)
+
+    def named_parameters(
+        self, prefix: str = "", remove_duplicate: bool = True
+    ) -> Iterator[tuple[str, Tensor]]:
+        """(name, parameter) pairs; a parameter shared by several modules (tied) is listed
+        once, under its first name, unless `remove_duplicate` is False (as PyTorch)."""
+        seen: set[int] = set()
+        for name, p in self._all_parameters(prefix):
+            if remove_duplicate:
+                if id(p) in seen:
+                    continue
+                seen.add(id(p))
+            yield name, p
+
+    def _all_parameters(self, prefix: str) -> Iterator[tuple[str, Tensor]]:
         for name, value in vars(self).items():
             if isinstance(value, Tensor):
                 yield prefix + name, value
             elif isinstance(value, Module):
-                yield from value.named_parameters(f"{prefix}{name}.")
+                yield from value._all_parameters(f"{prefix}{name}.")
             elif isinstance(value, list | tuple):
                 for i, item in enumerate(value):
                     if isinstance(item, Module):
-                        yield from item.named_parameters(f"{prefix}{name}.{i}.")
+                        yield from item._all_parameters(f"{prefix}{name}.{i}.")
 
     def parameters(self) -> list[Tensor]:
+        """Each parameter once, even when tied (so an optimizer steps it once)."""
         return [p for _, p in self.named_parameters()]
 
     def zero_grad(self) -> None:
@@ -56,13 +104,14 @@ class Module:
             p.grad = None
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        """Parameter name -> a copy of its data."""
-        return {name: p.data.copy() for name, p in self.named_parameters()}
+        """Parameter name -> a copy of its data (a tied parameter under each of its names)."""
+        return {name: p.data.copy() for name, p in self.named_parameters(remove_duplicate=False)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Copy `state` into the parameters in place (cast to their dtype); all keys must match
-        and every shape must agree, otherwise nothing is changed and ValueError says why."""
-        params = dict(self.named_parameters())
+        """Copy `state` into the parameters in place (cast to their dtype). All keys must
+        match, every value must be a finite numeric array of the parameter's shape (finite
+        after the cast too); otherwise nothing is changed and ValueError says why."""
+        params = dict(self.named_parameters(remove_duplicate=False))
         missing = sorted(set(params) - set(state))
         unexpected = sorted(set(state) - set(params))
         problems = []
@@ -72,23 +121,64 @@ class Module:
             problems.append(f"unexpected keys {unexpected}")
         arrays = {}
         for name, p in params.items():
-            if name in state:
-                arr = np.asarray(state[name])
-                if arr.shape != p.data.shape:
-                    problems.append(
-                        f"shape mismatch for {name!r}: expected {p.data.shape}, got {arr.shape}"
-                    )
-                arrays[name] = arr
+            if name not in state:
+                continue
+            value = state[name]
+            try:
+                arr = to_array(value.data if isinstance(value, Tensor) else value)
+            except TypeError:
+                problems.append(f"{name!r} is not numeric: {type(value).__name__}")
+                continue
+            if arr.shape != p.data.shape:
+                problems.append(
+                    f"shape mismatch for {name!r}: expected {p.data.shape}, got {arr.shape}"
+                )
+                continue
+            with np.errstate(over="ignore", invalid="ignore"):
+                arr = arr.astype(p.data.dtype)
+            if not np.isfinite(arr).all():
+                problems.append(f"{name!r} holds non-finite values (in {p.data.dtype})")
+                continue
+            arrays[name] = arr
         if problems:
             raise ValueError(f"load_state_dict into {type(self).__name__}: " + "; ".join(problems))
+        # Everything is converted and checked: the copies below cannot fail half-way.
         for name, p in params.items():
-            np.copyto(p.data, arrays[name], casting="unsafe")
+            np.copyto(p.data, arrays[name])
 
     def forward(self, x: Any) -> Tensor:
         raise NotImplementedError
 
     def __call__(self, x: Any) -> Tensor:
         return self.forward(x)
+
+
+class Dropout(Module):
+    """`Dropout(p)`: in training mode each element is zeroed with probability `p` and the
+    others are scaled by 1 / (1 - p) (as `torch.nn.Dropout`); in eval mode the identity.
+    `rng` (or `seed`) makes the masks reproducible."""
+
+    def __init__(
+        self, p: float = 0.5, *, rng: np.random.Generator | None = None, seed: int | None = None
+    ) -> None:
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1], got {p}")
+        self.p = float(p)
+        self.rng = rng if rng is not None else np.random.default_rng(seed)
+
+    def forward(self, x: Any) -> Tensor:
+        x = x if isinstance(x, Tensor) else Tensor(x, requires_grad=False)
+        if not self.training or self.p == 0.0:
+            return x
+        if self.p == 1.0:
+            return x * 0.0
+        dtype = x.dtype if x.dtype.kind == "f" else np.float64
+        keep = self.rng.random(x.shape, dtype=dtype) >= self.p
+        mask = np.multiply(keep, 1.0 / (1.0 - self.p), dtype=dtype)
+        return x * mask
+
+    def __repr__(self) -> str:
+        return f"Dropout(p={self.p})"
 
 
 def _activate(x: Tensor, activation: str | None) -> Tensor:
@@ -135,7 +225,9 @@ class Linear(Module):
         self.bias = Tensor(b.astype(dtype), label="bias") if bias else None
 
     def forward(self, x: Any) -> Tensor:
-        x = x if isinstance(x, Tensor) else Tensor(x, requires_grad=False)
+        if not isinstance(x, Tensor):
+            # Data arrive in the layer's dtype (ints and float64 data feed a float32 layer).
+            x = Tensor(to_array(x).astype(self.weight.dtype, copy=False), requires_grad=False)
         return linear(x, self.weight, self.bias)
 
 
@@ -183,7 +275,10 @@ class Neuron(Layer):
 class MLP(Module):
     """`MLP(nin, nouts)`: layers of widths `nouts`; hidden layers use `activation`, the last
     `output_activation` (linear if None). `init` (see `Linear`) sets every layer's
-    initialisation; None: Kaiming for relu layers, Xavier otherwise. Input `(B, nin)` gives
+    initialisation; None: Kaiming for relu layers, Xavier otherwise. `dropout` p > 0 drops
+    each hidden layer's outputs (after the activation) with probability p in training mode
+    (`model.train()`, the default) and not in eval mode (`model.eval()`); its masks come from
+    the same seeded generator as the weights. Input `(B, nin)` gives
     `(B, nout)`; a single sample `(nin,)` gives `(nout,)`, or a 0-d tensor when `nout == 1`
     (the article's usage)."""
 
@@ -196,6 +291,7 @@ class MLP(Module):
         seed: int | None = None,
         dtype: Any = np.float64,
         init: str | None = None,
+        dropout: float = 0.0,
     ) -> None:
         if not nouts:
             raise ValueError("MLP needs at least one layer width in nouts")
@@ -214,14 +310,19 @@ class MLP(Module):
             )
             for i in range(len(nouts))
         ]
+        # No parameters, so the state_dict keys stay `layers.{i}.*`.
+        self.dropout = Dropout(dropout, rng=rng) if dropout else None
 
     def forward(self, x: Any) -> Tensor:
         if not isinstance(x, Tensor):
             # Data arrive in the model's dtype (ints and float64 data feed a float32 model).
             x = Tensor(np.asarray(x, dtype=self.layers[0].weight.dtype), requires_grad=False)
         single = x.ndim == 1
-        for layer in self.layers:
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
             x = layer(x)
+            if self.dropout is not None and i < last:
+                x = self.dropout(x)
         if single and x.shape == (1,):
             x = x.reshape(())
         return x

@@ -49,6 +49,32 @@ def unbroadcast(grad: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return grad if isinstance(grad, np.ndarray) else np.asarray(grad)
 
 
+def to_array(data: Any, dtype: Any = None) -> np.ndarray:
+    """`data` as an ndarray of numbers: floats, ints or bools (`dtype`, if given, must be a
+    floating or boolean type). `None`, text, complex numbers and other objects are a TypeError
+    (NumPy would turn `None` into NaN and "1.5" into 1.5)."""
+    try:
+        arr = np.asarray(data)
+        if arr.dtype.kind == "O":
+            for item in arr.flat:
+                if isinstance(item, bool | int | float | np.bool_ | np.integer | np.floating):
+                    continue
+                raise TypeError
+            arr = arr.astype(np.float64)
+        if arr.dtype.kind not in "biuf":
+            raise TypeError
+    except (ValueError, TypeError):
+        raise TypeError(
+            f"Tensor data must be numbers, got {type(data).__name__}: {data!r:.60}"
+        ) from None
+    if dtype is not None:
+        dtype = np.dtype(dtype)
+        if dtype.kind not in "fb":
+            raise TypeError(f"Tensor dtype must be floating or bool, got {dtype}")
+        arr = arr.astype(dtype, copy=False)
+    return arr
+
+
 def _summary(a: np.ndarray) -> str:
     text = np.array2string(a, precision=4, threshold=8, edgeitems=2, max_line_width=10**6)
     return " ".join(text.split())
@@ -57,8 +83,10 @@ def _summary(a: np.ndarray) -> str:
 class Tensor:
     """An array with a gradient. `Tensor(data, requires_grad=True, dtype=None, label="")`.
 
-    Non-floating data (ints, bools) becomes float64; floating data keeps its dtype. An ndarray
-    of the final dtype is used as is, not copied.
+    Integer data becomes float64; floating data keeps its dtype; boolean data stays boolean (a
+    mask, which never requires grad). `None`, text and other non-numbers are a TypeError. An
+    ndarray of the final dtype is used as is, not copied. Comparisons (`<`, `==`, ...) give
+    boolean tensors without gradient; hashing is by identity, as in PyTorch.
     """
 
     __slots__ = (
@@ -73,26 +101,19 @@ class Tensor:
     )
     # Make NumPy defer to our reflected operators: `ndarray + Tensor` is `Tensor.__radd__`.
     __array_ufunc__ = None
+    # `__eq__` gives a tensor, so the identity hash must be restated (graphs live in dicts).
+    __hash__ = object.__hash__
 
     def __init__(
         self, data: Any, requires_grad: bool = True, dtype: Any = None, label: str = ""
     ) -> None:
         if isinstance(data, Tensor):
             data = data.data
-        try:
-            arr = np.asarray(data, dtype=dtype)
-            if not np.issubdtype(arr.dtype, np.floating):
-                if dtype is not None:
-                    raise TypeError(f"Tensor dtype must be floating, got {arr.dtype}")
-                arr = arr.astype(np.float64)
-        except (ValueError, TypeError) as exc:
-            if isinstance(exc, TypeError) and "Tensor dtype" in str(exc):
-                raise
-            raise TypeError(
-                f"Tensor data must be numeric, got {type(data).__name__}: {data!r:.60}"
-            ) from None
+        arr = to_array(data, dtype)
+        if arr.dtype.kind in "iu":
+            arr = arr.astype(np.float64)
         self.data: np.ndarray = arr
-        self.requires_grad = bool(requires_grad)
+        self.requires_grad = bool(requires_grad) and arr.dtype.kind == "f"
         self.label = label
         self._grad: np.ndarray | None = None
         self._prev: tuple[Tensor, ...] = ()
@@ -190,7 +211,33 @@ class Tensor:
         return self.data.size
 
     def __len__(self) -> int:
+        if self.data.ndim == 0:
+            raise TypeError("len() of a 0-d tensor")
         return len(self.data)
+
+    def __iter__(self) -> Iterator[Tensor]:
+        """The sub-tensors along the first axis (each `self[i]`, so gradients flow back)."""
+        if self.data.ndim == 0:
+            raise TypeError("iteration over a 0-d tensor")
+        return (self[i] for i in range(len(self.data)))
+
+    def _one_value(self, what: str) -> Any:
+        # PyTorch's rule: only a one-element tensor (of any shape) converts to a Python value.
+        if self.data.size != 1:
+            raise RuntimeError(
+                f"{what} of a tensor with {self.data.size} elements is ambiguous; "
+                "reduce it first (.sum(), .max(), ...) or index one element"
+            )
+        return self.data.reshape(()).item()
+
+    def __bool__(self) -> bool:
+        return bool(self._one_value("bool()"))
+
+    def __float__(self) -> float:
+        return float(self._one_value("float()"))
+
+    def __int__(self) -> int:
+        return int(self._one_value("int()"))
 
     def __repr__(self) -> str:
         label = f", label={self.label!r}" if self.label else ""
@@ -242,6 +289,28 @@ class Tensor:
     def __getitem__(self, index: Any) -> Tensor:
         return F.getitem(self, index)
 
+    def __abs__(self) -> Tensor:
+        return F.abs(self)
+
+    # Comparisons give boolean tensors without gradient, as in PyTorch.
+    def __lt__(self, other: Any) -> Tensor:
+        return F.compare(self, other, "<")
+
+    def __le__(self, other: Any) -> Tensor:
+        return F.compare(self, other, "<=")
+
+    def __gt__(self, other: Any) -> Tensor:
+        return F.compare(self, other, ">")
+
+    def __ge__(self, other: Any) -> Tensor:
+        return F.compare(self, other, ">=")
+
+    def __eq__(self, other: Any) -> Tensor:  # type: ignore[override]
+        return F.compare(self, other, "==")
+
+    def __ne__(self, other: Any) -> Tensor:  # type: ignore[override]
+        return F.compare(self, other, "!=")
+
     def exp(self) -> Tensor:
         return F.exp(self)
 
@@ -260,6 +329,12 @@ class Tensor:
     def sqrt(self) -> Tensor:
         return F.sqrt(self)
 
+    def abs(self) -> Tensor:
+        return F.abs(self)
+
+    def clip(self, min: Any = None, max: Any = None) -> Tensor:
+        return F.clip(self, min, max)
+
     def sum(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Tensor:
         return F.sum(self, axis, keepdims)
 
@@ -268,6 +343,15 @@ class Tensor:
 
     def max(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Tensor:
         return F.max(self, axis, keepdims)
+
+    def min(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Tensor:
+        return F.min(self, axis, keepdims)
+
+    def argmax(self, axis: int | None = None, keepdims: bool = False) -> Tensor:
+        return F.argmax(self, axis, keepdims)
+
+    def argmin(self, axis: int | None = None, keepdims: bool = False) -> Tensor:
+        return F.argmin(self, axis, keepdims)
 
     def logsumexp(
         self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False
@@ -289,6 +373,20 @@ class Tensor:
         if len(axes) == 1 and isinstance(axes[0], tuple | list):
             axes = tuple(axes[0])
         return F.transpose(self, axes or None)
+
+    def permute(self, *axes: Any) -> Tensor:
+        if len(axes) == 1 and isinstance(axes[0], tuple | list):
+            axes = tuple(axes[0])
+        return F.transpose(self, axes)
+
+    def flatten(self, start_axis: int = 0, end_axis: int = -1) -> Tensor:
+        return F.flatten(self, start_axis, end_axis)
+
+    def squeeze(self, axis: int | tuple[int, ...] | None = None) -> Tensor:
+        return F.squeeze(self, axis)
+
+    def unsqueeze(self, axis: int) -> Tensor:
+        return F.unsqueeze(self, axis)
 
     @property
     def T(self) -> Tensor:

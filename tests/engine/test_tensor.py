@@ -16,7 +16,7 @@ from engine import Tensor, Value, no_grad
 def test_value_is_tensor_and_dtypes():
     assert Value is Tensor
     assert Tensor([1, 2, 3]).dtype == np.float64
-    assert Tensor(True).dtype == np.float64
+    assert Tensor(True).dtype == np.bool_ and not Tensor(True).requires_grad
     assert Tensor(np.arange(3, dtype=np.int32)).dtype == np.float64
     assert Tensor(np.ones(3, dtype=np.float32)).dtype == np.float32
     assert Tensor([1, 2], dtype=np.float32).dtype == np.float32
