@@ -535,6 +535,15 @@ class Client:
         path.write_bytes(self.bundle(model_id))
         return path
 
+    def export(self, model_id: str, path: str | Path, format: str = "onnx") -> Path:
+        """Write the model exported for other runtimes to `path`: `format="onnx"` (an ONNX file
+        with the preprocessing inside; onnxruntime runs it) or `"bundle"` (a zip with
+        `model.npz`, `weights.npz`, `model.json` and a README)."""
+        response = self.request("GET", f"/models/{model_id}/export", params={"format": format})
+        path = Path(path)
+        path.write_bytes(response.content)
+        return path
+
     def load_model(self, model_id: str) -> LocalModel:
         """The trained model, to run locally: a `LocalModel` (a `core.model.Model`) with its
         weights and fitted preprocessing, from `GET /models/{id}/bundle`.

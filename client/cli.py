@@ -5,6 +5,7 @@
     trainyard jobs submit --dataset ID --layers 16,16,3 --early-stopping --test-split 0.2 --watch
     trainyard jobs watch ID | jobs list [--status running] | jobs show ID | jobs cancel ID
     trainyard models show ID [--weights model.npz] [--bundle model.bundle.npz] | models list
+    trainyard models export ID [--format onnx|bundle] [-o FILE]
     trainyard models graph ID -o graph.svg
     trainyard predict MODEL_ID data.csv [--csv | -o predictions.csv]  (header names columns)
     trainyard evaluate MODEL_ID --dataset ID
@@ -561,6 +562,19 @@ def cmd_models_get(api: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_models_export(api: Client, args: argparse.Namespace) -> int:
+    output = args.output or f"model-{args.id}.{'onnx' if args.format == 'onnx' else 'zip'}"
+    try:
+        path = api.export(args.id, output, format=args.format)
+    except OSError as exc:
+        raise UsageError(f"cannot write {output}: {exc.strerror or exc}") from exc
+    if args.json:
+        emit_json({"id": args.id, "format": args.format, "path": str(path)})
+    else:
+        out.print(f"model {args.id} exported as {args.format} to {path}")
+    return EXIT_OK
+
+
 def _count(nested: Any) -> int:
     return sum(_count(v) for v in nested) if isinstance(nested, list) else 1
 
@@ -897,6 +911,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(core.model.Model.from_bytes reads it)",
     )  # fmt: skip
     paged(add(ms, "list", cmd_models_list, "list models, newest first"))
+    p = add(ms, "export", cmd_models_export, "export a model for other runtimes")
+    p.add_argument("id")
+    p.add_argument(
+        "--format", choices=["onnx", "bundle"], default="onnx",
+        help="onnx: preprocessing and network in one ONNX file; bundle: a zip with the model "
+        "file, the bare weights, model.json and a README (default: onnx)",
+    )  # fmt: skip
+    p.add_argument("-o", "--output", help="file to write (default: model-ID.onnx / .zip)")
     p = add(ms, "graph", cmd_models_graph, "download the computational graph (SVG)")
     p.add_argument("id")
     p.add_argument("-o", "--output", help="file to write (default: stdout)")

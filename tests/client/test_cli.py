@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import subprocess
 import xml.etree.ElementTree as ET
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 
 from client.cli import (
@@ -210,6 +212,24 @@ def test_typed_csv_early_stopping_evaluation_predict_evaluate(
     local = service.client().load_model(model_id)
     assert local.predict(named)["predictions"] == expected["predictions"]
     assert [c["name"] for c in local.columns] == list(HEADER[:-1])
+
+    # exported as ONNX, onnxruntime predicts what the service does (no engine needed)
+    exported = run("models", "export", model_id, "-o", "model.onnx")
+    assert exported.returncode == 0 and "exported as onnx" in exported.stdout
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"))
+    feeds = {}
+    for spec in session.get_inputs():
+        cells = [row.get(spec.name) for row in named]
+        if spec.type == "tensor(string)":
+            feeds[spec.name] = np.array([["" if v is None else str(v)] for v in cells], object)
+        else:
+            feeds[spec.name] = np.array([[np.nan if v is None else v] for v in cells], float)
+    labels, probabilities = session.run(["label", "probabilities"], feeds)
+    assert list(labels) == expected["predictions"]
+    np.testing.assert_allclose(probabilities, expected["probabilities"], atol=1e-5)
+    bundled = run("--json", "models", "export", model_id, "--format", "bundle")
+    assert as_json(bundled)["path"] == f"model-{model_id}.zip"
+    assert zipfile.is_zipfile(tmp_path / f"model-{model_id}.zip")
 
     # a column the model does not take (exit 3); a file that is not there (2); no dataset (4)
     (tmp_path / "odd.csv").write_text("flipper_length_mm\n200\n")

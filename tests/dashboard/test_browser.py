@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
 
@@ -198,6 +199,19 @@ def test_submit_watch_and_inspect_a_job(
     assert download.suggested_filename.endswith(".npz")
     weights = Path(download.path()).read_bytes()
     MLP(2, [16, 16, 1]).load_state_dict(dict(np.load(io.BytesIO(weights))))
+
+    # the ONNX export: a file onnxruntime runs, agreeing with the predict endpoint
+    with p.expect_download() as download_info:
+        p.click("#onnx-button")
+    download = download_info.value
+    assert download.suggested_filename.endswith(".onnx")
+    session = ort.InferenceSession(download.path())
+    x = np.array([[0.5, -0.25], [1.5, 0.5]])
+    feeds = {i.name: x[:, j : j + 1] for j, i in enumerate(session.get_inputs())}
+    labels, _ = session.run(["label", "probabilities"], feeds)
+    model_id = p.inner_text("#model-id")
+    expected = service.client().predict(model_id, x.tolist())["predictions"]
+    assert labels.tolist() == expected
 
     # the only failed request is the deliberately invalid job
     assert page.problems == [

@@ -441,6 +441,21 @@
     }
   });
 
+  // Exports: ONNX (preprocessing and network in one file) and the zip bundle.
+  [["onnx-button", "onnx", ".onnx"], ["bundle-button", "bundle", ".zip"]].forEach(function (spec) {
+    document.getElementById(spec[0]).addEventListener("click", async function () {
+      try {
+        const url = await T.blobUrl("/models/" + encodeURIComponent(model.id) + "/export?format=" + spec[1]);
+        const link = document.getElementById("weights-link");
+        link.href = url;
+        link.download = "model-" + model.id + spec[2];
+        link.click();
+      } catch (e) {
+        T.flash("Could not export the model: " + e.message);
+      }
+    });
+  });
+
   document.getElementById("predict-form").addEventListener("submit", async function (event) {
     event.preventDefault();
     const errorBox = document.getElementById("predict-error");
