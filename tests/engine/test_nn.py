@@ -7,6 +7,7 @@ import io
 import numpy as np
 import pytest
 
+import engine
 from engine import Tensor, Value, gradcheck, nn, no_grad
 
 
@@ -197,3 +198,57 @@ def test_glorot_init_draws_weights_and_biases_within_the_bound() -> None:
     assert np.all(Linear(30, 100, init="xavier").bias.data == 0)
     with pytest.raises(ValueError, match="unknown init"):
         Linear(2, 2, init="uniform")
+
+
+def test_dropout_train_and_eval():
+    x = Tensor(np.ones((200, 50)))
+    drop = nn.Dropout(0.3, seed=0)
+    assert drop.training
+    out = drop(x)
+    kept = out.data != 0
+    # Kept elements are scaled by 1 / (1 - p); about p of them are zeroed.
+    np.testing.assert_allclose(out.data[kept], 1 / 0.7)
+    assert abs(1 - kept.mean() - 0.3) < 0.02
+    out.sum().backward()
+    np.testing.assert_allclose(x.grad, kept / 0.7)
+    assert drop.eval() is drop and not drop.training
+    assert drop(x) is x
+    drop.train()
+    assert not np.array_equal(drop(x).data, out.data)  # a fresh mask each call
+    assert nn.Dropout(0.0)(x) is x
+    np.testing.assert_array_equal(nn.Dropout(1.0)(x).data, 0.0)
+    with pytest.raises(ValueError):
+        nn.Dropout(1.5)
+    x32 = Tensor(np.ones(10, np.float32))
+    assert nn.Dropout(0.5, seed=1)(x32).dtype == np.float32
+
+
+def test_dropout_gradcheck_with_a_fixed_mask():
+    x = Tensor(np.random.default_rng(0).normal(size=(4, 3)))
+
+    def f(t):
+        return nn.Dropout(0.4, seed=7)(t).tanh()  # the same mask at every evaluation
+
+    assert engine.gradcheck(f, x)
+
+
+def test_mlp_dropout_train_eval_and_state_dict():
+    x = np.random.default_rng(1).normal(size=(64, 4))
+    model = nn.MLP(4, [32, 32, 2], seed=0, dropout=0.5)
+    plain = nn.MLP(4, [32, 32, 2], seed=0)
+    assert list(model.state_dict()) == list(plain.state_dict())
+    for (_, a), (_, b) in zip(model.named_parameters(), plain.named_parameters(), strict=True):
+        np.testing.assert_array_equal(a.data, b.data)  # same seed, same weights
+    train_out = model(x).data
+    assert not np.allclose(train_out, plain(x).data)
+    model.eval()
+    assert all(not m.training for m in model.modules())
+    np.testing.assert_array_equal(model(x).data, plain(x).data)
+    model.train()
+    assert all(m.training for m in model.modules())
+    again = nn.MLP(4, [32, 32, 2], seed=0, dropout=0.5)
+    np.testing.assert_array_equal(again(x).data, train_out)  # reproducible from the seed
+    assert nn.MLP(4, [2], dropout=0.5)(x).shape == (64, 2)
+    # The last layer's output is never dropped.
+    one = nn.MLP(4, [3], seed=0, dropout=0.9)
+    np.testing.assert_array_equal(one(x).data, nn.MLP(4, [3], seed=0)(x).data)
