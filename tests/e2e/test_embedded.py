@@ -39,6 +39,8 @@ def start_embedded(processes: Processes, var: Path, **env: str) -> tuple[Api, Pr
     proc = processes.start("embedded", [sys.executable, "-m", "workers.embedded"], environment)
     api = Api(f"http://127.0.0.1:{environment['PORT']}", proc)
     api.wait_ready(60)
+    # the key-and-dashboard block comes last, once the worker is ready too
+    proc.wait_for_output("trainyard: dashboard:", 60)
     # the embedded mode's own key, written on first start (what the README's curl lines use)
     api.authenticate((var / "api-key").read_text().strip())
     return api, proc
