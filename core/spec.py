@@ -19,7 +19,12 @@ LR_SCHEDULES = ("constant", "step", "cosine", "plateau")
 DEFAULT_LEARNING_RATE = {"sgd": 0.05, "adam": 0.01}
 #: with early stopping on and no validation split, this fraction of the rows validates
 EARLY_STOPPING_SPLIT = 0.1
-EARLY_STOPPING_DEFAULTS: dict[str, Any] = {"patience": 10, "min_delta": 0.0, "restore_best": True}
+EARLY_STOPPING_DEFAULTS: dict[str, Any] = {
+    "patience": 10,
+    "min_delta": 0.0,
+    "restore_best": True,
+    "refit": True,
+}
 LR_SCHEDULE_DEFAULTS: dict[str, dict[str, Any]] = {
     "constant": {},
     "step": {"step_size": 30, "gamma": 0.1},

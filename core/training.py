@@ -77,6 +77,9 @@ class TrainResult:
     stop_reason: str = "completed"
     #: False when `on_epoch` asked to stop before the last epoch (cancellation).
     completed: bool = True
+    #: early stopping chose `best_epoch`, then the saved model was trained again on the
+    #: training and validation rows together for that many epochs
+    refit: bool = False
     graph_svg: str | None = None
 
 
@@ -339,25 +342,71 @@ class _Run:
 
     def run(self, graph: bool) -> TrainResult:
         spec = self.spec
-        model = build_mlp(self.architecture, seed=spec.get("seed"), dtype=self.dtype)
-        opt = make_optimizer(model.parameters(), spec)
-        epochs = int(spec["epochs"])
-        schedule = LRSchedule(spec["lr_schedule"], float(spec["learning_rate"]), epochs)
-        stopper = (
-            EarlyStopping(spec["early_stopping"])
-            if spec.get("early_stopping") is not None
-            else None
-        )
-        x_train, y_train = self.x["train"], self.y["train"]
+        stopping = spec.get("early_stopping")
+        stopper = EarlyStopping(stopping) if stopping is not None else None
         has_val = len(self.splits["validation"]) > 0
+        result = TrainResult(architecture=self.architecture, state_dict={})
+        model = self._fit(
+            self.x["train"], self.y["train"], int(spec["epochs"]), result, stopper, has_val
+        )
+
+        if stopper is not None:
+            result.best_epoch = stopper.best_epoch
+            if stopper.best_state is not None and result.completed:
+                model.load_state_dict(stopper.best_state)
+        elif has_val and result.val_loss_history:
+            result.best_epoch = int(np.argmin(result.val_loss_history)) + 1
+        selected = model
+        if (
+            stopper is not None
+            and stopper.restore_best
+            and stopping.get("refit", True)
+            and result.completed
+            and result.best_epoch
+        ):
+            # The validation rows chose the number of epochs; now they train too: the same
+            # start, training and validation rows together, for the best epoch's count.
+            rows = np.concatenate([self.x["train"], self.x["validation"]])
+            targets = np.concatenate([self.y["train"], self.y["validation"]])
+            model = self._fit(rows, targets, result.best_epoch, None, None, False)
+            result.refit = True
+        result.state_dict = {k: np.array(v, copy=True) for k, v in model.state_dict().items()}
+        if not result.completed:
+            return result
+
+        final_loss = self._loss(model, "train")
+        if not math.isfinite(final_loss):
+            epoch = result.stopped_epoch or int(spec["epochs"])
+            raise self._diverged("loss", final_loss, epoch, result)
+        self._evaluate(model, result, selected)
+        if graph:
+            result.graph_svg = graph_svg(model, self.plain_loss, self.x["train"], self.y["train"])
+        return result
+
+    def _fit(
+        self,
+        x_train: np.ndarray,
+        y_train: np.ndarray,
+        epochs: int,
+        result: TrainResult | None,
+        stopper: EarlyStopping | None,
+        has_val: bool,
+    ) -> nn.MLP:
+        """Train a fresh model (seeded) for up to `epochs`; with `result`, record the epochs,
+        report them to `on_epoch` and stop early; without (the refit), train quietly."""
+        spec = self.spec
+        seed = spec.get("seed")
+        rng = np.random.default_rng(seed) if result is None else self.rng
+        model = build_mlp(self.architecture, seed=seed, dtype=self.dtype)
+        opt = make_optimizer(model.parameters(), spec)
+        schedule = LRSchedule(spec["lr_schedule"], float(spec["learning_rate"]), epochs)
         n = len(x_train)
         batch_size = spec.get("batch_size") or n
         batch_size = max(1, min(int(batch_size), n))
-
-        result = TrainResult(architecture=self.architecture, state_dict={})
+        report = result if result is not None else TrainResult(self.architecture, {})
         for epoch in range(1, epochs + 1):
             opt.lr = schedule.before_epoch(epoch)
-            order = self.rng.permutation(n) if batch_size < n else np.arange(n)
+            order = rng.permutation(n) if batch_size < n else np.arange(n)
             total = 0.0
             for start in range(0, n, batch_size):
                 idx = order[start : start + batch_size]
@@ -366,11 +415,14 @@ class _Run:
                 loss = self.loss_fn(out, y_train[idx])
                 value = float(loss.item())
                 if not math.isfinite(value):
-                    raise self._diverged("loss", value, epoch, result)
+                    raise self._diverged("loss", value, epoch, report)
                 loss.backward()
                 opt.step()
                 total += value * len(idx)
             epoch_loss = total / n
+            if result is None:
+                schedule.after_epoch(epoch_loss)
+                continue
             val_loss = None
             if has_val:
                 val_loss = self._loss(model, "validation")
@@ -391,38 +443,24 @@ class _Run:
             ):
                 result.stop_reason = "early_stopping"
                 break
-
-        if stopper is not None:
-            result.best_epoch = stopper.best_epoch
-            if stopper.best_state is not None and result.completed:
-                model.load_state_dict(stopper.best_state)
-        elif has_val and result.val_loss_history:
-            result.best_epoch = int(np.argmin(result.val_loss_history)) + 1
-        result.state_dict = {k: np.array(v, copy=True) for k, v in model.state_dict().items()}
-        if not result.completed:
-            return result
-
-        final_loss = self._loss(model, "train")
-        if not math.isfinite(final_loss):
-            raise self._diverged("loss", final_loss, result.stopped_epoch or epochs, result)
-        self._evaluate(model, result)
-        if graph:
-            result.graph_svg = graph_svg(model, self.plain_loss, x_train, y_train)
-        return result
+        return model
 
     def _loss(self, model: nn.MLP, split: str) -> float:
         with engine.no_grad():
             out = model(engine.Tensor(self.x[split], requires_grad=False))
             return float(self.plain_loss(out, self.y[split]).item())
 
-    def _evaluate(self, model: nn.MLP, result: TrainResult) -> None:
-        trained = Model(self.architecture, model.state_dict())
+    def _evaluate(self, model: nn.MLP, result: TrainResult, selected: nn.MLP) -> None:
+        """Score each split; the validation rows score the model they selected (after a refit
+        they trained the saved one, so only the selection run's model is held out from them)."""
         names = {"train": "", "validation": "val_"}
         for split, rows in self.splits.items():
             if not len(rows):
                 continue
+            scored = selected if split == "validation" else model
+            trained = Model(self.architecture, scored.state_dict())
             outputs = trained.outputs(self.x[split])
-            loss = self._loss(model, split)
+            loss = self._loss(scored, split)
             if self.loss == "mse":
                 report = metrics_mod.regression_metrics(self.y_raw[split], outputs)
                 accuracy = None

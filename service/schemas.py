@@ -25,7 +25,7 @@ from core.spec import (
     OPTIMIZERS,
     TRAINING_DEFAULTS,
 )
-from service.models import JOB_STATUSES
+from service.models import JOB_STATUSES, SWEEP_STATUSES
 
 CELL_MATRIX = {
     "description": "Rows of equally many cells (at least one row and one column): numbers, "
@@ -81,6 +81,39 @@ class UTCDateTime(fields.DateTime):
 
 
 NO_NUL = validate.Regexp(r"^[^\x00]*$", error="cannot hold NUL characters")
+
+
+MAX_TAGS = 20
+TAG_KEY = validate.Regexp(r"^[^:\x00]{1,64}$", error="1 to 64 characters, no colon")
+
+
+def _tag_count(tags: dict[str, str] | None) -> None:
+    if tags is not None and len(tags) > MAX_TAGS:
+        raise ValidationError(f"at most {MAX_TAGS} tags")
+
+
+def name_field(**kwargs: Any) -> fields.String:
+    return fields.String(
+        allow_none=True,
+        validate=[validate.Length(min=1, max=200), NO_NUL],
+        metadata={"description": "A name of your choosing (not unique)."},
+        **kwargs,
+    )
+
+
+def tags_field(**kwargs: Any) -> fields.Dict:
+    return fields.Dict(
+        keys=fields.String(validate=TAG_KEY),
+        values=fields.String(validate=[validate.Length(max=200), NO_NUL]),
+        allow_none=True,
+        validate=_tag_count,
+        metadata={
+            "description": f"`{{key: value}}` strings (at most {MAX_TAGS}); "
+            "`GET /jobs?tag=key:value` filters by them.",
+            "example": {"project": "penguins"},
+        },
+        **kwargs,
+    )
 
 
 COLUMN_TYPES_DOC = {
@@ -218,6 +251,15 @@ class EarlyStoppingSchema(Schema):
     restore_best = fields.Boolean(
         load_default=EARLY_STOPPING_DEFAULTS["restore_best"],
         metadata={"description": "Save the best epoch's weights, not the last epoch's."},
+    )
+    refit = fields.Boolean(
+        load_default=EARLY_STOPPING_DEFAULTS["refit"],
+        metadata={
+            "description": "With restore_best: once the best epoch is known, train again from "
+            "the same start on the training and validation rows together for that many epochs "
+            "and save that model (the validation scores stay those of the selection run's "
+            "best epoch, the rows they were held out from)."
+        },
     )
 
 
@@ -383,6 +425,8 @@ class TrainingSpecSchema(Schema):
 
 
 class JobInSchema(Schema):
+    name = name_field()
+    tags = tags_field()
     dataset_id = fields.String(metadata={"description": "An existing dataset; or `dataset`."})
     dataset = fields.Nested(DatasetInSchema, metadata={"description": "The data inline."})
     model = fields.Nested(ModelSpecSchema, required=True)
@@ -403,8 +447,17 @@ class ProgressSchema(Schema):
 
 class JobSchema(Schema):
     id = fields.String()
+    name = fields.String(allow_none=True)
+    tags = fields.Dict(keys=fields.String(), values=fields.String())
     status = fields.String(metadata={"enum": list(JOB_STATUSES)})
     dataset_id = fields.String()
+    sweep_id = fields.String(
+        allow_none=True, metadata={"description": "The sweep this job is a trial of."}
+    )
+    params = fields.Dict(
+        allow_none=True,
+        metadata={"description": "A trial's values: dotted spec path -> value."},
+    )
     model = fields.Dict(metadata={"description": "The model spec with every default filled."})
     training = fields.Dict(metadata={"description": "The training spec, defaults filled."})
     progress = fields.Nested(ProgressSchema)
@@ -435,7 +488,17 @@ class JobSchema(Schema):
     stopped_epoch = fields.Integer(allow_none=True, metadata={"description": "The last epoch."})
     stop_reason = fields.String(
         allow_none=True,
-        metadata={"enum": ["completed", "early_stopping", "cancelled", "failed", None]},
+        metadata={
+            "enum": [
+                "completed",
+                "early_stopping",
+                "cancelled",
+                "early_termination",
+                "failed",
+                None,
+            ],
+            "description": "`early_termination`: a sweep's median rule stopped this trial.",
+        },
     )
     error = fields.String(allow_none=True)
     model_id = fields.String(allow_none=True)
@@ -532,8 +595,32 @@ class PageQuerySchema(Schema):
     page_size = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
 
 
+TAG_FILTER = validate.Regexp(r"^[^:\x00]{1,64}:[^\x00]{0,200}$", error="must be key:value")
+
+
 class JobPageQuerySchema(PageQuerySchema):
     status = fields.String(validate=validate.OneOf(JOB_STATUSES))
+    tag = fields.List(
+        fields.String(validate=TAG_FILTER),
+        metadata={"description": "`key:value`; repeat for several (all must match)."},
+    )
+    dataset_id = fields.String(validate=validate.Length(max=64))
+    sweep_id = fields.String(
+        validate=validate.Length(max=64),
+        metadata={"description": "A sweep's trials, in trial order."},
+    )
+
+
+class LabelInSchema(Schema):
+    """`PATCH`: the fields given are set (`tags` replaces all tags; null clears)."""
+
+    name = name_field()
+    tags = tags_field()
+
+    @validates_schema
+    def _something(self, data: dict[str, Any], **_: Any) -> None:
+        if not data:
+            raise ValidationError("give name and/or tags", field_name="name")
 
 
 class PaginationSchema(Schema):
@@ -557,6 +644,184 @@ def page_of(item_schema: type[Schema], name: str) -> type[Schema]:
 DatasetPageSchema = page_of(DatasetSchema, "DatasetPage")
 JobPageSchema = page_of(JobSchema, "JobPage")
 ModelPageSchema = page_of(ModelSummarySchema, "ModelPage")
+
+
+PARAMETER_DOC = {
+    "description": "Dotted path into the job spec (`training.learning_rate`, `model.layers`, "
+    '`training.early_stopping.patience`) -> `{"values": [...]}`, or for `random` also '
+    '`{"min", "max", "log"?, "int"?}`.',
+    "type": "object",
+    "minProperties": 1,
+    "additionalProperties": {
+        "type": "object",
+        "properties": {
+            "values": {"type": "array", "minItems": 1, "items": {}},
+            "min": {"type": "number"},
+            "max": {"type": "number"},
+            "log": {"type": "boolean"},
+            "int": {"type": "boolean"},
+        },
+    },
+    "example": {
+        "training.learning_rate": {"values": [0.003, 0.01, 0.03]},
+        "model.layers": {"values": [[16, 1], [32, 32, 1]]},
+    },
+}
+
+
+class SweepMetricSchema(Schema):
+    name = fields.String(
+        validate=validate.Length(min=1, max=100),
+        metadata={
+            "description": "`val_loss` (the default with a validation split, else `loss`), "
+            "`accuracy`, `val_accuracy`, or a split's evaluation score: "
+            "`validation.accuracy`, `test.r2`, `test.f1.macro`, ..."
+        },
+    )
+    goal = fields.String(
+        validate=validate.OneOf(["minimize", "maximize"]),
+        metadata={
+            "description": "Default: maximize for accuracies, r2 and roc_auc; else minimize."
+        },
+    )
+
+
+class EarlyTerminationSchema(Schema):
+    type = fields.String(required=True, validate=validate.OneOf(["median"]))
+    min_epochs = fields.Integer(
+        strict=True,
+        load_default=10,
+        validate=validate.Range(min=1),
+        metadata={"description": "No trial is stopped before this epoch."},
+    )
+    min_trials = fields.Integer(
+        strict=True,
+        load_default=3,
+        validate=validate.Range(min=1),
+        metadata={"description": "Other trials that must have reached the epoch to compare."},
+    )
+
+
+class SweepInSchema(Schema):
+    name = name_field()
+    tags = tags_field()
+    dataset_id = fields.String(required=True, validate=validate.Length(max=64))
+    base = fields.Dict(
+        required=True,
+        metadata={
+            "description": "What `POST /jobs` takes besides the dataset (`model`, `training`); "
+            "each trial is this with its parameters' values set, validated as a job.",
+            "example": {
+                "model": {"layers": [32, 1], "activation": "tanh"},
+                "training": {"optimizer": "adam", "epochs": 100, "validation_split": 0.2},
+            },
+        },
+    )
+    method = fields.String(load_default="grid", validate=validate.OneOf(["grid", "random"]))
+    parameters = fields.Dict(required=True, metadata=PARAMETER_DOC)
+    metric = fields.Nested(SweepMetricSchema, load_default=dict)
+    max_trials = fields.Integer(
+        strict=True,
+        validate=validate.Range(min=1),
+        metadata={"description": "random: required; grid: the first ones only."},
+    )
+    max_parallel = fields.Integer(
+        strict=True,
+        allow_none=True,
+        validate=validate.Range(min=1),
+        metadata={"description": "Trials running at once. Default: as many as the workers take."},
+    )
+    seed = fields.Integer(
+        strict=True,
+        allow_none=True,
+        validate=validate.Range(min=0, max=2**53),
+        metadata={"description": "random: the draws' seed (drawn and shown when not given)."},
+    )
+    early_termination = fields.Nested(
+        EarlyTerminationSchema,
+        allow_none=True,
+        metadata={
+            "description": "`median`: stop a trial whose best validation loss so far is worse "
+            "than the median of the other trials' at the same epoch (it ends `cancelled`, "
+            "`stop_reason` `early_termination`)."
+        },
+    )
+
+
+class SweepProgressSchema(Schema):
+    trials = fields.Integer()
+    queued = fields.Integer()
+    running = fields.Integer()
+    succeeded = fields.Integer()
+    failed = fields.Integer()
+    cancelled = fields.Integer()
+
+
+class TrialSchema(Schema):
+    job_id = fields.String()
+    index = fields.Integer()
+    params = fields.Dict()
+    status = fields.String(metadata={"enum": list(JOB_STATUSES)})
+    metric_value = fields.Float(
+        allow_none=True, metadata={"description": "The sweep's metric, once succeeded."}
+    )
+    epoch = fields.Integer()
+    epochs = fields.Integer()
+    stop_reason = fields.String(allow_none=True)
+    model_id = fields.String(allow_none=True)
+
+
+class BestTrialSchema(Schema):
+    job_id = fields.String()
+    model_id = fields.String(allow_none=True)
+    params = fields.Dict()
+    metric_value = fields.Float()
+
+
+class SweepSchema(Schema):
+    id = fields.String()
+    name = fields.String(allow_none=True)
+    tags = fields.Dict(keys=fields.String(), values=fields.String())
+    status = fields.String(metadata={"enum": list(SWEEP_STATUSES)})
+    dataset_id = fields.String()
+    method = fields.String()
+    base = fields.Dict()
+    parameters = fields.Dict()
+    metric = fields.Nested(SweepMetricSchema)
+    max_trials = fields.Integer(allow_none=True)
+    max_parallel = fields.Integer(allow_none=True)
+    seed = fields.Integer(allow_none=True)
+    early_termination = fields.Dict(allow_none=True)
+    progress = fields.Nested(SweepProgressSchema)
+    trials = fields.List(fields.Nested(TrialSchema), metadata={"description": "In trial order."})
+    best = fields.Nested(
+        BestTrialSchema,
+        allow_none=True,
+        metadata={
+            "description": "The succeeded trial with the best metric (ties: the first trial); "
+            "failed and cancelled trials never are. Final once the sweep is."
+        },
+    )
+    cancel_requested = fields.Boolean()
+    created_at = UTCDateTime()
+    started_at = UTCDateTime(allow_none=True)
+    finished_at = UTCDateTime(allow_none=True)
+
+
+class SweepSummarySchema(SweepSchema):
+    class Meta:
+        exclude = ("trials",)
+
+
+class SweepPageQuerySchema(PageQuerySchema):
+    status = fields.String(validate=validate.OneOf(SWEEP_STATUSES))
+    tag = fields.List(
+        fields.String(validate=TAG_FILTER),
+        metadata={"description": "`key:value`; repeat for several (all must match)."},
+    )
+
+
+SweepPageSchema = page_of(SweepSummarySchema, "SweepPage")
 
 
 class HealthSchema(Schema):

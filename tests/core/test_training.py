@@ -383,3 +383,22 @@ def test_default_loss_reads_the_targets_and_the_output_width(
     from core.spec import default_loss
 
     assert default_loss(kind, 1, classes, width) == loss
+
+
+def test_refit_trains_again_on_training_and_validation_rows_for_the_best_epoch_count() -> None:
+    x, y = moons(200)
+    targets = y.reshape(-1, 1).astype(float)
+    base = spec(epochs=300, learning_rate=0.05, dtype="float64")
+    stop = {"patience": 5}
+    kept = train(x, targets, BINARY, {**base, "early_stopping": {**stop, "refit": False}},
+                 classes=[0, 1], graph=False)  # fmt: skip
+    refit = train(x, targets, BINARY, {**base, "early_stopping": stop}, classes=[0, 1],
+                  graph=False)  # fmt: skip
+    assert not kept.refit and refit.refit
+    assert refit.best_epoch == kept.best_epoch and refit.stopped_epoch == kept.stopped_epoch
+    # the validation scores are the selection run's best epoch in both
+    assert refit.metrics["val_loss"] == pytest.approx(kept.metrics["val_loss"], rel=1e-12)
+    # the saved weights are those of the second run, on all 200 rows for best_epoch epochs
+    assert any(not np.allclose(refit.state_dict[k], kept.state_dict[k]) for k in kept.state_dict)
+    assert refit.evaluation["train"]["n"] + refit.evaluation["validation"]["n"] == 200
+    assert refit.evaluation["train"]["accuracy"] >= 0.9
