@@ -27,7 +27,15 @@ def _no_backward(g: np.ndarray) -> tuple:
 
 def _constant(data: Any, op: str = "") -> Tensor:
     """A tensor outside any graph (comparisons, argmax, operands that are not tensors)."""
-    return _result(data, (), _no_backward, op)
+    out = Tensor.__new__(Tensor)
+    out.data = data if type(data) is np.ndarray else np.asarray(data)
+    out.requires_grad = False
+    out.label = ""
+    out._grad = None
+    out._prev = ()
+    out._op = op
+    out._backward = None
+    return out
 
 
 # --- dtypes: PyTorch's promotion, in this one place ---------------------------------------------
@@ -89,17 +97,30 @@ def as_tensor(x: Any, dtype: Any = None, op: str = "op") -> Tensor:
 
 def promote(*operands: Any, op: str = "op") -> tuple[Tensor, ...]:
     """The operands as tensors of one floating dtype (`result_dtype`)."""
-    tensor = next((x for x in operands if type(x) is Tensor), None)
-    if tensor is not None and tensor.data.dtype.kind == "f":
-        dtype = tensor.data.dtype
-        # The common cases, cheaply: tensors of one dtype, or a tensor and Python numbers.
-        if builtins.all(
-            (type(x) is Tensor and x.data.dtype == dtype) or type(x) in (float, int)
-            for x in operands
-        ):
-            return tuple(
-                x if type(x) is Tensor else _constant(np.asarray(x, dtype)) for x in operands
-            )
+    if len(operands) == 2:
+        # The common cases, cheaply: two tensors of one floating dtype, or such a tensor and a
+        # Python number or an ndarray of its dtype (the result is that dtype in every tier).
+        a, b = operands
+        if type(a) is Tensor:
+            dtype = a.data.dtype
+            if type(b) is Tensor:
+                if b.data.dtype == dtype and dtype.kind == "f":
+                    return operands
+            elif dtype.kind == "f":
+                if type(b) is float or type(b) is int:
+                    return a, _constant(np.asarray(b, dtype))
+                if type(b) is np.ndarray and b.dtype == dtype:
+                    return a, _constant(b)
+        elif type(b) is Tensor and b.data.dtype.kind == "f":
+            dtype = b.data.dtype
+            if type(a) is float or type(a) is int:
+                return _constant(np.asarray(a, dtype)), b
+            if type(a) is np.ndarray and a.dtype == dtype:
+                return _constant(a), b
+    elif builtins.all(type(x) is Tensor for x in operands):
+        dtype = operands[0].data.dtype
+        if dtype.kind == "f" and builtins.all(x.data.dtype == dtype for x in operands):
+            return operands
     dtype = result_dtype(*operands)
     return tuple(as_tensor(x, dtype, op) for x in operands)
 
@@ -168,14 +189,12 @@ def div(a: Any, b: Any) -> Tensor:
 def pow(a: Any, b: Any) -> Tensor:
     """`a ** b`. d/da is `b * a ** (b - 1)`, taken as 0 where b == 0 (a constant); d/db is
     `out * log(a)`, taken as 0 where a == 0 (as PyTorch)."""
-    if (
-        isinstance(a, Tensor)
-        and a.data.dtype.kind == "f"
-        and isinstance(b, int | float | np.integer | np.floating)
-        and not isinstance(b, bool)
-    ):
-        # A NumPy scalar as a Python number: it must not widen the tensor.
-        return _pow_scalar(a, b.item() if isinstance(b, np.generic) else b)
+    if type(a) is Tensor and a.data.dtype.kind == "f":
+        if type(b) is int or type(b) is float:
+            return _pow_scalar(a, b)
+        if isinstance(b, np.integer | np.floating):
+            # A NumPy scalar as a Python number: it must not widen the tensor.
+            return _pow_scalar(a, b.item())
     a, b = promote(a, b, op="**")
     ad, bd = a.data, b.data
     out = ad**bd
