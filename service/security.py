@@ -40,10 +40,13 @@ def docs_csp(page: bytes) -> str:
 
 
 def add_security_headers(response: Response) -> Response:
-    """`after_request`: `nosniff` on every answer; a CSP on HTML and SVG ones."""
+    """`after_request`: `nosniff` on every answer; a CSP and `Referrer-Policy: no-referrer` on
+    HTML and SVG ones."""
     mimetype = response.mimetype or ""
     response.headers["X-Content-Type-Options"] = "nosniff"
     if mimetype in ("text/html", "image/svg+xml", "application/xhtml+xml"):
+        # the dashboard's URLs carry ids (and once a #token= fragment): send them nowhere
+        response.headers["Referrer-Policy"] = "no-referrer"
         if mimetype == "image/svg+xml":
             response.headers["Content-Security-Policy"] = SVG_CSP
         elif request.path.rstrip("/") == DOCS_PATH and not response.direct_passthrough:

@@ -11,7 +11,7 @@ vendored Chart.js (static/vendor/), the confusion matrix as a table shaded by CS
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, render_template
+from flask import Blueprint, render_template
 
 bp = Blueprint(
     "dashboard",
@@ -21,20 +21,8 @@ bp = Blueprint(
     static_url_path="/dashboard/static",
 )
 
-CONTENT_SECURITY_POLICY = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
-    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
-    "form-action 'self'"
-)
-
-
-@bp.after_request
-def security_headers(response: Response) -> Response:
-    # setdefault: an app-wide policy, where one is set, wins
-    response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
-    response.headers.setdefault("X-Content-Type-Options", "nosniff")
-    response.headers.setdefault("Referrer-Policy", "no-referrer")
-    return response
+# The pages' Content-Security-Policy, nosniff and Referrer-Policy come from the app-wide
+# `service.security.add_security_headers` (one policy for every HTML answer).
 
 
 @bp.route("/")

@@ -23,6 +23,8 @@ def test_pages_are_a_static_shell_under_a_strict_csp(client: FlaskClient, path: 
     assert response.status_code == 200 and response.mimetype == "text/html"
     csp = response.headers["Content-Security-Policy"]
     assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+    assert response.headers["Referrer-Policy"] == "no-referrer"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
     html = response.get_data(as_text=True)
     assert not re.search(r"<script(?![^>]*\bsrc=)[^>]*>", html)  # no inline script
     assert not re.search(r"\sstyle\s*=", html) and "<style" not in html
