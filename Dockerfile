@@ -11,12 +11,16 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1
 
 WORKDIR /app
+# The pinned lock (requirements.txt), as `make run` installs it; the code runs from /app (the
+# working directory is on the import path of gunicorn, celery and alembic), where `alembic
+# upgrade head` also finds alembic.ini and migrations/. The client is not part of the image.
 COPY requirements.txt .
 RUN pip install -r requirements.txt
 
 COPY alembic.ini ./
 COPY migrations ./migrations
 COPY engine ./engine
+COPY core ./core
 COPY service ./service
 COPY workers ./workers
 

