@@ -60,6 +60,7 @@ def build_mlp(architecture: dict[str, Any], seed: int | None = None, dtype: Any 
         seed=seed,
         dtype=dtype or architecture.get("dtype") or np.float64,
         init=architecture.get("init"),
+        dropout=float(architecture.get("dropout") or 0.0),
     )
 
 
@@ -84,6 +85,7 @@ class Model:
         self.preprocessor = Preprocessor.from_dict(pre) if pre else None
         self.mlp = build_mlp(self.architecture)
         self.mlp.load_state_dict(self.state)
+        self.mlp.eval()  # dropout only while training
 
     # ---- what goes in -------------------------------------------------------------------------
 

@@ -332,6 +332,7 @@ class _Run:
             # MLP: Kaiming's larger start with zero biases scored lower on held-out rows of
             # small tabular sets within the same budget (bench/quality.py).
             "init": "glorot",
+            "dropout": float(model_spec.get("dropout") or 0.0),
             "preprocessing": self.preprocessor.to_dict(),
         }
         weights = None
@@ -380,6 +381,7 @@ class _Run:
             raise self._diverged("loss", final_loss, epoch, result)
         self._evaluate(model, result, selected)
         if graph:
+            model.eval()
             result.graph_svg = graph_svg(model, self.plain_loss, self.x["train"], self.y["train"])
         return result
 
@@ -398,6 +400,7 @@ class _Run:
         seed = spec.get("seed")
         rng = np.random.default_rng(seed) if result is None else self.rng
         model = build_mlp(self.architecture, seed=seed, dtype=self.dtype)
+        model.train()
         opt = make_optimizer(model.parameters(), spec)
         schedule = LRSchedule(spec["lr_schedule"], float(spec["learning_rate"]), epochs)
         n = len(x_train)
@@ -446,9 +449,15 @@ class _Run:
         return model
 
     def _loss(self, model: nn.MLP, split: str) -> float:
-        with engine.no_grad():
-            out = model(engine.Tensor(self.x[split], requires_grad=False))
-            return float(self.plain_loss(out, self.y[split]).item())
+        """The loss on a split, in eval mode (no dropout); the model's mode is kept."""
+        training = model.training
+        model.eval()
+        try:
+            with engine.no_grad():
+                out = model(engine.Tensor(self.x[split], requires_grad=False))
+                return float(self.plain_loss(out, self.y[split]).item())
+        finally:
+            model.train(training)
 
     def _evaluate(self, model: nn.MLP, result: TrainResult, selected: nn.MLP) -> None:
         """Score each split; the validation rows score the model they selected (after a refit

@@ -132,6 +132,7 @@ def normalized_specs(
         "layers": list(m["layers"]),
         "activation": m["activation"],
         "output_activation": m["output_activation"],
+        "dropout": m.get("dropout", 0.0),
     }
     t = resolve_training(data["training"])
     if t["loss"] is None:
@@ -141,7 +142,8 @@ def normalized_specs(
 
 
 def check_active_jobs(session: Session, owner: str, limits: Limits) -> None:
-    """429 if the owner already has `max_active_jobs` queued or running jobs.
+    """429 if the owner already has `max_active_jobs` queued or running jobs (a sweep's trial
+    counts once its sweep has started it, not while it is held back by `max_parallel`).
 
     A check before the insert, not a lock: concurrent submissions may pass it together, so the
     cap can be overshot by the number of requests in flight at that moment.
@@ -150,7 +152,7 @@ def check_active_jobs(session: Session, owner: str, limits: Limits) -> None:
         session.scalar(
             sa.select(sa.func.count())
             .select_from(Job)
-            .where(Job.owner == owner, Job.status.in_(ACTIVE_STATUSES))
+            .where(Job.owner == owner, Job.status.in_(ACTIVE_STATUSES), Job.held.is_(False))
         )
         or 0
     )
@@ -162,6 +164,22 @@ def check_active_jobs(session: Session, owner: str, limits: Limits) -> None:
             code="too_many_active_jobs",
             headers={"Retry-After": "10"},
         )
+
+
+def dataset_facts(session: Session, dataset_id: str, owner: str) -> dict[str, Any]:
+    """What `check_spec` needs to know of `owner`'s stored dataset (404 naming `dataset_id`)."""
+    stored = find_dataset(session, dataset_id, owner)
+    if stored is None:
+        message = f"no dataset with id {dataset_id!r}"
+        raise ApiError(404, message, {"dataset_id": message})
+    return {
+        "n_samples": stored.n_samples,
+        "columns": stored.columns
+        or [{"name": f"x{j}", "type": "numeric"} for j in range(stored.n_features)],
+        "n_targets": stored.n_targets,
+        "target_kind": stored.target_kind,
+        "classes": stored.classes,
+    }
 
 
 def create_job(session: Session, data: dict[str, Any], limits: Limits, owner: str) -> Job:
@@ -179,18 +197,7 @@ def create_job(session: Session, data: dict[str, Any], limits: Limits, owner: st
             "classes": parsed.classes,
         }
     else:
-        stored = find_dataset(session, data["dataset_id"], owner)
-        if stored is None:
-            message = f"no dataset with id {data['dataset_id']!r}"
-            raise ApiError(404, message, {"dataset_id": message})
-        facts = {
-            "n_samples": stored.n_samples,
-            "columns": stored.columns
-            or [{"name": f"x{j}", "type": "numeric"} for j in range(stored.n_features)],
-            "n_targets": stored.n_targets,
-            "target_kind": stored.target_kind,
-            "classes": stored.classes,
-        }
+        facts = dataset_facts(session, data["dataset_id"], owner)
     model, training = normalized_specs(
         data, facts["target_kind"], facts["n_targets"], facts["classes"]
     )
@@ -206,7 +213,13 @@ def create_job(session: Session, data: dict[str, Any], limits: Limits, owner: st
     else:
         dataset_id = data["dataset_id"]
     return lifecycle.submit(
-        session, owner=owner, dataset_id=dataset_id, model_spec=model, training_spec=training
+        session,
+        owner=owner,
+        dataset_id=dataset_id,
+        model_spec=model,
+        training_spec=training,
+        name=data.get("name"),
+        tags=data.get("tags"),
     )
 
 
@@ -242,17 +255,61 @@ def cancel_job(session: Session, job_id: str, owner: str) -> Job:
     return get_job(session, job_id, owner)
 
 
+def label_job(session: Session, job_id: str, owner: str, data: dict[str, Any]) -> Job:
+    """`PATCH /jobs/{id}`: set the `name` and/or `tags` given in `data` (`tags` replaces them
+    all; null clears); another owner's job is a 404."""
+    if not is_id(job_id) or not lifecycle.label(
+        session,
+        job_id,
+        owner,
+        name=data.get("name"),
+        tags=data.get("tags"),
+        fields=frozenset(data) & {"name", "tags"},
+    ):
+        raise ApiError(404, f"No job with id {job_id!r}.")
+    session.expire_all()
+    return get_job(session, job_id, owner)
+
+
+def tag_filters(column: Any, tags: list[str]) -> list[sa.ColumnElement[bool]]:
+    """`key:value` filters on a JSON `tags` column (every one must match)."""
+    where = []
+    for tag in tags:
+        key, _, value = tag.partition(":")
+        where.append(column[key].as_string() == value)
+    return where
+
+
 def list_jobs(
-    session: Session, owner: str, page: int, page_size: int, status: str | None = None
+    session: Session,
+    owner: str,
+    page: int,
+    page_size: int,
+    status: str | None = None,
+    *,
+    tags: list[str] | None = None,
+    dataset_id: str | None = None,
+    sweep_id: str | None = None,
 ) -> tuple[list[Job], int]:
-    where = [Job.owner == owner]
+    """A page of `owner`'s jobs, newest first (a sweep's trials in trial order), filtered by
+    `status`, `tags` (`key:value`, all of them), `dataset_id` and `sweep_id`."""
+    where = [Job.owner == owner, *tag_filters(Job.tags, tags or [])]
     if status:
         where.append(Job.status == status)
+    if dataset_id is not None:
+        where.append(Job.dataset_id == dataset_id)
+    if sweep_id is not None:
+        where.append(Job.sweep_id == sweep_id)
     total = session.scalar(sa.select(sa.func.count()).select_from(Job).where(*where)) or 0
+    order = (
+        (Job.trial_index, Job.id)
+        if sweep_id is not None
+        else (Job.created_at.desc(), Job.id.desc())
+    )
     jobs = session.scalars(
         sa.select(Job)
         .where(*where)
-        .order_by(Job.created_at.desc(), Job.id.desc())
+        .order_by(*order)
         .limit(page_size)
         .offset((page - 1) * page_size)
     ).all()
@@ -276,8 +333,12 @@ def serialize_jobs(session: Session, jobs: list[Job]) -> list[dict[str, Any]]:
     return [
         {
             "id": job.id,
+            "name": job.name,
+            "tags": job.tags or {},
             "status": job.status,
             "dataset_id": job.dataset_id,
+            "sweep_id": job.sweep_id,
+            "params": job.params,
             "model": job.model_spec,
             "training": job.training_spec,
             "progress": {"epoch": job.epoch, "epochs": job.epochs},

@@ -234,6 +234,14 @@ class ModelSpecSchema(Schema):
     output_activation = fields.String(
         load_default=None, allow_none=True, validate=validate.OneOf(ACTIVATIONS)
     )
+    dropout = fields.Float(
+        load_default=0.0,
+        validate=validate.Range(min=0, max=1, max_inclusive=False),
+        metadata={
+            "description": "Probability of zeroing each hidden activation while training "
+            "(inverted dropout; never at predict time). 0: none."
+        },
+    )
 
 
 class EarlyStoppingSchema(Schema):

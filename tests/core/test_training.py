@@ -402,3 +402,21 @@ def test_refit_trains_again_on_training_and_validation_rows_for_the_best_epoch_c
     assert any(not np.allclose(refit.state_dict[k], kept.state_dict[k]) for k in kept.state_dict)
     assert refit.evaluation["train"]["n"] + refit.evaluation["validation"]["n"] == 200
     assert refit.evaluation["train"]["accuracy"] >= 0.9
+
+
+def test_dropout_trains_in_train_mode_and_predicts_in_eval_mode() -> None:
+    from core.model import Model
+
+    x, y = moons(200)
+    model_spec = {"layers": [32, 32, 1], "activation": "relu", "dropout": 0.3}
+    result = train(x, y.reshape(-1, 1).astype(float), model_spec, spec(epochs=40),
+                   classes=[0, 1], graph=False)  # fmt: skip
+    assert result.architecture["dropout"] == 0.3
+    assert result.metrics["accuracy"] > 0.85
+    model = Model(result.architecture, result.state_dict)
+    assert model.mlp.dropout is not None and not model.mlp.training
+    first, second = model.predict(x[:20]), model.predict(x[:20])
+    assert first == second  # no dropout at predict time
+    # the flat metrics are eval-mode numbers: they match the model's own predictions
+    accuracy = np.mean(np.asarray(model.predict(x)["predictions"]) == y)
+    assert accuracy == pytest.approx(result.metrics["accuracy"], abs=0.02)

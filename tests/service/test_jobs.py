@@ -41,7 +41,9 @@ def test_submit_with_dataset_id(
     assert r.headers["Location"] == f"{URL}/{job['id']}"
     assert job["status"] == "queued"
     assert job["dataset_id"] == dataset_id
-    assert job["model"] == {"layers": [4, 1], "activation": "relu", "output_activation": None}
+    assert job["model"] == {
+        "layers": [4, 1], "activation": "relu", "output_activation": None, "dropout": 0.0
+    }  # fmt: skip
     assert job["training"] == {
         "loss": "binary_cross_entropy",
         "optimizer": "sgd",
@@ -92,7 +94,9 @@ def test_submit_defaults_and_inline_dataset(
     r = client.post(URL, json=body)
     assert r.status_code == 202, r.get_json()
     job = r.get_json()
-    assert job["model"] == {"layers": [1], "activation": "tanh", "output_activation": None}
+    assert job["model"] == {
+        "layers": [1], "activation": "tanh", "output_activation": None, "dropout": 0.0
+    }  # fmt: skip
     training = job["training"]
     assert training["loss"] == "mse"
     assert training["learning_rate"] == 0.01  # adam's default
