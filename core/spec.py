@@ -12,11 +12,11 @@ from typing import Any
 from core import preprocessing
 
 LOSSES = ("mse", "binary_cross_entropy", "cross_entropy")
-OPTIMIZERS = ("sgd", "adam")
+OPTIMIZERS = ("sgd", "adam", "adamw")
 ACTIVATIONS = ("tanh", "relu", "sigmoid")
 DTYPES = ("float32", "float64")
 LR_SCHEDULES = ("constant", "step", "cosine", "plateau")
-DEFAULT_LEARNING_RATE = {"sgd": 0.05, "adam": 0.01}
+DEFAULT_LEARNING_RATE = {"sgd": 0.05, "adam": 0.01, "adamw": 0.01}
 #: with early stopping on and no validation split, this fraction of the rows validates
 EARLY_STOPPING_SPLIT = 0.1
 EARLY_STOPPING_DEFAULTS: dict[str, Any] = {

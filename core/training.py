@@ -181,6 +181,8 @@ def make_optimizer(params: list[engine.Tensor], spec: dict[str, Any]) -> Any:
         return optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if name == "adam":
         return optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":  # decoupled weight decay (Loshchilov and Hutter)
+        return optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     raise ValueError(f"unknown optimizer {name!r}")
 
 

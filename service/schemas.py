@@ -362,7 +362,7 @@ class TrainingSpecSchema(Schema):
         validate=validate.Range(min=0, min_inclusive=False),
         metadata={
             "description": f"Default {DEFAULT_LEARNING_RATE['sgd']} for sgd, "
-            f"{DEFAULT_LEARNING_RATE['adam']} for adam."
+            f"{DEFAULT_LEARNING_RATE['adam']} for adam and adamw."
         },
     )
     momentum = fields.Float(

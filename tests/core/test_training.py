@@ -420,3 +420,11 @@ def test_dropout_trains_in_train_mode_and_predicts_in_eval_mode() -> None:
     # the flat metrics are eval-mode numbers: they match the model's own predictions
     accuracy = np.mean(np.asarray(model.predict(x)["predictions"]) == y)
     assert accuracy == pytest.approx(result.metrics["accuracy"], abs=0.02)
+
+
+def test_adamw_decays_the_weights_apart_from_the_gradient() -> None:
+    plain = train_moons(epochs=20, optimizer="adamw", weight_decay=0.0, dtype="float64")
+    decayed = train_moons(epochs=20, optimizer="adamw", weight_decay=0.5, dtype="float64")
+    norm = lambda r: sum(float(np.sum(v**2)) for v in r.state_dict.values())  # noqa: E731
+    assert norm(decayed) < norm(plain)
+    assert decayed.metrics["accuracy"] > 0.8
