@@ -566,6 +566,13 @@ def table_from_csv(raw: bytes, names: list[str], types: list[str], limits: Limit
     text = [n for n, kind in zip(names, types, strict=True) if kind == CATEGORICAL]
     header, series, _ = read_csv(raw, "file", limits, text_columns=text)
     unknown = [h for h in header if h not in names]
+    if unknown and all(as_number(h) is not None for h in header):
+        raise InputError(
+            "file",
+            f"its first row ({', '.join(header[:4])}{', ...' if len(header) > 4 else ''}) looks "
+            f"like data, not a header: the file needs a header row naming the model's columns "
+            f"{names} (no row was used)",
+        )
     if unknown:
         raise InputError(
             "file", f"unknown column {unknown[0]!r}; the model takes the columns {names}"

@@ -452,3 +452,14 @@ def test_a_csv_header_with_an_unnamed_column_is_refused(client: FlaskClient) -> 
     r = client.post("/api/v1/datasets", data=body, content_type="multipart/form-data")
     assert r.status_code == 422
     assert "column 2 has no name" in r.get_json()["error"]["fields"]["file"]
+
+
+def test_predict_csv_without_a_header_row_is_refused_not_shortened(
+    app: Flask, client: FlaskClient
+) -> None:
+    model_id, _, _ = add_model(app, [3, 1], "mse", None)
+    body = {"file": (io.BytesIO(b"0.5,-0.5\n1.0,2.0\n"), "rows.csv")}
+    r = client.post(f"{URL}/models/{model_id}/predict", data=body,
+                    content_type="multipart/form-data")  # fmt: skip
+    message = assert_error(r, 422, "file")["fields"]["file"]
+    assert "looks like data, not a header" in message and "['x0', 'x1']" in message
