@@ -49,6 +49,10 @@ class Limits:
     max_classes: int = field(default_factory=lambda: _env_int("TRAINYARD_MAX_CLASSES", 1000))
     # queued + running jobs one owner may have at a time (a new job past it is 429)
     max_active_jobs: int = field(default_factory=lambda: _env_int("TRAINYARD_MAX_ACTIVE_JOBS", 100))
+    # trials one sweep may have (a larger grid, or max_trials above it, is 422)
+    max_sweep_trials: int = field(
+        default_factory=lambda: _env_int("TRAINYARD_MAX_SWEEP_TRIALS", 1000)
+    )
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,14 @@ function                transition                       who calls it
                         back), failed or cancelled
 `reconcile`             queued: published again          maintenance loop
 `fail_timed_out`        running -> failed                maintenance (hard time limit)
+`label`                 any: `name`, `tags` (no state)   API (`PATCH /jobs/{id}`)
 ======================  ===============================  ======================================
+
+A sweep's trials are jobs like any other, with one more state before `queued` proper: `held`
+(queued, never published, claimed by no delivery) until their sweep starts them within its
+`max_parallel`. Those steps (start, cancel of a sweep's trials) and the sweep's own states are
+`service.sweeps`', the one other module that writes jobs; `cancel_attempt` takes the
+`stop_reason` of a trial the median rule stopped (`early_termination`).
 
 The rules:
 
@@ -95,6 +102,7 @@ __all__ = [
     "fail",
     "fail_timed_out",
     "heartbeat",
+    "label",
     "lost_error",
     "publish",
     "reap",
@@ -187,8 +195,14 @@ def submit(
     dataset_id: str,
     model_spec: dict[str, Any],
     training_spec: dict[str, Any],
+    name: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    trial: Mapping[str, Any] | None = None,
 ) -> Job:
-    """A new `queued` job of `owner` (flushed; the caller commits, then calls `publish`)."""
+    """A new `queued` job of `owner` (flushed; the caller commits, then calls `publish`).
+
+    `trial` (`sweep_id`, `trial_index`, `params`) makes it a sweep's trial, `held` until
+    `service.sweeps` starts it."""
     job = Job(
         owner=owner,
         status="queued",
@@ -196,6 +210,9 @@ def submit(
         model_spec=model_spec,
         training_spec=training_spec,
         epochs=training_spec["epochs"],
+        name=name,
+        tags=dict(tags) if tags else None,
+        **({**trial, "held": True} if trial else {}),
     )
     session.add(job)
     session.flush()
@@ -254,6 +271,29 @@ def cancel(session: Session, job_id: str, owner: str, tries: int = 3) -> CancelR
     return CancelResult(False, status)
 
 
+def label(
+    session: Session,
+    job_id: str,
+    owner: str,
+    *,
+    name: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    fields: frozenset[str] = frozenset({"name", "tags"}),
+) -> bool:
+    """Set `owner`'s job's `name` and/or `tags` (those in `fields`), whatever its state;
+    False if there is no such job. Touches no state column. Commits."""
+    values: dict[str, Any] = {}
+    if "name" in fields:
+        values["name"] = name
+    if "tags" in fields:
+        values["tags"] = dict(tags) if tags else None
+    done = session.execute(
+        sa.update(Job).where(Job.id == job_id, Job.owner == owner).values(**values)
+    )
+    session.commit()
+    return done.rowcount == 1
+
+
 # -- one attempt (the task; a sessionmaker, one transaction per call) --------------------------
 
 
@@ -296,28 +336,36 @@ def claim(factory: sessionmaker[Session], job_id: str, settings: Settings) -> Cl
     """Make this delivery the job's running attempt, or say why not.
 
     Returns the `Claim`, or: "missing" (no such job), "duplicate" (finished, or another
-    delivery took it over first), "cancelled" (the flag was set before it ran), "failed" (its
-    workers were lost `max_attempts` times), "busy" (it runs elsewhere with a fresh heartbeat:
+    delivery took it over first), "held" (a trial its sweep has not started), "cancelled"
+    (the flag was set before it ran), "failed" (its workers were lost `max_attempts` times),
+    "busy" (it runs elsewhere with a fresh heartbeat:
     a duplicate of a live attempt, or a worker that died seconds ago; look again after
     `stale_after` seconds).
     """
     now = utcnow()
     with session_scope(factory) as session:
         started = _start(
-            session, job_id, now, Job.status == "queued", Job.cancel_requested.is_(False)
+            session,
+            job_id,
+            now,
+            Job.status == "queued",
+            Job.cancel_requested.is_(False),
+            Job.held.is_(False),
         )
         if started is not None:
             return started
 
         job = session.execute(
-            sa.select(Job.status, Job.attempts, Job.heartbeat_at, Job.cancel_requested).where(
-                Job.id == job_id
-            )
+            sa.select(
+                Job.status, Job.attempts, Job.heartbeat_at, Job.cancel_requested, Job.held
+            ).where(Job.id == job_id)
         ).first()
         if job is None:
             return "missing"
         if job.status in FINAL_STATUSES:
             return "duplicate"
+        if job.held and not job.cancel_requested:  # a trial its sweep has not started
+            return "held"
         if job.status == "queued":  # cancel requested before it ever started
             session.execute(
                 sa.update(Job)
@@ -426,12 +474,20 @@ def succeed(
     return "succeeded"
 
 
-def cancel_attempt(factory: sessionmaker[Session], claim: Claim) -> str:
-    """The attempt saw the cancel flag: end the job `cancelled` (its history kept)."""
+def cancel_attempt(
+    factory: sessionmaker[Session],
+    claim: Claim,
+    stop_reason: str | None = None,
+    stopped_epoch: int | None = None,
+) -> str:
+    """The attempt saw the cancel flag, or (`stop_reason` "early_termination", at
+    `stopped_epoch`) its sweep's median rule stopped it: end the job `cancelled` (its history
+    kept)."""
+    values: dict[str, Any] = {"status": "cancelled", "finished_at": utcnow()}
+    if stop_reason is not None:
+        values.update(stop_reason=stop_reason, stopped_epoch=stopped_epoch)
     with session_scope(factory) as session:
-        session.execute(
-            sa.update(Job).where(_owned(claim)).values(status="cancelled", finished_at=utcnow())
-        )
+        session.execute(sa.update(Job).where(_owned(claim)).values(**values))
     return "cancelled"
 
 
@@ -514,7 +570,7 @@ def reconcile(
     with session_scope(factory) as session:
         rows = session.execute(
             sa.select(Job.id, Job.published_at)
-            .where(Job.status == "queued", sa.or_(never, long_ago))
+            .where(Job.status == "queued", Job.held.is_(False), sa.or_(never, long_ago))
             .order_by(Job.created_at)
             .limit(REPUBLISH_BATCH)
         ).all()

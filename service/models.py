@@ -96,6 +96,8 @@ class Job(Base):
             name="status",
         ),
         sa.Index("ix_jobs_status_created_at", "status", "created_at"),
+        # one job per trial of a sweep, however often a step that makes trials is repeated
+        sa.UniqueConstraint("sweep_id", "trial_index", name="uq_jobs_sweep_id_trial_index"),
     )
 
     id: Mapped[str] = mapped_column(sa.String(32), primary_key=True, default=new_id)
@@ -129,11 +131,68 @@ class Job(Base):
     published_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
     # Last sign of life from the worker running the job (a reaper can fail stale jobs).
     heartbeat_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    # labels of the owner's (settable at submit and by PATCH)
+    name: Mapped[str | None] = mapped_column(sa.String(200), nullable=True)
+    tags: Mapped[dict[str, str] | None] = mapped_column(sa.JSON, nullable=True)
+    # A sweep's trial: its sweep, its place in the sweep and the values it was given. A trial is
+    # `held` (queued, never published, claimable by no delivery) until its sweep starts it
+    # within `max_parallel` (service.sweeps).
+    sweep_id: Mapped[str | None] = mapped_column(
+        sa.ForeignKey("sweeps.id", ondelete="CASCADE"), nullable=True, index=True
+    )
+    trial_index: Mapped[int | None] = mapped_column(nullable=True)
+    params: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON, nullable=True)
+    held: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
 
     history: Mapped[list[JobEpoch]] = relationship(
         order_by="JobEpoch.epoch", cascade="all, delete-orphan", lazy="raise"
     )
     model: Mapped[TrainedModel | None] = relationship(back_populates="job", lazy="raise")
+
+
+SWEEP_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+
+
+class Sweep(Base):
+    """A hyperparameter sweep: one spec (`base`) and the values to try; its trials are jobs
+    (`Job.sweep_id`), made all at once when the sweep is submitted. Its life is
+    `service.sweeps`'."""
+
+    __tablename__ = "sweeps"
+    __table_args__ = (
+        sa.CheckConstraint(
+            "status IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')",
+            name="status",
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(sa.String(32), primary_key=True, default=new_id)
+    owner: Mapped[str] = mapped_column(sa.String(200), index=True, default=DEFAULT_OWNER)
+    name: Mapped[str | None] = mapped_column(sa.String(200), nullable=True)
+    tags: Mapped[dict[str, str] | None] = mapped_column(sa.JSON, nullable=True)
+    status: Mapped[str] = mapped_column(sa.String(16), default="queued")
+    dataset_id: Mapped[str] = mapped_column(sa.ForeignKey("datasets.id"), index=True)
+    # the request's `base` as submitted ({"model", "training"}); each trial stores its own
+    # complete spec
+    base: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
+    method: Mapped[str] = mapped_column(sa.String(16))
+    parameters: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
+    # {"name", "goal"}
+    metric: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
+    max_trials: Mapped[int | None] = mapped_column(nullable=True)
+    # null: as many trials at once as the workers take
+    max_parallel: Mapped[int | None] = mapped_column(nullable=True)
+    # the random draws' seed (drawn and stored when not given)
+    seed: Mapped[int | None] = mapped_column(sa.BigInteger, nullable=True)
+    # {"type": "median", "min_epochs", "min_trials"} or null
+    early_termination: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON, nullable=True)
+    n_trials: Mapped[int]
+    cancel_requested: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(
+        sa.DateTime(timezone=True), default=utcnow, index=True
+    )
+    started_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
 
 
 class JobEpoch(Base):

@@ -1,6 +1,6 @@
 """Dependencies point one way (engine <- service <- workers; the client talks HTTP only),
-every change of a job's state lives in `service/lifecycle.py`, and no application code creates
-tables."""
+every change of a job's state lives in `service/lifecycle.py` (and, for a sweep's trials, in
+`service/sweeps.py`, which alone writes sweeps), and no application code creates tables."""
 
 from __future__ import annotations
 
@@ -89,14 +89,55 @@ def job_writes(path: Path) -> list[str]:
     return found
 
 
+#: the modules that may write jobs: the job's lifecycle, and the sweep's (its trials)
+JOB_WRITERS = {Path("service/lifecycle.py"), Path("service/sweeps.py")}
+
+
 def test_job_writes_live_in_the_lifecycle_module() -> None:
     """The task, the maintenance loop and the API hold no UPDATE of a job of their own."""
     files = [*sorted((ROOT / "workers").rglob("*.py")), *sorted((ROOT / "service").rglob("*.py"))]
     offenders = [
-        write for path in files if path.name != "lifecycle.py" for write in job_writes(path)
+        write
+        for path in files
+        if path.relative_to(ROOT) not in JOB_WRITERS
+        for write in job_writes(path)
     ]
     assert offenders == []
     for name in ("tasks.py", "maintenance.py"):
         text = (ROOT / "workers" / name).read_text()
         assert "update(Job)" not in text, name
     assert job_writes(ROOT / "service" / "lifecycle.py")  # the check finds what it looks for
+
+
+def writes_of(path: Path, models: tuple[str, ...]) -> dict[str, list[str]]:
+    """Function name -> the `update/insert/delete(<model>)` calls in it, for `models`."""
+    found: dict[str, list[str]] = {}
+    for fn in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if not isinstance(fn, ast.FunctionDef):
+            continue
+        for node in ast.walk(fn):
+            if (
+                isinstance(node, ast.Call)
+                and node.args
+                and isinstance(node.args[0], ast.Name)
+                and node.args[0].id in models
+                and (node.func.attr if isinstance(node.func, ast.Attribute) else "")
+                in ("update", "insert", "delete")
+            ):
+                found.setdefault(fn.name, []).append(ast.unparse(node))
+    return found
+
+
+def test_sweep_writes_live_in_the_sweeps_module_and_its_table() -> None:
+    """Only `service/sweeps.py` writes the `sweeps` table, and it writes jobs only in the
+    functions its docstring's table lists (the trials' transitions)."""
+    files = [*sorted((ROOT / "workers").rglob("*.py")), *sorted((ROOT / "service").rglob("*.py"))]
+    for path in files:
+        if path.relative_to(ROOT) != Path("service/sweeps.py"):
+            assert writes_of(path, ("Sweep",)) == {}, path
+    sweeps = ROOT / "service" / "sweeps.py"
+    doc = ast.get_docstring(ast.parse(sweeps.read_text())) or ""
+    listed = {line.split("`")[1] for line in doc.splitlines() if line.startswith("`")}
+    writers = set(writes_of(sweeps, ("Job", "Sweep")))
+    assert writers and writers <= listed, writers - listed
+    assert imported_packages(sweeps, runtime_only=True) & {"workers", "flask", "celery"} == set()

@@ -15,6 +15,9 @@ two workers sweeping at the same time never act twice on one job:
 - **Reconciler** (`lifecycle.reconcile`). A queued job that was never published (broker down at
   submit) or whose message was handed to the broker longer than `REPUBLISH_AFTER` seconds ago
   (it may have been lost with a Redis restart) is published again.
+- **Sweeps** (`service.sweeps.advance_all`). Every unfinished sweep starts the trials it has
+  room for and ends once its trials have: the step a worker normally takes right after a trial
+  ends, taken here when that worker was lost first (or its publish failed).
 - Stored `Idempotency-Key` answers older than a day are forgotten.
 
 **Hard time limit.** When Celery's hard limit kills a task's process, the main process gets the
@@ -35,7 +38,7 @@ from celery.signals import task_failure, worker_ready, worker_shutdown
 from flask import Flask
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import lifecycle
+from service import lifecycle, sweeps
 from service.config import Settings
 from service.db import make_engine, make_sessionmaker
 from service.idempotency import purge_expired
@@ -49,8 +52,10 @@ HARD_LIMIT_RECORD_DELAY_S = 1.0
 
 
 def sweep(factory: sessionmaker[Session], celery: Celery, settings: Settings) -> None:
-    """One pass: reap lost jobs, publish lost messages, forget expired idempotent answers."""
+    """One pass: reap lost jobs, advance sweeps, publish lost messages, forget expired
+    idempotent answers."""
     lifecycle.reap(factory, settings)
+    sweeps.advance_all(factory, celery, settings)
     lifecycle.reconcile(factory, celery, settings)
     with factory() as session:
         purge_expired(session, settings.idempotency_ttl)

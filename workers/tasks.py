@@ -19,6 +19,11 @@ id and:
    message (`lifecycle.fail`); the task itself never raises.
 4. Retries every store write whose database connection broke (`workers.runtime.with_db_retry`),
    so a cut connection costs a pause, not the job.
+5. For a sweep's trial (`service.sweeps`): marks the sweep running when it starts, applies the
+   sweep's median rule after each epoch (a trial worse than the median stops, `cancelled`
+   with `stop_reason` `early_termination`), and once the trial has ended starts the sweep's
+   next trials at once (`sweeps.advance`, published from this process); a worker lost before
+   that step leaves it to every worker's maintenance loop.
 
 Lost workers whose message never comes back, hard time limits and lost messages are handled by
 `workers.maintenance` (reaper, reconciler) in the worker's main process.
@@ -38,12 +43,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.model import weights_to_npz
 from core.training import TrainingError, TrainResult, train
-from service import lifecycle
+from service import lifecycle, sweeps
 from service.config import Settings
 from service.datasets import load_data
 from service.db import session_scope
 from service.lifecycle import TRAIN_TASK, Claim
-from service.models import Dataset, Job
+from service.models import Dataset, Job, Sweep
 from workers.runtime import Heartbeat, SoftLimit, session_factory, with_db_retry
 
 log = logging.getLogger(__name__)
@@ -59,10 +64,25 @@ def train_job(self: Any, job_id: str) -> str:
     settings = Settings.from_flask_config(current_app.config)
     factory = session_factory(settings.database_url)
     try:
-        return run_job(factory, job_id, settings)
+        outcome = run_job(factory, job_id, settings)
     except _Busy:
         log.info("job %s is running elsewhere; looking again in %ss", job_id, settings.stale_after)
         raise self.retry(countdown=settings.stale_after) from None
+    after_trial(factory, self.app, job_id, settings)
+    return outcome
+
+
+def after_trial(
+    factory: sessionmaker[Session], celery: Any, job_id: str, settings: Settings
+) -> None:
+    """If the job is a sweep's trial, start the sweep's next trials now (or end the sweep)."""
+    try:
+        trial = with_db_retry(lambda: sweeps.trial_of(factory, job_id), f"job {job_id} sweep")
+        if trial is not None:
+            sweeps.advance(factory, celery, trial[0], settings.limits)
+    except Exception:
+        # the maintenance loop advances the sweep later
+        log.warning("job %s: could not advance its sweep", job_id, exc_info=True)
 
 
 def run_job(factory: sessionmaker[Session], job_id: str, settings: Settings) -> str:
@@ -112,7 +132,10 @@ def _load(factory: sessionmaker[Session], claim: Claim) -> dict[str, Any]:
             raise ValueError(f"dataset {job.dataset_id} does not exist")
         model_spec, training_spec = dict(job.model_spec), dict(job.training_spec)
         features, targets = load_data(session, dataset.id)
+        sweep = session.get(Sweep, job.sweep_id) if job.sweep_id else None
         return {
+            "sweep_id": job.sweep_id,
+            "early_termination": sweep.early_termination if sweep else None,
             "model_spec": model_spec,
             "training_spec": training_spec,
             "dataset_id": dataset.id,
@@ -164,10 +187,14 @@ def _model_row(loaded: dict[str, Any], result: TrainResult) -> dict[str, Any]:
 
 def _run_claimed(factory: sessionmaker[Session], claim: Claim, soft_limit: SoftLimit) -> str:
     loaded = with_db_retry(lambda: _load(factory, claim), f"job {claim.job_id} load")
+    sweep_id, rule = loaded["sweep_id"], loaded["early_termination"]
+    if sweep_id is not None:
+        with_db_retry(lambda: sweeps.mark_running(factory, sweep_id), f"sweep {sweep_id} running")
     lost = False
+    terminated: int | None = None
 
     def on_epoch(epoch: int, loss: float, val_loss: float | None) -> bool:
-        nonlocal lost
+        nonlocal lost, terminated
         soft_limit.check()
         cancel = with_db_retry(
             lambda: lifecycle.record_epoch(factory, claim, epoch, loss, val_loss),
@@ -175,11 +202,26 @@ def _run_claimed(factory: sessionmaker[Session], claim: Claim, soft_limit: SoftL
         )
         if cancel is None:  # taken over or handed back: write nothing more
             lost = True
+        if cancel is False and sweep_id is not None and rule:
+            why = with_db_retry(
+                lambda: sweeps.should_terminate(factory, claim.job_id, sweep_id, epoch, rule),
+                f"job {claim.job_id} median rule",
+            )
+            if why is not None:
+                log.info("job %s: early termination: %s", claim.job_id, why)
+                terminated = epoch
+                return False
         return cancel is False
 
     result = _train(loaded, on_epoch)
     if lost:
         return "lost"
+    if terminated is not None:
+        stopped = terminated
+        return with_db_retry(
+            lambda: lifecycle.cancel_attempt(factory, claim, "early_termination", stopped),
+            f"job {claim.job_id} early termination",
+        )
     if not result.completed:
         return with_db_retry(
             lambda: lifecycle.cancel_attempt(factory, claim), f"job {claim.job_id} cancel"

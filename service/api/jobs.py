@@ -12,7 +12,14 @@ from service import jobs
 from service.api import Blueprint, db, json_only, limits, page
 from service.auth import current_owner
 from service.idempotency import HEADER_DOC, Idempotency
-from service.schemas import ErrorSchema, JobInSchema, JobPageQuerySchema, JobPageSchema, JobSchema
+from service.schemas import (
+    ErrorSchema,
+    JobInSchema,
+    JobPageQuerySchema,
+    JobPageSchema,
+    JobSchema,
+    LabelInSchema,
+)
 
 blp = Blueprint("jobs", __name__, url_prefix="/jobs", description="Training jobs.")
 
@@ -22,14 +29,22 @@ class Jobs(MethodView):
     @blp.arguments(JobPageQuerySchema, location="query", unknown=RAISE)
     @blp.response(200, JobPageSchema)
     def get(self, query: dict[str, Any]) -> dict[str, Any]:
-        """List jobs, newest first, optionally only those with one `status`.
+        """List jobs, newest first, optionally only those with one `status`, `dataset_id`,
+        `sweep_id` (a sweep's trials, in trial order) or `tag=key:value` (repeatable).
 
         Paginated with `page` (from 1) and `page_size` (1 to 100); the body holds the page's
         `items` and `pagination` (`page`, `page_size`, `total`, `pages`).
         """
         session = db()
         rows, total = jobs.list_jobs(
-            session, current_owner(), query["page"], query["page_size"], query.get("status")
+            session,
+            current_owner(),
+            query["page"],
+            query["page_size"],
+            query.get("status"),
+            tags=query.get("tag"),
+            dataset_id=query.get("dataset_id"),
+            sweep_id=query.get("sweep_id"),
         )
         return page(jobs.serialize_jobs(session, rows), total, query)
 
@@ -75,6 +90,15 @@ class JobById(MethodView):
         """Poll a job: status, progress and the loss of every finished epoch."""
         session = db()
         return jobs.serialize_job(session, jobs.get_job(session, job_id, current_owner()))
+
+    @json_only
+    @blp.arguments(LabelInSchema)
+    @blp.response(200, JobSchema)
+    @blp.alt_response(404, schema=ErrorSchema, description="No such job.")
+    def patch(self, data: dict[str, Any], job_id: str) -> dict[str, Any]:
+        """Set a job's `name` and/or `tags` (`tags` replaces all of them; null clears)."""
+        session = db()
+        return jobs.serialize_job(session, jobs.label_job(session, job_id, current_owner(), data))
 
 
 @blp.route("/<job_id>/cancel", methods=["POST"])

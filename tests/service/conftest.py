@@ -22,7 +22,7 @@ from service import create_app
 from service.auth import create_api_key
 from tests.conftest import migrate
 
-TABLES = ("idempotent_requests", "api_keys", "models", "job_epochs", "jobs", "datasets")
+TABLES = ("idempotent_requests", "api_keys", "models", "job_epochs", "jobs", "sweeps", "datasets")
 
 
 def pytest_configure(config: pytest.Config) -> None:

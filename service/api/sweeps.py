@@ -1,0 +1,114 @@
+"""Hyperparameter sweeps: submit, poll, list, cancel, label."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Response, current_app, url_for
+from flask.views import MethodView
+from marshmallow import RAISE
+
+from service import sweeps
+from service.api import Blueprint, db, json_only, limits, page
+from service.auth import current_owner
+from service.idempotency import HEADER_DOC, Idempotency
+from service.schemas import (
+    ErrorSchema,
+    LabelInSchema,
+    SweepInSchema,
+    SweepPageQuerySchema,
+    SweepPageSchema,
+    SweepSchema,
+)
+
+blp = Blueprint(
+    "sweeps",
+    __name__,
+    url_prefix="/sweeps",
+    description="Hyperparameter sweeps: one spec and the values to try; the trials are jobs.",
+)
+
+
+@blp.route("")
+class Sweeps(MethodView):
+    @blp.arguments(SweepPageQuerySchema, location="query", unknown=RAISE)
+    @blp.response(200, SweepPageSchema)
+    def get(self, query: dict[str, Any]) -> dict[str, Any]:
+        """List sweeps, newest first (progress and best trial; `GET /sweeps/{id}` has the
+        trials), optionally by `status` and `tag=key:value`. Paginated as `GET /jobs`."""
+        session = db()
+        rows, total = sweeps.list_sweeps(
+            session,
+            current_owner(),
+            query["page"],
+            query["page_size"],
+            query.get("status"),
+            query.get("tag"),
+        )
+        return page(sweeps.serialize_sweeps(session, rows, with_trials=False), total, query)
+
+    @json_only
+    @blp.arguments(SweepInSchema)
+    @blp.doc(parameters=[HEADER_DOC])
+    @blp.response(202, SweepSchema, headers={"Location": {"schema": {"type": "string"}}})
+    @blp.alt_response(404, schema=ErrorSchema, description="No such dataset (`dataset_id`).")
+    @blp.alt_response(
+        422,
+        schema=ErrorSchema,
+        description="A parameter that is not a spec field, a trial the job API would refuse "
+        "(the field named: `parameters.<path>` or `base.<path>`), a grid over the limit, random "
+        "without `max_trials`, an unknown metric, or an `Idempotency-Key` reused.",
+    )
+    def post(self, data: dict[str, Any]) -> Response:
+        """Submit a sweep: `base` (what `POST /jobs` takes) and the `parameters` to try.
+
+        `grid` tries every combination of the `values` (at most `TRAINYARD_MAX_SWEEP_TRIALS`,
+        or the first `max_trials`); `random` draws `max_trials` trials (`seed` for the same
+        draws again). Every trial is validated as a job before anything is stored; the trials
+        are stored as jobs (`GET /jobs?sweep_id=`), and up to `max_parallel` at a time are
+        queued for the workers. The answer is `202` at once.
+        """
+        session, owner = db(), current_owner()
+        idempotency = Idempotency(session, owner)
+        replayed = idempotency.replay()
+        if replayed is not None:
+            return replayed
+        sweep = sweeps.create_sweep(session, data, limits(), owner)
+        location = url_for("sweeps.SweepById", sweep_id=sweep.id)
+        body = SweepSchema().dump(sweeps.serialize_sweep(session, sweep))
+        response, first = idempotency.commit(body, 202, location)
+        if first:
+            factory = current_app.extensions["db_sessionmaker"]
+            sweeps.advance(factory, current_app.extensions["celery"], sweep.id, limits())
+        return response
+
+
+@blp.route("/<sweep_id>")
+class SweepById(MethodView):
+    @blp.response(200, SweepSchema)
+    @blp.alt_response(404, schema=ErrorSchema, description="No such sweep.")
+    def get(self, sweep_id: str) -> dict[str, Any]:
+        """Poll a sweep: status, progress, every trial with its metric, the best trial."""
+        session = db()
+        return sweeps.serialize_sweep(session, sweeps.get_sweep(session, sweep_id, current_owner()))
+
+    @json_only
+    @blp.arguments(LabelInSchema)
+    @blp.response(200, SweepSchema)
+    @blp.alt_response(404, schema=ErrorSchema, description="No such sweep.")
+    def patch(self, data: dict[str, Any], sweep_id: str) -> dict[str, Any]:
+        """Set a sweep's `name` and/or `tags` (`tags` replaces all of them; null clears)."""
+        session = db()
+        sweep = sweeps.label_sweep(session, sweep_id, current_owner(), data)
+        return sweeps.serialize_sweep(session, sweep)
+
+
+@blp.route("/<sweep_id>/cancel", methods=["POST"])
+@blp.response(200, SweepSchema, description="Cancelled, or its running trials asked to stop.")
+@blp.alt_response(404, schema=ErrorSchema, description="No such sweep.")
+@blp.alt_response(409, schema=ErrorSchema, description="The sweep is already finished.")
+def cancel(sweep_id: str) -> dict[str, Any]:
+    """Cancel a sweep: trials not started never start, running ones stop at their next epoch
+    (`cancelled`); the sweep is `cancelled` once none runs."""
+    session = db()
+    return sweeps.serialize_sweep(session, sweeps.cancel_sweep(session, sweep_id, current_owner()))
