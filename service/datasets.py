@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from core.model import array_from_bytes, array_to_bytes
 from core.table import Table, table_from_bytes, table_to_bytes
+from service.db import paginate
 from service.errors import ApiError
 from service.ingest import ParsedDataset
 from service.models import Dataset, DatasetData, is_id
@@ -122,13 +123,11 @@ def get_dataset(session: Session, dataset_id: str, owner: str) -> Dataset:
 def list_datasets(
     session: Session, owner: str, page: int, page_size: int
 ) -> tuple[list[Dataset], int]:
-    where = Dataset.owner == owner
-    total = session.scalar(sa.select(sa.func.count()).select_from(Dataset).where(where)) or 0
-    rows = session.scalars(
+    return paginate(
+        session,
         sa.select(Dataset)
-        .where(where)
-        .order_by(Dataset.created_at.desc(), Dataset.id.desc())
-        .limit(page_size)
-        .offset((page - 1) * page_size)
-    ).all()
-    return list(rows), total
+        .where(Dataset.owner == owner)
+        .order_by(Dataset.created_at.desc(), Dataset.id.desc()),
+        page,
+        page_size,
+    )

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -66,3 +67,13 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def paginate(
+    session: Session, query: sa.Select[Any], page: int, page_size: int
+) -> tuple[list[Any], int]:
+    """One page of `query`'s rows (1-based `page`) and the total row count, for the API's lists
+    (`{"items", "pagination"}`); `query` carries its own filters and order."""
+    total = session.scalar(sa.select(sa.func.count()).select_from(query.order_by(None).subquery()))
+    rows = session.scalars(query.limit(page_size).offset((page - 1) * page_size)).all()
+    return list(rows), total or 0

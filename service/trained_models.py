@@ -18,6 +18,7 @@ from core.training import encode_targets
 from service import ingest
 from service.config import Limits
 from service.datasets import get_dataset, load_data
+from service.db import paginate
 from service.errors import ApiError, InputError
 from service.models import TrainedModel, is_id
 
@@ -94,16 +95,14 @@ def serialize_model(model: TrainedModel, *, parameters: bool = True) -> dict[str
 def list_models(
     session: Session, owner: str, page: int, page_size: int
 ) -> tuple[list[TrainedModel], int]:
-    where = TrainedModel.owner == owner
-    total = session.scalar(sa.select(sa.func.count()).select_from(TrainedModel).where(where)) or 0
-    rows = session.scalars(
+    return paginate(
+        session,
         sa.select(TrainedModel)
-        .where(where)
-        .order_by(TrainedModel.created_at.desc(), TrainedModel.id.desc())
-        .limit(page_size)
-        .offset((page - 1) * page_size)
-    ).all()
-    return list(rows), total
+        .where(TrainedModel.owner == owner)
+        .order_by(TrainedModel.created_at.desc(), TrainedModel.id.desc()),
+        page,
+        page_size,
+    )
 
 
 def loaded(model: TrainedModel) -> Model:
