@@ -136,6 +136,33 @@ class Page(TypedDict):
     pagination: Pagination
 
 
+class Sweep(TypedDict, total=False):
+    id: str
+    name: str | None
+    tags: dict[str, str]
+    #: queued, running, succeeded (a trial succeeded), failed (none did) or cancelled
+    status: str
+    dataset_id: str
+    method: str
+    base: dict[str, Any]
+    parameters: dict[str, Any]
+    metric: dict[str, str]
+    max_trials: int | None
+    max_parallel: int | None
+    seed: int | None
+    early_termination: dict[str, Any] | None
+    #: trials, queued, running, succeeded, failed, cancelled
+    progress: dict[str, int]
+    #: job_id, index, params, status, metric_value, epoch, epochs, stop_reason, model_id
+    trials: list[dict[str, Any]]
+    #: job_id, model_id, params, metric_value (null until a trial succeeded)
+    best: dict[str, Any] | None
+    cancel_requested: bool
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+
+
 def find_api_key(env: Mapping[str, str] | None = None, cwd: Path | None = None) -> str | None:
     """`TRAINYARD_API_KEY`, else the embedded mode's key file: `$TRAINYARD_VAR_DIR/api-key`,
     then `./var/api-key`."""
@@ -478,8 +505,30 @@ class Client:
     def get_job(self, job_id: str) -> Job:
         return self._json("GET", f"/jobs/{job_id}")
 
-    def list_jobs(self, status: str | None = None, page: int = 1, page_size: int = 20) -> Page:
-        return self._page("/jobs", page, page_size, status=status)
+    def list_jobs(
+        self,
+        status: str | None = None,
+        page: int = 1,
+        page_size: int = 20,
+        *,
+        sweep_id: str | None = None,
+        dataset_id: str | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> Page:
+        """A page of jobs, newest first (a sweep's trials in trial order), filtered by
+        `status`, `sweep_id`, `dataset_id` and `tags` (all of them)."""
+        tag = [f"{k}:{v}" for k, v in (tags or {}).items()]
+        return self._page(
+            "/jobs", page, page_size, status=status, sweep_id=sweep_id, dataset_id=dataset_id,
+            tag=tag,
+        )  # fmt: skip
+
+    def label_job(
+        self, job_id: str, *, name: str | None = None, tags: Mapping[str, str] | None = None
+    ) -> Job:
+        """Set a job's name and/or tags (`tags` replaces them all)."""
+        body = {k: v for k, v in (("name", name), ("tags", tags)) if v is not None}
+        return self._json("PATCH", f"/jobs/{job_id}", json=body)
 
     def cancel_job(self, job_id: str) -> Job:
         return self._json("POST", f"/jobs/{job_id}/cancel")
@@ -506,6 +555,59 @@ class Client:
                 return job
             if deadline is not None and time.monotonic() >= deadline:
                 raise WaitTimeout(f"job {job_id} still {job['status']} after {timeout}s")
+            time.sleep(poll_interval)
+
+    # -- sweeps -----------------------------------------------------------------------------
+
+    def submit_sweep(self, spec: Mapping[str, Any] | None = None, **fields: Any) -> Sweep:
+        """Submit a sweep: `spec` is the request body (as in a `sweep.json` file: `dataset_id`,
+        `base`, `parameters`, `method`, `metric`, `max_trials`, `max_parallel`, `seed`,
+        `early_termination`, `name`, `tags`); keyword fields are added to it or replace its."""
+        body = {**(spec or {}), **{k: v for k, v in fields.items() if v is not None}}
+        return self._json("POST", "/sweeps", json=body)
+
+    def get_sweep(self, sweep_id: str) -> Sweep:
+        return self._json("GET", f"/sweeps/{sweep_id}")
+
+    def list_sweeps(
+        self,
+        status: str | None = None,
+        page: int = 1,
+        page_size: int = 20,
+        *,
+        tags: Mapping[str, str] | None = None,
+    ) -> Page:
+        tag = [f"{k}:{v}" for k, v in (tags or {}).items()]
+        return self._page("/sweeps", page, page_size, status=status, tag=tag)
+
+    def cancel_sweep(self, sweep_id: str) -> Sweep:
+        return self._json("POST", f"/sweeps/{sweep_id}/cancel")
+
+    def label_sweep(
+        self, sweep_id: str, *, name: str | None = None, tags: Mapping[str, str] | None = None
+    ) -> Sweep:
+        body = {k: v for k, v in (("name", name), ("tags", tags)) if v is not None}
+        return self._json("PATCH", f"/sweeps/{sweep_id}", json=body)
+
+    def wait_sweep(
+        self,
+        sweep_id: str,
+        *,
+        poll_interval: float = 1.0,
+        timeout: float | None = None,
+        on_progress: Callable[[Sweep], None] | None = None,
+    ) -> Sweep:
+        """Poll until the sweep is `succeeded`, `failed` or `cancelled`; return it (its `best`
+        is then final). `on_progress(sweep)` after every poll; `WaitTimeout` after `timeout`."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            sweep = self.get_sweep(sweep_id)
+            if on_progress is not None:
+                on_progress(sweep)
+            if sweep["status"] in FINISHED:
+                return sweep
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimeout(f"sweep {sweep_id} still {sweep['status']} after {timeout}s")
             time.sleep(poll_interval)
 
     # -- models -----------------------------------------------------------------------------

@@ -9,6 +9,8 @@
     trainyard models graph ID -o graph.svg
     trainyard predict MODEL_ID data.csv [--csv | -o predictions.csv]  (header names columns)
     trainyard evaluate MODEL_ID --dataset ID
+    trainyard sweeps submit sweep.json [--watch] | sweeps watch ID | sweeps list | sweeps get ID
+    trainyard sweeps cancel ID   (sweep.json: the body of POST /api/v1/sweeps)
 
 `get` and `show` are the same command.
 
@@ -20,7 +22,8 @@ go to stderr.
 
 Exit codes:
     0  success
-    1  the job ended `failed` or `cancelled` (`jobs watch`, `jobs submit --watch`)
+    1  the job ended `failed` or `cancelled` (`jobs watch`, `jobs submit --watch`), or the
+       sweep did (`sweeps watch`, `sweeps submit --watch`)
     2  usage error: bad arguments, unreadable local file
     3  the API refused the request (4xx other than 404: validation, conflict, auth, ...)
     4  not found (404: no such dataset, job or model)
@@ -39,6 +42,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from rich.console import Console
+from rich.live import Live
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -56,6 +60,7 @@ from client.api import (
     ConnectionFailed,
     Job,
     NotFoundError,
+    Sweep,
 )
 from core import preprocessing
 from core.spec import (
@@ -524,6 +529,130 @@ def cmd_jobs_cancel(api: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def sweep_table(sweep: Sweep) -> Table:
+    """The trials of a sweep, one row each, its parameters as columns; the best one marked."""
+    paths = list(sweep.get("parameters") or {})
+    metric = (sweep.get("metric") or {}).get("name", "metric")
+    best = (sweep.get("best") or {}).get("job_id")
+    p = sweep.get("progress") or {}
+    title = (
+        f"Sweep {sweep['id'][:8]} {sweep.get('name') or ''} {sweep['status']}: "
+        f"{p.get('succeeded', 0)} succeeded, {p.get('running', 0)} running, "
+        f"{p.get('queued', 0)} queued, {p.get('failed', 0)} failed, "
+        f"{p.get('cancelled', 0)} cancelled of {p.get('trials', 0)}"
+    )
+    rows = [
+        [
+            "best" if t["job_id"] == best else "",
+            t["index"] + 1,
+            t["job_id"][:8],
+            *[json.dumps(t["params"].get(path)) for path in paths],
+            t["status"] if t["status"] != "cancelled" else (t.get("stop_reason") or "cancelled"),
+            f"{t['epoch']}/{t['epochs']}",
+            t.get("metric_value"),
+        ]
+        for t in sweep.get("trials") or []
+    ]
+    return table(title, ["", "#", "job", *paths, "status", "epochs", metric], rows)
+
+
+def watch_sweep(api: Client, sweep_id: str, as_json: bool, poll_interval: float) -> int:
+    """Follow a sweep to its end with a live table of its trials; print the table and best."""
+    if as_json:
+        sweep = api.wait_sweep(sweep_id, poll_interval=poll_interval)
+        emit_json(sweep)
+    else:
+        with Live(console=err, auto_refresh=False, transient=True) as live:
+            sweep = api.wait_sweep(
+                sweep_id,
+                poll_interval=poll_interval,
+                on_progress=lambda s: live.update(sweep_table(s), refresh=True),
+            )
+        out.print(sweep_table(sweep))
+        show_best(sweep)
+    return EXIT_OK if sweep["status"] == "succeeded" else EXIT_JOB_FAILED
+
+
+def show_best(sweep: Sweep) -> None:
+    best = sweep.get("best")
+    if best:
+        metric = sweep["metric"]
+        out.print(
+            f"best: job {best['job_id']} ({metric['name']} {fmt(best['metric_value'])}, "
+            f"{metric['goal']}) {json.dumps(best['params'])}; model {best['model_id']}"
+        )
+
+
+def cmd_sweeps_submit(api: Client, args: argparse.Namespace) -> int:
+    try:
+        with open(args.file, encoding="utf-8") as f:
+            spec = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read {args.file}: {exc}") from None
+    if not isinstance(spec, dict):
+        raise UsageError(f"{args.file}: not a JSON object (the body of POST /sweeps)")
+    sweep = api.submit_sweep(spec, dataset_id=args.dataset, max_parallel=args.max_parallel)
+    if args.watch:
+        if not args.json:
+            err.print(f"sweep {sweep['id']} submitted: {sweep['progress']['trials']} trials")
+        return watch_sweep(api, sweep["id"], args.json, args.poll_interval)
+    if args.json:
+        emit_json(sweep)
+    else:
+        out.print(f"sweep {sweep['id']} {sweep['status']}: {sweep['progress']['trials']} trials")
+    return EXIT_OK
+
+
+def cmd_sweeps_watch(api: Client, args: argparse.Namespace) -> int:
+    return watch_sweep(api, args.id, args.json, args.poll_interval)
+
+
+def cmd_sweeps_list(api: Client, args: argparse.Namespace) -> int:
+    page = api.list_sweeps(args.status, args.page, args.page_size)
+    if args.json:
+        emit_json(page)
+        return EXIT_OK
+    rows = [
+        [
+            s["id"],
+            s.get("name") or "",
+            s["status"],
+            f"{s['progress']['succeeded']}/{s['progress']['trials']}",
+            s["metric"]["name"],
+            (s.get("best") or {}).get("metric_value"),
+            short_time(s.get("created_at")),
+        ]
+        for s in page["items"]
+    ]
+    columns = ["id", "name", "status", "succeeded", "metric", "best", "created"]
+    out.print(table(page_title("Sweeps", page), columns, rows))
+    return EXIT_OK
+
+
+def cmd_sweeps_get(api: Client, args: argparse.Namespace) -> int:
+    sweep = api.get_sweep(args.id)
+    if args.json:
+        emit_json(sweep)
+    else:
+        out.print(sweep_table(sweep))
+        show_best(sweep)
+    return EXIT_OK
+
+
+def cmd_sweeps_cancel(api: Client, args: argparse.Namespace) -> int:
+    sweep = api.cancel_sweep(args.id)
+    if args.json:
+        emit_json(sweep)
+    elif sweep["status"] == "cancelled":
+        out.print(f"sweep {sweep['id']} cancelled")
+    else:
+        out.print(
+            f"sweep {sweep['id']}: waiting trials cancelled; "
+            f"{sweep['progress']['running']} running ones stop at their next epoch"
+        )
+    return EXIT_OK
+
+
 def cmd_models_get(api: Client, args: argparse.Namespace) -> int:
     model = api.get_model(args.id)
     if args.weights:
@@ -896,6 +1025,25 @@ def build_parser() -> argparse.ArgumentParser:
     paged(p)
     add(js, "get", cmd_jobs_get, "show a job and its evaluation", ["show"]).add_argument("id")
     add(js, "cancel", cmd_jobs_cancel, "cancel a job").add_argument("id")
+
+    sweeps = commands.add_parser("sweeps", help="hyperparameter sweeps: many trials, one request")
+    ss = sweeps.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = add(ss, "submit", cmd_sweeps_submit, "submit a sweep from a JSON file")
+    p.add_argument("file", help="the body of POST /api/v1/sweeps (base, parameters, ...)")
+    p.add_argument("--dataset", help="dataset id (overrides the file's dataset_id)")
+    p.add_argument("--max-parallel", type=int, help="trials at once (overrides the file's)")
+    p.add_argument("--watch", action="store_true", help="follow it: a live table of trials")
+    p.add_argument("--poll-interval", type=float, default=1.0, help=argparse.SUPPRESS)
+    p = add(ss, "watch", cmd_sweeps_watch, "follow a sweep to its end")
+    p.add_argument("id")
+    p.add_argument("--poll-interval", type=float, default=1.0, help=argparse.SUPPRESS)
+    p = add(ss, "list", cmd_sweeps_list, "list sweeps, newest first")
+    p.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "cancelled"])
+    paged(p)
+    add(ss, "get", cmd_sweeps_get, "show a sweep's trials and its best", ["show"]).add_argument(
+        "id"
+    )
+    add(ss, "cancel", cmd_sweeps_cancel, "cancel a sweep").add_argument("id")
 
     models = commands.add_parser("models", help="fetch trained models")
     ms = models.add_subparsers(dest="action", required=True, metavar="ACTION")
