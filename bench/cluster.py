@@ -17,14 +17,15 @@ sys.path.insert(0, str(ROOT))
 
 import redis  # noqa: E402
 
-from tests.conftest import REDIS_URL, fresh_pg_database  # noqa: E402
-from tests.e2e.conftest import (  # noqa: E402
+from tests.support import (  # noqa: E402
+    REDIS_URL,
     Api,
     Proc,
     Processes,
     api_cmd,
     base_env,
     free_port,
+    fresh_pg_database,
     new_api_key,
     worker_cmd,
 )

@@ -286,7 +286,7 @@ def run_service(
 def embedded_service(folder: Path) -> Iterator[Client]:
     """A fresh embedded-mode service with its files and logs in `folder` (emptied first),
     started with the test suite's helpers."""
-    from tests.client.live import live_service
+    from tests.support import live_service
 
     shutil.rmtree(folder, ignore_errors=True)
     with live_service(folder) as live:

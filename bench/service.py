@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cluster import cluster
 
-from tests.e2e.conftest import Api
+from tests.support import Api
 from tests.workers.datasets import moons
 
 REDIS_DB = 5

@@ -1,68 +1,18 @@
 """Shared fixtures: real databases (SQLite file, a fresh PostgreSQL database) and real Redis.
 
-PostgreSQL and Redis are the local servers (127.0.0.1:5432 trust auth, 127.0.0.1:6379); `.ci/run`
-starts them when they are not running. Nothing here is mocked.
+The helpers behind them live in `tests.support` (shared with the benchmarks). Nothing here is
+mocked.
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 
-ROOT = Path(__file__).resolve().parent.parent
-PG_ADMIN_URL = os.environ.get(
-    "TRAINYARD_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
-REDIS_URL = os.environ.get("TRAINYARD_TEST_REDIS_URL", "redis://127.0.0.1:6379")
-
-
-def migrate(database_url: str) -> None:
-    """Build the schema the way production does: `alembic upgrade head` in a subprocess."""
-    env = {**os.environ, "DATABASE_URL": database_url}
-    subprocess.run(
-        [sys.executable, "-m", "alembic", "upgrade", "head"],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        capture_output=True,
-    )
-
-
-def create_pg_database() -> str:
-    """Create an empty PostgreSQL database with a unique name; return its URL."""
-    name = f"trainyard_test_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-
-
-def drop_pg_database(url: str) -> None:
-    name = url.rsplit("/", 1)[1]
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
-
-
-@contextmanager
-def fresh_pg_database() -> Iterator[str]:
-    """A fresh, migrated PostgreSQL database, dropped on exit."""
-    url = create_pg_database()
-    try:
-        migrate(url)
-        yield url
-    finally:
-        drop_pg_database(url)
+from tests.support import REDIS_URL, fresh_pg_database, migrate
 
 
 @pytest.fixture(scope="session")

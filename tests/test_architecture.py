@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 FORBIDDEN = {
     "engine": {"service", "workers", "flask", "celery", "sqlalchemy"},
@@ -141,3 +141,19 @@ def test_sweep_writes_live_in_the_sweeps_module_and_its_table() -> None:
     writers = set(writes_of(sweeps, ("Job", "Sweep")))
     assert writers and writers <= listed, writers - listed
     assert imported_packages(sweeps, runtime_only=True) & {"workers", "flask", "celery"} == set()
+
+
+def test_shared_helpers_come_from_tests_support_never_a_conftest() -> None:
+    """conftest files hold fixtures only; what tests and benchmarks share is `tests.support`."""
+    offenders = []
+    for folder in ("tests", "bench"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            tree = ast.parse(path.read_text(), filename=str(path))
+            for node in ast.walk(tree):
+                if (
+                    isinstance(node, ast.ImportFrom)
+                    and node.module
+                    and (node.module.endswith("conftest") or node.module == "tests.client.live")
+                ):
+                    offenders.append(f"{path.relative_to(ROOT)}: from {node.module}")
+    assert offenders == []

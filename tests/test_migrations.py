@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from core.model import array_to_bytes
 from service.datasets import load_data
 from service.models import Dataset
-from tests.conftest import ROOT, create_pg_database, drop_pg_database
+from tests.support import ROOT, create_pg_database, drop_pg_database
 
 
 def alembic(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:

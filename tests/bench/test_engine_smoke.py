@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 # Run bench/engine.py as __main__ with `import torch` failing, as where it is not installed.
 RUNNER = """

@@ -4,7 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.client.live import LiveService, live_service
+from tests.support import LiveService, live_service
 
 
 @pytest.fixture(scope="package")

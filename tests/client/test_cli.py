@@ -23,9 +23,8 @@ from client.cli import (
 )
 from core.model import Model as CoreModel
 from engine.nn import MLP
-from tests.client.live import LiveService
 from tests.client.tables import HEADER, SPECIES, write_penguins_csv
-from tests.e2e.conftest import VENV_BIN, free_port
+from tests.support import VENV_BIN, LiveService, free_port
 from tests.workers.datasets import moons
 
 pytestmark = pytest.mark.slow

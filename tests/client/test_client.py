@@ -21,9 +21,8 @@ from client import (
 )
 from core.model import Model as CoreModel
 from engine.nn import MLP
-from tests.client.live import LiveService
 from tests.client.tables import HEADER, SPECIES, penguin_rows, write_penguins_csv
-from tests.e2e.conftest import free_port
+from tests.support import LiveService, free_port
 from tests.workers.datasets import blobs, moons
 
 pytestmark = pytest.mark.slow
@@ -343,7 +342,7 @@ def test_api_key_from_argument_env_or_var_file(tmp_path: Path) -> None:
 
 
 def test_client_imports_no_flask_service_or_workers() -> None:
-    from tests.conftest import ROOT
+    from tests.support import ROOT
     from tests.test_architecture import imported_packages
 
     for path in (ROOT / "client").rglob("*.py"):

@@ -8,8 +8,7 @@ import sys
 
 import pytest
 
-from tests.client.live import LiveService
-from tests.e2e.conftest import ROOT
+from tests.support import ROOT, LiveService
 
 pytestmark = pytest.mark.slow
 

@@ -10,8 +10,8 @@ import pytest
 
 from client import ApiError, NotFoundError
 from client.cli import EXIT_API_ERROR, EXIT_NOT_FOUND, EXIT_USAGE
-from tests.client.live import LiveService
 from tests.client.test_cli import as_json, trainyard
+from tests.support import LiveService
 from tests.workers.datasets import moons
 
 pytestmark = pytest.mark.slow

@@ -6,7 +6,7 @@ import ast
 import subprocess
 import sys
 
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 FRAMEWORKS = ("flask", "celery", "sqlalchemy", "kombu", "redis", "marshmallow", "pandas")
 

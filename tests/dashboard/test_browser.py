@@ -24,7 +24,7 @@ import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
 
 from engine.nn import MLP
-from tests.client.live import LiveService
+from tests.support import LiveService
 from tests.workers.datasets import moons
 
 pytestmark = pytest.mark.slow

@@ -19,8 +19,18 @@ import pytest
 import redis
 import yaml
 
-from tests.conftest import REDIS_URL, create_pg_database, drop_pg_database
-from tests.e2e.conftest import ROOT, Api, Processes, base_env, check_model, free_port, new_api_key
+from tests.support import (
+    REDIS_URL,
+    ROOT,
+    Api,
+    Processes,
+    base_env,
+    check_model,
+    create_pg_database,
+    drop_pg_database,
+    free_port,
+    new_api_key,
+)
 from tests.workers.datasets import moons
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]

@@ -13,14 +13,15 @@ import numpy as np
 import pytest
 import redis
 
-from tests.conftest import REDIS_URL, fresh_pg_database
-from tests.e2e.conftest import (
+from tests.support import (
+    REDIS_URL,
     Api,
     Processes,
     api_cmd,
     base_env,
     check_model,
     free_port,
+    fresh_pg_database,
     new_api_key,
     worker_cmd,
 )

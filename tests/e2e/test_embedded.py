@@ -7,43 +7,16 @@ from __future__ import annotations
 import re
 import signal
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
 
-from tests.e2e.conftest import ROOT, Api, Proc, Processes, base_env, check_model, free_port
+from tests.support import Processes, check_model, pid_alive, start_embedded
 from tests.workers.datasets import moons, regression
 
 pytestmark = pytest.mark.slow
-
-
-def pid_alive(pid: int) -> bool:
-    # A zombie (exited, not yet reaped by its parent) counts as gone.
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
-
-
-def start_embedded(processes: Processes, var: Path, **env: str) -> tuple[Api, Proc]:
-    environment = base_env(TRAINYARD_VAR_DIR=str(var), PORT=str(free_port()), **env)
-    subprocess.run(
-        [sys.executable, "-m", "alembic", "upgrade", "head"],
-        cwd=ROOT, env=environment, check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
-    proc = processes.start("embedded", [sys.executable, "-m", "workers.embedded"], environment)
-    api = Api(f"http://127.0.0.1:{environment['PORT']}", proc)
-    api.wait_ready(60)
-    # the key-and-dashboard block comes last, once the worker is ready too
-    proc.wait_for_output("trainyard: dashboard:", 60)
-    # the embedded mode's own key, written on first start (what the README's curl lines use)
-    api.authenticate((var / "api-key").read_text().strip())
-    return api, proc
 
 
 def test_embedded_mode_trains_serves_and_stops_cleanly(

@@ -21,8 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import ROOT, Api, Proc, Processes, base_env
-from tests.e2e.test_embedded import pid_alive, start_embedded
+from tests.support import ROOT, Api, Proc, Processes, base_env, pid_alive, start_embedded
 from tests.workers.datasets import regression
 
 pytestmark = pytest.mark.slow

@@ -13,7 +13,7 @@ import redis
 import requests
 import sqlalchemy as sa
 
-from tests.e2e.conftest import Api, Processes, api_cmd, base_env, free_port, new_api_key
+from tests.support import Api, Processes, api_cmd, base_env, free_port, new_api_key
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
 

@@ -14,8 +14,17 @@ from typing import Any
 import pytest
 import redis
 
-from tests.conftest import REDIS_URL, fresh_pg_database
-from tests.e2e.conftest import Api, Processes, api_cmd, base_env, free_port, new_api_key, worker_cmd
+from tests.support import (
+    REDIS_URL,
+    Api,
+    Processes,
+    api_cmd,
+    base_env,
+    free_port,
+    fresh_pg_database,
+    new_api_key,
+    worker_cmd,
+)
 from tests.workers.datasets import moons
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]

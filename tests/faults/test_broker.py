@@ -20,8 +20,7 @@ import sqlalchemy as sa
 
 from service.db import session_scope
 from service.models import Job
-from tests.e2e.conftest import Api, Processes
-from tests.faults.conftest import Cluster, RedisServer
+from tests.support import Api, Cluster, Processes, RedisServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.faults.conftest import Cluster
+from tests.support import Cluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
 

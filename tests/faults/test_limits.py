@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.e2e.conftest import Processes
-from tests.faults.conftest import Cluster
+from tests.support import Cluster, Processes
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
 

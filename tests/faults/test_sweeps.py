@@ -16,8 +16,8 @@ from service.config import Limits
 from service.db import session_scope
 from service.models import Job, Sweep
 from service.schemas import SweepInSchema
-from tests.faults.conftest import Cluster, RedisServer, kill_group
 from tests.faults.test_broker import cluster_on_own_redis  # noqa: F401 (a fixture)
+from tests.support import Cluster, RedisServer, kill_group
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
 

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Processes
-from tests.faults.conftest import Cluster, kill_group, pool_children
+from tests.support import Cluster, Processes, kill_group, pool_children
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
 
@@ -43,7 +42,7 @@ def test_kill_9_of_the_whole_worker_then_a_fresh_one(
         cluster = Cluster(pg_url, redis_url, procs)
     else:
         db = f"sqlite:///{tmp_path / 'embedded.sqlite3'}"
-        from tests.conftest import migrate
+        from tests.support import migrate
 
         migrate(db)
         cluster = Cluster(db, f"filesystem://{(tmp_path / 'broker').as_posix()}", procs)

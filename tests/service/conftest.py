@@ -19,8 +19,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from service import create_app
-from service.auth import create_api_key
-from tests.conftest import migrate
+from tests.service.helpers import keyed_client, new_key
+from tests.support import migrate
 
 TABLES = ("idempotent_requests", "api_keys", "models", "job_epochs", "jobs", "sweeps", "datasets")
 
@@ -62,21 +62,6 @@ def app(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Flask]:
     _empty_tables(app)
     yield app
     app.extensions["db_engine"].dispose()
-
-
-def new_key(app: Flask, owner: str) -> str:
-    """A fresh API key of `owner`, committed."""
-    with app.extensions["db_sessionmaker"]() as session:
-        key = create_api_key(session, owner, "test")
-        session.commit()
-    return key
-
-
-def keyed_client(app: Flask, key: str) -> FlaskClient:
-    """A test client that sends `Authorization: Bearer <key>` with every request."""
-    client = app.test_client()
-    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {key}"
-    return client
 
 
 @pytest.fixture

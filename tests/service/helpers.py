@@ -8,6 +8,7 @@ import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
 
+from service.auth import create_api_key
 from service.models import Dataset, Job
 
 
@@ -48,3 +49,18 @@ def post_dataset(client: FlaskClient, body: dict[str, Any] | None = None) -> str
     r = client.post("/api/v1/datasets", json=body or binary_dataset())
     assert r.status_code == 201, r.get_json()
     return r.get_json()["id"]
+
+
+def new_key(app: Flask, owner: str) -> str:
+    """A fresh API key of `owner`, committed."""
+    with app.extensions["db_sessionmaker"]() as session:
+        key = create_api_key(session, owner, "test")
+        session.commit()
+    return key
+
+
+def keyed_client(app: Flask, key: str) -> FlaskClient:
+    """A test client that sends `Authorization: Bearer <key>` with every request."""
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {key}"
+    return client

@@ -14,8 +14,7 @@ from flask.testing import FlaskClient
 from service import create_app
 from service.config import Limits
 from service.ratelimit import MemoryStorage, Rate, RateLimiter, RedisStorage
-from tests.service.conftest import keyed_client, new_key
-from tests.service.helpers import assert_error, post_dataset
+from tests.service.helpers import assert_error, keyed_client, new_key, post_dataset
 
 JOB = {"model": {"layers": [4, 1]}, "training": {"loss": "binary_cross_entropy", "epochs": 3}}
 
@@ -58,7 +57,7 @@ def test_rate_limit_answers_429_with_retry_after(
 @pytest.mark.redis
 def test_redis_counter_is_shared_by_api_processes(tmp_path: Path, redis_url: str) -> None:
     """Two app instances (as two gunicorn workers would be) count one key together in Redis."""
-    from tests.conftest import migrate
+    from tests.support import migrate
 
     database_url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
     migrate(database_url)

@@ -1,18 +1,37 @@
 """A live embedded-mode service (`python -m workers.embedded`: gunicorn + a real celery worker,
-SQLite and the filesystem broker under a temporary var folder) for the client, CLI, example and
-dashboard tests. Started with the end-to-end helpers; stopped (SIGTERM, then SIGKILL) after.
+SQLite and the filesystem broker under a temporary var folder) for the client, CLI, example,
+dashboard and benchmark code. Stopped (SIGTERM, then SIGKILL) after.
 """
 
 from __future__ import annotations
 
 import contextlib
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from client import Client, find_api_key
-from tests.e2e.conftest import Api, Processes, base_env
-from tests.e2e.test_embedded import start_embedded
+from tests.support.api import Api
+from tests.support.databases import ROOT
+from tests.support.processes import Proc, Processes, base_env, free_port
+
+
+def start_embedded(processes: Processes, var: Path, **env: str) -> tuple[Api, Proc]:
+    environment = base_env(TRAINYARD_VAR_DIR=str(var), PORT=str(free_port()), **env)
+    subprocess.run(
+        [sys.executable, "-m", "alembic", "upgrade", "head"],
+        cwd=ROOT, env=environment, check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    proc = processes.start("embedded", [sys.executable, "-m", "workers.embedded"], environment)
+    api = Api(f"http://127.0.0.1:{environment['PORT']}", proc)
+    api.wait_ready(60)
+    # the key-and-dashboard block comes last, once the worker is ready too
+    proc.wait_for_output("trainyard: dashboard:", 60)
+    # the embedded mode's own key, written on first start (what the README's curl lines use)
+    api.authenticate((var / "api-key").read_text().strip())
+    return api, proc
 
 
 @dataclass
