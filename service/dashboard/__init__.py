@@ -1,7 +1,9 @@
 """The web dashboard, served by the API's Flask app at `/`.
 
-Pages: jobs (`/`), one job (`/jobs/<id>`), datasets (`/datasets`, with the CSV upload) and one
-dataset (`/datasets/<id>`). They are a static shell: no data is rendered on the server and no
+Pages: jobs (`/`), one job (`/jobs/<id>`), datasets (`/datasets`, with the CSV upload), one
+dataset (`/datasets/<id>`), sweeps (`/sweeps`, with the new-sweep form), one sweep
+(`/sweeps/<id>`) and the comparison of jobs picked on the jobs page (`/compare?jobs=a,b`).
+They are a static shell: no data is rendered on the server and no
 key is needed to load them. The page scripts (static/) fetch everything from `/api/v1` with the
 API key that the browser keeps in localStorage (given once as `/#token=KEY`, or pasted into the
 key form). Everything is written for a strict Content-Security-Policy: no inline scripts or
@@ -48,3 +50,23 @@ def dataset_page(dataset_id: str) -> str:
     """One dataset: its target and columns with types, missing counts and stats
     (static/datasets.js)."""
     return render_template("dashboard/dataset.html", dataset_id=dataset_id)
+
+
+@bp.route("/sweeps")
+def sweeps_page() -> str:
+    """The sweeps table and the new-sweep form (static/sweeps.js)."""
+    return render_template("dashboard/sweeps.html")
+
+
+@bp.route("/sweeps/<sweep_id>")
+def sweep_page(sweep_id: str) -> str:
+    """One sweep: its trials (sortable, live), their validation-loss curves overlaid, each
+    parameter against the metric (static/sweep.js)."""
+    return render_template("dashboard/sweep.html", sweep_id=sweep_id)
+
+
+@bp.route("/compare")
+def compare_page() -> str:
+    """Jobs side by side (`?jobs=ID,ID,...`): loss curves overlaid, the spec fields where they
+    differ, their metrics (static/compare.js)."""
+    return render_template("dashboard/compare.html")

@@ -6,6 +6,16 @@
   const T = window.Trainyard;
   const PAGE_SIZE = 20;
   const state = { page: 1, pages: 1, status: "", active: false };
+  const picked = new Set(); // job ids ticked for the compare view (kept across refreshes)
+  const compareButton = document.getElementById("compare-button");
+
+  function updateCompare() {
+    compareButton.disabled = picked.size < 2;
+    compareButton.textContent = "Compare" + (picked.size ? " (" + picked.size + ")" : "");
+  }
+  compareButton.addEventListener("click", function () {
+    window.location.href = "/compare?jobs=" + Array.from(picked).join(",");
+  });
 
   const body = document.getElementById("jobs-body");
   const filter = document.getElementById("status-filter");
@@ -26,6 +36,16 @@
     link.className = "job-link";
     const model = job.model || {};
     const training = job.training || {};
+    const pick = document.createElement("input");
+    pick.type = "checkbox";
+    pick.className = "pick";
+    pick.checked = picked.has(job.id);
+    pick.setAttribute("aria-label", "pick job " + job.id.slice(0, 8) + " to compare");
+    pick.addEventListener("change", function () {
+      if (pick.checked) picked.add(job.id);
+      else picked.delete(job.id);
+      updateCompare();
+    });
     const tr = T.el("tr", {}, [
       T.el("td", {}, [link]),
       T.el("td", {}, [T.statusBadge(job.status)]),
@@ -33,6 +53,7 @@
       T.el("td", { text: T.fmtNumber(finalLoss(job)), className: "num" }),
       T.el("td", { text: (model.layers || []).join("-") + " " + (model.activation || "") + " · " + (training.loss || "") }),
       T.el("td", { text: T.fmtTime(job.created_at) }),
+      T.el("td", {}, [pick]),
     ]);
     tr.dataset.jobId = job.id;
     tr.dataset.status = job.status;
