@@ -163,17 +163,23 @@ class Sweep(TypedDict, total=False):
     finished_at: str | None
 
 
-def find_api_key(env: Mapping[str, str] | None = None, cwd: Path | None = None) -> str | None:
-    """`TRAINYARD_API_KEY`, else the embedded mode's key file: `$TRAINYARD_VAR_DIR/api-key`,
+def api_key_locations(env: Mapping[str, str] | None = None, cwd: Path | None = None) -> list[Path]:
+    """The key files `find_api_key` reads, in order: `$TRAINYARD_VAR_DIR/api-key` (when set),
     then `./var/api-key`."""
     env = os.environ if env is None else env
-    if env.get("TRAINYARD_API_KEY"):
-        return env["TRAINYARD_API_KEY"].strip()
     candidates = []
     if env.get("TRAINYARD_VAR_DIR"):
         candidates.append(Path(env["TRAINYARD_VAR_DIR"]) / "api-key")
     candidates.append((cwd or Path.cwd()) / "var" / "api-key")
-    for path in candidates:
+    return candidates
+
+
+def find_api_key(env: Mapping[str, str] | None = None, cwd: Path | None = None) -> str | None:
+    """`TRAINYARD_API_KEY`, else the embedded mode's key file (`api_key_locations`)."""
+    env = os.environ if env is None else env
+    if env.get("TRAINYARD_API_KEY"):
+        return env["TRAINYARD_API_KEY"].strip()
+    for path in api_key_locations(env, cwd):
         try:
             key = path.read_text().strip()
         except OSError:

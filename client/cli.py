@@ -41,6 +41,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.live import Live
 from rich.progress import (
@@ -61,6 +62,8 @@ from client.api import (
     Job,
     NotFoundError,
     Sweep,
+    api_key_locations,
+    find_api_key,
 )
 from core import preprocessing
 from core.spec import (
@@ -111,14 +114,19 @@ def fmt(value: Any) -> str:
 
 
 def short_time(stamp: str | None) -> str:
-    return stamp[:16].replace("T", " ") if stamp else "-"
+    """`MM-DD HH:MM` (UTC): list rows stay within 80 columns next to a whole id."""
+    return stamp[5:16].replace("T", " ") if stamp else "-"
 
 
 def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Table:
-    t = Table(title=title, title_justify="left")
+    # No vertical rules: a list with a whole 32-character id fits an 80-column terminal.
+    t = Table(
+        title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
+        padding=(0, 1), collapse_padding=True, pad_edge=False,
+    )  # fmt: skip
     for column in columns:
         # ids stay whole: people copy them into the next command
-        t.add_column(column, no_wrap=column in ("id", "job", "status"))
+        t.add_column(column, no_wrap=column in ("id", "job", "status", "created"))
     for row in rows:
         t.add_row(*(fmt(cell) for cell in row))
     return t
@@ -297,7 +305,6 @@ def job_rows(jobs: Sequence[Job]) -> list[list[Any]]:
                 job["status"],
                 f"{p['epoch']}/{p['epochs']}",
                 final_loss(job),
-                ",".join(str(w) for w in (job.get("model") or {}).get("layers", [])),
                 short_time(job.get("created_at")),
             ]
         )
@@ -435,11 +442,12 @@ def cmd_datasets_list(api: Client, args: argparse.Namespace) -> int:
         emit_json(page)
         return EXIT_OK
     rows = [
-        [d["id"], d["name"], d["n_samples"], d["n_features"], d.get("classes"),
+        [d["id"], d["name"], d["n_samples"], d["n_features"],
+         f"{len(d['classes'])} classes" if d.get("classes") else "numbers",
          short_time(d.get("created_at"))]
         for d in page["items"]
     ]  # fmt: skip
-    columns = ["id", "name", "samples", "features", "classes", "created"]
+    columns = ["id", "name", "rows", "cols", "target", "created"]
     out.print(table(page_title("Datasets", page), columns, rows))
     return EXIT_OK
 
@@ -504,7 +512,7 @@ def cmd_jobs_list(api: Client, args: argparse.Namespace) -> int:
     if args.json:
         emit_json(page)
         return EXIT_OK
-    columns = ["id", "status", "epochs", "final loss", "layers", "created"]
+    columns = ["id", "status", "epochs", "loss", "created"]
     out.print(table(page_title("Jobs", page), columns, job_rows(page["items"])))
     return EXIT_OK
 
@@ -714,12 +722,12 @@ def cmd_models_list(api: Client, args: argparse.Namespace) -> int:
         emit_json(page)
         return EXIT_OK
     rows = [
-        [m["id"], m["job_id"], (m.get("architecture") or {}).get("layers"),
+        [m["id"], ",".join(str(w) for w in (m.get("architecture") or {}).get("layers", [])),
          (m.get("metrics") or {}).get("loss"), (m.get("metrics") or {}).get("accuracy"),
          short_time(m.get("created_at"))]
         for m in page["items"]
     ]  # fmt: skip
-    columns = ["id", "job", "layers", "loss", "accuracy", "created"]
+    columns = ["id", "layers", "loss", "accuracy", "created"]
     out.print(table(page_title("Models", page), columns, rows))
     return EXIT_OK
 
@@ -927,8 +935,11 @@ def build_parser() -> argparse.ArgumentParser:
     ) -> argparse.ArgumentParser:
         p = group.add_parser(name, help=help, description=help, aliases=list(aliases))
         p.set_defaults(func=func)
-        # also after the command; SUPPRESS keeps a --json given before it
+        # the global options also after the command; SUPPRESS keeps one given before it
         p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
+        p.add_argument("--url", default=argparse.SUPPRESS, help="server URL (as before COMMAND)")
+        p.add_argument("--api-key", default=argparse.SUPPRESS, help="API key (as before COMMAND)")
+        p.add_argument("--timeout", type=float, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         return p
 
     datasets = commands.add_parser("datasets", help="upload and list datasets")
@@ -1105,6 +1116,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if f"{field}: {message}" not in exc.message:
                 err.print(f"  {field}: {message}")
         if exc.status == 401:
+            if args.api_key is None and find_api_key() is None:
+                looked = ", ".join(str(p) for p in api_key_locations())
+                err.print(f"  no API key found: looked in --api-key, $TRAINYARD_API_KEY, {looked}")
             err.print("  (give a key with --api-key or $TRAINYARD_API_KEY)")
         return EXIT_SERVER_ERROR if exc.status >= 500 else EXIT_API_ERROR
     except ConnectionFailed as exc:

@@ -84,7 +84,7 @@ def test_upload_submit_watch_models_graph_predict(
     assert job["training"]["validation_split"] == 0.25 and job["training"]["seed"] == 1
     assert job["training"]["preprocessing"]["numeric"] == "none"
     table = run("jobs", "list", "--status", "succeeded")
-    assert table.returncode == 0 and job["id"] in table.stdout and "final loss" in table.stdout
+    assert table.returncode == 0 and job["id"] in table.stdout and "loss" in table.stdout
     again = as_json(run("--json", "jobs", "watch", job["id"]))  # finished: returns at once
     assert again["status"] == "succeeded" and again["model_id"] == job["model_id"]
     assert job["id"] in run("jobs", "get", job["id"]).stdout
@@ -129,7 +129,7 @@ def test_typed_csv_early_stopping_evaluation_predict_evaluate(
     ]  # fmt: skip
     shown = run("datasets", "show", dataset["id"])
     assert shown.returncode == 0, shown.stderr
-    lines = {line.split()[1]: line for line in shown.stdout.splitlines() if "│ " in line}
+    lines = {line.split()[0]: line for line in shown.stdout.splitlines() if line.strip()}
     missing = sum(row["bill_length_mm"] is None for row in rows)
     assert "numeric" in lines["bill_length_mm"] and f" {missing} " in lines["bill_length_mm"]
     assert "min" in lines["bill_length_mm"] and "mean" in lines["bill_length_mm"]
@@ -297,3 +297,25 @@ def test_submit_help_shows_the_options_and_their_defaults(
     assert "(default: 10; implies --early-stopping)" in text
     assert "numeric=standardize|minmax|none (default standardize)" in text
     assert "0.1 with --early-stopping" in text
+
+
+def test_first_hour_global_options_anywhere_lists_in_80_columns_and_where_keys_are_looked_for(
+    service: LiveService, moons_csv: Path, tmp_path: Path
+) -> None:
+    as_json(trainyard(service, "--json", "datasets", "upload", str(moons_csv), cwd=tmp_path))
+    # global options after the command, as before it
+    after = trainyard(service, "datasets", "list", "--url", service.url, "--json", cwd=tmp_path)
+    assert as_json(after)["items"]
+    # lists fit an 80-column terminal with whole ids
+    narrow = trainyard(service, "datasets", "list", cwd=tmp_path, env=service.env(COLUMNS="80"))
+    assert narrow.returncode == 0, narrow.stderr
+    lines = narrow.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert any(len(word) == 32 for line in lines for word in line.split())
+    # no key anywhere: the answer says where it looked
+    env = {k: v for k, v in service.env().items() if k not in ("TRAINYARD_VAR_DIR",)}
+    keyless = trainyard(service, "jobs", "list", cwd=tmp_path, env=env)
+    assert keyless.returncode == EXIT_API_ERROR
+    assert "no API key found" in keyless.stderr and str(tmp_path / "var" / "api-key") in (
+        keyless.stderr.replace("\n", "")
+    )

@@ -155,7 +155,9 @@ def test_typed_csv_early_stopping_test_split_predict_evaluate_and_local_model(
     )  # fmt: skip
     training = job["training"]
     assert training["loss"] == "cross_entropy" and training["test_split"] == 0.2
-    assert training["early_stopping"] == {"patience": 8, "min_delta": 0.0, "restore_best": True}
+    assert training["early_stopping"] == {
+        "patience": 8, "min_delta": 0.0, "restore_best": True, "refit": True
+    }  # fmt: skip
     assert training["class_weight"] == "balanced"
     job = api.wait(job["id"], poll_interval=0.1, timeout=120)
     assert job["status"] == "succeeded", job
