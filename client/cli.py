@@ -221,9 +221,20 @@ def show_results(job: dict[str, Any]) -> None:
         show_metrics(job.get("metrics"))
 
 
+METRIC_LABELS = {
+    "loss": "loss, saved model, training rows",
+    "accuracy": "accuracy, training rows",
+    "val_loss": "loss, saved model, validation rows",
+    "val_accuracy": "accuracy, validation rows",
+}
+
+
 def show_metrics(metrics: dict[str, Any] | None) -> None:
+    """The saved model's flat metrics, named apart from the last epoch's loss (the mean over
+    its mini-batches while the weights moved)."""
     if metrics:
-        out.print(key_values("Metrics", sorted(metrics.items())))
+        pairs = [(METRIC_LABELS.get(k, k), v) for k, v in sorted(metrics.items())]
+        out.print(key_values("Metrics", pairs))
 
 
 SPLITS = ("test", "validation", "train")  # the honest figure first
@@ -344,7 +355,7 @@ def watch(api: Client, job_id: str, as_json: bool, poll_interval: float) -> int:
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("epochs  loss {task.fields[loss]}"),
+            TextColumn("epochs  epoch loss {task.fields[loss]}"),
             TimeElapsedColumn(),
             console=err,
         ) as progress:

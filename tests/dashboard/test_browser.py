@@ -145,7 +145,7 @@ def test_submit_watch_and_inspect_a_job(
     p.wait_for_url(f"**/jobs/{job_id}")
     expect(p.locator("#job-status")).to_have_text("succeeded")
     expect(p.locator("#job-progress-text")).to_contain_text("epoch 60 of 60")
-    expect(p.locator("#metrics-table")).to_contain_text("val_accuracy")
+    expect(p.locator("#metrics-table")).to_contain_text("accuracy, validation rows")
     chart_points = p.evaluate("Chart.getChart('loss-chart').data.datasets.map(d => d.data.length)")
     assert chart_points[:2] == [60, 60]  # training and validation curves
     # the best epoch (lowest validation loss) is marked

@@ -131,7 +131,7 @@
     bar.max = p.epochs || 1;
     bar.value = p.epoch || 0;
     const history = job.loss_history || [];
-    const last = history.length ? " · loss " + T.fmtNumber(history[history.length - 1]) : "";
+    const last = history.length ? " · last epoch's loss " + T.fmtNumber(history[history.length - 1]) : "";
     document.getElementById("job-progress-text").textContent = "epoch " + p.epoch + " of " + p.epochs + last;
     const errorBox = document.getElementById("job-error");
     errorBox.textContent = job.error || "";
@@ -174,10 +174,18 @@
       ["started", T.fmtTime(job.started_at)],
       ["finished", T.fmtTime(job.finished_at)],
     ]);
+    // The saved model's scores, named apart from the per-epoch curve (the mean over each
+    // epoch's mini-batches while the weights moved).
+    const METRIC_LABELS = {
+      loss: "loss, saved model, training rows",
+      accuracy: "accuracy, training rows",
+      val_loss: "loss, saved model, validation rows",
+      val_accuracy: "accuracy, validation rows",
+    };
     const metrics = job.metrics || {};
     const names = Object.keys(metrics).sort();
     kvRows(document.getElementById("metrics-table"), names.length
-      ? names.map(function (k) { return [k, T.fmtNumber(metrics[k])]; })
+      ? names.map(function (k) { return [METRIC_LABELS[k] || k, T.fmtNumber(metrics[k])]; })
       : [["", job.status === "succeeded" ? "none" : "when the job ends"]]);
     updateLossChart();
     showEvaluation();
