@@ -25,6 +25,7 @@ from core.spec import (
 from service import lifecycle
 from service.config import Limits
 from service.datasets import find_dataset, new_dataset
+from service.db import paginate
 from service.errors import ApiError, InputError
 from service.ingest import ParsedDataset, parse_json_dataset
 from service.lifecycle import ACTIVE_STATUSES, FINAL_STATUSES
@@ -300,20 +301,12 @@ def list_jobs(
         where.append(Job.dataset_id == dataset_id)
     if sweep_id is not None:
         where.append(Job.sweep_id == sweep_id)
-    total = session.scalar(sa.select(sa.func.count()).select_from(Job).where(*where)) or 0
     order = (
         (Job.trial_index, Job.id)
         if sweep_id is not None
         else (Job.created_at.desc(), Job.id.desc())
     )
-    jobs = session.scalars(
-        sa.select(Job)
-        .where(*where)
-        .order_by(*order)
-        .limit(page_size)
-        .offset((page - 1) * page_size)
-    ).all()
-    return list(jobs), total
+    return paginate(session, sa.select(Job).where(*where).order_by(*order), page, page_size)
 
 
 def serialize_jobs(session: Session, jobs: list[Job]) -> list[dict[str, Any]]:

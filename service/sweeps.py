@@ -72,7 +72,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from core.spec import effective_validation_split
 from service import lifecycle
 from service.config import Limits, Settings
-from service.db import session_scope, utcnow
+from service.db import paginate, session_scope, utcnow
 from service.errors import ApiError, InputError, flatten_messages
 from service.jobs import check_active_jobs, check_spec, dataset_facts, normalized_specs, tag_filters
 from service.lifecycle import FINAL_STATUSES, PUBLISH_RETRY_POLICY, TRAIN_TASK
@@ -471,15 +471,8 @@ def list_sweeps(
     where = [Sweep.owner == owner, *tag_filters(Sweep.tags, tags or [])]
     if status:
         where.append(Sweep.status == status)
-    total = session.scalar(sa.select(sa.func.count()).select_from(Sweep).where(*where)) or 0
-    rows = session.scalars(
-        sa.select(Sweep)
-        .where(*where)
-        .order_by(Sweep.created_at.desc(), Sweep.id.desc())
-        .limit(page_size)
-        .offset((page - 1) * page_size)
-    ).all()
-    return list(rows), total
+    query = sa.select(Sweep).where(*where).order_by(Sweep.created_at.desc(), Sweep.id.desc())
+    return paginate(session, query, page, page_size)
 
 
 def trials_of(session: Session, sweeps: list[Sweep]) -> dict[str, list[Trial]]:
