@@ -10,7 +10,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PORT ?= 8000
 WORKERS ?= 2
 
-.PHONY: setup setup-dev system-deps test-deps run run-distributed migrate test lint format bench bench-service bench-load bench-sweep bench-quality bench-ingest screenshots clean
+.PHONY: setup setup-dev system-deps test-deps run run-distributed migrate test lint format bench bench-service bench-load bench-sweep bench-events bench-quality bench-ingest screenshots clean
 
 setup: system-deps $(RUN_STAMP)
 
@@ -80,6 +80,10 @@ bench-load: setup-dev
 # A 12-trial sweep on 2 workers: wall time against its trials' run times, trial hand-off gaps.
 bench-sweep: setup-dev
 	$(PY) bench/sweep.py
+
+# 100 open event streams and 20 polling clients: p99 of /healthz and /jobs/{id}, event latency.
+bench-events: setup-dev
+	$(PY) bench/events.py $(BENCH_ARGS)
 
 # Storing a ~58 MB CSV of 200,000 rows (and the same data as JSON), listing large datasets.
 bench-ingest: setup

@@ -9,6 +9,7 @@ from alembic import context
 from service.config import VAR_DIR, Settings
 from service.db import make_engine
 from service.models import Base
+from service.webhook_models import Webhook  # noqa: F401  (its tables, in Base.metadata)
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):

@@ -133,6 +133,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     api = TrainyardApi(app, spec_kwargs={"extra_plugins": [AuthDocPlugin()]})
     for blp in (datasets.blp, jobs.blp, models.blp, sweeps.blp):
         api.register_blueprint(blp, url_prefix=f"{API_PREFIX}{blp.url_prefix}")
+    from service.api import events, webhooks  # live events and webhooks
+
+    for blp in (events.blp, webhooks.blp):
+        api.register_blueprint(blp, url_prefix=f"{API_PREFIX}{blp.url_prefix}")
     api.register_blueprint(health.blp)
     app.register_blueprint(docs.bp)
     app.register_blueprint(dashboard.bp)

@@ -118,6 +118,29 @@ class Settings:
     rate_limit_storage_url: str = field(
         default_factory=lambda: _env_str("TRAINYARD_RATE_LIMIT_STORAGE_URL", "")
     )
+    # Webhooks (service.webhooks): may a URL's host resolve to a private, loopback or link-local
+    # address (checked at creation and again at every delivery)? `auto`: yes in the embedded
+    # mode (a SQLite database), no otherwise; `true` / `false`.
+    webhooks_allow_private: str = field(
+        default_factory=lambda: _env_str("TRAINYARD_WEBHOOKS_ALLOW_PRIVATE", "auto")
+    )
+    # attempts at one delivery; a failed one is tried again after retry_base * 2^(attempt - 1)
+    # seconds (at most an hour); each attempt waits at most `webhook_timeout` seconds
+    webhook_max_attempts: int = field(
+        default_factory=lambda: _env_int("TRAINYARD_WEBHOOK_MAX_ATTEMPTS", 8)
+    )
+    webhook_retry_base: float = field(
+        default_factory=lambda: _env_float("TRAINYARD_WEBHOOK_RETRY_BASE", 10.0)
+    )
+    webhook_timeout: float = field(
+        default_factory=lambda: _env_float("TRAINYARD_WEBHOOK_TIMEOUT", 5.0)
+    )
+    # Live event streams (service.events), in seconds: how often the embedded mode (SQLite)
+    # looks for changes of the streamed jobs; how often every stream reads the store anyway (a
+    # missed PostgreSQL notification costs this much latency); the keep-alive comment.
+    events_poll_interval: float = 0.5
+    events_safety_interval: float = 5.0
+    events_keepalive: float = 15.0
     # Stored `Idempotency-Key` answers are forgotten after this many seconds (by the maintenance
     # sweep); not read from the environment.
     idempotency_ttl: float = 86400.0

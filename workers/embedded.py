@@ -81,8 +81,18 @@ def worker_command(concurrency: int = 1) -> list[str]:
     ]
 
 
+#: Threads per gunicorn worker process (the `gthread` worker class): an open event stream
+#: holds one (`service.events`), so there are more than the streams one process may hold, and
+#: other requests never wait behind them.
+API_THREADS = 128
+
+
 def api_command(
-    port: int, host: str = "127.0.0.1", workers: int = 2, control_socket: Path | None = None
+    port: int,
+    host: str = "127.0.0.1",
+    workers: int = 2,
+    control_socket: Path | None = None,
+    threads: int = API_THREADS,
 ) -> list[str]:
     """gunicorn's command line; its control socket is `control_socket`, or none."""
     socket_args = (
@@ -100,6 +110,10 @@ def api_command(
         f"{host}:{port}",
         "--workers",
         str(workers),
+        "--worker-class",
+        "gthread",
+        "--threads",
+        str(threads),
         "--access-logfile",
         "-",
         *socket_args,
