@@ -7,6 +7,7 @@ violations."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +15,18 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.dashboard.test_browser import Watched, browser, page, screenshot  # noqa: F401
-from tests.support import LiveService
+from tests.support import LiveService, live_service
 from tests.workers.datasets import moons
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveService]:
+    """A service of this module's own: its jobs and sweeps tables hold only this test's rows
+    (the package's service has the other browser tests' jobs)."""
+    with live_service(tmp_path_factory.mktemp("sweeps-dashboard-service")) as live:
+        yield live
 
 
 def test_submit_a_sweep_watch_it_and_compare_trials(
