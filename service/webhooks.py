@@ -11,7 +11,8 @@ A **delivery** is one row per attempt (`service.webhook_models.WebhookDelivery`)
                                                       backoff (until `webhook_max_attempts`)
 
 - **Who creates them.** `enqueue_for_job` for a job that reached a final status: one delivery per
-  webhook of the job's owner that subscribed to `job.<status>` and existed when the job ended.
+  webhook of the job's owner that subscribed to `job.<status>` and existed when the job ended;
+  `enqueue_for_sweep` likewise for `sweep.finished` (the sweep as `GET /sweeps/{id}` gives it).
   Attempt 1 is unique per (webhook, event, job), so calling it twice (the worker that ended the
   job, and `scan`, the periodic safety net that looks at recently finished jobs) creates one.
 - **Who sends them.** Always a worker (the Celery task `trainyard.deliver_webhook`, by name, like
@@ -49,7 +50,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -61,7 +62,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.config import Settings
 from service.db import paginate, utcnow
-from service.models import FINAL_STATUSES, Job, is_id, new_id
+from service.models import FINAL_STATUSES, Job, Sweep, is_id, new_id
 from service.webhook_models import WEBHOOK_EVENTS, Webhook, WebhookDelivery
 
 if TYPE_CHECKING:
@@ -99,6 +100,7 @@ __all__ = [
     "delete_webhook",
     "deliver",
     "enqueue_for_job",
+    "enqueue_for_sweep",
     "get_webhook",
     "list_deliveries",
     "list_webhooks",
@@ -404,6 +406,49 @@ def _transaction(target: Session | sessionmaker[Session]) -> Iterator[Session]:
         session.close()
 
 
+def _record(
+    session: Session,
+    owner: str,
+    subject_id: str,
+    event: str,
+    finished: datetime | None,
+    payload_of: Callable[[str, datetime], str],
+) -> list[str]:
+    """The deliveries of one event: one per webhook of `owner` subscribed to it that existed
+    when the subject ended (`finished`); attempt 1, unique, so a second call makes none."""
+    finished = _aware(finished)
+    hooks = [
+        w
+        for w in session.scalars(sa.select(Webhook).where(Webhook.owner == owner))
+        if event in w.events and (finished is None or _aware(w.created_at) <= finished)
+    ]
+    if not hooks:
+        return []
+    now = utcnow()
+    event_id = new_id()
+    payload = payload_of(event_id, now)
+    created = []
+    for webhook in hooks:
+        delivery_id = new_id()
+        if _insert_ignore(
+            session,
+            {
+                "id": delivery_id,
+                "webhook_id": webhook.id,
+                "event": event,
+                "subject_id": subject_id,
+                "event_id": event_id,
+                "payload": payload,
+                "attempt": 1,
+                "status": "pending",
+                "created_at": now,
+                "next_attempt_at": now,
+            },
+        ):
+            created.append(delivery_id)
+    return created
+
+
 def enqueue_for_job(target: Session | sessionmaker[Session], job_id: str, status: str) -> list[str]:
     """Record (`pending`, unpublished) the deliveries of a job's final `status`: one per webhook
     of its owner that subscribed to `job.<status>` and existed when the job ended. Returns the
@@ -411,41 +456,49 @@ def enqueue_for_job(target: Session | sessionmaker[Session], job_id: str, status
     if status not in FINAL_STATUSES:
         return []
     event = f"job.{status}"
-    created: list[str] = []
     with _transaction(target) as session:
         job = session.get(Job, job_id)
         if job is None or job.status != status:
             return []
-        finished = _aware(job.finished_at)
-        hooks = [
-            w
-            for w in session.scalars(sa.select(Webhook).where(Webhook.owner == job.owner))
-            if event in w.events and (finished is None or _aware(w.created_at) <= finished)
-        ]
-        if not hooks:
+        return _record(
+            session,
+            job.owner,
+            job.id,
+            event,
+            job.finished_at,
+            lambda event_id, now: job_payload(session, job, event, event_id, now),
+        )
+
+
+def sweep_payload(session: Session, sweep: Sweep, event_id: str, now: datetime) -> str:
+    """The body of `sweep.finished`: the sweep as `GET /sweeps/{id}` gives it."""
+    from service.schemas import SweepSchema
+    from service.sweeps import serialize_sweep
+
+    data = SweepSchema().dump(serialize_sweep(session, sweep))
+    body = {
+        "id": event_id,
+        "type": "sweep.finished",
+        "created_at": now.isoformat(),
+        "data": {"sweep": _finite(data)},
+    }
+    return json.dumps(body, separators=(",", ":"), allow_nan=False)
+
+
+def enqueue_for_sweep(target: Session | sessionmaker[Session], sweep_id: str) -> list[str]:
+    """As `enqueue_for_job`, for `sweep.finished` (a sweep that ended, whatever its status)."""
+    with _transaction(target) as session:
+        sweep = session.get(Sweep, sweep_id)
+        if sweep is None or sweep.status not in FINAL_STATUSES:
             return []
-        now = utcnow()
-        event_id = new_id()
-        payload = job_payload(session, job, event, event_id, now)
-        for webhook in hooks:
-            delivery_id = new_id()
-            if _insert_ignore(
-                session,
-                {
-                    "id": delivery_id,
-                    "webhook_id": webhook.id,
-                    "event": event,
-                    "subject_id": job.id,
-                    "event_id": event_id,
-                    "payload": payload,
-                    "attempt": 1,
-                    "status": "pending",
-                    "created_at": now,
-                    "next_attempt_at": now,
-                },
-            ):
-                created.append(delivery_id)
-    return created
+        return _record(
+            session,
+            sweep.owner,
+            sweep.id,
+            "sweep.finished",
+            sweep.finished_at,
+            lambda event_id, now: sweep_payload(session, sweep, event_id, now),
+        )
 
 
 #: Publishing must not hang a worker when the broker is down (the row waits for `scan`).
@@ -519,6 +572,37 @@ def finished_unannounced(
     return [(row.id, row.status) for row in rows]
 
 
+def finished_unannounced_sweeps(
+    session: Session, now: datetime, limit: int = SCAN_BATCH
+) -> list[str]:
+    """Ids of sweeps that ended within `SCAN_WINDOW`, after a webhook of their owner's
+    subscribed to `sweep.finished` was made, and have no delivery to it yet."""
+    announced = (
+        sa.select(WebhookDelivery.id)
+        .where(
+            WebhookDelivery.webhook_id == Webhook.id,
+            WebhookDelivery.subject_id == Sweep.id,
+            WebhookDelivery.attempt == 1,
+        )
+        .exists()
+    )
+    return list(
+        session.scalars(
+            sa.select(Sweep.id)
+            .join(Webhook, Webhook.owner == Sweep.owner)
+            .where(
+                Sweep.status.in_(FINAL_STATUSES),
+                Sweep.finished_at >= now - SCAN_WINDOW,
+                Sweep.finished_at >= Webhook.created_at,
+                sa.cast(Webhook.events, sa.Text).contains('"sweep.finished"'),
+                ~announced,
+            )
+            .distinct()
+            .limit(limit)
+        )
+    )
+
+
 def scan(
     factory: sessionmaker[Session],
     celery: Celery,
@@ -526,16 +610,20 @@ def scan(
     now: datetime | None = None,
 ) -> dict[str, int]:
     """The safety net, run periodically by the workers: record the deliveries of recently
-    finished jobs that have none (their worker was lost before it could), then publish every
-    due `pending` attempt whose message was never sent or is long overdue, and whose claim (if
-    any) expired. Returns {"created": n, "published": m}."""
+    finished jobs and sweeps that have none (their worker was lost before it could, or nothing
+    else announces them), then publish every due `pending` attempt whose message was never
+    sent or is long overdue, and whose claim (if any) expired. Returns {"created": n,
+    "published": m}."""
     given = now
     now = now or utcnow()
     with factory() as session:
         jobs = finished_unannounced(session, now)
+        swept = finished_unannounced_sweeps(session, now)
     created = 0
     for job_id, status in jobs:
         created += len(enqueue_for_job(factory, job_id, status))
+    for sweep_id in swept:
+        created += len(enqueue_for_sweep(factory, sweep_id))
     now = given or utcnow()  # the deliveries just recorded are due
 
     overdue = now - timedelta(seconds=settings.republish_after)

@@ -346,6 +346,38 @@ def test_enqueue_inside_a_callers_session(
     assert deliveries(app) == []
 
 
+@ALLOW
+def test_a_finished_sweep_announces_sweep_finished(
+    app: Flask, client: FlaskClient, receiver: Receiver
+) -> None:
+    hook = create(client, receiver.url, ["sweep.finished"], secret=SECRET).get_json()
+    body = {
+        "dataset_id": post_dataset(client),
+        "base": SPEC,
+        "parameters": {"training.learning_rate": {"values": [0.01, 0.1]}},
+    }
+    r = client.post("/api/v1/sweeps", json=body)
+    assert r.status_code == 202, r.get_json()
+    sweep_id = r.get_json()["id"]
+    factory = factory_of(app)
+    assert webhooks.enqueue_for_sweep(factory, sweep_id) == []  # not finished
+    # its trials cancelled and the sweep with them
+    assert client.post(f"/api/v1/sweeps/{sweep_id}/cancel").status_code == 200
+    assert client.get(f"/api/v1/sweeps/{sweep_id}").get_json()["status"] == "cancelled"
+
+    done = webhooks.scan(factory, app.extensions["celery"], settings_of(app))
+    assert done == {"created": 1, "published": 1}
+    (row,) = deliveries(app)
+    assert (row.webhook_id, row.event, row.subject_id) == (hook["id"], "sweep.finished", sweep_id)
+    assert webhooks.enqueue_for_sweep(factory, sweep_id) == []  # once only
+    assert webhooks.deliver(factory, row.id, settings_of(app)).status == "succeeded"
+    (request,) = receiver.requests
+    check_signature(request, SECRET)
+    event = json.loads(request["body"])
+    assert event["type"] == "sweep.finished"
+    assert event["data"]["sweep"] == client.get(f"/api/v1/sweeps/{sweep_id}").get_json()
+
+
 # -- sending --------------------------------------------------------------------------------------
 
 
