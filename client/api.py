@@ -11,7 +11,7 @@ import csv
 import json
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, TypedDict
 
@@ -25,6 +25,10 @@ from core.spec import EARLY_STOPPING_DEFAULTS
 DEFAULT_URL: Final = "http://127.0.0.1:8000"
 API_PREFIX: Final = "/api/v1"
 FINISHED: Final = ("succeeded", "failed", "cancelled")
+#: `wait` polls instead once the event stream broke this many times in a row.
+MAX_STREAM_BREAKS: Final = 3
+#: The server sends a keep-alive comment every 15 s: a stream silent this long is broken.
+STREAM_READ_TIMEOUT: Final = 60.0
 
 
 class TrainyardError(Exception):
@@ -79,9 +83,11 @@ class Dataset(TypedDict, total=False):
     created_at: str
 
 
-class Progress(TypedDict):
+class Progress(TypedDict, total=False):
     epoch: int
     epochs: int
+    #: the last finished epoch's training loss (None before the first)
+    loss: float | None
 
 
 class Job(TypedDict, total=False):
@@ -297,6 +303,39 @@ def _label_key(label: Any) -> str:
     if isinstance(label, np.generic):
         label = label.item()
     return str(label)
+
+
+def sse_events(response: requests.Response) -> Iterator[tuple[str, Any]]:
+    """The (event, JSON data) pairs of a server-sent-events answer, as they arrive."""
+    event, data = "message", ""
+    for line in response.iter_lines(decode_unicode=True):
+        if line == "":
+            if data:
+                yield event, json.loads(data)
+            event, data = "message", ""
+        elif line.startswith("event:"):
+            event = line[6:].strip()
+        elif line.startswith("data:"):
+            data += line[5:].strip()
+
+
+def with_epoch(job: Job, epoch: Mapping[str, Any]) -> Job:
+    """`job` with one finished epoch (an `epoch` event) in its progress and histories; an
+    epoch it already holds (a `status` event's job may be ahead of the epoch events that
+    follow it) changes nothing, and progress never goes back."""
+    n = int(epoch["epoch"])
+    out: dict[str, Any] = dict(job)
+    history = list(job.get("loss_history") or [])
+    if n > len(history):
+        out["loss_history"] = [*history, epoch["loss"]]
+        val = list(job.get("val_loss_history") or [])
+        if epoch.get("val_loss") is not None and n > len(val):
+            out["val_loss_history"] = [*val, epoch["val_loss"]]
+    progress = dict(job.get("progress") or {})
+    if n >= int(progress.get("epoch") or 0):
+        progress.update(epoch=n, loss=epoch["loss"])
+    out["progress"] = progress
+    return out  # type: ignore[return-value]
 
 
 class Client:
@@ -546,22 +585,76 @@ class Client:
         poll_interval: float = 0.5,
         timeout: float | None = None,
         on_progress: Callable[[Job], None] | None = None,
+        stream: bool = True,
     ) -> Job:
-        """Poll until the job is `succeeded`, `failed` or `cancelled`; return it.
+        """Follow the job until it is `succeeded`, `failed` or `cancelled`; return it.
 
-        `on_progress(job)` is called after every poll (the last call sees the finished job).
-        Raises `WaitTimeout` after `timeout` seconds.
+        The job's event stream (`GET /jobs/{id}/events`) carries every status change and
+        epoch as it happens; when it cannot be opened or breaks (a proxy that cuts long
+        answers, a server without it), one poll, then the stream again from the last epoch
+        seen (`Last-Event-ID`); after three breaks in a row, polling every `poll_interval`
+        seconds (as with `stream=False`). `on_progress(job)` is called after every event or
+        poll, with `progress` and the loss histories kept up to date (the last call sees the
+        finished job). Raises `WaitTimeout` after `timeout` seconds.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
+        job = self.get_job(job_id)  # NotFoundError before anything else
+        breaks = 0 if stream else MAX_STREAM_BREAKS
         while True:
-            job = self.get_job(job_id)
             if on_progress is not None:
                 on_progress(job)
             if job["status"] in FINISHED:
                 return job
             if deadline is not None and time.monotonic() >= deadline:
                 raise WaitTimeout(f"job {job_id} still {job['status']} after {timeout}s")
-            time.sleep(poll_interval)
+            if breaks < MAX_STREAM_BREAKS:
+                seen: list[Job] = []
+                try:
+                    job = self._follow(job, deadline, on_progress, seen)
+                    if job["status"] in FINISHED:
+                        continue
+                except (requests.RequestException, ApiError, ValueError, KeyError):
+                    pass
+                # the stream ended early: poll once, then open it again (unless it keeps
+                # breaking before sending anything)
+                breaks = 0 if seen else breaks + 1
+            else:
+                time.sleep(poll_interval)
+            job = self.get_job(job_id)
+
+    def _follow(
+        self,
+        job: Job,
+        deadline: float | None,
+        on_progress: Callable[[Job], None] | None,
+        seen: list[Job],
+    ) -> Job:
+        """Apply the job's events to `job` until the stream ends (or `deadline`); returns the
+        job as the events left it (each state is also appended to `seen`)."""
+        history = job.get("loss_history") or []
+        headers = {"Accept": "text/event-stream", "Last-Event-ID": str(len(history))}
+        read_timeout = STREAM_READ_TIMEOUT
+        if deadline is not None:
+            read_timeout = max(0.1, min(read_timeout, deadline - time.monotonic()))
+        with self.request(
+            "GET", f"/jobs/{job['id']}/events", headers=headers, stream=True,
+            timeout=(self.timeout, read_timeout),
+        ) as response:  # fmt: skip
+            for event, data in sse_events(response):
+                if event == "status":
+                    job = data
+                elif event == "epoch":
+                    job = with_epoch(job, data)
+                else:
+                    continue
+                seen.append(job)
+                if job["status"] in FINISHED:
+                    return job
+                if on_progress is not None:
+                    on_progress(job)
+                if deadline is not None and time.monotonic() >= deadline:
+                    return job
+        return job
 
     # -- sweeps -----------------------------------------------------------------------------
 

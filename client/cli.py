@@ -146,7 +146,9 @@ def final_loss(job: Job) -> float | None:
     if "loss" in metrics:
         return metrics["loss"]
     history = job.get("loss_history") or []
-    return history[-1] if history else None
+    if history:
+        return history[-1]
+    return (job.get("progress") or {}).get("loss")  # list items carry no history
 
 
 def show_job(job: Job) -> None:
@@ -364,7 +366,8 @@ def watch(api: Client, job_id: str, as_json: bool, poll_interval: float) -> int:
             def update(job: Job) -> None:
                 p = job.get("progress") or {"epoch": 0, "epochs": 0}
                 history = job.get("loss_history") or []
-                loss = f"{history[-1]:.4g}" if history else "-"
+                last = history[-1] if history else p.get("loss")
+                loss = f"{last:.4g}" if last is not None else "-"
                 progress.update(
                     task,
                     description=f"job {job_id[:8]} {job['status']}",

@@ -227,6 +227,11 @@ def _finite(value: float | None) -> float | None:
     return value if value is None or math.isfinite(value) else None
 
 
+def finite_epochs(epochs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Epoch rows with a non-finite loss as null (JSON has no NaN)."""
+    return [{**e, "loss": _finite(e["loss"]), "val_loss": _finite(e["val_loss"])} for e in epochs]
+
+
 def _json(value: Any) -> str:
     """JSON on one line, `<`, `>`, `&` escaped as every JSON answer of the API has them."""
     text = json.dumps(value, separators=(",", ":"), default=str)

@@ -309,22 +309,48 @@ def list_jobs(
     return paginate(session, sa.select(Job).where(*where).order_by(*order), page, page_size)
 
 
-def serialize_jobs(session: Session, jobs: list[Job]) -> list[dict[str, Any]]:
-    """The API view of jobs, with their loss history and model id (two queries in all)."""
+def serialize_jobs(
+    session: Session, jobs: list[Job], *, history: bool = True
+) -> list[dict[str, Any]]:
+    """The API view of jobs, with their model id and (`history`) their loss histories; two
+    queries in all. Without `history` (`GET /jobs` unless `include=history`) the histories are
+    left out and only each job's last epoch is read (`progress.loss`)."""
     ids = [job.id for job in jobs]
-    history: dict[str, list[JobEpoch]] = {i: [] for i in ids}
+    epochs: dict[str, list[JobEpoch]] = {i: [] for i in ids}
+    last_loss: dict[str, float] = {}
     model_ids: dict[str, str] = {}
     if ids:
-        for row in session.scalars(
-            sa.select(JobEpoch).where(JobEpoch.job_id.in_(ids)).order_by(JobEpoch.epoch)
-        ):
-            history[row.job_id].append(row)
+        if history:
+            for row in session.scalars(
+                sa.select(JobEpoch).where(JobEpoch.job_id.in_(ids)).order_by(JobEpoch.epoch)
+            ):
+                epochs[row.job_id].append(row)
+            last_loss = {i: rows[-1].loss for i, rows in epochs.items() if rows}
+        else:
+            latest = (
+                sa.select(JobEpoch.job_id, sa.func.max(JobEpoch.epoch).label("epoch"))
+                .where(JobEpoch.job_id.in_(ids))
+                .group_by(JobEpoch.job_id)
+                .subquery()
+            )
+            last_loss = {
+                row.job_id: row.loss
+                for row in session.execute(
+                    sa.select(JobEpoch.job_id, JobEpoch.loss).join(
+                        latest,
+                        sa.and_(
+                            JobEpoch.job_id == latest.c.job_id, JobEpoch.epoch == latest.c.epoch
+                        ),
+                    )
+                )
+            }
         for job_id, model_id in session.execute(
             sa.select(TrainedModel.job_id, TrainedModel.id).where(TrainedModel.job_id.in_(ids))
         ):
             model_ids[job_id] = model_id
-    return [
-        {
+    out = []
+    for job in jobs:
+        item: dict[str, Any] = {
             "id": job.id,
             "name": job.name,
             "tags": job.tags or {},
@@ -334,25 +360,46 @@ def serialize_jobs(session: Session, jobs: list[Job]) -> list[dict[str, Any]]:
             "params": job.params,
             "model": job.model_spec,
             "training": job.training_spec,
-            "progress": {"epoch": job.epoch, "epochs": job.epochs},
-            "loss_history": [e.loss for e in history[job.id]],
-            "val_loss_history": [e.val_loss for e in history[job.id] if e.val_loss is not None],
-            "metrics": job.metrics or {},
-            "evaluation": job.evaluation,
-            "best_epoch": job.best_epoch,
-            "stopped_epoch": job.stopped_epoch,
-            "stop_reason": job.stop_reason
-            or (job.status if job.status in ("cancelled", "failed") else None),
-            "error": job.error,
-            "model_id": model_ids.get(job.id),
-            "attempts": job.attempts,
-            "cancel_requested": job.cancel_requested,
-            "created_at": job.created_at,
-            "started_at": job.started_at,
-            "finished_at": job.finished_at,
+            "progress": {
+                "epoch": job.epoch,
+                "epochs": job.epochs,
+                "loss": last_loss.get(job.id),
+            },
         }
-        for job in jobs
-    ]
+        if history:
+            item["loss_history"] = [e.loss for e in epochs[job.id]]
+            item["val_loss_history"] = [
+                e.val_loss for e in epochs[job.id] if e.val_loss is not None
+            ]
+        item.update(
+            {
+                "metrics": job.metrics or {},
+                "evaluation": job.evaluation,
+                "best_epoch": job.best_epoch,
+                "stopped_epoch": job.stopped_epoch,
+                "stop_reason": job.stop_reason
+                or (job.status if job.status in ("cancelled", "failed") else None),
+                "error": job.error,
+                "model_id": model_ids.get(job.id),
+                "attempts": job.attempts,
+                "cancel_requested": job.cancel_requested,
+                "created_at": job.created_at,
+                "started_at": job.started_at,
+                "finished_at": job.finished_at,
+            }
+        )
+        out.append(item)
+    return out
+
+
+def history_since(session: Session, job_id: str, since_epoch: int) -> list[dict[str, Any]]:
+    """The job's epochs after `since_epoch`: `{"epoch", "loss", "val_loss"}` each."""
+    rows = session.execute(
+        sa.select(JobEpoch.epoch, JobEpoch.loss, JobEpoch.val_loss)
+        .where(JobEpoch.job_id == job_id, JobEpoch.epoch > since_epoch)
+        .order_by(JobEpoch.epoch)
+    )
+    return [{"epoch": r.epoch, "loss": r.loss, "val_loss": r.val_loss} for r in rows]
 
 
 def serialize_job(session: Session, job: Job) -> dict[str, Any]:

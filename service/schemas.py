@@ -451,6 +451,9 @@ class JobInSchema(Schema):
 class ProgressSchema(Schema):
     epoch = fields.Integer(metadata={"description": "Finished epochs."})
     epochs = fields.Integer()
+    loss = fields.Float(
+        allow_none=True, metadata={"description": "The last finished epoch's training loss."}
+    )
 
 
 class JobSchema(Schema):
@@ -469,7 +472,13 @@ class JobSchema(Schema):
     model = fields.Dict(metadata={"description": "The model spec with every default filled."})
     training = fields.Dict(metadata={"description": "The training spec, defaults filled."})
     progress = fields.Nested(ProgressSchema)
-    loss_history = fields.List(fields.Float(), metadata={"description": "Per finished epoch."})
+    loss_history = fields.List(
+        fields.Float(),
+        metadata={
+            "description": "Per finished epoch (left out of `GET /jobs` items unless "
+            "`include=history`)."
+        },
+    )
     val_loss_history = fields.List(fields.Float())
     metrics = fields.Dict(
         allow_none=True,
@@ -608,6 +617,13 @@ TAG_FILTER = validate.Regexp(r"^[^:\x00]{1,64}:[^\x00]{0,200}$", error="must be 
 
 class JobPageQuerySchema(PageQuerySchema):
     status = fields.String(validate=validate.OneOf(JOB_STATUSES))
+    include = fields.List(
+        fields.String(validate=validate.OneOf(["history"])),
+        metadata={
+            "description": "`history`: the items carry `loss_history` and `val_loss_history` "
+            "(left out otherwise; `GET /jobs/{id}/history` gives one job's)."
+        },
+    )
     tag = fields.List(
         fields.String(validate=TAG_FILTER),
         metadata={"description": "`key:value`; repeat for several (all must match)."},

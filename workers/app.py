@@ -10,10 +10,9 @@ from service import create_app
 from workers import (
     maintenance,
     tasks,  # noqa: F401  (registers the tasks)
-    webhooks,  # the delivery task and the webhook scan
+    webhooks,  # noqa: F401  (registers the webhook delivery task)
 )
 
 flask_app = create_app()
 celery_app = flask_app.extensions["celery"]
 maintenance.install(flask_app, celery_app)
-webhooks.install(flask_app, celery_app)

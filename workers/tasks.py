@@ -24,6 +24,8 @@ id and:
    with `stop_reason` `early_termination`), and once the trial has ended starts the sweep's
    next trials at once (`sweeps.advance`, published from this process); a worker lost before
    that step leaves it to every worker's maintenance loop.
+6. Once the job (and perhaps its sweep) has ended, records its webhook deliveries and publishes
+   them (`workers.webhooks.announce`; the maintenance loop's scan catches any it could not).
 
 Lost workers whose message never comes back, hard time limits and lost messages are handled by
 `workers.maintenance` (reaper, reconciler) in the worker's main process.
@@ -49,6 +51,7 @@ from service.datasets import load_data
 from service.db import session_scope
 from service.lifecycle import TRAIN_TASK, Claim
 from service.models import Dataset, Job, Sweep
+from workers import webhooks
 from workers.runtime import Heartbeat, SoftLimit, session_factory, with_db_retry
 
 log = logging.getLogger(__name__)
@@ -69,6 +72,7 @@ def train_job(self: Any, job_id: str) -> str:
         log.info("job %s is running elsewhere; looking again in %ss", job_id, settings.stale_after)
         raise self.retry(countdown=settings.stale_after) from None
     after_trial(factory, self.app, job_id, settings)
+    webhooks.announce(factory, self.app, job_id)
     return outcome
 
 

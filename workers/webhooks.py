@@ -3,29 +3,27 @@
 - The task `trainyard.deliver_webhook` (its only argument a delivery id) sends one attempt
   (`webhooks.deliver`: claim, POST with a deadline, record) and, when it failed with attempts
   left, publishes the next one with the backoff as its countdown.
-- `WebhookScan`, a daemon thread in every worker's main process (started on `worker_ready`, like
-  the maintenance loop, every `TRAINYARD_MAINTENANCE_INTERVAL` seconds; 0 turns it off), runs
-  `webhooks.scan`: records the deliveries of recently finished jobs that have none yet and
-  publishes due attempts whose message was never sent, was lost, or whose worker was lost. A
-  job's final status reaches its webhooks however it ended (its worker, the reaper, a cancel
-  from the API) and whichever process was lost on the way.
+- `announce`, called by the training task once its job has ended: records the deliveries of
+  the job's final status (and of its sweep's end) and publishes them at once.
+- The safety net is the maintenance loop's `webhooks.scan` (`workers.maintenance`): jobs and
+  sweeps that ended without deliveries (a lost worker, a cancel from the API, a sweep's end)
+  get them, and due attempts whose message was lost are published again. A job's final status
+  reaches its webhooks however it ended and whichever process was lost on the way.
 """
 
 from __future__ import annotations
 
 import logging
-import random
-import threading
 from typing import Any
 
+import sqlalchemy as sa
 from celery import Celery, shared_task
-from celery.signals import worker_ready, worker_shutdown
-from flask import Flask, current_app
+from flask import current_app
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import webhooks
 from service.config import Settings
-from service.db import make_engine, make_sessionmaker
+from service.models import FINAL_STATUSES, Job
 from service.webhooks import DELIVER_TASK
 from workers.runtime import session_factory, with_db_retry
 
@@ -45,57 +43,26 @@ def deliver_webhook(self: Any, delivery_id: str) -> str:
     return outcome.status
 
 
-class WebhookScan:
-    """The periodic `webhooks.scan` of one worker's main process (a daemon thread)."""
-
-    def __init__(self, flask_app: Flask, celery: Celery) -> None:
-        self.settings = Settings.from_flask_config(flask_app.config)
-        self.celery = celery
-        self._factory: sessionmaker[Session] | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    @property
-    def factory(self) -> sessionmaker[Session]:
-        if self._factory is None:
-            self._factory = make_sessionmaker(make_engine(self.settings.database_url))
-        return self._factory
-
-    def scan(self) -> dict[str, int]:
-        return webhooks.scan(self.factory, self.celery, self.settings)
-
-    def start(self) -> None:
-        if self.settings.maintenance_interval <= 0 or self._thread is not None:
-            return
-        self._thread = threading.Thread(target=self._run, name="trainyard-webhooks", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _run(self) -> None:
-        interval = self.settings.maintenance_interval
-        wait = random.uniform(0.1, 0.5) * interval
-        while not self._stop.wait(wait):
-            try:
-                done = self.scan()
-                if any(done.values()):
-                    log.info("webhooks: %s", done)
-            except Exception:
-                log.warning("webhook scan failed; trying again later", exc_info=True)
-            wait = interval * random.uniform(0.8, 1.2)
-
-
-def install(flask_app: Flask, celery: Celery) -> WebhookScan:
-    """Run the scan in this worker's main process once it is ready."""
-    scan = WebhookScan(flask_app, celery)
-
-    def on_ready(**_: Any) -> None:
-        scan.start()
-
-    def on_shutdown(**_: Any) -> None:
-        scan.stop()
-
-    worker_ready.connect(on_ready, weak=False)
-    worker_shutdown.connect(on_shutdown, weak=False)
-    return scan
+def announce(factory: sessionmaker[Session], celery: Celery, job_id: str) -> list[str]:
+    """Right after this worker ended job `job_id`: record the deliveries of its final status
+    (and of its sweep's end, if that came with it) and publish them. Never raises: whatever
+    fails here, the maintenance loop's scan does later. Returns the delivery ids published."""
+    try:
+        with factory() as session:
+            row = session.execute(
+                sa.select(Job.status, Job.sweep_id).where(Job.id == job_id)
+            ).first()
+        if row is None or row.status not in FINAL_STATUSES:
+            return []
+        made = with_db_retry(
+            lambda: webhooks.enqueue_for_job(factory, job_id, row.status), f"job {job_id} hooks"
+        )
+        if row.sweep_id is not None:
+            made += with_db_retry(
+                lambda: webhooks.enqueue_for_sweep(factory, row.sweep_id), f"job {job_id} sweep"
+            )
+        webhooks.publish(factory, celery, made)
+        return made
+    except Exception:
+        log.warning("job %s: webhook deliveries left to the scan", job_id, exc_info=True)
+        return []

@@ -1,4 +1,5 @@
-"""Live events: `GET /jobs/{id}/events`, a job's server-sent-events stream (`service.events`)."""
+"""Live events: `GET /jobs/{id}/events`, a job's server-sent-events stream (`service.events`),
+and `GET /jobs/{id}/history?since_epoch=N`, the epochs a client is missing."""
 
 from __future__ import annotations
 
@@ -81,3 +82,38 @@ def job_events(query: dict[str, Any], headers: dict[str, Any], job_id: str) -> R
         mimetype="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+class HistoryQuerySchema(Schema):
+    since_epoch = fields.Integer(
+        load_default=0,
+        validate=validate.Range(min=0, max=MAX_EVENT_ID),
+        metadata={"description": "Only the epochs after this one (0: all)."},
+    )
+
+
+class EpochSchema(Schema):
+    epoch = fields.Integer()
+    loss = fields.Float(allow_none=True)
+    val_loss = fields.Float(allow_none=True)
+
+
+class HistorySchema(Schema):
+    job_id = fields.String()
+    attempts = fields.Integer(
+        metadata={"description": "The attempt these epochs belong to (a new one starts over)."}
+    )
+    epochs = fields.List(fields.Nested(EpochSchema))
+
+
+@blp.route("/<job_id>/history")
+@blp.arguments(HistoryQuerySchema, location="query", unknown=RAISE)
+@blp.response(200, HistorySchema)
+@blp.alt_response(404, schema=ErrorSchema, description="No such job.")
+def job_history(query: dict[str, Any], job_id: str) -> dict[str, Any]:
+    """A job's finished epochs after `since_epoch` (`{"epoch", "loss", "val_loss"}` each): what a
+    client that has the first N is missing, without the whole job."""
+    session = db()
+    job = jobs.get_job(session, job_id, current_owner())
+    epochs = jobs.history_since(session, job.id, query["since_epoch"])
+    return {"job_id": job.id, "attempts": job.attempts, "epochs": events.finite_epochs(epochs)}

@@ -32,6 +32,9 @@ class Jobs(MethodView):
         """List jobs, newest first, optionally only those with one `status`, `dataset_id`,
         `sweep_id` (a sweep's trials, in trial order) or `tag=key:value` (repeatable).
 
+        Items leave out `loss_history` and `val_loss_history` unless `include=history`
+        (`progress.loss` is the last epoch's loss either way).
+
         Paginated with `page` (from 1) and `page_size` (1 to 100); the body holds the page's
         `items` and `pagination` (`page`, `page_size`, `total`, `pages`).
         """
@@ -46,7 +49,8 @@ class Jobs(MethodView):
             dataset_id=query.get("dataset_id"),
             sweep_id=query.get("sweep_id"),
         )
-        return page(jobs.serialize_jobs(session, rows), total, query)
+        history = "history" in (query.get("include") or [])
+        return page(jobs.serialize_jobs(session, rows, history=history), total, query)
 
     @json_only
     @blp.arguments(JobInSchema)

@@ -6,9 +6,11 @@ import csv
 import io
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import requests
 
 from client import (
     ApiError,
@@ -349,3 +351,38 @@ def test_client_imports_no_flask_service_or_workers() -> None:
 
     for path in (ROOT / "client").rglob("*.py"):
         assert not imported_packages(path) & {"flask", "service", "workers", "celery"}, path
+
+
+def test_wait_follows_the_event_stream_and_falls_back_to_polling(service: LiveService) -> None:
+    """`wait` sees every epoch, in order, from the job's event stream (a poll every 10 s would
+    see almost none); with the stream breaking every time it still ends with the finished
+    job, by polling."""
+    api = service.client()
+    x, y = moons(200)
+    dataset = api.upload_dataset(x, y, name="stream")
+    job = api.submit_job(dataset["id"], [32, 32, 1], loss="binary_cross_entropy", epochs=300,
+                         batch_size=8, validation_split=0.2)  # fmt: skip
+    seen: list[Any] = []
+    done = api.wait(job["id"], poll_interval=10, timeout=120, on_progress=seen.append)
+    assert done["status"] == "succeeded"
+    assert "running" in [j["status"] for j in seen]
+    epochs = [j["progress"]["epoch"] for j in seen]
+    # once the stream is open, every epoch, in order (its first state may be past some)
+    first = next(e for e in epochs if e > 0)
+    assert set(range(first, 301)) <= set(epochs) and epochs == sorted(epochs)
+    middle = seen[len(seen) // 2]
+    n = middle["progress"]["epoch"]
+    assert middle["loss_history"] == done["loss_history"][:n]
+    assert middle["val_loss_history"] == done["val_loss_history"][:n]
+    assert seen[-1] == done
+
+    class Broken(Client):
+        def _follow(self, *args: Any, **kwargs: Any) -> Any:
+            raise requests.ConnectionError("a proxy cut the stream")
+
+    broken = Broken(api.url, api.api_key)
+    job = api.submit_job(dataset["id"], [4, 1], loss="binary_cross_entropy", epochs=5)
+    polled: list[Any] = []
+    done = broken.wait(job["id"], poll_interval=0.05, timeout=120, on_progress=polled.append)
+    assert done["status"] == "succeeded" and len(done["loss_history"]) == 5
+    assert polled[-1]["status"] == "succeeded"

@@ -27,6 +27,7 @@ API_ROUTES = [
     ("POST", "/api/v1/jobs/x/cancel"),
     ("PATCH", "/api/v1/jobs/x"),
     ("GET", "/api/v1/jobs/x/events"),
+    ("GET", "/api/v1/jobs/x/history"),
     ("GET", "/api/v1/webhooks"),
     ("POST", "/api/v1/webhooks"),
     ("GET", "/api/v1/webhooks/x"),

@@ -240,7 +240,7 @@ def test_a_job_that_finishes_while_streaming(app: Flask, client: FlaskClient) ->
     assert not errors, errors
     assert summary(events) == ["running", 1, 2, 3, 4, 5, "succeeded"]
     assert events[0]["data"]["attempts"] == 1
-    assert events[-1]["data"]["progress"] == {"epoch": 5, "epochs": 5}
+    assert events[-1]["data"]["progress"] == {"epoch": 5, "epochs": 5, "loss": 0.2}
     assert time.monotonic() - started < 15  # never the 60 s safety net
     assert app.extensions["event_hub"].streams() == 0
 
@@ -347,3 +347,33 @@ def test_the_stream_is_documented(app: Flask, client: FlaskClient) -> None:
     assert "text/event-stream" in op["responses"]["200"]["content"]
     assert {"404", "401", "422"} <= set(op["responses"])
     assert any(p["name"] == "Last-Event-ID" for p in op["parameters"])
+
+
+def test_history_since_an_epoch(app: Flask, client: FlaskClient, bob: FlaskClient) -> None:
+    job_id = trained(app, client, epochs=4)
+    whole = client.get(f"/api/v1/jobs/{job_id}/history").get_json()
+    assert whole["job_id"] == job_id and whole["attempts"] == 1
+    assert [e["epoch"] for e in whole["epochs"]] == [1, 2, 3, 4]
+    assert whole["epochs"][1] == {"epoch": 2, "loss": 0.5, "val_loss": 1.0}
+    since = client.get(f"/api/v1/jobs/{job_id}/history?since_epoch=2").get_json()
+    assert [e["epoch"] for e in since["epochs"]] == [3, 4]
+    assert client.get(f"/api/v1/jobs/{job_id}/history?since_epoch=4").get_json()["epochs"] == []
+    assert_error(client.get(f"/api/v1/jobs/{job_id}/history?since_epoch=-1"), 422, "since_epoch")
+    assert_error(bob.get(f"/api/v1/jobs/{job_id}/history"), 404)
+    assert_error(client.get("/api/v1/jobs/nope/history"), 404)
+
+
+def test_job_lists_leave_out_histories_unless_asked(app: Flask, client: FlaskClient) -> None:
+    job_id = trained(app, client, epochs=3)
+    submit(client)  # one with no epoch yet
+    items = client.get("/api/v1/jobs").get_json()["items"]
+    assert all("loss_history" not in j and "val_loss_history" not in j for j in items)
+    assert [j["progress"] for j in items] == [
+        {"epoch": 0, "epochs": 5, "loss": None},
+        {"epoch": 5, "epochs": 5, "loss": pytest.approx(1 / 3)},  # the results' epoch
+    ]
+    full = client.get("/api/v1/jobs?include=history").get_json()["items"]
+    assert full[1]["loss_history"] == pytest.approx([1.0, 0.5, 1 / 3])
+    assert full[1]["val_loss_history"] == pytest.approx([2.0, 1.0, 2 / 3])
+    one = client.get(f"/api/v1/jobs/{job_id}").get_json()
+    assert one["loss_history"] == full[1]["loss_history"] and one["progress"] == full[1]["progress"]

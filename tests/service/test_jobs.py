@@ -69,7 +69,7 @@ def test_submit_with_dataset_id(
     assert job["evaluation"] is None
     assert job["best_epoch"] is None and job["stopped_epoch"] is None
     assert job["stop_reason"] is None
-    assert job["progress"] == {"epoch": 0, "epochs": 7}
+    assert job["progress"] == {"epoch": 0, "epochs": 7, "loss": None}
     assert job["loss_history"] == [] and job["val_loss_history"] == []
     assert job["metrics"] == {} and job["error"] is None and job["model_id"] is None
     assert job["attempts"] == 0 and job["started_at"] is None and job["finished_at"] is None
@@ -321,7 +321,7 @@ def test_poll_shows_history_progress_and_metrics(app: Flask, client: FlaskClient
     assert polled["status"] == "running"
     assert polled["loss_history"] == [0.9, 0.5, 0.25]
     assert polled["val_loss_history"] == pytest.approx([1.0, 0.6, 0.35])
-    assert polled["progress"] == {"epoch": 3, "epochs": 7}
+    assert polled["progress"] == {"epoch": 3, "epochs": 7, "loss": 0.25}
     assert polled["attempts"] == 1
     assert polled["started_at"].endswith("+00:00")
     set_job(app, job["id"], status="failed", error="loss became nan", finished_at=utcnow())
@@ -341,7 +341,11 @@ def test_list_filter_and_pagination(app: Flask, client: FlaskClient) -> None:
     body = client.get(f"{URL}?page_size=2").get_json()
     assert body["pagination"] == {"page": 1, "page_size": 2, "total": 5, "pages": 3}
     assert [j["id"] for j in body["items"]] == [ids[4], ids[3]]
-    assert "loss_history" in body["items"][0]
+    # items leave out the histories unless asked for
+    assert "loss_history" not in body["items"][0] and "val_loss_history" not in body["items"][0]
+    with_history = client.get(f"{URL}?page_size=2&include=history").get_json()
+    assert with_history["items"][0]["loss_history"] == []
+    assert_error(client.get(f"{URL}?include=everything"), 422, "include.0")
     page2 = client.get(f"{URL}?page_size=2&page=2").get_json()
     assert [j["id"] for j in page2["items"]] == [ids[2], ids[1]]
     running = client.get(f"{URL}?status=running").get_json()

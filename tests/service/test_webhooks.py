@@ -378,6 +378,29 @@ def test_a_finished_sweep_announces_sweep_finished(
     assert event["data"]["sweep"] == client.get(f"/api/v1/sweeps/{sweep_id}").get_json()
 
 
+@ALLOW
+def test_the_worker_that_ended_a_job_announces_it_at_once(
+    app: Flask, client: FlaskClient, receiver: Receiver, queued_messages: Callable[[], int]
+) -> None:
+    from workers.webhooks import announce
+
+    create(client, receiver.url, ["job.succeeded"])
+    celery = app.extensions["celery"]
+    running = client.post("/api/v1/jobs", json={"dataset_id": post_dataset(client), **SPEC})
+    assert announce(factory_of(app), celery, running.get_json()["id"]) == []  # not ended
+    job_id = finished_job(app, client)
+    before = queued_messages()
+    (made,) = announce(factory_of(app), celery, job_id)
+    assert queued_messages() == before + 1
+    (row,) = deliveries(app)
+    assert row.id == made and row.published_at is not None
+    assert announce(factory_of(app), celery, job_id) == []  # once
+    assert webhooks.scan(factory_of(app), celery, settings_of(app)) == {
+        "created": 0,
+        "published": 0,
+    }
+
+
 # -- sending --------------------------------------------------------------------------------------
 
 

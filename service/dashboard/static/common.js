@@ -102,6 +102,43 @@
     return (await request("POST", path, formData)).json();
   }
 
+  // A server-sent-events stream with the key: fetch() with a streamed body, as EventSource
+  // cannot send an Authorization header. Calls onEvent(type, data, id) for each event as it
+  // arrives; resolves when the stream ends (rejects when it cannot be opened or breaks).
+  async function readEvents(path, extraHeaders, onEvent, signal) {
+    const init = {
+      method: "GET",
+      headers: headers(Object.assign({ Accept: "text/event-stream" }, extraHeaders || {})),
+      cache: "no-store",
+      signal: signal,
+    };
+    const response = await fetch(API + path, init);
+    if (!response.ok) throw await errorFrom(response);
+    if (!response.body) throw new ApiError(0, "no_stream", "This browser cannot read a streamed answer.");
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = "";
+    for (;;) {
+      const chunk = await reader.read();
+      if (chunk.done) break;
+      buffer += decoder.decode(chunk.value, { stream: true });
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        const block = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        let type = "message";
+        let data = "";
+        let id = null;
+        block.split("\n").forEach(function (line) {
+          if (line.startsWith("event:")) type = line.slice(6).trim();
+          else if (line.startsWith("data:")) data += line.slice(5).trim();
+          else if (line.startsWith("id:")) id = line.slice(3).trim();
+        });
+        if (data) onEvent(type, JSON.parse(data), id);
+      }
+    }
+  }
+
   // For what needs the key but is shown by the browser (graph SVG, weights): a blob URL.
   async function blobUrl(path) {
     const response = await request("GET", path);
@@ -234,6 +271,7 @@
     postJson: postJson,
     postForm: postForm,
     blobUrl: blobUrl,
+    readEvents: readEvents,
     el: el,
     fmtNumber: fmtNumber,
     fmtTime: fmtTime,

@@ -1,4 +1,5 @@
-// The job page: live loss curve (Chart.js, the best epoch marked), why training stopped, spec
+// The job page: live loss curve (Chart.js, the best epoch marked; fed by the job's event
+// stream, polling only when the stream keeps breaking), why training stopped, spec
 // and metrics; for a finished job the evaluation on each split (a table, and for classification
 // the confusion matrix and per-class scores), the model's graph SVG, a weights download, a
 // predict form with an input per column and, for 2 numeric columns with 2 or 3 classes, the
@@ -322,9 +323,94 @@
     job = await T.getJson("/jobs/" + encodeURIComponent(jobId));
     show();
     T.flash("");
+    await finished();
+  }
+
+  async function finished() {
     if (job.status === "succeeded" && job.model_id && !model) {
-      poller.stop();
       await loadModel(job.model_id);
+    }
+  }
+
+  // -- live: the job's event stream ----------------------------------------------------------
+
+  // Redraw at most once a frame, however fast epochs arrive.
+  let drawPending = false;
+  function drawSoon() {
+    if (drawPending) return;
+    drawPending = true;
+    window.requestAnimationFrame(function () {
+      drawPending = false;
+      show();
+    });
+  }
+
+  // One epoch event into the job: progress and histories (an epoch the job already holds, as
+  // a status event's job may be ahead of the epochs that follow it, changes nothing).
+  function addEpoch(e) {
+    const history = job.loss_history || (job.loss_history = []);
+    if (e.epoch > history.length) {
+      history.push(e.loss);
+      const val = job.val_loss_history || (job.val_loss_history = []);
+      if (e.val_loss !== null && e.val_loss !== undefined && e.epoch > val.length) val.push(e.val_loss);
+    }
+    const p = job.progress || (job.progress = { epoch: 0, epochs: 0 });
+    if (e.epoch >= (p.epoch || 0)) {
+      p.epoch = e.epoch;
+      p.loss = e.loss;
+    }
+  }
+
+  // Follows the stream until it ends; true if it sent anything. The stream resumes after the
+  // last epoch this page holds (Last-Event-ID), so nothing comes twice.
+  async function follow() {
+    let got = false;
+    const last = String((job.loss_history || []).length);
+    await T.readEvents("/jobs/" + encodeURIComponent(jobId) + "/events", { "Last-Event-ID": last }, function (type, data) {
+      got = true;
+      if (type === "status") {
+        job = data;
+        show();
+      } else if (type === "epoch") {
+        addEpoch(data);
+        drawSoon();
+      }
+    });
+    return got;
+  }
+
+  function sleep(ms) {
+    return new Promise(function (resolve) { window.setTimeout(resolve, ms); });
+  }
+
+  // The page's loop: the job, then its stream until the job is finished. When the stream
+  // breaks (a proxy that cuts long answers), poll once and open it again; after three breaks
+  // that sent nothing, poll every second instead.
+  async function live() {
+    let breaks = 0;
+    for (;;) {
+      try {
+        await refresh();
+      } catch (e) {
+        T.flash(e.status === 401 ? "The API needs a key." : "Could not refresh: " + e.message);
+      }
+      if (job && T.FINISHED.indexOf(job.status) >= 0) return;
+      if (job && breaks < 3) {
+        document.getElementById("loss-chart").dataset.live = "stream";
+        try {
+          breaks = (await follow()) ? 0 : breaks + 1;
+        } catch (e) {
+          breaks += 1;
+        }
+        if (T.FINISHED.indexOf(job.status) >= 0) {
+          show();
+          await finished();
+          return;
+        }
+      } else {
+        document.getElementById("loss-chart").dataset.live = "poll";
+        await sleep(1000);
+      }
     }
   }
 
@@ -626,7 +712,5 @@
   });
 
   lossChart = makeLossChart();
-  const poller = T.poll(refresh, function () {
-    return job && T.FINISHED.indexOf(job.status) >= 0 ? 0 : 1000;
-  });
+  live();
 })();

@@ -21,10 +21,12 @@
   const filter = document.getElementById("status-filter");
   const note = document.getElementById("refresh-note");
 
+  // The list's items carry no loss history (the page would download every job's): the saved
+  // model's loss, else the last finished epoch's.
   function finalLoss(job) {
     if (job.metrics && typeof job.metrics.loss === "number") return job.metrics.loss;
-    const history = job.loss_history || [];
-    return history.length ? history[history.length - 1] : null;
+    const p = job.progress || {};
+    return typeof p.loss === "number" ? p.loss : null;
   }
 
   function row(job) {

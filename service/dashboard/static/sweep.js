@@ -225,7 +225,8 @@
 
   async function refresh() {
     sweep = await T.getJson("/sweeps/" + encodeURIComponent(sweepId));
-    const page = await T.getJson("/jobs?sweep_id=" + encodeURIComponent(sweepId) + "&page_size=100");
+    // the trials' curves: their histories too
+    const page = await T.getJson("/jobs?sweep_id=" + encodeURIComponent(sweepId) + "&page_size=100&include=history");
     jobs = {};
     page.items.forEach(function (job) { jobs[job.id] = job; });
     render();
