@@ -28,4 +28,5 @@ RUN useradd --create-home --uid 10001 trainyard && mkdir -p var && chown trainya
 USER trainyard
 
 EXPOSE 8000
-CMD ["gunicorn", "--bind", "0.0.0.0:8000", "--workers", "2", "service:create_app()"]
+CMD ["gunicorn", "--bind", "0.0.0.0:8000", "--workers", "2", "--worker-class", "gthread", \
+     "--threads", "128", "service:create_app()"]

@@ -117,6 +117,8 @@ def api_command(port: int, workers: int = 2) -> list[str]:
     return [
         sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}",
         "--workers", str(workers), "--access-logfile", "-",
+        # event streams hold a thread each while open: threads, not sync workers
+        "--worker-class", "gthread", "--threads", "128",
         # gunicorn's default control socket is one per user, shared with any other gunicorn
         "--no-control-socket",
         "service:create_app()",
