@@ -112,3 +112,38 @@ def cancel(sweep_id: str) -> dict[str, Any]:
     (`cancelled`); the sweep is `cancelled` once none runs."""
     session = db()
     return sweeps.serialize_sweep(session, sweeps.cancel_sweep(session, sweep_id, current_owner()))
+
+
+SWEEP_STREAM_DOC = (
+    "`text/event-stream`: `event: status` (`data:` the sweep as `GET /sweeps/{id}` gives it) "
+    "first and on every change of status; `event: trial.started` / `trial.finished` (`data: "
+    '{"job_id", "index", "params", ...}`) as trials start and end; `event: best` when the best '
+    "trial changes; `: keep-alive` comments when idle. The stream ends after the final status."
+)
+
+
+@blp.route("/<sweep_id>/events")
+@blp.response(200, description=SWEEP_STREAM_DOC, content_type="text/event-stream")
+@blp.alt_response(404, schema=ErrorSchema, description="No such sweep.")
+def sweep_events(sweep_id: str) -> Response:
+    """Stream a sweep's events (server-sent events) until it is finished.
+
+    A finished sweep replays its trials, best and final status, then the stream ends; a client
+    that reconnects gets the sweep's state again (events carry no ids). Read from the store
+    every second, whichever workers run the trials.
+    """
+    from service.config import Settings
+    from service.sweep_events import sweep_stream
+
+    session = db()
+    sweep_id = sweeps.get_sweep(session, sweep_id, current_owner()).id  # 404 before streaming
+    session.close()
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    stream = sweep_stream(
+        app.extensions["db_sessionmaker"], sweep_id, Settings.from_flask_config(app.config)
+    )
+    return Response(
+        stream,
+        mimetype="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

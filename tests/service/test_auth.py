@@ -38,6 +38,7 @@ API_ROUTES = [
     ("GET", "/api/v1/sweeps/x"),
     ("PATCH", "/api/v1/sweeps/x"),
     ("POST", "/api/v1/sweeps/x/cancel"),
+    ("GET", "/api/v1/sweeps/x/events"),
     ("GET", "/api/v1/models"),
     ("GET", "/api/v1/models/x"),
     ("GET", "/api/v1/models/x/weights"),

@@ -406,6 +406,7 @@ def test_the_sweep_api_is_in_the_openapi_document(client: FlaskClient) -> None:
     assert {"get", "post"} <= set(spec["paths"]["/api/v1/sweeps"])
     assert {"get", "patch"} <= set(spec["paths"]["/api/v1/sweeps/{sweep_id}"])
     assert "post" in spec["paths"]["/api/v1/sweeps/{sweep_id}/cancel"]
+    assert "get" in spec["paths"]["/api/v1/sweeps/{sweep_id}/events"]
     assert "patch" in spec["paths"]["/api/v1/jobs/{job_id}"]
     schemas = spec["components"]["schemas"]
     assert {"base", "parameters", "metric", "max_parallel"} <= set(schemas["SweepIn"]["properties"])
