@@ -35,6 +35,7 @@ from core.spec import (
 )
 from core.table import Table, numeric_column
 from engine import nn, optim
+from engine.optim import lr_scheduler
 
 #: `on_epoch(epoch, loss, val_loss)` after each finished epoch (1-based); False stops training.
 EpochCallback = Callable[[int, float, float | None], bool]
@@ -187,40 +188,41 @@ def make_optimizer(params: list[engine.Tensor], spec: dict[str, Any]) -> Any:
 
 
 class LRSchedule:
-    """The learning rate for each epoch: constant, step, cosine, or reduced on a plateau of
-    the monitored loss (the validation loss when there is one, else the training loss)."""
+    """`training.lr_schedule` on the engine's schedulers (`engine.optim.lr_scheduler`, PyTorch's
+    semantics): epoch 1 runs at the base rate, and each finished epoch steps the scheduler (on a
+    plateau of the monitored loss: the validation loss when there is one, else the training
+    loss). `step` multiplies by `gamma` every `step_size` epochs; `cosine` anneals to `min_lr`
+    at the last epoch; `plateau` multiplies by `factor` after `patience` epochs without
+    improvement."""
 
-    def __init__(self, spec: dict[str, Any], base_lr: float, epochs: int) -> None:
-        self.spec = spec
+    def __init__(self, spec: dict[str, Any], optimizer: Any, epochs: int) -> None:
         self.kind = spec.get("type", "constant")
-        self.base_lr = base_lr
-        self.epochs = epochs
-        self.lr = base_lr
-        self._best = math.inf
-        self._wait = 0
-
-    def before_epoch(self, epoch: int) -> float:
-        """The rate for `epoch` (1-based)."""
+        self.optimizer = optimizer
+        self.scheduler: Any = None
         if self.kind == "step":
-            self.lr = self.base_lr * float(self.spec["gamma"]) ** (
-                (epoch - 1) // int(self.spec["step_size"])
+            self.scheduler = lr_scheduler.StepLR(
+                optimizer, step_size=int(spec["step_size"]), gamma=float(spec["gamma"])
             )
         elif self.kind == "cosine":
-            low = float(self.spec["min_lr"])
-            t = (epoch - 1) / max(self.epochs - 1, 1)
-            self.lr = low + (self.base_lr - low) * (1 + math.cos(math.pi * t)) / 2
-        return self.lr
+            self.scheduler = lr_scheduler.CosineAnnealingLR(
+                optimizer, T_max=max(epochs - 1, 1), eta_min=float(spec["min_lr"])
+            )
+        elif self.kind == "plateau":
+            self.scheduler = lr_scheduler.ReduceLROnPlateau(
+                optimizer, factor=float(spec["factor"]), patience=int(spec["patience"])
+            )
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer.lr)
 
     def after_epoch(self, monitored: float) -> None:
-        if self.kind != "plateau":
+        if self.scheduler is None:
             return
-        if monitored < self._best:
-            self._best, self._wait = monitored, 0
-            return
-        self._wait += 1
-        if self._wait > int(self.spec["patience"]):
-            self.lr *= float(self.spec["factor"])
-            self._wait = 0
+        if self.kind == "plateau":
+            self.scheduler.step(monitored)
+        else:
+            self.scheduler.step()
 
 
 class EarlyStopping:
@@ -404,13 +406,12 @@ class _Run:
         model = build_mlp(self.architecture, seed=seed, dtype=self.dtype)
         model.train()
         opt = make_optimizer(model.parameters(), spec)
-        schedule = LRSchedule(spec["lr_schedule"], float(spec["learning_rate"]), epochs)
+        schedule = LRSchedule(spec["lr_schedule"], opt, epochs)
         n = len(x_train)
         batch_size = spec.get("batch_size") or n
         batch_size = max(1, min(int(batch_size), n))
         report = result if result is not None else TrainResult(self.architecture, {})
         for epoch in range(1, epochs + 1):
-            opt.lr = schedule.before_epoch(epoch)
             order = rng.permutation(n) if batch_size < n else np.arange(n)
             total = 0.0
             for start in range(0, n, batch_size):

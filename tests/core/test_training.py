@@ -9,6 +9,7 @@ import pytest
 
 from core.model import predict
 from core.training import DivergedError, EpochCallback, TrainResult, split_indices, train
+from engine import optim
 from tests.workers.datasets import blobs, moons, regression
 
 BINARY = {"layers": [16, 16, 1], "activation": "tanh"}
@@ -298,19 +299,26 @@ def test_dtype_is_the_weights_dtype(dtype: str) -> None:
 
 
 def test_learning_rate_schedules() -> None:
+    """The rate each epoch runs at (`lr` before the epoch, `after_epoch` once it finished)."""
     from core.training import LRSchedule
+    from engine import Tensor
 
-    step = LRSchedule({"type": "step", "step_size": 2, "gamma": 0.5}, 1.0, 10)
-    assert [step.before_epoch(e) for e in range(1, 6)] == [1.0, 1.0, 0.5, 0.5, 0.25]
-    cosine = LRSchedule({"type": "cosine", "min_lr": 0.1}, 1.0, 11)
-    assert cosine.before_epoch(1) == pytest.approx(1.0)
-    assert cosine.before_epoch(6) == pytest.approx(0.55)
-    assert cosine.before_epoch(11) == pytest.approx(0.1)
-    plateau = LRSchedule({"type": "plateau", "factor": 0.5, "patience": 1}, 1.0, 10)
-    for loss in (1.0, 0.9, 0.95, 0.95):
-        plateau.before_epoch(1)
-        plateau.after_epoch(loss)
-    assert plateau.lr == 0.5
+    def rates(spec: dict[str, object], epochs: int, losses: list[float] | None = None) -> list:
+        opt = optim.SGD([Tensor(np.zeros(1))], lr=1.0)
+        schedule = LRSchedule(spec, opt, epochs)
+        out = []
+        for epoch in range(epochs):
+            out.append(schedule.lr)
+            schedule.after_epoch(losses[epoch] if losses else 0.0)
+        return out
+
+    assert rates({"type": "constant"}, 3) == [1.0, 1.0, 1.0]
+    assert rates({"type": "step", "step_size": 2, "gamma": 0.5}, 5) == [1, 1, 0.5, 0.5, 0.25]
+    cosine = rates({"type": "cosine", "min_lr": 0.1}, 11)
+    assert cosine[0] == pytest.approx(1.0) and cosine[-1] == pytest.approx(0.1)
+    assert cosine[5] == pytest.approx(0.55)
+    plateau = rates({"type": "plateau", "factor": 0.5, "patience": 1}, 5, [1.0, 0.9, 0.95, 0.95, 1])
+    assert plateau == [1.0, 1.0, 1.0, 1.0, 0.5]
 
 
 def test_balanced_class_weight_lifts_the_minority_class() -> None:
