@@ -96,7 +96,7 @@ def main() -> None:
     assert r.status_code == 201, r.get_data(as_text=True)[:500]
     print(f"JSON body ({len(body) / 1e6:.1f} MB) stored: {json_time:.2f} s")
 
-    from service.models import DatasetData
+    from service.tables import DatasetData
 
     with app.extensions["db_sessionmaker"]() as session:
         stored = session.get(DatasetData, r.get_json()["id"])

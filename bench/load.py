@@ -29,7 +29,7 @@ from cluster import cluster
 
 from service.auth import create_api_key
 from service.db import make_engine, make_sessionmaker, session_scope
-from service.models import Job, TrainedModel
+from service.tables import Job, TrainedModel
 from tests.workers.datasets import moons
 
 REDIS_DB = 4

@@ -8,7 +8,7 @@ from alembic import context
 
 from service.config import VAR_DIR, Settings
 from service.db import make_engine
-from service.models import Base
+from service.tables import Base
 from service.webhook_models import Webhook  # noqa: F401  (its tables, in Base.metadata)
 
 config = context.config

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from service.db import session_scope, utcnow
 from service.errors import ApiError
-from service.models import ApiKey
+from service.tables import ApiKey
 
 KEY_PREFIX = "ty_"
 DISPLAY_PREFIX_LENGTH = len(KEY_PREFIX) + 8

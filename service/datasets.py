@@ -1,7 +1,7 @@
 """Datasets: store a parsed upload, look datasets up, list them, give their rows back.
 
 Parsing and checking what users upload is `service.ingest`'s job; the stored formats are in
-`service.models.DatasetData`.
+`service.tables.DatasetData`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from core.table import Table, table_from_bytes, table_to_bytes
 from service.db import paginate
 from service.errors import ApiError
 from service.ingest import ParsedDataset
-from service.models import Dataset, DatasetData, is_id
+from service.tables import Dataset, DatasetData, is_id
 
 
 def new_dataset(parsed: ParsedDataset, owner: str) -> Dataset:

@@ -52,7 +52,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.config import Settings
-from service.models import FINAL_STATUSES, Job, JobEpoch
+from service.tables import FINAL_STATUSES, Job, JobEpoch
 
 log = logging.getLogger(__name__)
 

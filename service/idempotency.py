@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from service.db import utcnow
 from service.errors import ApiError
-from service.models import IdempotentRequest
+from service.tables import IdempotentRequest
 
 HEADER = "Idempotency-Key"
 MAX_KEY_LENGTH = 255

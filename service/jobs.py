@@ -29,7 +29,7 @@ from service.db import paginate
 from service.errors import ApiError, InputError
 from service.ingest import ParsedDataset, parse_json_dataset
 from service.lifecycle import ACTIVE_STATUSES, FINAL_STATUSES
-from service.models import Job, JobEpoch, TrainedModel, is_id
+from service.tables import Job, JobEpoch, TrainedModel, is_id
 
 
 def parameter_count(nin: int, layers: list[int]) -> int:

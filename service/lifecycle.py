@@ -82,7 +82,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.config import Settings
 from service.db import session_scope, utcnow
-from service.models import FINAL_STATUSES, JOB_STATUSES, Job, JobEpoch, TrainedModel
+from service.tables import FINAL_STATUSES, JOB_STATUSES, Job, JobEpoch, TrainedModel
 
 if TYPE_CHECKING:
     from celery import Celery

@@ -25,7 +25,7 @@ from core.spec import (
     OPTIMIZERS,
     TRAINING_DEFAULTS,
 )
-from service.models import JOB_STATUSES, SWEEP_STATUSES
+from service.tables import JOB_STATUSES, SWEEP_STATUSES
 
 CELL_MATRIX = {
     "description": "Rows of equally many cells (at least one row and one column): numbers, "

@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.config import Settings
 from service.events import RETRY_MS, format_event
-from service.models import FINAL_STATUSES, Sweep
+from service.tables import FINAL_STATUSES, Sweep
 
 #: How often a sweep stream reads its sweep (trial steps take seconds, not milliseconds).
 SWEEP_POLL_S = 1.0

@@ -76,8 +76,8 @@ from service.db import paginate, session_scope, utcnow
 from service.errors import ApiError, InputError, flatten_messages
 from service.jobs import check_active_jobs, check_spec, dataset_facts, normalized_specs, tag_filters
 from service.lifecycle import FINAL_STATUSES, PUBLISH_RETRY_POLICY, TRAIN_TASK
-from service.models import Job, JobEpoch, Sweep, TrainedModel, is_id
 from service.schemas import JobInSchema, ModelSpecSchema, TrainingSpecSchema
+from service.tables import Job, JobEpoch, Sweep, TrainedModel, is_id
 
 if TYPE_CHECKING:
     from celery import Celery

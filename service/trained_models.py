@@ -20,7 +20,7 @@ from service.config import Limits
 from service.datasets import get_dataset, load_data
 from service.db import paginate
 from service.errors import ApiError, InputError
-from service.models import TrainedModel, is_id
+from service.tables import TrainedModel, is_id
 
 
 def _not_found(model_id: str) -> ApiError:
@@ -112,7 +112,7 @@ def loaded(model: TrainedModel) -> Model:
 def export(session: Session, model: TrainedModel, fmt: str) -> tuple[bytes, str, str]:
     """(body, media type, file name) of the model exported as `fmt` (`service.export`)."""
     from service import export as exporter
-    from service.models import Job
+    from service.tables import Job
 
     trained = loaded(model)
     if fmt == "onnx":

@@ -1,7 +1,7 @@
 """The webhook tables: an owner's subscriptions (`webhooks`) and one row per delivery attempt
 (`webhook_deliveries`). What they mean and how a delivery moves is `service.webhooks`'.
 
-Kept apart from `service.models` (same `Base`, so Alembic's `target_metadata` and the schema
+Kept apart from `service.tables` (same `Base`, so Alembic's `target_metadata` and the schema
 check see both).
 """
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
 from service.db import Base, utcnow
-from service.models import DEFAULT_OWNER, new_id
+from service.tables import DEFAULT_OWNER, new_id
 
 #: the events a webhook may subscribe to
 WEBHOOK_EVENTS = ("job.succeeded", "job.failed", "job.cancelled", "sweep.finished")

@@ -62,7 +62,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.config import Settings
 from service.db import paginate, utcnow
-from service.models import FINAL_STATUSES, Job, Sweep, is_id, new_id
+from service.tables import FINAL_STATUSES, Job, Sweep, is_id, new_id
 from service.webhook_models import WEBHOOK_EVENTS, Webhook, WebhookDelivery
 
 if TYPE_CHECKING:

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from core.model import array_to_bytes
 from service.datasets import load_data
-from service.models import Dataset
+from service.tables import Dataset
 from tests.support import ROOT, create_pg_database, drop_pg_database
 
 

@@ -50,7 +50,7 @@ from service.config import Settings
 from service.datasets import load_data
 from service.db import session_scope
 from service.lifecycle import TRAIN_TASK, Claim
-from service.models import Dataset, Job, Sweep
+from service.tables import Dataset, Job, Sweep
 from workers import webhooks
 from workers.runtime import Heartbeat, SoftLimit, session_factory, with_db_retry
 

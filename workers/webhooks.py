@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service import webhooks
 from service.config import Settings
-from service.models import FINAL_STATUSES, Job
+from service.tables import FINAL_STATUSES, Job
 from service.webhooks import DELIVER_TASK
 from workers.runtime import session_factory, with_db_retry
 

@@ -19,7 +19,7 @@ import requests
 import sqlalchemy as sa
 
 from service.db import session_scope
-from service.models import Job
+from service.tables import Job
 from tests.support import Api, Cluster, Processes, RedisServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]

@@ -14,8 +14,8 @@ import sqlalchemy as sa
 from service import sweeps
 from service.config import Limits
 from service.db import session_scope
-from service.models import Job, Sweep
 from service.schemas import SweepInSchema
+from service.tables import Job, Sweep
 from tests.faults.test_broker import cluster_on_own_redis  # noqa: F401 (a fixture)
 from tests.support import Cluster, RedisServer, kill_group
 

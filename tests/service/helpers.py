@@ -9,7 +9,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from service.auth import create_api_key
-from service.models import Dataset, Job
+from service.tables import Dataset, Job
 
 
 def assert_error(response: Any, status: int, field: str | None = None) -> dict[str, Any]:

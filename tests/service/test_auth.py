@@ -12,7 +12,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from service.auth import create_api_key, revoke_api_key
-from service.models import ApiKey
+from service.tables import ApiKey
 from tests.service.helpers import assert_error, binary_dataset, keyed_client, new_key, post_dataset
 
 # every /api/v1 route of the app, with a method it answers

@@ -10,7 +10,7 @@ from typing import Any
 from flask import Flask
 from flask.testing import FlaskClient
 
-from service.models import Dataset, Job
+from service.tables import Dataset, Job
 from tests.service.corpus import check_error_body, load_cases, request_bytes
 from tests.service.helpers import binary_dataset, count_rows, post_dataset
 from tests.service.test_models import add_model

@@ -14,7 +14,7 @@ from flask.testing import FlaskClient
 
 from core.model import array_from_bytes, array_to_bytes
 from service.datasets import load_data
-from service.models import Dataset
+from service.tables import Dataset
 from tests.service.helpers import assert_error
 
 URL = "/api/v1/datasets"

@@ -68,7 +68,7 @@ def claim(app: Flask, job_id: str) -> Claim:
 
 def succeed(app: Flask, attempt: Claim) -> None:
     with factory_of(app)() as session:
-        from service.models import Job
+        from service.tables import Job
 
         dataset_id = session.get(Job, attempt.job_id).dataset_id  # type: ignore[union-attr]
     model = {"dataset_id": dataset_id, "architecture": {"layers": [4, 1]}, "weights": b"npz",
@@ -281,7 +281,7 @@ def test_a_new_attempt_restarts_the_epochs(app: Flask, client: FlaskClient) -> N
     import sqlalchemy as sa
 
     from service.db import utcnow
-    from service.models import Job
+    from service.tables import Job
 
     with factory_of(app)() as session:
         session.execute(

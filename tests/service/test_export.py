@@ -16,7 +16,7 @@ from flask.testing import FlaskClient
 from core import training
 from core.model import Model, weights_to_npz
 from service.datasets import load_data
-from service.models import Dataset, Job, TrainedModel
+from service.tables import Dataset, Job, TrainedModel
 from tests.service.helpers import assert_error
 from tests.service.test_models import add_model
 

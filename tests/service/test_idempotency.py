@@ -13,7 +13,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from service.models import Dataset, IdempotentRequest, Job
+from service.tables import Dataset, IdempotentRequest, Job
 from tests.service.helpers import assert_error, binary_dataset, count_rows, post_dataset
 
 JOB = {"model": {"layers": [4, 1]}, "training": {"loss": "binary_cross_entropy", "epochs": 3}}

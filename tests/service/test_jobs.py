@@ -15,7 +15,7 @@ from flask.testing import FlaskClient
 
 from service.config import Limits
 from service.db import utcnow
-from service.models import Job, JobEpoch
+from service.tables import Job, JobEpoch
 from tests.service.helpers import assert_error, binary_dataset, counts, post_dataset
 
 URL = "/api/v1/jobs"

@@ -22,7 +22,7 @@ from service.celery import celery_config
 from service.config import Settings
 from service.db import make_engine, make_sessionmaker, session_scope, utcnow
 from service.lifecycle import CancelResult, Claim
-from service.models import Job, JobEpoch, TrainedModel
+from service.tables import Job, JobEpoch, TrainedModel
 from tests.workers.test_tasks import add_job, job_row
 
 SETTINGS = dataclasses.replace(

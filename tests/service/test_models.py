@@ -14,7 +14,7 @@ import engine
 from core.model import array_to_bytes, weights_to_npz
 from engine.nn import MLP
 from service.db import utcnow
-from service.models import Dataset, DatasetData, Job, TrainedModel
+from service.tables import Dataset, DatasetData, Job, TrainedModel
 from tests.service.helpers import assert_error
 
 URL = "/api/v1/models"

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
 
-from service.models import Dataset, Job, TrainedModel
+from service.tables import Dataset, Job, TrainedModel
 from tests.service.helpers import assert_error, binary_dataset, post_dataset
 from tests.service.test_models import add_model
 

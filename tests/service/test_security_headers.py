@@ -15,8 +15,8 @@ from flask.testing import FlaskClient
 from core import training
 from core.model import weights_to_npz
 from service.datasets import load_data
-from service.models import Dataset, Job, TrainedModel
 from service.security import HTML_CSP, SVG_CSP
+from service.tables import Dataset, Job, TrainedModel
 
 EVIL_NAME = "<script>alert(1)</script>"
 EVIL_LABELS = ['"><img src=x onerror=alert(1)>', "</svg><script>alert(2)</script>"]

@@ -14,7 +14,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from service import sweep_events
-from service.models import Job, Sweep
+from service.tables import Job, Sweep
 from tests.service.helpers import assert_error, binary_dataset, post_dataset
 from tests.service.test_sweeps import URL, sweep_body
 

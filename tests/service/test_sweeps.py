@@ -15,8 +15,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from service.config import Limits
-from service.models import Job, Sweep
 from service.sweeps import Trial, best_trial, expand, is_spec_path, metric_value
+from service.tables import Job, Sweep
 from tests.service.helpers import assert_error, binary_dataset, count_rows, post_dataset
 
 URL = "/api/v1/sweeps"

@@ -30,7 +30,7 @@ from service import lifecycle, webhooks
 from service.config import Settings
 from service.db import utcnow
 from service.lifecycle import Claim
-from service.models import Job
+from service.tables import Job
 from service.webhook_models import Webhook, WebhookDelivery
 from tests.service.helpers import assert_error, post_dataset
 

@@ -28,7 +28,7 @@ from service.auth import create_api_key
 from service.celery import TRAIN_TASK, celery_config
 from service.config import Settings
 from service.db import make_engine, make_sessionmaker, session_scope, utcnow
-from service.models import DEFAULT_OWNER, Dataset, DatasetData, Job, JobEpoch, TrainedModel
+from service.tables import DEFAULT_OWNER, Dataset, DatasetData, Job, JobEpoch, TrainedModel
 from tests.support.api import Api
 from tests.support.processes import Proc, Processes, api_cmd, base_env, free_port, worker_cmd
 from tests.workers.datasets import regression

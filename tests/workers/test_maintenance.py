@@ -17,7 +17,7 @@ from service.celery import celery_config
 from service.config import Settings
 from service.db import session_scope, utcnow
 from service.lifecycle import fail_timed_out, reap, reconcile
-from service.models import IdempotentRequest, Job
+from service.tables import IdempotentRequest, Job
 from tests.workers.test_tasks import add_job, job_row
 from workers.maintenance import sweep
 

@@ -23,8 +23,8 @@ from service.datasets import new_dataset
 from service.db import session_scope
 from service.errors import ApiError
 from service.ingest import parse_json_dataset
-from service.models import Job, Sweep
 from service.schemas import SweepInSchema
+from service.tables import Job, Sweep
 from tests.workers.datasets import moons
 from tests.workers.test_maintenance import broker, messages
 from workers.maintenance import sweep as maintenance_sweep

@@ -20,7 +20,7 @@ from engine.nn import MLP
 from service.config import Settings
 from service.db import session_scope, utcnow
 from service.lifecycle import Claim
-from service.models import Dataset, DatasetData, Job, JobEpoch, TrainedModel
+from service.tables import Dataset, DatasetData, Job, JobEpoch, TrainedModel
 from tests.workers.datasets import moons
 from workers.tasks import _Busy, claim_job, run_job
 
