@@ -1,4 +1,6 @@
-"""The SQL store: datasets, training jobs (with their per-epoch history) and trained models.
+"""The SQL store's tables: datasets, training jobs (with their per-epoch history), trained
+models, sweeps, API keys, idempotent answers. (Named `tables`: "model" elsewhere means a trained
+network: `core.model`, `service.trained_models`, `/api/v1/models`.)
 
 The store is the single source of truth for job state; Celery only carries job ids.
 """
