@@ -11,6 +11,9 @@
   `workers.gunicorn_conf` and, in the Celery worker's main process, by the `worker_init`
   handler of this module, which the runner loads with `celery worker --include`) checks
   `os.getppid()` every second and signals its own process once the parent is gone.
+- Everywhere, the same thread kills its process `GRACE_S` seconds after the parent is gone if
+  the shutdown has not finished by then (a Celery cold shutdown was seen to hang on a loaded
+  machine, leaving an orphan worker); a job it was running is handed back by the reaper.
 
 The signals are the shutdowns that need nobody to escalate them: SIGQUIT for the Celery worker
 (a cold shutdown: the running task is stopped, its message goes back to the queue and the job is
@@ -43,6 +46,8 @@ PARENT_ENV = "TRAINYARD_PARENT_PID"
 READY_FILE_ENV = "TRAINYARD_WORKER_READY_FILE"
 #: How often the watch thread looks at its parent PID.
 INTERVAL_S = 1.0
+#: How long a child may take to shut down after its runner died before it is killed.
+GRACE_S = 20.0
 
 _PR_SET_PDEATHSIG = 1
 _PR_GET_PDEATHSIG = 2
@@ -90,22 +95,40 @@ def pdeathsig() -> int:
 
 
 def watch_parent(
-    parent_pid: int, sig: int, interval: float = INTERVAL_S, name: str = "process"
+    parent_pid: int,
+    sig: int,
+    interval: float = INTERVAL_S,
+    name: str = "process",
+    *,
+    send: bool = True,
+    grace: float = GRACE_S,
 ) -> threading.Thread:
-    """Start a daemon thread that sends `sig` to this process once its parent is no longer
-    `parent_pid` (the parent died and the process was re-parented). Returns the thread."""
+    """Start a daemon thread that, once this process's parent is no longer `parent_pid` (the
+    parent died and the process was re-parented), sends `sig` to this process (unless `send` is
+    False: the kernel sent it already) and, if the process is still alive `grace` seconds later
+    (a shutdown that hangs: a Celery cold shutdown was seen to on a loaded machine), kills it.
+    Returns the thread."""
 
     def run() -> None:
         stop = threading.Event()
         while os.getppid() == parent_pid:
             stop.wait(interval)
-        log.warning(
-            "%s: the embedded runner (pid %s) is gone; stopping (%s)",
+        if send:
+            log.warning(
+                "%s: the embedded runner (pid %s) is gone; stopping (%s)",
+                name,
+                parent_pid,
+                signal.Signals(sig).name,
+            )
+            os.kill(os.getpid(), sig)
+        stop.wait(grace)
+        log.error(
+            "%s: still running %ss after the embedded runner (pid %s) died; killing it",
             name,
+            grace,
             parent_pid,
-            signal.Signals(sig).name,
         )
-        os.kill(os.getpid(), sig)
+        os.kill(os.getpid(), signal.SIGKILL)
 
     thread = threading.Thread(target=run, name="trainyard-parent-watch", daemon=True)
     thread.start()
@@ -114,16 +137,15 @@ def watch_parent(
 
 def watch_from_env(sig: int, name: str = "process") -> threading.Thread | None:
     """`watch_parent` for the runner named in `TRAINYARD_PARENT_PID`, unless that variable is
-    unset (not started by the runner) or the kernel already sends `sig` when the parent dies
-    (`pdeathsig_preexec` worked: one signal, not two). A runner that is already gone is seen at
-    once."""
+    unset (not started by the runner). Where the kernel already sends `sig` when the parent
+    dies (`pdeathsig_preexec` worked), the thread only makes sure the process is gone `GRACE_S`
+    seconds later (one signal, not two). A runner that is already gone is seen at once."""
     raw = os.environ.get(PARENT_ENV, "")
     if not raw.isdigit():
         return None
     parent = int(raw)
-    if os.getppid() == parent and pdeathsig() == sig:
-        return None
-    return watch_parent(parent, sig, name=name)
+    kernel = os.getppid() == parent and pdeathsig() == sig
+    return watch_parent(parent, sig, name=name, send=not kernel)
 
 
 def _on_worker_init(**_: Any) -> None:

@@ -129,6 +129,38 @@ def test_a_child_follows_its_killed_parent(spawn: str, tmp_path: Path) -> None:
         proc.wait()
 
 
+def test_a_child_whose_shutdown_hangs_is_killed_after_the_grace(tmp_path: Path) -> None:
+    """The watch thread's backstop: a child that ignores its shutdown signal (a hung cold
+    shutdown) is killed `grace` seconds after its parent died."""
+    child = (
+        "import os, signal, time; from workers.parent_watch import watch_parent; "
+        "signal.signal(signal.SIGQUIT, signal.SIG_IGN); "
+        "watch_parent(os.getppid(), signal.SIGQUIT, interval=0.1, grace=1.0); time.sleep(60)"
+    )
+    parent = textwrap.dedent(f"""
+        import subprocess, sys, time
+        p = subprocess.Popen([sys.executable, "-c", {child!r}], start_new_session=True)
+        print(p.pid, flush=True)
+        time.sleep(60)
+    """)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", parent], cwd=ROOT, env=base_env(), stdout=subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None
+        child_pid = int(proc.stdout.readline())
+        time.sleep(0.5)
+        assert pid_alive(child_pid)
+        proc.kill()
+        proc.wait(timeout=10)
+        time.sleep(0.6)
+        assert pid_alive(child_pid)  # it ignored SIGQUIT: still there within the grace
+        wait_gone({child_pid}, 5)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_hangup_and_terminate_stop_everything(processes: Processes, tmp_path: Path) -> None:
     """SIGHUP (the terminal was closed) to one runner, SIGTERM to another (side by side, each
     with its own var folder): both stop their worker and server and exit 0."""
