@@ -32,14 +32,13 @@ import redis
 import sqlalchemy as sa
 from celery import Celery
 
-from service.auth import create_api_key, verify_api_key
 from service.config import VAR_DIR
-from service.db import make_engine, make_sessionmaker, session_scope
+from workers.embedded import LOCAL_OWNER, ensure_local_key
 
 ROOT = Path(__file__).resolve().parent.parent
 DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/trainyard"
 BROKER_URL = "redis://127.0.0.1:6379/0"
-OWNER = "local"
+OWNER = LOCAL_OWNER
 GRACE = 10.0
 READY_TIMEOUT = 60.0
 
@@ -86,31 +85,6 @@ def check_broker(broker_url: str) -> None:
         ) from None
     finally:
         client.close()
-
-
-def ensure_key(database_url: str, path: Path) -> tuple[str, bool]:
-    """The key in `path` while the database accepts it, else a new one for owner "local"
-    written there (mode 0600). Returns (key, created)."""
-    engine = make_engine(database_url)
-    try:
-        factory = make_sessionmaker(engine)
-        if path.exists():
-            key = path.read_text().strip()
-            with session_scope(factory) as session:
-                if verify_api_key(session, key) is not None:
-                    return key, False
-        with session_scope(factory) as session:
-            key = create_api_key(session, OWNER, "make run-distributed")
-    finally:
-        engine.dispose()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(key + "\n")
-    os.replace(tmp, path)
-    return key, True
 
 
 def api_command(port: int, workers: int = 2) -> list[str]:
@@ -200,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     migrate = [sys.executable, "-m", "alembic", "upgrade", "head"]
     subprocess.run(migrate, cwd=ROOT, env=env, check=True)
     key_path = VAR_DIR / "distributed-api-key"
-    key, created = ensure_key(database_url, key_path)
+    key, created = ensure_local_key(database_url, key_path, "make run-distributed")
     if created:
         say(f"created an API key for owner {OWNER!r}, written to {key_path} (mode 0600)")
 

@@ -219,10 +219,12 @@ def api_ready(port: int) -> bool:
 LOCAL_OWNER = "local"
 
 
-def ensure_local_key(database_url: str, path: Path) -> tuple[str, bool]:
-    """The embedded mode's API key: read from `path`, or (first start, or the key in it was
-    revoked or belongs to another database) created for owner "local" and written there with
-    mode 0600. Returns (key, created)."""
+def ensure_local_key(
+    database_url: str, path: Path, key_name: str = "embedded default"
+) -> tuple[str, bool]:
+    """The runner's API key: read from `path`, or (first start, or the key in it was revoked or
+    belongs to another database) created for owner "local" and written there with mode 0600.
+    Returns (key, created). `make run-distributed` uses it too."""
     from service.auth import create_api_key
     from service.db import make_engine, make_sessionmaker, session_scope
 
@@ -235,9 +237,10 @@ def ensure_local_key(database_url: str, path: Path) -> tuple[str, bool]:
                 if verify_api_key(session, key) is not None:
                     return key, False
         with session_scope(factory) as session:
-            key = create_api_key(session, LOCAL_OWNER, "embedded default")
+            key = create_api_key(session, LOCAL_OWNER, key_name)
     finally:
         engine.dispose()
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.unlink(missing_ok=True)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
