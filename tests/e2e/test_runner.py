@@ -10,6 +10,7 @@ runner was killed ends in a final state after the next start.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import signal
 import socket
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -92,20 +94,10 @@ def start(processes: Processes, var: Path, **env: str) -> tuple[Api, Proc, int]:
     return api, proc, int(api.base.rsplit(":", 1)[1])
 
 
-@pytest.mark.parametrize(
-    "spawn", ["watch", pytest.param("pdeathsig", marks=pytest.mark.skipif(
-        not sys.platform.startswith("linux"), reason="prctl(PR_SET_PDEATHSIG) is Linux's"))]
-)  # fmt: skip
-def test_a_child_follows_its_killed_parent(spawn: str, tmp_path: Path) -> None:
-    """Each of the two mechanisms alone: the parent-watch thread (what platforms without
-    `prctl` rely on) and the kernel's parent-death signal."""
-    child = (
-        "import os, signal, time; from workers.parent_watch import watch_parent; "
-        "watch_parent(os.getppid(), signal.SIGTERM, interval=0.1); time.sleep(60)"
-        if spawn == "watch"
-        else "import time; time.sleep(60)"
-    )
-    preexec = "preexec_fn=pdeathsig_preexec(signal.SIGTERM)" if spawn == "pdeathsig" else ""
+@contextlib.contextmanager
+def orphan_to_be(child: str, preexec: str = "") -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """A parent process running `child` (Python code) in a session of its own; yields the
+    child's pid and the parent, which the test kills to orphan the child."""
     parent = textwrap.dedent(f"""
         import signal, subprocess, sys, time
         from workers.parent_watch import pdeathsig_preexec
@@ -121,12 +113,30 @@ def test_a_child_follows_its_killed_parent(spawn: str, tmp_path: Path) -> None:
         child_pid = int(proc.stdout.readline())
         time.sleep(0.5)
         assert pid_alive(child_pid)
-        proc.kill()
-        proc.wait(timeout=10)
-        wait_gone({child_pid}, 5)
+        yield child_pid, proc
     finally:
         proc.kill()
         proc.wait()
+
+
+@pytest.mark.parametrize(
+    "spawn", ["watch", pytest.param("pdeathsig", marks=pytest.mark.skipif(
+        not sys.platform.startswith("linux"), reason="prctl(PR_SET_PDEATHSIG) is Linux's"))]
+)  # fmt: skip
+def test_a_child_follows_its_killed_parent(spawn: str, tmp_path: Path) -> None:
+    """Each of the two mechanisms alone: the parent-watch thread (what platforms without
+    `prctl` rely on) and the kernel's parent-death signal."""
+    child = (
+        "import os, signal, time; from workers.parent_watch import watch_parent; "
+        "watch_parent(os.getppid(), signal.SIGTERM, interval=0.1); time.sleep(60)"
+        if spawn == "watch"
+        else "import time; time.sleep(60)"
+    )
+    preexec = "preexec_fn=pdeathsig_preexec(signal.SIGTERM)" if spawn == "pdeathsig" else ""
+    with orphan_to_be(child, preexec) as (child_pid, parent):
+        parent.kill()
+        parent.wait(timeout=10)
+        wait_gone({child_pid}, 5)
 
 
 def test_a_child_whose_shutdown_hangs_is_killed_after_the_grace(tmp_path: Path) -> None:
@@ -137,28 +147,12 @@ def test_a_child_whose_shutdown_hangs_is_killed_after_the_grace(tmp_path: Path) 
         "signal.signal(signal.SIGQUIT, signal.SIG_IGN); "
         "watch_parent(os.getppid(), signal.SIGQUIT, interval=0.1, grace=1.0); time.sleep(60)"
     )
-    parent = textwrap.dedent(f"""
-        import subprocess, sys, time
-        p = subprocess.Popen([sys.executable, "-c", {child!r}], start_new_session=True)
-        print(p.pid, flush=True)
-        time.sleep(60)
-    """)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", parent], cwd=ROOT, env=base_env(), stdout=subprocess.PIPE
-    )
-    try:
-        assert proc.stdout is not None
-        child_pid = int(proc.stdout.readline())
-        time.sleep(0.5)
-        assert pid_alive(child_pid)
-        proc.kill()
-        proc.wait(timeout=10)
+    with orphan_to_be(child) as (child_pid, parent):
+        parent.kill()
+        parent.wait(timeout=10)
         time.sleep(0.6)
         assert pid_alive(child_pid)  # it ignored SIGQUIT: still there within the grace
         wait_gone({child_pid}, 5)
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def test_hangup_and_terminate_stop_everything(processes: Processes, tmp_path: Path) -> None:
