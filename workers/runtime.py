@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
+from billiard.common import terminate_handler_fired
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -55,6 +56,18 @@ def with_db_retry(write: Callable[[], T], what: str) -> T:
             log.warning("%s: database error, retrying in %ss: %s", what, delay, exc)
             time.sleep(delay)
     raise AssertionError("unreachable")
+
+
+def stopping() -> bool:
+    """Has this pool process been told to stop (the terminate signal of a cold shutdown)?
+
+    Billiard's handler raises `SystemExit` wherever the process is. Raised inside a database
+    call, it can be swallowed by SQLAlchemy's pool while it resets the connection, and the
+    attempt then fails on its broken session with an error that has nothing to do with the job.
+    Such an attempt must not end the job: the worker is going away, the message goes back to the
+    queue (`task_reject_on_worker_lost`) and the next worker runs the job again.
+    """
+    return terminate_handler_fired()
 
 
 class SoftLimit:

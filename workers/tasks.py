@@ -16,7 +16,9 @@ id and:
    over (fenced by `attempts`) stops at its next epoch.
 3. Saves the trained model and `succeeded` in one transaction (`lifecycle.succeed`). Every
    failure (bad data, divergence, soft time limit, any exception) ends the job `failed` with a
-   message (`lifecycle.fail`); the task itself never raises.
+   message (`lifecycle.fail`); the task itself never raises. The one exception: a pool process
+   told to stop (a cold shutdown's SIGTERM) fails nothing, since the error may be the stop
+   itself; it exits, and the job's message goes back to the queue (`runtime.stopping`).
 4. Retries every store write whose database connection broke (`workers.runtime.with_db_retry`),
    so a cut connection costs a pause, not the job.
 5. For a sweep's trial (`service.sweeps`): marks the sweep running when it starts, applies the
@@ -52,7 +54,7 @@ from service.db import session_scope
 from service.lifecycle import TRAIN_TASK, Claim
 from service.tables import Dataset, Job, Sweep
 from workers import webhooks
-from workers.runtime import Heartbeat, SoftLimit, session_factory, with_db_retry
+from workers.runtime import Heartbeat, SoftLimit, session_factory, stopping, with_db_retry
 
 log = logging.getLogger(__name__)
 
@@ -238,6 +240,11 @@ def _run_claimed(factory: sessionmaker[Session], claim: Claim, soft_limit: SoftL
 
 
 def _fail(factory: sessionmaker[Session], claim: Claim, message: str) -> str:
+    if stopping():
+        # the error may be the stop itself (see `runtime.stopping`): the job stays the running
+        # attempt of a lost worker, for the next delivery or the reaper
+        log.warning("job %s: the worker is stopping; not failing it (%s)", claim.job_id, message)
+        raise SystemExit(1)
     log.info("job %s failed: %s", claim.job_id, message)
     try:
         with_db_retry(

@@ -5,6 +5,9 @@ cancellation, failure and the final save. The task function is called directly, 
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from datetime import timedelta
@@ -21,6 +24,7 @@ from service.config import Settings
 from service.db import session_scope, utcnow
 from service.lifecycle import Claim
 from service.tables import Dataset, DatasetData, Job, JobEpoch, TrainedModel
+from tests.support import ROOT
 from tests.workers.datasets import moons
 from workers.tasks import _Busy, claim_job, run_job
 
@@ -234,6 +238,45 @@ def test_bad_data_fails_the_job_not_the_worker(factory: sessionmaker[Session]) -
         )
     assert run_job(factory, job_id, SETTINGS) == "failed"
     assert job_row(factory, job_id).error
+
+
+def test_a_stopping_pool_process_fails_nothing(
+    factory: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error met while the process is being stopped (a cold shutdown) leaves the job to the
+    next delivery: the attempt exits, the job stays `running` and is not marked failed."""
+    job_id = add_job(factory)
+    with session_scope(factory) as session:
+        session.execute(
+            sa.update(DatasetData)
+            .where(DatasetData.dataset_id == job_row(factory, job_id).dataset_id)
+            .values(features=b"garbage")
+        )
+    monkeypatch.setattr("workers.tasks.stopping", lambda: True)
+    with pytest.raises(SystemExit):
+        run_job(factory, job_id, SETTINGS)
+    job = job_row(factory, job_id)
+    assert (job.status, job.error, job.attempts) == ("running", None, 1)
+
+
+def test_stopping_is_billiards_terminate_signal() -> None:
+    """`runtime.stopping` turns true once billiard's terminate handler ran in this process."""
+    code = textwrap.dedent("""
+        import os, signal
+        from billiard.common import reset_signals
+        from workers.runtime import stopping
+        before = stopping()
+        reset_signals()
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            signal.pause()
+        except SystemExit:
+            print(before, stopping())
+    """)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert out.stdout.split() == ["False", "True"], out
 
 
 def test_missing_job_is_ignored(factory: sessionmaker[Session]) -> None:
