@@ -7,12 +7,15 @@ mocked.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy.orm import Session, sessionmaker
 
-from tests.support import REDIS_URL, fresh_pg_database, migrate
+from service.db import make_engine, make_sessionmaker
+from tests.support import REDIS_URL, empty_tables, fresh_pg_database, migrate
 
 
 @pytest.fixture(scope="session")
@@ -22,12 +25,21 @@ def pg_database_url() -> Iterator[str]:
         yield url
 
 
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file migrated once per session (`alembic upgrade head`, as production does)."""
+    path = tmp_path_factory.mktemp("sqlite-template") / "trainyard.sqlite3"
+    migrate(f"sqlite:///{path}")
+    return path
+
+
 @pytest.fixture
-def sqlite_database_url(tmp_path: Path) -> str:
-    """A fresh, migrated SQLite database file for one test."""
-    url = f"sqlite:///{tmp_path / 'trainyard.sqlite3'}"
-    migrate(url)
-    return url
+def sqlite_database_url(sqlite_template: Path, tmp_path: Path) -> str:
+    """A fresh, migrated SQLite database file for one test: a copy of the session's template
+    (migrating each test's file in a subprocess cost two seconds a test)."""
+    path = tmp_path / "trainyard.sqlite3"
+    shutil.copyfile(sqlite_template, path)
+    return f"sqlite:///{path}"
 
 
 @pytest.fixture
@@ -44,3 +56,16 @@ def redis_url() -> Iterator[str]:
     finally:
         client.flushdb()
         client.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def factory(request: pytest.FixtureRequest) -> Iterator[sessionmaker[Session]]:
+    """A session factory on an empty, migrated store: a SQLite file of the test's own, or the
+    session's PostgreSQL database with every table emptied first."""
+    if request.param == "sqlite":
+        engine = make_engine(request.getfixturevalue("sqlite_database_url"))
+    else:
+        engine = make_engine(request.getfixturevalue("pg_database_url"))
+        empty_tables(engine)
+    yield make_sessionmaker(engine)
+    engine.dispose()

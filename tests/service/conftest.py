@@ -14,15 +14,12 @@ from pathlib import Path
 
 import pytest
 import redis
-import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
 
 from service import create_app
 from tests.service.helpers import keyed_client, new_key
-from tests.support import migrate
-
-TABLES = ("idempotent_requests", "api_keys", "models", "job_epochs", "jobs", "sweeps", "datasets")
+from tests.support import empty_tables, migrate
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -35,12 +32,6 @@ def sqlite_session_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     url = f"sqlite:///{tmp_path_factory.mktemp('api-db') / 'trainyard.sqlite3'}"
     migrate(url)
     return url
-
-
-def _empty_tables(app: Flask) -> None:
-    with app.extensions["db_engine"].begin() as conn:
-        for table in TABLES:
-            conn.execute(sa.text(f"DELETE FROM {table}"))
 
 
 @pytest.fixture(
@@ -59,7 +50,7 @@ def app(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Flask]:
         config.update(overrides.args[0])
     app = create_app(config)
     app.config["TEST_BROKER_DIR"] = tmp_path / "broker" / "queue"
-    _empty_tables(app)
+    empty_tables(app.extensions["db_engine"])
     yield app
     app.extensions["db_engine"].dispose()
 

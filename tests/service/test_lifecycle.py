@@ -8,7 +8,6 @@ outcomes of `claim`, `succeed` and `cancel`, publishing, and the messages.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from service import lifecycle
 from service.celery import celery_config
 from service.config import Settings
-from service.db import make_engine, make_sessionmaker, session_scope, utcnow
+from service.db import session_scope, utcnow
 from service.lifecycle import CancelResult, Claim
 from service.tables import Job, JobEpoch, TrainedModel
 from tests.workers.test_tasks import add_job, job_row
@@ -29,15 +28,6 @@ SETTINGS = dataclasses.replace(
     Settings(), max_attempts=3, stale_after=30.0, task_soft_time_limit=5.0, task_time_limit=7.0
 )
 STALE = timedelta(minutes=10)
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def factory(request: pytest.FixtureRequest) -> Iterator[sessionmaker[Session]]:
-    name = "sqlite_database_url" if request.param == "sqlite" else "pg_database_url"
-    url = request.getfixturevalue(name)
-    engine = make_engine(url)
-    yield make_sessionmaker(engine)
-    engine.dispose()
 
 
 def broker(url: str) -> Celery:

@@ -24,6 +24,7 @@ from tests.support.databases import (
     ROOT,
     create_pg_database,
     drop_pg_database,
+    empty_tables,
     fresh_pg_database,
     migrate,
 )
@@ -58,6 +59,7 @@ __all__ = [
     "check_model",
     "create_pg_database",
     "drop_pg_database",
+    "empty_tables",
     "final_count",
     "free_port",
     "fresh_pg_database",

@@ -62,3 +62,13 @@ def fresh_pg_database() -> Iterator[str]:
         yield url
     finally:
         drop_pg_database(url)
+
+
+def empty_tables(engine: sa.Engine) -> None:
+    """Delete every row of every table of the schema (children first), keeping the schema: a
+    database shared by a session's tests starts each test empty."""
+    from service.tables import Base
+
+    with engine.begin() as conn:
+        for table in reversed(Base.metadata.sorted_tables):
+            conn.execute(table.delete())
