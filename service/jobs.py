@@ -316,16 +316,22 @@ def serialize_jobs(
     queries in all. Without `history` (`GET /jobs` unless `include=history`) the histories are
     left out and only each job's last epoch is read (`progress.loss`)."""
     ids = [job.id for job in jobs]
-    epochs: dict[str, list[JobEpoch]] = {i: [] for i in ids}
+    losses: dict[str, list[float]] = {i: [] for i in ids}
+    val_losses: dict[str, list[float]] = {i: [] for i in ids}
     last_loss: dict[str, float] = {}
     model_ids: dict[str, str] = {}
     if ids:
         if history:
-            for row in session.scalars(
-                sa.select(JobEpoch).where(JobEpoch.job_id.in_(ids)).order_by(JobEpoch.epoch)
+            # plain rows, not ORM objects: a poll of a long job reads thousands of them
+            for job_id, loss, val_loss in session.execute(
+                sa.select(JobEpoch.job_id, JobEpoch.loss, JobEpoch.val_loss)
+                .where(JobEpoch.job_id.in_(ids))
+                .order_by(JobEpoch.job_id, JobEpoch.epoch)
             ):
-                epochs[row.job_id].append(row)
-            last_loss = {i: rows[-1].loss for i, rows in epochs.items() if rows}
+                losses[job_id].append(loss)
+                if val_loss is not None:
+                    val_losses[job_id].append(val_loss)
+            last_loss = {i: rows[-1] for i, rows in losses.items() if rows}
         else:
             latest = (
                 sa.select(JobEpoch.job_id, sa.func.max(JobEpoch.epoch).label("epoch"))
@@ -367,10 +373,8 @@ def serialize_jobs(
             },
         }
         if history:
-            item["loss_history"] = [e.loss for e in epochs[job.id]]
-            item["val_loss_history"] = [
-                e.val_loss for e in epochs[job.id] if e.val_loss is not None
-            ]
+            item["loss_history"] = losses[job.id]
+            item["val_loss_history"] = val_losses[job.id]
         item.update(
             {
                 "metrics": job.metrics or {},
