@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from core.model import array_from_bytes, array_to_bytes
 from core.table import Table, table_from_bytes, table_to_bytes
-from service.db import paginate
+from service.db import iso_utc, paginate
 from service.errors import ApiError
 from service.ingest import ParsedDataset
 from service.tables import Dataset, DatasetData, is_id
@@ -62,7 +62,7 @@ def describe(dataset: Dataset) -> dict[str, Any]:
             "kind": target_kind(dataset),
             "classes": dataset.classes,
         },
-        "created_at": dataset.created_at,
+        "created_at": iso_utc(dataset.created_at),
     }
     if dataset.classes is not None:
         out["classes"] = dataset.classes

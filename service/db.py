@@ -32,6 +32,16 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def iso_utc(value: datetime | None) -> str | None:
+    """A stored time as the API shows it: ISO 8601 with its offset (SQLite hands back naive
+    datetimes, which are UTC)."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.isoformat()
+
+
 def make_engine(url: str) -> Engine:
     """An engine that survives dropped connections and, on SQLite, concurrent processes."""
     if url.startswith("sqlite"):

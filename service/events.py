@@ -247,9 +247,8 @@ def format_event(event: str, data: Any, event_id: int | None = None) -> str:
 def job_view(session: Session, job: Job) -> dict[str, Any]:
     """The job as `GET /jobs/{id}` answers it."""
     from service.jobs import serialize_job
-    from service.schemas import JobSchema
 
-    return dict(JobSchema().dump(serialize_job(session, job)))
+    return serialize_job(session, job)
 
 
 @dataclass

@@ -25,7 +25,7 @@ from core.spec import (
 from service import lifecycle
 from service.config import Limits
 from service.datasets import find_dataset, new_dataset
-from service.db import paginate
+from service.db import iso_utc, paginate
 from service.errors import ApiError, InputError
 from service.ingest import ParsedDataset, parse_json_dataset
 from service.lifecycle import ACTIVE_STATUSES, FINAL_STATUSES
@@ -387,9 +387,9 @@ def serialize_jobs(
                 "model_id": model_ids.get(job.id),
                 "attempts": job.attempts,
                 "cancel_requested": job.cancel_requested,
-                "created_at": job.created_at,
-                "started_at": job.started_at,
-                "finished_at": job.finished_at,
+                "created_at": iso_utc(job.created_at),
+                "started_at": iso_utc(job.started_at),
+                "finished_at": iso_utc(job.finished_at),
             }
         )
         out.append(item)

@@ -7,7 +7,6 @@ through marshmallow fields would be slow, so `service.datasets` checks them with
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, post_load, validate, validates_schema
@@ -69,15 +68,6 @@ TARGETS = {
     "example": [1, 0],
 }
 MAX_PAGE = 1_000_000  # keeps OFFSET within what every database takes
-
-
-class UTCDateTime(fields.DateTime):
-    """ISO 8601 with an offset; SQLite hands back naive datetimes, which are UTC."""
-
-    def _serialize(self, value: Any, attr: Any, obj: Any, **kwargs: Any) -> Any:
-        if isinstance(value, datetime) and value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)
-        return super()._serialize(value, attr, obj, **kwargs)
 
 
 NO_NUL = validate.Regexp(r"^[^\x00]*$", error="cannot hold NUL characters")
@@ -201,7 +191,7 @@ class DatasetSchema(Schema):
             "`labels`) and `classes` (sorted labels, or null)."
         }
     )
-    created_at = UTCDateTime()
+    created_at = fields.DateTime()
 
 
 class DatasetRowsSchema(Schema):
@@ -521,9 +511,9 @@ class JobSchema(Schema):
     model_id = fields.String(allow_none=True)
     attempts = fields.Integer()
     cancel_requested = fields.Boolean()
-    created_at = UTCDateTime()
-    started_at = UTCDateTime(allow_none=True)
-    finished_at = UTCDateTime(allow_none=True)
+    created_at = fields.DateTime()
+    started_at = fields.DateTime(allow_none=True)
+    finished_at = fields.DateTime(allow_none=True)
 
 
 class ModelSchema(Schema):
@@ -549,7 +539,7 @@ class ModelSchema(Schema):
             "categorical columns the `levels` seen in training."
         },
     )
-    created_at = UTCDateTime()
+    created_at = fields.DateTime()
 
 
 class ModelSummarySchema(ModelSchema):
@@ -827,9 +817,9 @@ class SweepSchema(Schema):
         },
     )
     cancel_requested = fields.Boolean()
-    created_at = UTCDateTime()
-    started_at = UTCDateTime(allow_none=True)
-    finished_at = UTCDateTime(allow_none=True)
+    created_at = fields.DateTime()
+    started_at = fields.DateTime(allow_none=True)
+    finished_at = fields.DateTime(allow_none=True)
 
 
 class SweepSummarySchema(SweepSchema):

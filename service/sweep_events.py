@@ -36,13 +36,12 @@ SWEEP_POLL_S = 1.0
 
 def sweep_view(session: Session, sweep_id: str) -> dict[str, Any] | None:
     """The sweep as `GET /sweeps/{id}` answers it, or None if it is gone."""
-    from service.schemas import SweepSchema
     from service.sweeps import serialize_sweep
 
     sweep = session.get(Sweep, sweep_id)
     if sweep is None:
         return None
-    return dict(SweepSchema().dump(serialize_sweep(session, sweep)))
+    return serialize_sweep(session, sweep)
 
 
 def _started(trial: dict[str, Any]) -> bool:

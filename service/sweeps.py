@@ -72,7 +72,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from core.spec import effective_validation_split
 from service import lifecycle
 from service.config import Limits, Settings
-from service.db import paginate, session_scope, utcnow
+from service.db import iso_utc, paginate, session_scope, utcnow
 from service.errors import ApiError, InputError, flatten_messages
 from service.jobs import check_active_jobs, check_spec, dataset_facts, normalized_specs, tag_filters
 from service.lifecycle import FINAL_STATUSES, PUBLISH_RETRY_POLICY, TRAIN_TASK
@@ -558,9 +558,9 @@ def serialize_sweeps(
                 "metric_value": best.metric_value,
             },
             "cancel_requested": s.cancel_requested,
-            "created_at": s.created_at,
-            "started_at": s.started_at,
-            "finished_at": s.finished_at,
+            "created_at": iso_utc(s.created_at),
+            "started_at": iso_utc(s.started_at),
+            "finished_at": iso_utc(s.finished_at),
         }
         if with_trials:
             item["trials"] = [

@@ -18,7 +18,7 @@ from core.training import encode_targets
 from service import ingest
 from service.config import Limits
 from service.datasets import get_dataset, load_data
-from service.db import paginate
+from service.db import iso_utc, paginate
 from service.errors import ApiError, InputError
 from service.tables import TrainedModel, is_id
 
@@ -84,7 +84,7 @@ def serialize_model(model: TrainedModel, *, parameters: bool = True) -> dict[str
         "metrics": model.metrics,
         "evaluation": model.evaluation,
         "columns": columns_of(model.architecture),
-        "created_at": model.created_at,
+        "created_at": iso_utc(model.created_at),
     }
     if parameters:
         state = weights_from_npz(model.weights)

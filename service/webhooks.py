@@ -61,7 +61,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.config import Settings
-from service.db import paginate, utcnow
+from service.db import iso_utc, paginate, utcnow
 from service.tables import FINAL_STATUSES, Job, Sweep, is_id, new_id
 from service.webhook_models import WEBHOOK_EVENTS, Webhook, WebhookDelivery
 
@@ -315,7 +315,7 @@ def serialize_webhook(webhook: Webhook, *, with_secret: bool = False) -> dict[st
         "id": webhook.id,
         "url": webhook.url,
         "events": list(webhook.events),
-        "created_at": webhook.created_at,
+        "created_at": iso_utc(webhook.created_at),
     }
     if with_secret:
         out["secret"] = webhook.secret
@@ -333,9 +333,9 @@ def serialize_delivery(delivery: WebhookDelivery) -> dict[str, Any]:
         "status_code": delivery.status_code,
         "error": delivery.error,
         "duration_ms": delivery.duration_ms,
-        "created_at": delivery.created_at,
-        "next_attempt_at": delivery.next_attempt_at,
-        "sent_at": delivery.sent_at,
+        "created_at": iso_utc(delivery.created_at),
+        "next_attempt_at": iso_utc(delivery.next_attempt_at),
+        "sent_at": iso_utc(delivery.sent_at),
     }
 
 
@@ -363,9 +363,8 @@ def _finite(value: Any) -> Any:
 def job_payload(session: Session, job: Job, event: str, event_id: str, now: datetime) -> str:
     """The body of a job event: the job as `GET /jobs/{id}` gives it, less its histories."""
     from service.jobs import serialize_job
-    from service.schemas import JobSchema
 
-    data = JobSchema().dump(serialize_job(session, job))
+    data = serialize_job(session, job)
     for key in ("loss_history", "val_loss_history"):
         data.pop(key, None)
     body = {
@@ -472,10 +471,9 @@ def enqueue_for_job(target: Session | sessionmaker[Session], job_id: str, status
 
 def sweep_payload(session: Session, sweep: Sweep, event_id: str, now: datetime) -> str:
     """The body of `sweep.finished`: the sweep as `GET /sweeps/{id}` gives it."""
-    from service.schemas import SweepSchema
     from service.sweeps import serialize_sweep
 
-    data = SweepSchema().dump(serialize_sweep(session, sweep))
+    data = serialize_sweep(session, sweep)
     body = {
         "id": event_id,
         "type": "sweep.finished",

@@ -157,3 +157,23 @@ def test_shared_helpers_come_from_tests_support_never_a_conftest() -> None:
                 ):
                     offenders.append(f"{path.relative_to(ROOT)}: from {node.module}")
     assert offenders == []
+
+
+def schema_dumps(path: Path) -> list[str]:
+    """Calls of a marshmallow schema's `dump` in `path` (`XSchema().dump(...)`, `schema.dump`)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            receiver = ast.unparse(node.func.value)
+            if node.func.attr == "dump" and "schema" in receiver.lower():
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_one_rule_for_the_json_of_a_response() -> None:
+    """Domain functions build a response's JSON; schemas document it and never dump it again
+    (`service.api.Blueprint.response`)."""
+    files = [
+        p for package in ("service", "workers") for p in sorted((ROOT / package).rglob("*.py"))
+    ]
+    assert [hit for path in files for hit in schema_dumps(path)] == []

@@ -106,7 +106,7 @@ class Datasets(MethodView):
         if replayed is not None:
             return replayed
         dataset = datasets.create_dataset(session, _parse_upload(), owner)
-        body = DatasetSchema().dump(datasets.describe(dataset))
+        body = datasets.describe(dataset)
         response, _ = idempotency.commit(body, 201, f"{request.path}/{dataset.id}")
         return response
 

@@ -79,7 +79,7 @@ class Jobs(MethodView):
             return replayed
         job = jobs.create_job(session, data, limits(), owner)
         location = url_for("jobs.JobById", job_id=job.id)
-        body = JobSchema().dump(jobs.serialize_job(session, job))
+        body = jobs.serialize_job(session, job)
         response, first = idempotency.commit(body, 202, location)
         if first:
             jobs.publish(session, current_app.extensions["celery"], job.id)

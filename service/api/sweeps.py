@@ -75,7 +75,7 @@ class Sweeps(MethodView):
             return replayed
         sweep = sweeps.create_sweep(session, data, limits(), owner)
         location = url_for("sweeps.SweepById", sweep_id=sweep.id)
-        body = SweepSchema().dump(sweeps.serialize_sweep(session, sweep))
+        body = sweeps.serialize_sweep(session, sweep)
         response, first = idempotency.commit(body, 202, location)
         if first:
             factory = current_app.extensions["db_sessionmaker"]

@@ -16,7 +16,7 @@ from service.api import Blueprint, db, json_only, page
 from service.auth import current_owner
 from service.config import Settings
 from service.errors import ApiError, InputError
-from service.schemas import NO_NUL, ErrorSchema, PageQuerySchema, UTCDateTime, page_of
+from service.schemas import NO_NUL, ErrorSchema, PageQuerySchema, page_of
 from service.webhook_models import DELIVERY_STATUSES, WEBHOOK_EVENTS
 
 blp = Blueprint(
@@ -57,7 +57,7 @@ class WebhookSchema(Schema):
     id = fields.String()
     url = fields.String()
     events = fields.List(fields.String(metadata={"enum": list(WEBHOOK_EVENTS)}))
-    created_at = UTCDateTime()
+    created_at = fields.DateTime()
 
 
 class WebhookCreatedSchema(WebhookSchema):
@@ -78,9 +78,9 @@ class DeliverySchema(Schema):
     status_code = fields.Integer(allow_none=True, metadata={"description": "The answer's."})
     error = fields.String(allow_none=True)
     duration_ms = fields.Float(allow_none=True)
-    created_at = UTCDateTime()
-    next_attempt_at = UTCDateTime(metadata={"description": "When it is (was) due."})
-    sent_at = UTCDateTime(allow_none=True)
+    created_at = fields.DateTime()
+    next_attempt_at = fields.DateTime(metadata={"description": "When it is (was) due."})
+    sent_at = fields.DateTime(allow_none=True)
 
 
 WebhookPageSchema = page_of(WebhookSchema, "WebhookPage")
@@ -138,7 +138,7 @@ class Webhooks(MethodView):
         except webhooks.UrlRefused as exc:
             raise InputError("url", str(exc)) from None
         session.commit()
-        body = WebhookCreatedSchema().dump(webhooks.serialize_webhook(webhook, with_secret=True))
+        body = webhooks.serialize_webhook(webhook, with_secret=True)
         response = current_app.json.response(body)
         response.status_code = 201
         response.headers["Location"] = url_for("webhooks.WebhookById", webhook_id=webhook.id)
