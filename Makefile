@@ -42,11 +42,12 @@ $(DEV_STAMP): $(RUN_STAMP) requirements-dev.txt
 	rm -f $(VENV)/.installed-dev-*
 	touch $@
 
+# `make run` and the runners migrate by themselves; this only migrates ($DATABASE_URL, else the
+# embedded SQLite file).
 migrate: setup
-	mkdir -p var
-	$(VENV)/bin/alembic upgrade head
+	$(PY) -m service.migrate
 
-run: migrate
+run: setup
 	PORT=$(PORT) $(PY) -m workers.embedded
 
 # The distributed mode on this machine's PostgreSQL (127.0.0.1:5432, user postgres) and Redis

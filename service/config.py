@@ -16,7 +16,19 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-VAR_DIR = Path(os.environ.get("TRAINYARD_VAR_DIR", ROOT / "var"))
+
+
+def default_var_dir() -> Path:
+    """Where the embedded mode keeps its SQLite file, broker folder and API key: `var/` of the
+    checkout, or, for an installed package (no checkout around it), the user's data folder
+    (`$XDG_DATA_HOME/trainyard`, by default `~/.local/share/trainyard`), never site-packages."""
+    if (ROOT / "alembic.ini").is_file():
+        return ROOT / "var"
+    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data) / "trainyard"
+
+
+VAR_DIR = Path(os.environ.get("TRAINYARD_VAR_DIR") or default_var_dir())
 
 
 def _env_int(name: str, default: int) -> int:

@@ -125,3 +125,34 @@ def test_postgres_old_dataset_survives_upgrade() -> None:
         check_old_dataset_survives_upgrade(url)
     finally:
         drop_pg_database(url)
+
+
+def test_service_migrate_runs_outside_the_checkout(tmp_path: Path) -> None:
+    """`python -m service.migrate` (what the runners call) needs no alembic.ini and no checkout
+    as the current folder: from elsewhere it builds the schema that `alembic check` finds
+    complete, then does nothing more on a second run."""
+    url = f"sqlite:///{tmp_path / 'store.sqlite3'}"
+    env = {**os.environ, "DATABASE_URL": url}
+    for _ in range(2):
+        out = subprocess.run(
+            [sys.executable, "-m", "service.migrate"],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert out.returncode == 0 and "up to date" in out.stderr, out
+    assert alembic(url, "check").returncode == 0
+    with sa.create_engine(url).connect() as conn:
+        assert conn.scalar(sa.text("SELECT count(*) FROM jobs")) == 0
+
+
+def test_var_dir_is_the_checkouts_or_the_users_data_folder(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from service import config
+
+    assert config.default_var_dir() == ROOT / "var"
+    monkeypatch.setattr(config, "ROOT", tmp_path / "site-packages")  # no alembic.ini beside it
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    assert config.default_var_dir() == tmp_path / "data" / "trainyard"
+    monkeypatch.delenv("XDG_DATA_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert config.default_var_dir() == tmp_path / "home" / ".local" / "share" / "trainyard"

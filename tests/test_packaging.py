@@ -24,7 +24,7 @@ from tests.support import ROOT
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 PROJECT = PYPROJECT["project"]
-FIRST_PARTY = {"engine", "core", "service", "workers", "client"}
+FIRST_PARTY = {"engine", "core", "service", "workers", "client", "migrations"}
 SERVER_ONLY = {"flask", "flask-smorest", "celery", "sqlalchemy", "alembic", "pandas", "gunicorn"}
 
 
@@ -114,7 +114,7 @@ def third_party_imports(packages: Iterable[str]) -> set[str]:
                     names.update(alias.name.split(".")[0] for alias in node.names)
                 elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                     names.add(node.module.split(".")[0])
-    local = FIRST_PARTY | {"tests", "bench", "migrations", "__future__"}
+    local = FIRST_PARTY | {"tests", "bench", "__future__"}
     return names - local - set(sys.stdlib_module_names)
 
 
@@ -176,3 +176,10 @@ def test_wheel_holds_the_dashboard_files_and_builds_without_warnings(tmp_path: P
         wheel.name.removesuffix("-py3-none-any.whl") + ".dist-info/entry_points.txt"
     )
     assert b"trainyard = client.cli:main" in entry_points
+    assert b"trainyard-server = workers.embedded:main" in entry_points
+    # the migrations travel with the service (`service.migrate` runs them from site-packages)
+    revisions = {p.name for p in (ROOT / "migrations" / "versions").glob("*.py")}
+    assert revisions and {
+        "migrations/env.py", "migrations/script.py.mako",
+        *(f"migrations/versions/{name}" for name in revisions),
+    } <= names  # fmt: skip

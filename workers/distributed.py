@@ -4,7 +4,7 @@
 Uses the local PostgreSQL and Redis (`DATABASE_URL`, default
 `postgresql+psycopg://postgres@127.0.0.1:5432/trainyard`; `CELERY_BROKER_URL`, default
 `redis://127.0.0.1:6379/0`): creates the database if it is missing, migrates it
-(`alembic upgrade head`, from the checkout), creates an API key for the owner "local" on first
+(`service.migrate`), creates an API key for the owner "local" on first
 start (written to `$TRAINYARD_VAR_DIR/distributed-api-key`, mode 0600, and reused while the
 database accepts it), then starts the API under gunicorn on `127.0.0.1:$PORT` and `--workers N`
 Celery workers (`-l info`, one job at a time each, as in docker-compose.yml). The key and the
@@ -33,6 +33,7 @@ import sqlalchemy as sa
 from celery import Celery
 
 from service.config import VAR_DIR
+from service.migrate import upgrade
 from workers.embedded import LOCAL_OWNER, ensure_local_key
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -171,8 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     check_broker(broker_url)
     if ensure_database(database_url):
         say(f"created the database {sa.make_url(database_url).database!r}")
-    migrate = [sys.executable, "-m", "alembic", "upgrade", "head"]
-    subprocess.run(migrate, cwd=ROOT, env=env, check=True)
+    upgrade(database_url)
     key_path = VAR_DIR / "distributed-api-key"
     key, created = ensure_local_key(database_url, key_path, "make run-distributed")
     if created:

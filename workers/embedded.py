@@ -43,6 +43,7 @@ from typing import Any, TextIO
 
 from service.auth import verify_api_key
 from service.config import VAR_DIR, Settings
+from service.migrate import upgrade
 from workers.parent_watch import PARENT_ENV, READY_FILE_ENV, pdeathsig_preexec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -272,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, on_signal)
 
+    upgrade(settings.database_url)  # an installed service has no `make migrate`
     key_path = VAR_DIR / "api-key"
     key, created = ensure_local_key(settings.database_url, key_path)
     ready_file = VAR_DIR / READY_NAME

@@ -6,7 +6,6 @@ dashboard and benchmark code. Stopped (SIGTERM, then SIGKILL) after.
 from __future__ import annotations
 
 import contextlib
-import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,16 +13,12 @@ from pathlib import Path
 
 from client import Client, find_api_key
 from tests.support.api import Api
-from tests.support.databases import ROOT
 from tests.support.processes import Proc, Processes, base_env, free_port
 
 
 def start_embedded(processes: Processes, var: Path, **env: str) -> tuple[Api, Proc]:
+    # no `alembic upgrade head` first: the runner migrates an empty var folder by itself
     environment = base_env(TRAINYARD_VAR_DIR=str(var), PORT=str(free_port()), **env)
-    subprocess.run(
-        [sys.executable, "-m", "alembic", "upgrade", "head"],
-        cwd=ROOT, env=environment, check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
     proc = processes.start("embedded", [sys.executable, "-m", "workers.embedded"], environment)
     api = Api(f"http://127.0.0.1:{environment['PORT']}", proc)
     api.wait_ready(60)

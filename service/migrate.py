@@ -1,0 +1,54 @@
+"""The store's schema: Alembic's `migrations/` (installed with the package), applied from a
+checkout or from an installed wheel alike.
+
+`upgrade()` is what the runners call before they start anything (`python -m workers.embedded`,
+`python -m workers.distributed`); `python -m service.migrate` does only that, on `DATABASE_URL`
+(the embedded SQLite file by default). `alembic upgrade head` in a checkout reads `alembic.ini`
+and does the same; writing a new revision (`alembic revision --autogenerate`) needs the checkout.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+
+from service.config import Settings
+
+
+def script_location() -> Path:
+    """The `migrations` folder: beside the packages, in a checkout and in site-packages alike."""
+    spec = importlib.util.find_spec("migrations")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    if not locations:
+        raise RuntimeError("the `migrations` package is not installed with trainyard")
+    return Path(locations[0])
+
+
+def alembic_config(database_url: str) -> Config:
+    """Alembic's configuration without `alembic.ini`; the logging stays the caller's."""
+    config = Config()
+    config.set_main_option("script_location", str(script_location()))
+    config.set_main_option("path_separator", "os")
+    config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
+    config.attributes["configure_logger"] = False
+    return config
+
+
+def upgrade(database_url: str | None = None) -> None:
+    """Bring the store at `database_url` (default: the settings') to the newest revision."""
+    command.upgrade(alembic_config(database_url or Settings().database_url), "head")
+
+
+def main() -> int:
+    url = Settings().database_url
+    upgrade(url)
+    print(f"trainyard: the schema of {url} is up to date", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
