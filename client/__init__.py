@@ -27,6 +27,7 @@ from client.api import (
     Sweep,
     TrainyardError,
     WaitTimeout,
+    api_key_locations,
     find_api_key,
     read_features_csv,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "Sweep",
     "TrainyardError",
     "WaitTimeout",
+    "api_key_locations",
     "find_api_key",
     "read_features_csv",
 ]

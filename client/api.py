@@ -20,6 +20,7 @@ import requests
 
 import engine
 from core.model import Model as CoreModel
+from core.paths import user_data_dir
 from core.spec import EARLY_STOPPING_DEFAULTS
 
 DEFAULT_URL: Final = "http://127.0.0.1:8000"
@@ -171,12 +172,14 @@ class Sweep(TypedDict, total=False):
 
 def api_key_locations(env: Mapping[str, str] | None = None, cwd: Path | None = None) -> list[Path]:
     """The key files `find_api_key` reads, in order: `$TRAINYARD_VAR_DIR/api-key` (when set),
-    then `./var/api-key`."""
+    `./var/api-key` (a checkout's `make run`), then the user's data folder (an installed
+    `trainyard-server`: `core.paths.user_data_dir`)."""
     env = os.environ if env is None else env
     candidates = []
     if env.get("TRAINYARD_VAR_DIR"):
         candidates.append(Path(env["TRAINYARD_VAR_DIR"]) / "api-key")
     candidates.append((cwd or Path.cwd()) / "var" / "api-key")
+    candidates.append(user_data_dir(env) / "api-key")
     return candidates
 
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from core.paths import user_data_dir
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -24,8 +26,7 @@ def default_var_dir() -> Path:
     (`$XDG_DATA_HOME/trainyard`, by default `~/.local/share/trainyard`), never site-packages."""
     if (ROOT / "alembic.ini").is_file():
         return ROOT / "var"
-    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(data) / "trainyard"
+    return user_data_dir()
 
 
 VAR_DIR = Path(os.environ.get("TRAINYARD_VAR_DIR") or default_var_dir())

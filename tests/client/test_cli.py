@@ -314,8 +314,9 @@ def test_first_hour_global_options_anywhere_lists_in_80_columns_and_where_keys_a
     assert any(len(word) == 32 for line in lines for word in line.split())
     # no key anywhere: the answer says where it looked
     env = {k: v for k, v in service.env().items() if k not in ("TRAINYARD_VAR_DIR",)}
+    env["XDG_DATA_HOME"] = str(tmp_path / "data")
     keyless = trainyard(service, "jobs", "list", cwd=tmp_path, env=env)
     assert keyless.returncode == EXIT_API_ERROR
-    assert "no API key found" in keyless.stderr and str(tmp_path / "var" / "api-key") in (
-        keyless.stderr.replace("\n", "")
-    )
+    said = keyless.stderr.replace("\n", "")
+    assert "no API key found" in said and str(tmp_path / "var" / "api-key") in said
+    assert str(tmp_path / "data" / "trainyard" / "api-key") in said

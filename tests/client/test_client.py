@@ -19,6 +19,7 @@ from client import (
     LocalModel,
     NotFoundError,
     WaitTimeout,
+    api_key_locations,
     find_api_key,
 )
 from core.model import Model as CoreModel
@@ -336,8 +337,16 @@ def test_api_key_from_argument_env_or_var_file(tmp_path: Path) -> None:
     (tmp_path / "var" / "api-key").write_text("from-cwd\n")
     assert find_api_key({"TRAINYARD_API_KEY": "from-env"}, cwd=tmp_path) == "from-env"
     assert find_api_key({"TRAINYARD_VAR_DIR": str(var)}, cwd=tmp_path) == "from-var-dir"
-    assert find_api_key({}, cwd=tmp_path) == "from-cwd"
-    assert find_api_key({}, cwd=tmp_path / "custom-var") is None
+    data = {"XDG_DATA_HOME": str(tmp_path / "data")}  # an installed trainyard-server's folder
+    assert find_api_key(data, cwd=tmp_path) == "from-cwd"
+    assert find_api_key(data, cwd=tmp_path / "custom-var") is None
+    (tmp_path / "data" / "trainyard").mkdir(parents=True)
+    (tmp_path / "data" / "trainyard" / "api-key").write_text("from-data-folder\n")
+    assert find_api_key(data, cwd=tmp_path / "custom-var") == "from-data-folder"
+    home = {"HOME": str(tmp_path / "home")}
+    assert api_key_locations(home, cwd=tmp_path)[-1] == (
+        tmp_path / "home" / ".local" / "share" / "trainyard" / "api-key"
+    )
 
     client = Client("http://example.invalid/", "k1")
     assert client.url == "http://example.invalid"
