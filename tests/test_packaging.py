@@ -176,10 +176,33 @@ def test_wheel_holds_the_dashboard_files_and_builds_without_warnings(tmp_path: P
         wheel.name.removesuffix("-py3-none-any.whl") + ".dist-info/entry_points.txt"
     )
     assert b"trainyard = client.cli:main" in entry_points
-    assert b"trainyard-server = workers.embedded:main" in entry_points
+    assert b"trainyard-server = workers.server_command:main" in entry_points
     # the migrations travel with the service (`service.migrate` runs them from site-packages)
     revisions = {p.name for p in (ROOT / "migrations" / "versions").glob("*.py")}
     assert revisions and {
         "migrations/env.py", "migrations/script.py.mako",
         *(f"migrations/versions/{name}" for name in revisions),
     } <= names  # fmt: skip
+
+
+def test_trainyard_server_on_a_client_install_says_what_to_install() -> None:
+    """The command exists in every install; without `[server]` (here: SQLAlchemy made
+    unimportable) it names the extra, exit code 2, no traceback."""
+    code = (
+        "import sys; sys.modules['sqlalchemy'] = None\n"
+        "from workers.server_command import main; sys.exit(main([]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert out.returncode == 2, out
+    assert 'pip install "trainyard[server]"' in out.stderr and "Traceback" not in out.stderr
+
+
+def test_trainyard_server_help_starts_nothing() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "workers.server_command", "--help"],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )  # fmt: skip
+    assert out.returncode == 0 and "usage: trainyard-server" in out.stdout, out
+    assert "TRAINYARD_VAR_DIR" in out.stdout and "starting" not in out.stdout + out.stderr
