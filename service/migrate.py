@@ -9,23 +9,23 @@ and does the same; writing a new revision (`alembic revision --autogenerate`) ne
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 
-from service.config import Settings
+from service.config import ROOT, Settings
 
 
 def script_location() -> Path:
-    """The `migrations` folder: beside the packages, in a checkout and in site-packages alike."""
-    spec = importlib.util.find_spec("migrations")
-    locations = list(spec.submodule_search_locations or []) if spec else []
-    if not locations:
-        raise RuntimeError("the `migrations` package is not installed with trainyard")
-    return Path(locations[0])
+    """The `migrations` folder, beside this package in a checkout and in site-packages alike
+    (found by path, not by import: a `migrations` package in the current folder, as Django
+    projects have, must not stand in for ours)."""
+    folder = ROOT / "migrations"
+    if not (folder / "env.py").is_file():
+        raise RuntimeError(f"trainyard's migrations are missing: no {folder / 'env.py'}")
+    return folder
 
 
 def alembic_config(database_url: str) -> Config:

@@ -156,3 +156,18 @@ def test_var_dir_is_the_checkouts_or_the_users_data_folder(
     monkeypatch.delenv("XDG_DATA_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert config.default_var_dir() == tmp_path / "home" / ".local" / "share" / "trainyard"
+
+
+def test_a_migrations_package_in_the_current_folder_is_not_ours(tmp_path: Path) -> None:
+    """`python -m service.migrate` from a folder with a `migrations` package of its own (a
+    Django project, say) still runs trainyard's revisions."""
+    (tmp_path / "migrations").mkdir()
+    (tmp_path / "migrations" / "__init__.py").write_text("")
+    url = f"sqlite:///{tmp_path / 'store.sqlite3'}"
+    out = subprocess.run(
+        [sys.executable, "-m", "service.migrate"],
+        cwd=tmp_path, env={**os.environ, "DATABASE_URL": url},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out
+    assert alembic(url, "check").returncode == 0
