@@ -61,7 +61,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.config import Settings
-from service.db import iso_utc, paginate, utcnow
+from service.db import iso_utc, paginate, session_scope, utcnow
 from service.tables import FINAL_STATUSES, Job, Sweep, is_id, new_id
 from service.webhook_models import WEBHOOK_EVENTS, Webhook, WebhookDelivery
 
@@ -394,15 +394,8 @@ def _transaction(target: Session | sessionmaker[Session]) -> Iterator[Session]:
         yield target
         target.flush()
         return
-    session = target()
-    try:
+    with session_scope(target) as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 def _record(
@@ -539,21 +532,26 @@ def publish(
     return sent
 
 
+def _announced(subject_id: Any) -> sa.Exists:
+    """The webhook already has the first delivery about the subject (a job or a sweep)."""
+    return (
+        sa.select(WebhookDelivery.id)
+        .where(
+            WebhookDelivery.webhook_id == Webhook.id,
+            WebhookDelivery.subject_id == subject_id,
+            WebhookDelivery.attempt == 1,
+        )
+        .exists()
+    )
+
+
 def finished_unannounced(
     session: Session, now: datetime, limit: int = SCAN_BATCH
 ) -> list[tuple[str, str]]:
     """(job id, status) of jobs that ended within `SCAN_WINDOW`, after a webhook of their
     owner's subscribed to their status was made, and have no delivery to it yet."""
     wanted = sa.literal('"job.', sa.String) + Job.status + sa.literal('"', sa.String)
-    announced = (
-        sa.select(WebhookDelivery.id)
-        .where(
-            WebhookDelivery.webhook_id == Webhook.id,
-            WebhookDelivery.subject_id == Job.id,
-            WebhookDelivery.attempt == 1,
-        )
-        .exists()
-    )
+    announced = _announced(Job.id)
     rows = session.execute(
         sa.select(Job.id, Job.status)
         .join(Webhook, Webhook.owner == Job.owner)
@@ -575,15 +573,7 @@ def finished_unannounced_sweeps(
 ) -> list[str]:
     """Ids of sweeps that ended within `SCAN_WINDOW`, after a webhook of their owner's
     subscribed to `sweep.finished` was made, and have no delivery to it yet."""
-    announced = (
-        sa.select(WebhookDelivery.id)
-        .where(
-            WebhookDelivery.webhook_id == Webhook.id,
-            WebhookDelivery.subject_id == Sweep.id,
-            WebhookDelivery.attempt == 1,
-        )
-        .exists()
-    )
+    announced = _announced(Sweep.id)
     return list(
         session.scalars(
             sa.select(Sweep.id)

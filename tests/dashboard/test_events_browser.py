@@ -7,26 +7,14 @@ without downloading their loss histories.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
-from playwright.sync_api import Browser, Request, expect, sync_playwright
+from playwright.sync_api import Browser, Request, expect
 
-from tests.dashboard.test_browser import CHROMIUM, CHROMIUM_ARGS
 from tests.support import LiveService
 from tests.workers.datasets import moons
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=60_000)
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 def test_the_job_page_follows_the_stream_and_the_list_skips_histories(

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from playwright.sync_api import expect
 
-from tests.dashboard.test_browser import Watched, browser, page, screenshot  # noqa: F401
+from tests.dashboard.test_browser import Watched, page, screenshot  # noqa: F401
 from tests.support import LiveService, live_service
 from tests.workers.datasets import moons
 
