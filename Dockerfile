@@ -28,5 +28,6 @@ RUN useradd --create-home --uid 10001 trainyard && mkdir -p var && chown trainya
 USER trainyard
 
 EXPOSE 8000
-CMD ["gunicorn", "--bind", "0.0.0.0:8000", "--workers", "2", "--worker-class", "gthread", \
-     "--threads", "128", "service:create_app()"]
+# worker class, threads, access log and hooks: workers/gunicorn_conf.py (the same in every mode)
+CMD ["gunicorn", "--config", "python:workers.gunicorn_conf", "--bind", "0.0.0.0:8000", \
+     "--workers", "2", "service:create_app()"]

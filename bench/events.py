@@ -1,6 +1,7 @@
 """Live event streams under load (not a test): 100 open `GET /jobs/{id}/events` streams and 20
-clients polling, against the API as the compose file should run it (gunicorn, 2 worker
-processes, `--worker-class gthread --threads 128`) on PostgreSQL, with Redis as the broker.
+clients polling, against the API as the compose file runs it (gunicorn with
+`workers.gunicorn_conf`: 2 worker processes of 128 `gthread` threads) on PostgreSQL, with Redis
+as the broker.
 
 - A fresh PostgreSQL database (dropped afterwards) and a Redis server of the benchmark's own.
 - 100 jobs submitted through the API, then "trained" by a writer thread that acts as the
@@ -8,21 +9,26 @@ processes, `--worker-class gthread --threads 128`) on PostgreSQL, with Redis as 
   NOTIFY triggers fire as in production): `--rate` epochs per second in all, round robin.
 - 100 streams, one per job, read by a separate process (100 threads), each epoch's arrival
   time recorded against the time it was committed.
-- 20 polling clients (in this process): half ask `GET /healthz`, half `GET /api/v1/jobs/{id}`
-  (a job with its whole history), each every `--poll-interval` seconds (0.5, as the client's
-  `wait` did; 0: back to back).
+- 20 polling clients (a third process, 20 threads, each with an API key of its own): half ask
+  `GET /healthz`, half `GET /api/v1/jobs/{id}` (a job with its whole history), each every
+  `--poll-interval` seconds (0.5, as the client's `wait` did; 0: back to back). Independent
+  clients do not poll in step: each starts at a random moment of its first interval (seeded).
+  `--lockstep` starts them all at once, so every interval begins with 20 requests together (the
+  worst case).
 - At the end every job is failed ("bench over"): every stream must have received every epoch
   exactly once and ended with the final status.
 
 `--baseline` runs the same pollers and writes with no stream open, for comparison. Reported:
-p50 / p99 / max of `/healthz` and `/jobs/{id}` (the target: p99 <= 50 ms), the
-event latency from commit to arrival (p50 / p99), and the streams' completeness.
+p50 / p99 / max of `/healthz` and `/jobs/{id}` as the clients saw them (the target: p99 <= 50
+ms) and as the server spent them (its access log), the event latency from commit to arrival
+(p50 / p99), and the streams' completeness.
 
     .venv/bin/python bench/events.py [--streams 100] [--pollers 20] [--seconds 20]
         [--rate 100] [--poll-interval 0.5] [--threads 128] [--workers 2] [--baseline]
+        [--lockstep] [--seed 0]
 
-`--threads 1` runs gunicorn's default sync workers, as the compose file does today: the first
-two streams take both workers and nothing else is answered.
+`--threads 1` runs one thread per process (as gunicorn's default sync workers would): the first
+two streams take both processes and nothing else is answered.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import argparse
 import dataclasses
 import json
 import multiprocessing as mp
+import random
 import sys
 import threading
 import time
@@ -73,12 +80,29 @@ def ms(values: list[float]) -> str:
     )
 
 
+#: The access log's lines: method, path, status and the server's own time in microseconds (from
+#: its reading the request to its writing the last byte; the client's time adds the network and
+#: its own scheduling).
+ACCESS_FORMAT = "access %(m)s %(U)s %(s)s %(D)s"
+
+
 def server_command(port: int, workers: int, threads: int) -> list[str]:
-    """The compose file's `api` command, with the worker class this benchmark argues for."""
-    cmd = [str(VENV_BIN / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", str(workers)]
-    if threads > 1:
-        cmd += ["--worker-class", "gthread", "--threads", str(threads)]
-    return [*cmd, "--access-logfile", "-", "service:create_app()"]
+    """The compose file's `api` command, on `port`, with the access log's times."""
+    return [
+        str(VENV_BIN / "gunicorn"), "--config", "python:workers.gunicorn_conf",
+        "--bind", f"127.0.0.1:{port}", "--workers", str(workers), "--threads", str(threads),
+        "--no-control-socket", "--access-logformat", ACCESS_FORMAT, "service:create_app()",
+    ]  # fmt: skip
+
+
+def server_times(log: Path, path: str) -> list[float]:
+    """The server's own times (seconds) of the `GET path` answered 200, from its access log."""
+    times = []
+    for line in log.read_text(errors="replace").splitlines():
+        parts = line.split()
+        if len(parts) == 5 and parts[:4] == ["access", "GET", path, "200"]:
+            times.append(int(parts[4]) / 1e6)
+    return times
 
 
 # -- the streams (a process of their own, so their parsing costs the pollers nothing) -------------
@@ -123,15 +147,16 @@ def streams_process(base: str, key: str, job_ids: list[str], results: Any, ready
     results.put(outs)
 
 
-# -- the pollers ----------------------------------------------------------------------------------
+# -- the pollers (a process of their own: real clients share no interpreter with the workers) ----
 
 
 def poller(
-    base: str, key: str, path: str, interval: float, stop: threading.Event, out: list[float],
-    errors: list[str],
+    base: str, key: str, path: str, interval: float, delay: float, stop: threading.Event,
+    out: list[float], errors: list[str],
 ) -> None:  # fmt: skip
     http = requests.Session()
     http.headers["Authorization"] = f"Bearer {key}"
+    stop.wait(delay)
     while not stop.is_set():
         t0 = time.monotonic()
         try:
@@ -143,6 +168,32 @@ def poller(
         out.append(time.monotonic() - t0)
         if interval:
             stop.wait(max(0.0, interval - (time.monotonic() - t0)))
+
+
+def pollers_process(
+    base: str, keys: list[str], job_path: str, interval: float, seconds: float, lockstep: bool,
+    seed: int, results: Any,
+) -> None:  # fmt: skip
+    """Half the keys poll `/healthz`, half `job_path`, for `seconds`; puts (health times, job
+    times, errors) on `results`."""
+    rng = random.Random(seed)
+    stop = threading.Event()
+    health: list[float] = []
+    job: list[float] = []
+    errors: list[str] = []
+    threads = []
+    for i, key in enumerate(keys):
+        path, out = ("/healthz", health) if i % 2 == 0 else (job_path, job)
+        delay = 0.0 if lockstep else rng.uniform(0.0, interval)
+        args = (base, key, path, interval, delay, stop, out, errors)
+        threads.append(threading.Thread(target=poller, args=args))
+    for t in threads:
+        t.start()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join()
+    results.put((health, job, errors))
 
 
 # -- the "workers" --------------------------------------------------------------------------------
@@ -198,6 +249,8 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=128)
     parser.add_argument("--baseline", action="store_true", help="the same load without the streams")
+    parser.add_argument("--lockstep", action="store_true", help="every poller starts at once")
+    parser.add_argument("--seed", type=int, default=0, help="the pollers' start times")
     args = parser.parse_args()
 
     folder = ROOT / "var" / "bench-events"
@@ -239,39 +292,26 @@ def main() -> int:
                 time.sleep(2.0)  # every stream connected and sent its first status
             print(
                 f"{0 if args.baseline else args.streams} streams open; "
-                f"{args.pollers} pollers every "
-                f"{args.poll_interval:g} s; epochs written at {args.rate:g}/s "
-                f"for {args.seconds:g} s"
+                f"{args.pollers} pollers every {args.poll_interval:g} s "
+                f"({'in lockstep' if args.lockstep else 'at random phases'}); "
+                f"epochs written at {args.rate:g}/s for {args.seconds:g} s"
             )
 
-            stop = threading.Event()
-            health: list[float] = []
-            job: list[float] = []
-            errors: list[str] = []
             # each polling client has a key of its own (the rate limit is per key)
             keys = [new_api_key(database_url, "bench-events") for _ in range(args.pollers)]
-            pollers = [
-                threading.Thread(
-                    target=poller,
-                    args=(
-                        api.base,
-                        keys[i],
-                        "/healthz" if i % 2 == 0 else f"/api/v1/jobs/{job_ids[0]}",
-                        args.poll_interval,
-                        stop,
-                        health if i % 2 == 0 else job,
-                        errors,
-                    ),
-                )
-                for i in range(args.pollers)
-            ]
+            job_path = f"/api/v1/jobs/{job_ids[0]}"
+            polled = ctx.Queue()
+            pollers = ctx.Process(
+                target=pollers_process,
+                args=(
+                    api.base, keys, job_path, args.poll_interval, args.seconds, args.lockstep,
+                    args.seed, polled,
+                ),
+            )  # fmt: skip
             writer.thread.start()
-            for t in pollers:
-                t.start()
-            time.sleep(args.seconds)
-            stop.set()
-            for t in pollers:
-                t.join()
+            pollers.start()
+            health, job, errors = polled.get(timeout=args.seconds + 120)
+            pollers.join(timeout=60)
             writer.stop.set()
             writer.thread.join()
             writer.finish()
@@ -281,6 +321,8 @@ def main() -> int:
 
             print(f"GET /healthz:    {ms(health)}")
             print(f"GET /jobs/{{id}}: {ms(job)}")
+            print(f"  in the server: /healthz {ms(server_times(server.log, '/healthz'))}")
+            print(f"  in the server: /jobs/{{id}} {ms(server_times(server.log, job_path))}")
             if errors:
                 print(f"{len(errors)} poll errors, e.g. {errors[:3]}")
             latencies = []

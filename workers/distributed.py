@@ -90,10 +90,8 @@ def check_broker(broker_url: str) -> None:
 
 def api_command(port: int, workers: int = 2) -> list[str]:
     return [
-        sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}",
-        "--workers", str(workers), "--access-logfile", "-",
-        # event streams hold a thread each while open: threads, not sync workers
-        "--worker-class", "gthread", "--threads", "128",
+        sys.executable, "-m", "gunicorn", "--config", "python:workers.gunicorn_conf",
+        "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
         # gunicorn's default control socket is one per user, shared with any other gunicorn
         "--no-control-socket",
         "service:create_app()",

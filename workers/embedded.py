@@ -82,44 +82,24 @@ def worker_command(concurrency: int = 1) -> list[str]:
     ]
 
 
-#: Threads per gunicorn worker process (the `gthread` worker class): an open event stream
-#: holds one (`service.events`), so there are more than the streams one process may hold, and
-#: other requests never wait behind them.
-API_THREADS = 128
-
-
 def api_command(
     port: int,
     host: str = "127.0.0.1",
     workers: int = 2,
     control_socket: Path | None = None,
-    threads: int = API_THREADS,
 ) -> list[str]:
-    """gunicorn's command line; its control socket is `control_socket`, or none."""
+    """gunicorn's command line (`workers.gunicorn_conf` holds what every mode shares); its
+    control socket is `control_socket`, or none."""
     socket_args = (
         ["--no-control-socket"]
         if control_socket is None
         else ["--control-socket", str(control_socket)]
     )
     return [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "--config",
-        "python:workers.gunicorn_conf",
-        "--bind",
-        f"{host}:{port}",
-        "--workers",
-        str(workers),
-        "--worker-class",
-        "gthread",
-        "--threads",
-        str(threads),
-        "--access-logfile",
-        "-",
-        *socket_args,
+        sys.executable, "-m", "gunicorn", "--config", "python:workers.gunicorn_conf",
+        "--bind", f"{host}:{port}", "--workers", str(workers), *socket_args,
         "service:create_app()",
-    ]
+    ]  # fmt: skip
 
 
 def control_socket_path(var_dir: Path) -> Path | None:

@@ -105,10 +105,14 @@ def worker_cmd(name: str, concurrency: int = 1) -> list[str]:
     ]  # fmt: skip
 
 
-def api_cmd(port: int, workers: int = 2, threads: int = 1) -> list[str]:
+def api_cmd(port: int, workers: int = 2, threads: int | None = None) -> list[str]:
+    """The API server as every mode runs it (`workers.gunicorn_conf`), on `port`; `threads`
+    per process if given, else the configuration's."""
     return [
-        str(VENV_BIN / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
-        "--threads", str(threads), "service:create_app()",
+        str(VENV_BIN / "gunicorn"), "--config", "python:workers.gunicorn_conf",
+        "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
+        *([] if threads is None else ["--threads", str(threads)]),
+        "--no-control-socket", "service:create_app()",
     ]  # fmt: skip
 
 
