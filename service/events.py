@@ -34,6 +34,14 @@ the `job_epochs` rows after the last epoch it sent whenever it is woken, and sen
 A stream holds no database connection while it waits (each read is a short session), so 100
 open streams need no more than the pool; it does hold a server thread (gunicorn's `gthread`
 workers, see the README).
+
+**Shutdown** (`drain_streams`, called by the server's SIGTERM hook in `workers.gunicorn_conf`):
+a stream never ends by itself before its job does, so gunicorn's graceful stop would wait its
+whole `graceful_timeout` (30 s, longer than Docker's 10 s before SIGKILL) for them. A process
+being stopped instead ends every open stream (job and sweep streams) at its next wait, after
+what it had to send; new streams opened meanwhile send the state once and end. Clients
+reconnect (`retry:`, or the client's own loop) with `Last-Event-ID`, to a process that is not
+stopping, and miss nothing.
 """
 
 from __future__ import annotations
@@ -95,6 +103,8 @@ class ChangeHub:
         self._subs: dict[str, set[Subscription]] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: set when the process is being stopped: every stream ends at its next wait
+        self.closing = threading.Event()
         #: set while the PostgreSQL listener is connected (tests wait for it)
         self.listening = threading.Event()
 
@@ -131,6 +141,12 @@ class ChangeHub:
             subs = [sub for s in self._subs.values() for sub in s]
         for sub in subs:
             sub.event.set()
+
+    def drain(self) -> None:
+        """End every open stream of this process (at its next wait) and every stream opened
+        from now on, after its first read: the process is being stopped."""
+        self.closing.set()
+        self.wake_all()
 
     def close(self) -> None:
         """Stop the thread (tests; a server process just exits)."""
@@ -337,8 +353,10 @@ def job_stream(
                 last_write = time.monotonic()
             if more:
                 continue
-            # wait for a change, the safety-net read, or the keep-alive
+            # wait for a change, the safety-net read, or the keep-alive (or end: shutdown)
             while True:
+                if hub.closing.is_set():
+                    return
                 silent = time.monotonic() - last_write
                 keepalive_in = settings.events_keepalive - silent
                 if keepalive_in <= 0:
@@ -354,6 +372,14 @@ def job_stream(
 
 
 _hub_lock = threading.Lock()
+
+
+def drain_streams(extensions: dict[str, Any]) -> None:
+    """End the open streams of the app whose `extensions` these are (`ChangeHub.drain`); none
+    is open if no hub was made."""
+    hub = extensions.get("event_hub")
+    if hub is not None:
+        hub.drain()
 
 
 def hub_for(extensions: dict[str, Any], settings: Settings) -> ChangeHub:

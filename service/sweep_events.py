@@ -20,6 +20,7 @@ then every trial that started or finished), which is what it needs to redraw.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -96,9 +97,12 @@ def sweep_stream(
     sweep_id: str,
     settings: Settings,
     poll: float | None = None,
+    closing: threading.Event | None = None,
 ) -> Iterator[str]:
     """The event stream of sweep `sweep_id` (already checked to be the client's) until its
-    final status."""
+    final status, or until `closing` is set (the process is being stopped: the hub's
+    `closing`, `service.events`)."""
+    stop = closing if closing is not None else threading.Event()
     yield f"retry: {RETRY_MS}\n\n"
     changes = SweepChanges()
     last_write = time.monotonic()
@@ -116,4 +120,5 @@ def sweep_stream(
         if time.monotonic() - last_write >= settings.events_keepalive:
             yield ": keep-alive\n\n"
             last_write = time.monotonic()
-        time.sleep(SWEEP_POLL_S if poll is None else poll)
+        if stop.wait(SWEEP_POLL_S if poll is None else poll):
+            return

@@ -133,15 +133,18 @@ def sweep_events(sweep_id: str) -> Response:
     every second, whichever workers run the trials.
     """
     from service.config import Settings
+    from service.events import hub_for
     from service.sweep_events import sweep_stream
 
     session = db()
     sweep_id = sweeps.get_sweep(session, sweep_id, current_owner()).id  # 404 before streaming
     session.close()
     app = current_app._get_current_object()  # type: ignore[attr-defined]
+    settings = Settings.from_flask_config(app.config)
     stream = sweep_stream(
-        app.extensions["db_sessionmaker"], sweep_id, Settings.from_flask_config(app.config)
-    )
+        app.extensions["db_sessionmaker"], sweep_id, settings,
+        closing=hub_for(app.extensions, settings).closing,  # ends when the server stops
+    )  # fmt: skip
     return Response(
         stream,
         mimetype="text/event-stream",

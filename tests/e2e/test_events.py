@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hmac
 import json
+import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -225,3 +227,42 @@ def test_a_webhook_receiver_gets_job_succeeded_signed(api: Api) -> None:
         ]
     finally:
         receiver.close()
+
+
+def test_stopping_the_server_ends_open_streams_instead_of_waiting_for_them(
+    pg_database_url: str, redis_url: str, processes: Processes
+) -> None:
+    """SIGTERM to gunicorn's arbiter (what Docker sends): the open streams of queued jobs that no
+    worker will train end at once, and the server exits well before gunicorn's 30 s graceful
+    timeout (Docker would SIGKILL it at 10 s, cutting every other request with it)."""
+    port = free_port()
+    env = base_env(DATABASE_URL=pg_database_url, CELERY_BROKER_URL=redis_url)
+    server = processes.start("api", api_cmd(port, workers=2), env)
+    api = Api(f"http://127.0.0.1:{port}", server, new_api_key(pg_database_url))
+    api.wait_ready(60)
+    job_ids = [submit(api, epochs=5) for _ in range(4)]
+    opened = threading.Barrier(len(job_ids) + 1)
+    ended: dict[str, list[str]] = {}
+
+    def follow(job_id: str) -> None:
+        got: list[str] = []
+        for event in stream(api, job_id):
+            got.append(event["data"]["status"])
+            if len(got) == 1:
+                opened.wait(30)
+        ended[job_id] = got
+
+    readers = [threading.Thread(target=follow, args=(j,), daemon=True) for j in job_ids]
+    for t in readers:
+        t.start()
+    opened.wait(30)  # every stream sent its first status
+    started = time.monotonic()
+    os.kill(server.popen.pid, signal.SIGTERM)
+    server.popen.wait(timeout=25)
+    took = time.monotonic() - started
+    for t in readers:
+        t.join(timeout=5)
+    assert took < 8, f"the server took {took:.1f} s to stop"
+    assert server.popen.returncode == 0
+    assert sorted(ended) == sorted(job_ids)  # every stream ended cleanly (no error)
+    assert all(statuses == ["queued"] for statuses in ended.values()), ended

@@ -341,6 +341,28 @@ def test_the_safety_net_read_delivers_without_any_wake_up(app: Flask, client: Fl
     assert time.monotonic() - started < 5
 
 
+def test_a_server_being_stopped_ends_its_open_streams(app: Flask, client: FlaskClient) -> None:
+    """`drain_streams` (SIGTERM's hook in the server) ends a running job's open stream at its
+    next wait, and a stream opened afterwards after its first read; a client resumes with
+    `Last-Event-ID` elsewhere and misses nothing."""
+    from service.events import drain_streams
+
+    job_id = submit(client)
+    attempt = claim(app, job_id)
+    lifecycle.record_epoch(factory_of(app), attempt, 1, 0.5, None)
+    stream = Stream(client, job_id)
+    assert summary(stream.events(until="running")) == ["running"]
+    assert stream.next() == {"id": "1", "event": "epoch", "data": {"epoch": 1, "loss": 0.5,
+                                                                    "val_loss": None}}  # fmt: skip
+    threading.Timer(0.2, drain_streams, args=(app.extensions,)).start()
+    started = time.monotonic()
+    assert stream.events() == []  # it ends, with the job still running
+    assert stream.ended and time.monotonic() - started < 5
+    lifecycle.record_epoch(factory_of(app), attempt, 2, 0.25, None)
+    late = Stream(client, job_id, **{"Last-Event-ID": "1"})  # opened while stopping
+    assert summary(late.events()) == ["running", 2]  # the state once, then the end
+
+
 def test_the_stream_is_documented(app: Flask, client: FlaskClient) -> None:
     doc = client.get("/api/v1/openapi.json").get_json()
     op = doc["paths"]["/api/v1/jobs/{job_id}/events"]["get"]

@@ -103,3 +103,25 @@ def test_a_running_sweep_streams_its_changes_until_it_ends(
     assert names.index("trial.started") < names.index("trial.finished") < names.index("best")
     assert names[-1] == "status" and parse(body)[-1][1]["status"] == "succeeded"
     assert names.count("trial.finished") == 2
+
+
+def test_a_server_being_stopped_ends_the_stream(
+    app: Flask, client: FlaskClient, fast_poll: None
+) -> None:
+    """SIGTERM's hook (`drain_streams`) ends a running sweep's open stream after what it had
+    to send: gunicorn's graceful stop then waits for nothing."""
+    from service.events import drain_streams
+
+    dataset_id = post_dataset(client, binary_dataset(40))
+    sweep = client.post(URL, json=sweep_body(dataset_id, max_trials=2)).get_json()
+    set_sweep(app, sweep["id"], "running")
+    r = client.get(f"{URL}/{sweep['id']}/events", buffered=False)
+    chunks = iter(r.response)
+    assert next(chunks).startswith(b"retry: ")
+    assert parse(next(chunks).decode())[0][0] == "status"
+    threading.Timer(0.2, drain_streams, args=(app.extensions,)).start()
+    started = time.monotonic()
+    rest = b"".join(chunks).decode()  # ends: the sweep itself is still running
+    assert time.monotonic() - started < 5
+    assert not any(name == "status" for name, _ in parse(rest))
+    app.extensions["event_hub"].close()
