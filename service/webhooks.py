@@ -22,6 +22,13 @@ A **delivery** is one row per attempt (`service.webhook_models.WebhookDelivery`)
   (receivers deduplicate by `X-Trainyard-Event-Id`).
 - **Lost messages.** `scan` publishes again every due `pending` attempt whose message was never
   sent (broker down) or is long overdue (`republish_after`), like the job reconciler.
+- **Busy workers.** A delivery's message is queued behind the training jobs already waiting,
+  and a worker whose pool is training takes no message, so on a busy service it would wait for
+  every job ahead of it (hours, maybe). Every worker's main process (idle while its pool
+  trains) therefore also sends, from a few threads of its own, the attempts still `pending`
+  `WAITING_AFTER_S` seconds after they were due (`waiting`, taken by the maintenance loop): a
+  webhook arrives within seconds whatever the queue holds. The claim makes sure that the
+  message, when a worker finally takes it, sends nothing twice.
 - **What is sent.** `POST` of the event as JSON (`{"id", "type", "created_at", "data": {"job":
   ...}}`: the job as `GET /jobs/{id}` gives it, without its loss histories), with
   `X-Trainyard-Timestamp: <unix seconds>` and `X-Trainyard-Signature: sha256=<hex HMAC-SHA256 of
@@ -82,6 +89,9 @@ MAX_BACKOFF_S = 3600.0
 #: An attempt is due this long before its `next_attempt_at` (a countdown's rounding).
 DUE_SLACK_S = 0.1
 MAX_ERROR_LENGTH = 1000
+#: A due attempt still `pending` (unclaimed) this long after it was due waits behind busy
+#: workers: a worker's main process sends it itself (module docstring, "Busy workers").
+WAITING_AFTER_S = 5.0
 #: Bytes of a receiver's answer that are read (and dropped).
 MAX_RESPONSE_BYTES = 4096
 USER_AGENT = "trainyard-webhooks/1"
@@ -663,6 +673,33 @@ def scan(
             break
         published += 1
     return {"created": created, "published": published}
+
+
+def waiting(
+    factory: sessionmaker[Session],
+    settings: Settings,
+    now: datetime | None = None,
+    limit: int = SCAN_BATCH,
+) -> list[str]:
+    """Ids of the `pending` attempts due more than `WAITING_AFTER_S` seconds ago that nobody
+    holds (never claimed, or a claim whose lease expired: a worker lost mid-delivery), the
+    longest waiting first."""
+    now = now or utcnow()
+    lease = now - timedelta(seconds=lease_s(settings))
+    D = WebhookDelivery
+    with factory() as session:
+        return list(
+            session.scalars(
+                sa.select(D.id)
+                .where(
+                    D.status == "pending",
+                    D.next_attempt_at <= now - timedelta(seconds=WAITING_AFTER_S),
+                    sa.or_(D.claimed_at.is_(None), D.claimed_at < lease),
+                )
+                .order_by(D.next_attempt_at)
+                .limit(limit)
+            )
+        )
 
 
 # -- sending -----------------------------------------------------------------------------------

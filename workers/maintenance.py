@@ -22,6 +22,9 @@ two workers sweeping at the same time never act twice on one job:
   their webhook deliveries get them (the worker that ended a job records them at once; this
   catches a lost one, a cancel from the API, a sweep's end), and due attempts whose message
   was never sent, was lost, or whose worker was lost mid-delivery are published again.
+  Attempts that still wait a few seconds after they were due (queued behind training jobs,
+  with every worker busy) are sent from this process's own threads
+  (`workers.webhooks.WaitingSender`).
 - Stored `Idempotency-Key` answers older than a day are forgotten.
 
 **Hard time limit.** When Celery's hard limit kills a task's process, the main process gets the
@@ -47,6 +50,7 @@ from service.config import Settings
 from service.db import make_engine, make_sessionmaker
 from service.idempotency import purge_expired
 from service.lifecycle import TRAIN_TASK
+from workers.webhooks import WaitingSender
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +80,7 @@ class Maintenance:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._sender: WaitingSender | None = None
 
     @property
     def factory(self) -> sessionmaker[Session]:
@@ -84,8 +89,17 @@ class Maintenance:
                 self._factory = make_sessionmaker(make_engine(self.settings.database_url))
             return self._factory
 
+    @property
+    def sender(self) -> WaitingSender:
+        factory = self.factory  # takes the lock itself
+        with self._lock:
+            if self._sender is None:
+                self._sender = WaitingSender(factory, self.celery, self.settings)
+            return self._sender
+
     def sweep(self) -> None:
         sweep(self.factory, self.celery, self.settings)
+        self.sender.send_waiting()
 
     def start(self) -> None:
         if self.settings.maintenance_interval <= 0 or self._thread is not None:
@@ -95,6 +109,10 @@ class Maintenance:
 
     def stop(self) -> None:
         self._stop.set()
+        with self._lock:
+            sender = self._sender
+        if sender is not None:
+            sender.close()
 
     def _run(self) -> None:
         interval = self.settings.maintenance_interval

@@ -9,11 +9,16 @@
   sweeps that ended without deliveries (a lost worker, a cancel from the API, a sweep's end)
   get them, and due attempts whose message was lost are published again. A job's final status
   reaches its webhooks however it ended and whichever process was lost on the way.
+- `WaitingSender`, also driven by the maintenance loop: attempts still waiting a few seconds
+  after they were due (their message is queued behind training jobs, and no worker is free)
+  are sent from threads of the worker's main process.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import sqlalchemy as sa
@@ -29,18 +34,73 @@ from workers.runtime import session_factory, with_db_retry
 
 log = logging.getLogger(__name__)
 
+#: Threads of a worker's main process that send waiting attempts (`WaitingSender`).
+SENDER_THREADS = 4
+
 
 @shared_task(name=DELIVER_TASK, bind=True, ignore_result=True)
 def deliver_webhook(self: Any, delivery_id: str) -> str:
     """Send delivery attempt `delivery_id`; the outcome is in the store."""
     settings = Settings.from_flask_config(current_app.config)
-    factory = session_factory(settings.database_url)
+    return send(session_factory(settings.database_url), self.app, delivery_id, settings)
+
+
+def send(
+    factory: sessionmaker[Session], celery: Celery, delivery_id: str, settings: Settings
+) -> str:
+    """Send one attempt (`webhooks.deliver`) and publish the next one, if it failed with
+    attempts left, with the backoff as its countdown; the attempt's outcome."""
     outcome = with_db_retry(
         lambda: webhooks.deliver(factory, delivery_id, settings), f"delivery {delivery_id}"
     )
     if outcome.next_id is not None:
-        webhooks.publish(factory, self.app, [outcome.next_id], countdown=outcome.countdown)
+        webhooks.publish(factory, celery, [outcome.next_id], countdown=outcome.countdown)
     return outcome.status
+
+
+class WaitingSender:
+    """In a worker's main process: sends the attempts that wait behind busy workers
+    (`webhooks.waiting`) from `SENDER_THREADS` threads, so that a receiver that hangs costs one
+    of them one timeout and the maintenance loop that calls `send_waiting` never waits."""
+
+    def __init__(self, factory: sessionmaker[Session], celery: Celery, settings: Settings) -> None:
+        self.factory = factory
+        self.celery = celery
+        self.settings = settings
+        self._pool = ThreadPoolExecutor(SENDER_THREADS, thread_name_prefix="trainyard-webhooks")
+        self._lock = threading.Lock()
+        self._in_flight: set[str] = set()
+
+    def send_waiting(self) -> list[str]:
+        """Start sending every waiting attempt not already being sent here; their ids."""
+        started = []
+        for delivery_id in webhooks.waiting(self.factory, self.settings):
+            with self._lock:
+                if delivery_id in self._in_flight:
+                    continue
+                self._in_flight.add(delivery_id)
+            self._pool.submit(self._send, delivery_id)
+            started.append(delivery_id)
+        return started
+
+    def _send(self, delivery_id: str) -> None:
+        try:
+            send(self.factory, self.celery, delivery_id, self.settings)
+        except Exception:
+            log.warning("webhook delivery %s: sending failed; left to the next pass", delivery_id,
+                        exc_info=True)  # fmt: skip
+        finally:
+            with self._lock:
+                self._in_flight.discard(delivery_id)
+
+    def idle(self) -> bool:
+        """Nothing is being sent (tests)."""
+        with self._lock:
+            return not self._in_flight
+
+    def close(self) -> None:
+        """Start nothing more; an attempt being sent ends within its timeout."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def announce(factory: sessionmaker[Session], celery: Celery, job_id: str) -> list[str]:

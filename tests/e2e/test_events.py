@@ -229,6 +229,35 @@ def test_a_webhook_receiver_gets_job_succeeded_signed(api: Api) -> None:
         receiver.close()
 
 
+def test_a_webhook_does_not_wait_behind_a_training_job(api: Api, database_url: str) -> None:
+    """The only worker (one pool process) trains a long job, and a queued job is cancelled from
+    the API: its `job.cancelled` delivery's message is queued behind nothing the worker can
+    take, yet the receiver gets it within seconds (the worker's main process sends attempts that
+    wait), while the long job is still running."""
+    owner = Api(api.base, None, new_api_key(database_url, "busy-owner"))
+    receiver = Receiver()
+    long_job = submit(owner, epochs=10_000)
+    try:
+        owner.post("/webhooks", {"url": receiver.url, "events": ["job.cancelled"],
+                                 "secret": SECRET}, 201)  # fmt: skip
+        owner.wait(long_job, ("running",), timeout=120)
+        queued = submit(owner, epochs=5)
+        cancelled = time.monotonic()
+        assert owner.post(f"/jobs/{queued}/cancel", {}, 200)["status"] == "cancelled"
+        deadline = cancelled + 45
+        while not receiver.requests and time.monotonic() < deadline:
+            time.sleep(0.2)
+        took = time.monotonic() - cancelled
+        assert receiver.requests, "no webhook while the worker trains"
+        event = json.loads(receiver.requests[0]["body"])
+        assert event["type"] == "job.cancelled" and event["data"]["job"]["id"] == queued
+        assert owner.get(f"/jobs/{long_job}").json()["status"] == "running", took
+    finally:
+        owner.post(f"/jobs/{long_job}/cancel", {}, 200)
+        owner.wait(long_job, ("cancelled", "succeeded"), timeout=120)
+        receiver.close()
+
+
 def test_stopping_the_server_ends_open_streams_instead_of_waiting_for_them(
     pg_database_url: str, redis_url: str, processes: Processes
 ) -> None:

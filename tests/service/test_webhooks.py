@@ -617,6 +617,60 @@ def test_a_worker_lost_mid_delivery_leaves_it_for_another(
     assert len(receiver.requests) == 1
 
 
+def set_due(app: Flask, delivery_id: str, seconds_ago: float, **values: Any) -> None:
+    with factory_of(app)() as session:
+        session.execute(
+            sa.update(WebhookDelivery)
+            .where(WebhookDelivery.id == delivery_id)
+            .values(next_attempt_at=utcnow() - timedelta(seconds=seconds_ago), **values)
+        )
+        session.commit()
+
+
+@ALLOW
+def test_attempts_waiting_behind_busy_workers_are_sent_by_a_main_process(
+    app: Flask, client: FlaskClient, receiver: Receiver
+) -> None:
+    """Every worker is training: the message of a due attempt waits in the queue. A worker's
+    main process (`WaitingSender`, driven by the maintenance loop) sends what has waited more
+    than `WAITING_AFTER_S`, once, and the queued message then sends nothing twice."""
+    from workers.webhooks import WaitingSender
+
+    create(client, receiver.url, secret=SECRET)
+    fresh, waited, held, lost = (
+        webhooks.enqueue_for_job(factory_of(app), finished_job(app, client), "succeeded")[0]
+        for _ in range(4)
+    )
+    settings = settings_of(app)
+    slack = webhooks.WAITING_AFTER_S
+    set_due(app, fresh, slack / 2)  # a free worker is about to take it
+    set_due(app, waited, slack + 1)
+    set_due(app, held, slack + 1, claimed_at=utcnow())  # being sent right now
+    set_due(app, lost, slack + 1, claimed_at=utcnow() - timedelta(hours=1))  # its worker died
+    assert sorted(webhooks.waiting(factory_of(app), settings)) == sorted([waited, lost])
+
+    sender = WaitingSender(factory_of(app), app.extensions["celery"], settings)
+    try:
+        assert sorted(sender.send_waiting()) == sorted([waited, lost])
+        deadline = time.monotonic() + 10
+        while not sender.idle() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sender.idle()
+        sent = {json.loads(r["body"])["id"] for r in receiver.requests}
+        assert len(receiver.requests) == 2 and len(sent) == 2
+        for request in receiver.requests:
+            check_signature(request, SECRET)
+        status = {d.id: d.status for d in deliveries(app)}
+        assert status[waited] == status[lost] == "succeeded"
+        assert status[fresh] == status[held] == "pending"
+        assert sender.send_waiting() == []  # nothing waits any more
+        # the queued message, when a worker finally takes it: sent already
+        assert webhooks.deliver(factory_of(app), waited, settings).status == "skipped"
+        assert len(receiver.requests) == 2
+    finally:
+        sender.close()
+
+
 @ALLOW
 def test_deleting_a_webhook_drops_its_pending_deliveries(
     app: Flask, client: FlaskClient, receiver: Receiver
