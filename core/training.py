@@ -10,7 +10,8 @@ Steps, all deterministic for a given seed (`np.random.default_rng(seed)`):
 4. Evaluate the final model on each split (`core.metrics`, in the target's own units).
 
 The Celery task (`workers.tasks`) passes an `on_epoch` callback that records each epoch and
-reads the cancel flag.
+reads the cancel flag, and an `on_refit_epoch` callback that stops a refit (the early-stopped
+model is kept) once the task's soft time limit has come.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ from engine.optim import lr_scheduler
 
 #: `on_epoch(epoch, loss, val_loss)` after each finished epoch (1-based); False stops training.
 EpochCallback = Callable[[int, float, float | None], bool]
+#: `on_refit_epoch(epoch)` after each epoch of the refit; False stops the refit, and the model
+#: early stopping selected (the best epoch's weights, trained on the training rows) is kept.
+RefitCallback = Callable[[int], bool]
 
 #: How many samples the saved computational-graph picture shows.
 GRAPH_SAMPLES = 3
@@ -81,6 +85,9 @@ class TrainResult:
     #: early stopping chose `best_epoch`, then the saved model was trained again on the
     #: training and validation rows together for that many epochs
     refit: bool = False
+    #: the refit was stopped (`on_refit_epoch`) after this many epochs: the saved model is the
+    #: one early stopping selected
+    refit_stopped_at: int | None = None
     graph_svg: str | None = None
 
 
@@ -257,6 +264,7 @@ def train(
     target_kind: str = "numeric",
     classes: list[Any] | None = None,
     on_epoch: EpochCallback | None = None,
+    on_refit_epoch: RefitCallback | None = None,
     graph: bool = True,
 ) -> TrainResult:
     """Train an MLP on a dataset (a `Table` or a numeric matrix) and return it evaluated.
@@ -273,6 +281,7 @@ def train(
             target_kind,
             classes,
             on_epoch,
+            on_refit_epoch,
         ).run(graph)
 
 
@@ -286,8 +295,10 @@ class _Run:
         target_kind: str,
         classes: list[Any] | None,
         on_epoch: EpochCallback | None,
+        on_refit_epoch: RefitCallback | None = None,
     ) -> None:
         self.spec = spec
+        self.on_refit_epoch = on_refit_epoch
         n_targets = 1 if targets.ndim == 1 else int(targets.shape[1])
         self.loss = spec["loss"] or default_loss(
             target_kind, n_targets, classes, int(model_spec["layers"][-1])
@@ -351,7 +362,7 @@ class _Run:
         stopper = EarlyStopping(stopping) if stopping is not None else None
         has_val = len(self.splits["validation"]) > 0
         result = TrainResult(architecture=self.architecture, state_dict={})
-        model = self._fit(
+        model, _ = self._fit(
             self.x["train"], self.y["train"], int(spec["epochs"]), result, stopper, has_val
         )
 
@@ -373,8 +384,12 @@ class _Run:
             # start, training and validation rows together, for the best epoch's count.
             rows = np.concatenate([self.x["train"], self.x["validation"]])
             targets = np.concatenate([self.y["train"], self.y["validation"]])
-            model = self._fit(rows, targets, result.best_epoch, None, None, False)
-            result.refit = True
+            refitted, done = self._fit(rows, targets, result.best_epoch, None, None, False)
+            if done == result.best_epoch:
+                model = refitted
+                result.refit = True
+            else:  # stopped by `on_refit_epoch`: the selected model is saved
+                result.refit_stopped_at = done
         result.state_dict = {k: np.array(v, copy=True) for k, v in model.state_dict().items()}
         if not result.completed:
             return result
@@ -397,9 +412,10 @@ class _Run:
         result: TrainResult | None,
         stopper: EarlyStopping | None,
         has_val: bool,
-    ) -> nn.MLP:
+    ) -> tuple[nn.MLP, int]:
         """Train a fresh model (seeded) for up to `epochs`; with `result`, record the epochs,
-        report them to `on_epoch` and stop early; without (the refit), train quietly."""
+        report them to `on_epoch` and stop early; without (the refit), train quietly, asking
+        `on_refit_epoch` after each epoch whether to go on. The model and its epochs."""
         spec = self.spec
         seed = spec.get("seed")
         rng = np.random.default_rng(seed) if result is None else self.rng
@@ -411,6 +427,7 @@ class _Run:
         batch_size = spec.get("batch_size") or n
         batch_size = max(1, min(int(batch_size), n))
         report = result if result is not None else TrainResult(self.architecture, {})
+        done = 0
         for epoch in range(1, epochs + 1):
             order = rng.permutation(n) if batch_size < n else np.arange(n)
             total = 0.0
@@ -426,8 +443,11 @@ class _Run:
                 opt.step()
                 total += value * len(idx)
             epoch_loss = total / n
+            done = epoch
             if result is None:
                 schedule.after_epoch(epoch_loss)
+                if self.on_refit_epoch is not None and self.on_refit_epoch(epoch) is False:
+                    break
                 continue
             val_loss = None
             if has_val:
@@ -449,7 +469,7 @@ class _Run:
             ):
                 result.stop_reason = "early_stopping"
                 break
-        return model
+        return model, done
 
     def _loss(self, model: nn.MLP, split: str) -> float:
         """The loss on a split, in eval mode (no dropout); the model's mode is kept."""

@@ -153,9 +153,12 @@ def _load(factory: sessionmaker[Session], claim: Claim) -> dict[str, Any]:
 
 
 def _train(
-    loaded: dict[str, Any], on_epoch: Callable[[int, float, float | None], bool]
+    loaded: dict[str, Any],
+    on_epoch: Callable[[int, float, float | None], bool],
+    on_refit_epoch: Callable[[int], bool] | None = None,
 ) -> TrainResult:
-    """Run the training loop on what `_load` returned; `on_epoch` False stops it."""
+    """Run the training loop on what `_load` returned; `on_epoch` False stops it,
+    `on_refit_epoch` False stops a refit (the early-stopped model is kept)."""
     return train(
         loaded["features"],
         loaded["targets"],
@@ -164,6 +167,7 @@ def _train(
         target_kind=loaded["target_kind"],
         classes=loaded["classes"],
         on_epoch=on_epoch,
+        on_refit_epoch=on_refit_epoch,
     )
 
 
@@ -219,7 +223,18 @@ def _run_claimed(factory: sessionmaker[Session], claim: Claim, soft_limit: SoftL
                 return False
         return cancel is False
 
-    result = _train(loaded, on_epoch)
+    def on_refit_epoch(epoch: int) -> bool:
+        # The soft time limit during a refit: the model early stopping selected is complete
+        # and evaluated; keep it rather than fail the job (or reach the hard limit: no epoch
+        # callback checks the limit during a refit).
+        return not soft_limit.fired
+
+    result = _train(loaded, on_epoch, on_refit_epoch)
+    if result.refit_stopped_at is not None:
+        log.warning(
+            "job %s: soft time limit during the refit (epoch %s of %s): saving the model early "
+            "stopping selected", claim.job_id, result.refit_stopped_at, result.best_epoch,
+        )  # fmt: skip
     if lost:
         return "lost"
     if terminated is not None:

@@ -412,6 +412,32 @@ def test_refit_trains_again_on_training_and_validation_rows_for_the_best_epoch_c
     assert refit.evaluation["train"]["accuracy"] >= 0.9
 
 
+def test_a_stopped_refit_keeps_the_model_early_stopping_selected() -> None:
+    x, y = moons(200)
+    targets = y.reshape(-1, 1).astype(float)
+    base = spec(epochs=300, learning_rate=0.05, dtype="float64", early_stopping={"patience": 5})
+    kept = train(x, targets, BINARY, {**base, "early_stopping": {"patience": 5, "refit": False}},
+                 classes=[0, 1], graph=False)  # fmt: skip
+    asked: list[int] = []
+
+    def on_refit_epoch(epoch: int) -> bool:
+        asked.append(epoch)
+        return epoch < 3  # the time limit came during the third epoch of the refit
+
+    stopped = train(x, targets, BINARY, base, classes=[0, 1], graph=False,
+                    on_refit_epoch=on_refit_epoch)  # fmt: skip
+    assert kept.best_epoch is not None and kept.best_epoch > 3
+    assert asked == [1, 2, 3]
+    assert not stopped.refit and stopped.refit_stopped_at == 3
+    for k in kept.state_dict:  # exactly the selected model, not a third of a refit
+        np.testing.assert_array_equal(stopped.state_dict[k], kept.state_dict[k])
+    assert stopped.metrics == kept.metrics
+    # a refit asked at every epoch and never stopped is a whole refit
+    whole = train(x, targets, BINARY, base, classes=[0, 1], graph=False,
+                  on_refit_epoch=lambda epoch: True)  # fmt: skip
+    assert whole.refit and whole.refit_stopped_at is None
+
+
 def test_dropout_trains_in_train_mode_and_predicts_in_eval_mode() -> None:
     from core.model import Model
 

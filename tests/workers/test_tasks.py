@@ -5,6 +5,8 @@ cancellation, failure and the final save. The task function is called directly, 
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -281,3 +283,55 @@ def test_stopping_is_billiards_terminate_signal() -> None:
 
 def test_missing_job_is_ignored(factory: sessionmaker[Session]) -> None:
     assert run_job(factory, "0" * 32, SETTINGS) == "missing"
+
+
+def test_the_soft_time_limit_during_a_refit_keeps_the_selected_model(
+    factory: sessionmaker[Session],
+) -> None:
+    """Early stopping ended the training; the refit on all the rows is under way when Celery's
+    soft time limit comes (SIGUSR1, as billiard sends it): the refit stops and the job succeeds
+    with the model early stopping selected, the very weights a run without refit saves."""
+    stopping = {"early_stopping": {"patience": 3, "min_delta": 0.0, "refit": False}}
+    plain = add_job(factory, n=2000, epochs=400, learning_rate=0.02)
+    with session_scope(factory) as session:
+        job = session.get(Job, plain)
+        assert job is not None
+        spec = {**job.training_spec, **stopping}
+        job.training_spec = spec
+    assert run_job(factory, plain, SETTINGS) == "succeeded"
+    selected = job_row(factory, plain)
+    # about 75 epochs: the refit lasts long enough for the signal to come during it
+    assert selected.stop_reason == "early_stopping" and selected.best_epoch >= 20
+
+    refit = add_job(factory, n=2000, epochs=400, learning_rate=0.02)
+    with session_scope(factory) as session:
+        job = session.get(Job, refit)
+        assert job is not None
+        job.training_spec = {**spec, "early_stopping": {**spec["early_stopping"], "refit": True}}
+
+    def soft_limit_once_the_refit_runs() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if job_row(factory, refit).epoch == selected.stopped_epoch:
+                os.kill(os.getpid(), signal.SIGUSR1)  # the refit writes no epoch
+                return
+            time.sleep(0.005)
+
+    timer = threading.Thread(target=soft_limit_once_the_refit_runs)
+    timer.start()
+    assert run_job(factory, refit, SETTINGS) == "succeeded"
+    timer.join()
+    job = job_row(factory, refit)
+    assert (job.stop_reason, job.best_epoch, job.stopped_epoch) == (
+        "early_stopping", selected.best_epoch, selected.stopped_epoch,
+    )  # fmt: skip
+    weights = {}
+    with session_scope(factory) as session:
+        for job_id in (plain, refit):
+            weights[job_id] = weights_from_npz(
+                session.scalars(
+                    sa.select(TrainedModel.weights).where(TrainedModel.job_id == job_id)
+                ).one()
+            )
+    for name, value in weights[plain].items():
+        np.testing.assert_array_equal(weights[refit][name], value)
