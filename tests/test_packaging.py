@@ -199,10 +199,14 @@ def test_trainyard_server_on_a_client_install_says_what_to_install() -> None:
     assert 'pip install "trainyard[server]"' in out.stderr and "Traceback" not in out.stderr
 
 
-def test_trainyard_server_help_starts_nothing() -> None:
+@pytest.mark.parametrize(
+    ("module", "usage"),
+    [("workers.server_command", "trainyard-server"), ("workers.embedded", "python -m")],
+)
+def test_the_embedded_modes_help_starts_nothing(module: str, usage: str) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "workers.server_command", "--help"],
+        [sys.executable, "-m", module, "--help"],
         capture_output=True, text=True, timeout=60, cwd=ROOT,
     )  # fmt: skip
-    assert out.returncode == 0 and "usage: trainyard-server" in out.stdout, out
+    assert out.returncode == 0 and f"usage: {usage}" in out.stdout, out
     assert "TRAINYARD_VAR_DIR" in out.stdout and "starting" not in out.stdout + out.stderr

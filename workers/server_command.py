@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    return embedded.main()
+    return embedded.main(argv)
 
 
 if __name__ == "__main__":
