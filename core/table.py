@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from types import NoneType
 from typing import Any
 
 import numpy as np
@@ -152,6 +153,11 @@ def numeric_column(name: str, values: np.ndarray) -> Column:
 
 def categorical_column(name: str, cells: Sequence[Any]) -> Column:
     """A categorical column from cells (missing ones become code -1)."""
+    if set(map(type, cells)) <= {str, NoneType}:
+        # JSON's usual categorical column: each distinct cell is looked at once (only for
+        # strings and nulls: 1, 1.0 and True are one key of a dict, and NaN is none)
+        text_of = {v: None if is_missing(v) else as_category(v) for v in set(cells)}
+        return categorical_from_texts(name, [text_of[v] for v in cells])
     texts: list[str | None] = []
     for row, value in enumerate(cells):
         if is_missing(value):
@@ -180,7 +186,8 @@ def column_from_cells(name: str, cells: Sequence[Any], kind: str | None = None) 
         raise TableError(f"unknown column type {kind!r}; expected one of {list(COLUMN_TYPES)}")
     if kind == CATEGORICAL:
         return categorical_column(name, cells)
-    if all(type(v) in (int, float) for v in cells):
+    if set(map(type, cells)) <= {int, float, NoneType}:
+        # numbers and nulls: NumPy reads None as NaN, a missing cell (bool is a type of its own)
         try:
             return numeric_column(name, np.array(cells, dtype=np.float64))
         except OverflowError:

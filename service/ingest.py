@@ -19,6 +19,7 @@ import itertools
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from types import NoneType
 from typing import Any
 
 import numpy as np
@@ -185,6 +186,8 @@ def check_rows(rows: Any, field: str, limits: Limits, *, max_columns: int | None
 
 
 def _check_cells(rows: list[list[Any]], field: str) -> None:
+    if {type(v) for row in rows for v in row} <= {int, float, str, bool, NoneType}:
+        return  # what JSON gives; anything else is named below
     for i, row in enumerate(rows):
         for j, v in enumerate(row):
             if not (v is None or isinstance(v, int | float | str | bool)):
@@ -249,12 +252,8 @@ def table_from_cells(
     _check_cells(rows, field)
     types = column_types or {}
     try:
-        return Table(
-            [
-                column_from_cells(n, [row[j] for row in rows], types.get(n))
-                for j, n in enumerate(names)
-            ]
-        )
+        cells = list(zip(*rows, strict=True))  # the columns, in one pass
+        return Table([column_from_cells(n, cells[j], types.get(n)) for j, n in enumerate(names)])
     except TableError as exc:
         raise table_error(exc, field) from None
 

@@ -81,3 +81,23 @@ def test_storage_round_trip_and_legacy_matrix() -> None:
     legacy = table_from_bytes(buf.getvalue(), ["p", "q"])
     assert isinstance(legacy, Table) and legacy.names == ["p", "q"]
     assert legacy.rows() == [[1.0, 2.0], [3.0, 4.0]]
+
+
+def test_json_columns_of_numbers_and_nulls_or_of_strings_and_nulls() -> None:
+    """What the per-distinct-value and NumPy paths must give: the cell-by-cell rules."""
+    numbers = column_from_cells("a", [1, None, 2.5, float("nan"), -3])
+    assert numbers.kind == "numeric" and numbers.n_missing == 2
+    assert numbers.cells() == [1.0, None, 2.5, None, -3.0]
+    flags = column_from_cells("b", [True, None, False])  # booleans are not numbers
+    assert flags.kind == "categorical" and flags.levels == ["false", "true"]
+    assert flags.cells() == ["true", None, "false"]
+    words = column_from_cells("c", [" a", "a ", "NA", None, "b", " "])
+    assert words.levels == ["a", "b"] and words.n_missing == 3
+    assert words.cells() == ["a", "a", None, None, "b", None]
+    assert column_from_cells("d", ["1", None, "2"]).kind == "numeric"  # numeric text
+    with pytest.raises(TableError) as info:
+        column_from_cells("e", ["ok", "x\x00y"], "categorical")
+    assert info.value.row == 1 and info.value.column == "e"
+    with pytest.raises(TableError) as info:
+        column_from_cells("f", [10**400, None])
+    assert info.value.column == "f"
