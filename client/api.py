@@ -8,6 +8,7 @@ Answers are the API's JSON objects, typed as `TypedDict`s. An error answer becom
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import time
@@ -226,6 +227,17 @@ def _records(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
+def _is_frame(value: Any) -> bool:
+    """A pandas DataFrame (duck-typed: the client does not need pandas)."""
+    return hasattr(value, "to_csv") and hasattr(value, "columns") and hasattr(value, "dtypes")
+
+
+def _frame_csv(frame: Any) -> io.BytesIO:
+    """A DataFrame as the CSV the server reads: its header, no index; a missing cell (NaN,
+    None, pd.NA, NaT) is an empty cell."""
+    return io.BytesIO(frame.to_csv(index=False).encode("utf-8"))
+
+
 def _is_records(rows: Any) -> bool:
     """A non-empty list of dicts (named rows), rather than rows of cells."""
     return (
@@ -403,9 +415,13 @@ class Client:
     ) -> Dataset:
         """Upload features (lists or a NumPy array: numbers, strings or booleans for a
         categorical column, None or NaN for a missing cell) and targets, or a CSV file's path
-        (`upload_dataset("moons.csv")`, its last column the target; see `upload_csv`)."""
+        (`upload_dataset("moons.csv")`, its last column the target; see `upload_csv`), or a
+        pandas DataFrame and the name of its target column (`upload_dataset(frame, "species")`;
+        see `upload_dataframe`)."""
         if isinstance(features, str | Path) and targets is None:
             return self.upload_csv(features, name=name)
+        if _is_frame(features) and isinstance(targets, str):
+            return self.upload_dataframe(features, targets, name=name)
         if targets is None:
             raise TypeError("targets are needed unless features is a CSV path")
         body = {"name": name or "dataset", "features": _matrix(features)}
@@ -425,12 +441,40 @@ class Client:
         (categorical) and missing cells (empty, NA, NaN, null, None); `column_types`
         (`{"zip": "categorical"}`) overrides the inferred `numeric` / `categorical`."""
         path = Path(path)
+        with path.open("rb") as f:
+            return self._post_csv(path.name, f, target, name, column_types)
+
+    def upload_dataframe(
+        self,
+        frame: Any,
+        target: str,
+        *,
+        name: str | None = None,
+        column_types: Mapping[str, str] | None = None,
+    ) -> Dataset:
+        """Upload a pandas DataFrame, its column names and types kept: it is sent as a CSV
+        (no index), read by the server as `upload_csv` reads a file (numeric columns, text and
+        category columns categorical, NaN / None / pd.NA missing cells); `target` names the
+        target column; `name` defaults to "dataframe"."""
+        if target not in list(frame.columns):
+            raise ValueError(f"the DataFrame has no column {target!r}")
+        return self._post_csv(
+            "dataframe.csv", _frame_csv(frame), target, name or "dataframe", column_types
+        )
+
+    def _post_csv(
+        self,
+        file_name: str,
+        body: Any,
+        target: str | None,
+        name: str | None,
+        column_types: Mapping[str, str] | None,
+    ) -> Dataset:
         form = {k: v for k, v in {"target": target, "name": name}.items() if v}
         if column_types:
             form["column_types"] = json.dumps(dict(column_types))
-        with path.open("rb") as f:
-            files = {"file": (path.name, f, "text/csv")}
-            return self._json("POST", "/datasets", data=form, files=files)
+        files = {"file": (file_name, body, "text/csv")}
+        return self._json("POST", "/datasets", data=form, files=files)
 
     def upload_rows(
         self,
@@ -768,9 +812,13 @@ class Client:
         missing key, None or NaN is a missing cell, an unknown key an `ApiError`), or rows of
         cells in the training column order (lists or a NumPy array; strings for categorical
         columns, None or NaN for missing cells), or a CSV file's path, its rows read as cells
-        in that order (its header skipped; `predict_csv` matches columns by header name).
-        Answers `{"predictions": [...]}`, plus `"probabilities"` (one per class, in the
-        model's `classes` order) for classification."""
+        in that order (its header skipped; `predict_csv` matches columns by header name), or
+        a pandas DataFrame (sent as a CSV: its column names match the training columns, in any
+        order, as `predict_csv` does). Answers `{"predictions": [...]}`, plus
+        `"probabilities"` (one per class, in the model's `classes` order) for
+        classification."""
+        if _is_frame(rows_or_features):
+            return self._predict_csv(model_id, "dataframe.csv", _frame_csv(rows_or_features))
         if isinstance(rows_or_features, str | Path):
             rows_or_features = read_features_csv(rows_or_features)
         if _is_records(rows_or_features):
@@ -785,12 +833,13 @@ class Client:
         `ApiError`). `as_csv=True` returns the server's CSV text (`prediction`, then one
         `p_<label>` column per class) instead of the `Prediction` JSON."""
         path = Path(path)
-        headers = {"Accept": "text/csv"} if as_csv else {"Accept": "application/json"}
         with path.open("rb") as f:
-            files = {"file": (path.name, f, "text/csv")}
-            response = self.request(
-                "POST", f"/models/{model_id}/predict", files=files, headers=headers
-            )
+            return self._predict_csv(model_id, path.name, f, as_csv)
+
+    def _predict_csv(self, model_id: str, file_name: str, body: Any, as_csv: bool = False) -> Any:
+        headers = {"Accept": "text/csv"} if as_csv else {"Accept": "application/json"}
+        files = {"file": (file_name, body, "text/csv")}
+        response = self.request("POST", f"/models/{model_id}/predict", files=files, headers=headers)
         return response.text if as_csv else response.json()
 
     def evaluate(self, model_id: str, dataset_id: str) -> Evaluation:

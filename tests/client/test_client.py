@@ -287,6 +287,43 @@ def test_rows_inline_regression_with_schedule_dtype_and_preprocessing(
     assert info.value.status == 422 and "training.class_weight" in info.value.fields
 
 
+def test_a_pandas_dataframe_uploads_trains_and_predicts(service: LiveService) -> None:
+    """A DataFrame with a text column, a nullable integer column and missing cells (NaN, None,
+    pd.NA): its names and types arrive as the CSV's would, and `predict` takes a DataFrame of
+    the feature columns in any order, answering as it does for the same named rows."""
+    import pandas as pd  # a server dependency, so installed wherever the tests run
+    rows = penguin_rows(150, seed=4)
+    frame = pd.DataFrame(rows)
+    frame["zip"] = frame["zip"].astype("Int64")  # pandas' nullable integers
+    frame.loc[3, "zip"] = pd.NA
+    frame["island"] = frame["island"].astype("category")
+    api = service.client()
+    dataset = api.upload_dataset(frame, "species", name="penguin frame")
+    assert dataset["name"] == "penguin frame" and dataset["n_samples"] == 150
+    assert dataset["target"]["name"] == "species" and dataset["classes"] == list(SPECIES)
+    columns = {c["name"]: c for c in dataset["columns"]}
+    assert list(columns) == ["bill_length_mm", "island", "zip", "body_mass_g"]
+    assert [c["type"] for c in columns.values()] == [
+        "numeric", "categorical", "numeric", "numeric"
+    ]  # fmt: skip
+    assert columns["zip"]["missing"] == 1
+    assert columns["island"]["missing"] == sum(r["island"] is None for r in rows)
+    with pytest.raises(ValueError):
+        api.upload_dataframe(frame, "no such column")
+
+    job = api.submit_job(dataset["id"], [16, 3], optimizer="adam", learning_rate=0.02,
+                         epochs=80, seed=0)  # fmt: skip
+    job = api.wait(job["id"], poll_interval=0.1, timeout=120)
+    assert job["status"] == "succeeded", job
+    features = frame.drop(columns=["species"])[["zip", "island", "body_mass_g", "bill_length_mm"]]
+    by_frame = api.predict(job["model_id"], features.head(20))
+    named = [{k: v for k, v in row.items() if k != "species"} for row in rows[:20]]
+    named[3]["zip"] = None
+    by_rows = api.predict(job["model_id"], named)
+    assert by_frame["predictions"] == by_rows["predictions"]
+    np.testing.assert_allclose(by_frame["probabilities"], by_rows["probabilities"], rtol=1e-6)
+
+
 def test_api_errors_become_exceptions_with_code_message_fields(service: LiveService) -> None:
     api = service.client()
     dataset = api.upload_dataset([[0.0], [1.0]], [0.0, 1.0], name="tiny")
