@@ -292,6 +292,7 @@ def test_a_pandas_dataframe_uploads_trains_and_predicts(service: LiveService) ->
     pd.NA): its names and types arrive as the CSV's would, and `predict` takes a DataFrame of
     the feature columns in any order, answering as it does for the same named rows."""
     import pandas as pd  # a server dependency, so installed wherever the tests run
+
     rows = penguin_rows(150, seed=4)
     frame = pd.DataFrame(rows)
     frame["zip"] = frame["zip"].astype("Int64")  # pandas' nullable integers
