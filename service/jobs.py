@@ -314,8 +314,13 @@ def serialize_jobs(
 ) -> list[dict[str, Any]]:
     """The API view of jobs, with their model id and (`history`) their loss histories; two
     queries in all. Without `history` (`GET /jobs` unless `include=history`) the histories are
-    left out and only each job's last epoch is read (`progress.loss`)."""
+    left out and only each job's last epoch is read (`progress.loss`).
+
+    The job rows were read before their epochs: an epoch committed in between (a worker
+    training right now) is left out, so a job never shows more history than its
+    `progress.epoch` (the row is the state the view describes)."""
     ids = [job.id for job in jobs]
+    epoch_of = {job.id: job.epoch or 0 for job in jobs}
     losses: dict[str, list[float]] = {i: [] for i in ids}
     val_losses: dict[str, list[float]] = {i: [] for i in ids}
     last_loss: dict[str, float] = {}
@@ -323,19 +328,25 @@ def serialize_jobs(
     if ids:
         if history:
             # plain rows, not ORM objects: a poll of a long job reads thousands of them
-            for job_id, loss, val_loss in session.execute(
-                sa.select(JobEpoch.job_id, JobEpoch.loss, JobEpoch.val_loss)
+            for job_id, epoch, loss, val_loss in session.execute(
+                sa.select(JobEpoch.job_id, JobEpoch.epoch, JobEpoch.loss, JobEpoch.val_loss)
                 .where(JobEpoch.job_id.in_(ids))
                 .order_by(JobEpoch.job_id, JobEpoch.epoch)
             ):
+                if epoch > epoch_of[job_id]:
+                    continue
                 losses[job_id].append(loss)
                 if val_loss is not None:
                     val_losses[job_id].append(val_loss)
             last_loss = {i: rows[-1] for i, rows in losses.items() if rows}
-        else:
+        elif caps := [
+            sa.and_(JobEpoch.job_id == job_id, JobEpoch.epoch <= epoch)
+            for job_id, epoch in epoch_of.items()
+            if epoch > 0
+        ]:  # one page of jobs at most
             latest = (
                 sa.select(JobEpoch.job_id, sa.func.max(JobEpoch.epoch).label("epoch"))
-                .where(JobEpoch.job_id.in_(ids))
+                .where(sa.or_(*caps))
                 .group_by(JobEpoch.job_id)
                 .subquery()
             )

@@ -17,7 +17,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
 def test_message_delivered_twice_runs_once(cluster: Cluster) -> None:
     short = {"TRAINYARD_VISIBILITY_TIMEOUT": "3", "TRAINYARD_STALE_AFTER": "5"}
     workers = [cluster.worker(name, **short) for name in ("w1", "w2")]
-    job_id = cluster.add_job(epochs=2000)
+    # long enough to outlast the visibility timeout and Redis' restore of the unacknowledged
+    # message however fast the machine (2,000 epochs took 3.9 s on an idle one: too short)
+    job_id = cluster.add_job(epochs=8000)
     cluster.wait(job_id, ("running",), timeout=60)
     started = cluster.job(job_id).started_at
 

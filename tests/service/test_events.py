@@ -385,6 +385,29 @@ def test_history_since_an_epoch(app: Flask, client: FlaskClient, bob: FlaskClien
     assert_error(client.get("/api/v1/jobs/nope/history"), 404)
 
 
+def test_a_job_never_shows_more_history_than_its_progress(app: Flask, client: FlaskClient) -> None:
+    """A worker commits an epoch between a poll's read of the job row and its read of the
+    epochs: the view is the row's state (the client's stream and polls rely on it)."""
+    from service.jobs import serialize_jobs
+    from service.tables import Job
+
+    job_id = submit(client)
+    attempt = claim(app, job_id)
+    for epoch in (1, 2, 3):
+        lifecycle.record_epoch(factory_of(app), attempt, epoch, 1.0 / epoch, None)
+    with factory_of(app)() as session:
+        job = session.get(Job, job_id)  # the row, at epoch 3
+        assert job is not None and job.epoch == 3
+        lifecycle.record_epoch(factory_of(app), attempt, 4, 0.25, None)  # meanwhile
+        (full,) = serialize_jobs(session, [job])
+        (brief,) = serialize_jobs(session, [job], history=False)
+    assert full["loss_history"] == pytest.approx([1.0, 0.5, 1 / 3])
+    assert full["progress"] == brief["progress"] == {
+        "epoch": 3, "epochs": 5, "loss": pytest.approx(1 / 3)
+    }  # fmt: skip
+    assert client.get(f"/api/v1/jobs/{job_id}").get_json()["progress"]["epoch"] == 4
+
+
 def test_job_lists_leave_out_histories_unless_asked(app: Flask, client: FlaskClient) -> None:
     job_id = trained(app, client, epochs=3)
     submit(client)  # one with no epoch yet
