@@ -410,10 +410,18 @@ def _take_over(
     return started
 
 
-def heartbeat(factory: sessionmaker[Session], claim: Claim) -> None:
-    """The attempt is alive (between epochs); nothing if it no longer owns the job."""
+def heartbeat(factory: sessionmaker[Session], claim: Claim) -> bool | None:
+    """The attempt is alive (between epochs, or refitting); nothing if it no longer owns the
+    job. Returns the job's cancel flag, or None when the attempt no longer owns it (as
+    `record_epoch` does)."""
     with session_scope(factory) as session:
-        session.execute(sa.update(Job).where(_owned(claim)).values(heartbeat_at=utcnow()))
+        row = session.execute(
+            sa.update(Job)
+            .where(_owned(claim))
+            .values(heartbeat_at=utcnow())
+            .returning(Job.cancel_requested)
+        ).first()
+        return None if row is None else bool(row.cancel_requested)
 
 
 def record_epoch(

@@ -13,7 +13,10 @@ id and:
 2. Loads the dataset and trains (`workers.training.train`); per epoch, `lifecycle.record_epoch`
    appends the epoch, moves the heartbeat forward and reads the cancel flag. A heartbeat thread
    (`workers.runtime.Heartbeat`) keeps the job alive between epochs. An attempt that was taken
-   over (fenced by `attempts`) stops at its next epoch.
+   over (fenced by `attempts`) stops at its next epoch. During early stopping's refit (no
+   epoch is recorded) the task looks for a cancel every `REFIT_LOOK_S` seconds
+   (`lifecycle.heartbeat`), and the soft time limit stops the refit: the model early stopping
+   selected is saved.
 3. Saves the trained model and `succeeded` in one transaction (`lifecycle.succeed`). Every
    failure (bad data, divergence, soft time limit, any exception) ends the job `failed` with a
    message (`lifecycle.fail`); the task itself never raises. The one exception: a pool process
@@ -36,6 +39,7 @@ Lost workers whose message never comes back, hard time limits and lost messages 
 from __future__ import annotations
 
 import logging
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -57,6 +61,9 @@ from workers import webhooks
 from workers.runtime import Heartbeat, SoftLimit, session_factory, stopping, with_db_retry
 
 log = logging.getLogger(__name__)
+
+#: During a refit (no epoch is recorded) the attempt looks for a cancel this often, in seconds.
+REFIT_LOOK_S = 1.0
 
 
 class _Busy(Exception):
@@ -223,20 +230,40 @@ def _run_claimed(factory: sessionmaker[Session], claim: Claim, soft_limit: SoftL
                 return False
         return cancel is False
 
+    refit_cancelled = False
+    looked = time.monotonic()
+
     def on_refit_epoch(epoch: int) -> bool:
+        nonlocal lost, refit_cancelled, looked
         # The soft time limit during a refit: the model early stopping selected is complete
-        # and evaluated; keep it rather than fail the job (or reach the hard limit: no epoch
-        # callback checks the limit during a refit).
-        return not soft_limit.fired
+        # and evaluated; keep it rather than fail the job (or reach the hard limit: the refit
+        # records no epoch, so nothing else checks the limit).
+        if soft_limit.fired:
+            return False
+        # A refit lasts as long as the training did: a cancel (or a lost claim) is looked for
+        # at most every REFIT_LOOK_S, one small UPDATE that also beats the heart.
+        if time.monotonic() - looked < REFIT_LOOK_S:
+            return True
+        looked = time.monotonic()
+        cancel = with_db_retry(
+            lambda: lifecycle.heartbeat(factory, claim), f"job {claim.job_id} refit"
+        )
+        lost = lost or cancel is None
+        refit_cancelled = cancel is True
+        return cancel is False
 
     result = _train(loaded, on_epoch, on_refit_epoch)
-    if result.refit_stopped_at is not None:
+    if result.refit_stopped_at is not None and soft_limit.fired:
         log.warning(
             "job %s: soft time limit during the refit (epoch %s of %s): saving the model early "
             "stopping selected", claim.job_id, result.refit_stopped_at, result.best_epoch,
         )  # fmt: skip
     if lost:
         return "lost"
+    if refit_cancelled:
+        return with_db_retry(
+            lambda: lifecycle.cancel_attempt(factory, claim), f"job {claim.job_id} cancel"
+        )
     if terminated is not None:
         stopped = terminated
         return with_db_retry(

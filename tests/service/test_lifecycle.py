@@ -178,7 +178,7 @@ def test_take_over_fences_out_the_old_attempt(factory: sessionmaker[Session]) ->
 
     # nothing the old attempt writes reaches the job any more
     assert lifecycle.record_epoch(factory, old, 2, 0.8, None) is None
-    lifecycle.heartbeat(factory, old)
+    assert lifecycle.heartbeat(factory, old) is None
     lifecycle.fail(factory, old, "late")
     lifecycle.cancel_attempt(factory, old)
     model = {"dataset_id": job_row(factory, old.job_id).dataset_id, "architecture": {},
@@ -195,7 +195,7 @@ def test_take_over_fences_out_the_old_attempt(factory: sessionmaker[Session]) ->
 def test_record_epoch_and_heartbeat(factory: sessionmaker[Session]) -> None:
     claim = running(factory)
     set_fields(factory, claim.job_id, heartbeat_at=utcnow() - STALE)
-    lifecycle.heartbeat(factory, claim)
+    assert lifecycle.heartbeat(factory, claim) is False  # alive, and no cancel asked for
     beat = job_row(factory, claim.job_id).heartbeat_at
     assert beat is not None and utcnow() - beat.replace(tzinfo=utcnow().tzinfo) < STALE
     assert lifecycle.record_epoch(factory, claim, 1, 0.7, 0.8) is False

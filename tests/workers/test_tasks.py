@@ -335,3 +335,51 @@ def test_the_soft_time_limit_during_a_refit_keeps_the_selected_model(
             )
     for name, value in weights[plain].items():
         np.testing.assert_array_equal(weights[refit][name], value)
+
+
+def test_a_cancel_during_a_refit_ends_the_job_cancelled(factory: sessionmaker[Session]) -> None:
+    """The refit records no epoch, and it lasts as long as the training did: a cancel asked for
+    meanwhile is seen within `REFIT_LOOK_S` (not after the refit, with the job `succeeded`)."""
+    from workers.tasks import REFIT_LOOK_S
+
+    stopping = {"patience": 3, "min_delta": 0.0}
+    plain = add_job(factory, n=4000, epochs=400, learning_rate=0.005)
+    with session_scope(factory) as session:
+        job = session.get(Job, plain)
+        assert job is not None
+        spec = {**job.training_spec, "early_stopping": {**stopping, "refit": False}}
+        job.training_spec = spec
+    assert run_job(factory, plain, SETTINGS) == "succeeded"
+    selected = job_row(factory, plain)
+    assert selected.stop_reason == "early_stopping" and selected.best_epoch >= 50
+
+    refit = add_job(factory, n=4000, epochs=400, learning_rate=0.005)
+    with session_scope(factory) as session:
+        job = session.get(Job, refit)
+        assert job is not None
+        job.training_spec = {**spec, "early_stopping": {**stopping, "refit": True}}
+    asked: list[float] = []
+
+    def cancel_once_the_refit_runs() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if job_row(factory, refit).epoch == selected.stopped_epoch:
+                with session_scope(factory) as session:
+                    session.execute(
+                        sa.update(Job).where(Job.id == refit).values(cancel_requested=True)
+                    )
+                asked.append(time.monotonic())
+                return
+            time.sleep(0.005)
+
+    canceller = threading.Thread(target=cancel_once_the_refit_runs)
+    canceller.start()
+    assert run_job(factory, refit, SETTINGS) == "cancelled"
+    ended = time.monotonic()
+    canceller.join()
+    assert asked and ended - asked[0] < REFIT_LOOK_S + 5
+    job = job_row(factory, refit)
+    assert job.status == "cancelled" and job.epoch == selected.stopped_epoch
+    with session_scope(factory) as session:
+        models = session.scalars(sa.select(TrainedModel).where(TrainedModel.job_id == refit))
+        assert models.all() == []
