@@ -10,8 +10,8 @@ Steps, all deterministic for a given seed (`np.random.default_rng(seed)`):
 4. Evaluate the final model on each split (`core.metrics`, in the target's own units).
 
 The Celery task (`workers.tasks`) passes an `on_epoch` callback that records each epoch and
-reads the cancel flag, and an `on_refit_epoch` callback that stops a refit (the early-stopped
-model is kept) once the task's soft time limit has come.
+reads the cancel flag, and an `on_refit_epoch` callback that can stop a refit (the task's soft
+time limit: the early-stopped model is kept; a cancel).
 """
 
 from __future__ import annotations

@@ -59,3 +59,5 @@ def post_worker_init(worker: Any) -> None:
             graceful_exit(signum, frame)
 
     signal.signal(signal.SIGTERM, on_sigterm)
+    # as gunicorn has it: SIGTERM does not interrupt the system calls of requests in flight
+    signal.siginterrupt(signal.SIGTERM, False)
