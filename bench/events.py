@@ -54,10 +54,10 @@ from service.config import Settings  # noqa: E402
 from service.db import make_engine, make_sessionmaker  # noqa: E402
 from service.lifecycle import Claim  # noqa: E402
 from tests.support import (  # noqa: E402
-    VENV_BIN,
     Api,
     Processes,
     RedisServer,
+    api_cmd,
     base_env,
     free_port,
     fresh_pg_database,
@@ -88,11 +88,7 @@ ACCESS_FORMAT = "access %(m)s %(U)s %(s)s %(D)s"
 
 def server_command(port: int, workers: int, threads: int) -> list[str]:
     """The compose file's `api` command, on `port`, with the access log's times."""
-    return [
-        str(VENV_BIN / "gunicorn"), "--config", "python:workers.gunicorn_conf",
-        "--bind", f"127.0.0.1:{port}", "--workers", str(workers), "--threads", str(threads),
-        "--no-control-socket", "--access-logformat", ACCESS_FORMAT, "service:create_app()",
-    ]  # fmt: skip
+    return api_cmd(port, workers, threads, extra=["--access-logformat", ACCESS_FORMAT])
 
 
 def server_times(log: Path, path: str) -> list[float]:

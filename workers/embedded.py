@@ -28,7 +28,6 @@ where it is) and the dashboard's one-click link, last, below the children's star
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import json
@@ -46,7 +45,7 @@ from service.auth import verify_api_key
 from service.config import VAR_DIR, Settings
 from service.migrate import upgrade
 from workers.parent_watch import PARENT_ENV, READY_FILE_ENV, pdeathsig_preexec
-from workers.server_command import DESCRIPTION
+from workers.server_command import parse_args
 
 ROOT = Path(__file__).resolve().parent.parent
 GRACE = 10.0
@@ -234,11 +233,7 @@ def ensure_local_key(
 
 
 def main(argv: list[str] | None = None) -> int:
-    argparse.ArgumentParser(
-        prog="python -m workers.embedded",
-        description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    ).parse_args(argv)
+    parse_args("python -m workers.embedded", argv)
     settings = Settings()
     port = int(os.environ.get("PORT", settings.port))
     concurrency = int(os.environ.get("TRAINYARD_WORKER_CONCURRENCY", "1"))

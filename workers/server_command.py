@@ -23,12 +23,15 @@ environment:
 """
 
 
-def main(argv: list[str] | None = None) -> int:
-    argparse.ArgumentParser(
-        prog="trainyard-server",
-        description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+def parse_args(prog: str, argv: list[str] | None) -> argparse.Namespace:
+    """The embedded mode's command line (only `--help`, which prints DESCRIPTION and exits)."""
+    return argparse.ArgumentParser(
+        prog=prog, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     ).parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parse_args("trainyard-server", argv)
     try:
         from workers import embedded
     except ModuleNotFoundError as exc:

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from tests.support.databases import ROOT
@@ -105,14 +106,16 @@ def worker_cmd(name: str, concurrency: int = 1) -> list[str]:
     ]  # fmt: skip
 
 
-def api_cmd(port: int, workers: int = 2, threads: int | None = None) -> list[str]:
+def api_cmd(
+    port: int, workers: int = 2, threads: int | None = None, extra: Sequence[str] = ()
+) -> list[str]:
     """The API server as every mode runs it (`workers.gunicorn_conf`), on `port`; `threads`
-    per process if given, else the configuration's."""
+    per process if given, else the configuration's; `extra` gunicorn options."""
     return [
         str(VENV_BIN / "gunicorn"), "--config", "python:workers.gunicorn_conf",
         "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
         *([] if threads is None else ["--threads", str(threads)]),
-        "--no-control-socket", "service:create_app()",
+        "--no-control-socket", *extra, "service:create_app()",
     ]  # fmt: skip
 
 

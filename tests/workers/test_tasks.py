@@ -12,6 +12,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -40,6 +41,7 @@ def add_job(
     epochs: int = 5,
     learning_rate: float = 0.05,
     loss: str = "binary_cross_entropy",
+    early_stopping: dict[str, Any] | None = None,
     **job_fields: Any,
 ) -> str:
     x, y = moons(n)
@@ -71,6 +73,7 @@ def add_job(
                 "batch_size": 16,
                 "seed": 0,
                 "validation_split": 0.2,
+                **({} if early_stopping is None else {"early_stopping": early_stopping}),
             },
             epochs=epochs,
             **job_fields,
@@ -285,56 +288,66 @@ def test_missing_job_is_ignored(factory: sessionmaker[Session]) -> None:
     assert run_job(factory, "0" * 32, SETTINGS) == "missing"
 
 
+def early_stopped_then_refit(
+    factory: sessionmaker[Session], n: int, learning_rate: float
+) -> tuple[Job, str]:
+    """A job trained with early stopping and no refit (its row: what the refit job will stop
+    at), and the same job with a refit, not run yet (its id)."""
+    stopping = {"patience": 3, "min_delta": 0.0}
+    spec = {"n": n, "epochs": 400, "learning_rate": learning_rate}
+    plain = add_job(factory, **spec, early_stopping={**stopping, "refit": False})
+    assert run_job(factory, plain, SETTINGS) == "succeeded"
+    selected = job_row(factory, plain)
+    assert selected.stop_reason == "early_stopping"
+    return selected, add_job(factory, **spec, early_stopping={**stopping, "refit": True})
+
+
+def once_the_refit_runs(
+    factory: sessionmaker[Session], job_id: str, stopped_epoch: int, action: Callable[[], None]
+) -> threading.Thread:
+    """A started thread that calls `action` as soon as the job's last training epoch is
+    recorded (the refit that follows records none)."""
+
+    def watch() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if job_row(factory, job_id).epoch == stopped_epoch:
+                action()
+                return
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=watch)
+    thread.start()
+    return thread
+
+
+def model_weights(factory: sessionmaker[Session], job_id: str) -> list[Any]:
+    with session_scope(factory) as session:
+        rows = session.scalars(sa.select(TrainedModel.weights).where(TrainedModel.job_id == job_id))
+        return [weights_from_npz(w) for w in rows]
+
+
 def test_the_soft_time_limit_during_a_refit_keeps_the_selected_model(
     factory: sessionmaker[Session],
 ) -> None:
     """Early stopping ended the training; the refit on all the rows is under way when Celery's
     soft time limit comes (SIGUSR1, as billiard sends it): the refit stops and the job succeeds
     with the model early stopping selected, the very weights a run without refit saves."""
-    stopping = {"early_stopping": {"patience": 3, "min_delta": 0.0, "refit": False}}
-    plain = add_job(factory, n=2000, epochs=400, learning_rate=0.02)
-    with session_scope(factory) as session:
-        job = session.get(Job, plain)
-        assert job is not None
-        spec = {**job.training_spec, **stopping}
-        job.training_spec = spec
-    assert run_job(factory, plain, SETTINGS) == "succeeded"
-    selected = job_row(factory, plain)
+    selected, refit = early_stopped_then_refit(factory, n=2000, learning_rate=0.02)
     # about 75 epochs: the refit lasts long enough for the signal to come during it
-    assert selected.stop_reason == "early_stopping" and selected.best_epoch >= 20
-
-    refit = add_job(factory, n=2000, epochs=400, learning_rate=0.02)
-    with session_scope(factory) as session:
-        job = session.get(Job, refit)
-        assert job is not None
-        job.training_spec = {**spec, "early_stopping": {**spec["early_stopping"], "refit": True}}
-
-    def soft_limit_once_the_refit_runs() -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if job_row(factory, refit).epoch == selected.stopped_epoch:
-                os.kill(os.getpid(), signal.SIGUSR1)  # the refit writes no epoch
-                return
-            time.sleep(0.005)
-
-    timer = threading.Thread(target=soft_limit_once_the_refit_runs)
-    timer.start()
+    assert selected.best_epoch >= 20
+    timer = once_the_refit_runs(
+        factory, refit, selected.stopped_epoch, lambda: os.kill(os.getpid(), signal.SIGUSR1)
+    )
     assert run_job(factory, refit, SETTINGS) == "succeeded"
     timer.join()
     job = job_row(factory, refit)
     assert (job.stop_reason, job.best_epoch, job.stopped_epoch) == (
         "early_stopping", selected.best_epoch, selected.stopped_epoch,
     )  # fmt: skip
-    weights = {}
-    with session_scope(factory) as session:
-        for job_id in (plain, refit):
-            weights[job_id] = weights_from_npz(
-                session.scalars(
-                    sa.select(TrainedModel.weights).where(TrainedModel.job_id == job_id)
-                ).one()
-            )
-    for name, value in weights[plain].items():
-        np.testing.assert_array_equal(weights[refit][name], value)
+    (saved,), (expected,) = model_weights(factory, refit), model_weights(factory, selected.id)
+    for name, value in expected.items():
+        np.testing.assert_array_equal(saved[name], value)
 
 
 def test_a_cancel_during_a_refit_ends_the_job_cancelled(factory: sessionmaker[Session]) -> None:
@@ -342,44 +355,20 @@ def test_a_cancel_during_a_refit_ends_the_job_cancelled(factory: sessionmaker[Se
     meanwhile is seen within `REFIT_LOOK_S` (not after the refit, with the job `succeeded`)."""
     from workers.tasks import REFIT_LOOK_S
 
-    stopping = {"patience": 3, "min_delta": 0.0}
-    plain = add_job(factory, n=4000, epochs=400, learning_rate=0.005)
-    with session_scope(factory) as session:
-        job = session.get(Job, plain)
-        assert job is not None
-        spec = {**job.training_spec, "early_stopping": {**stopping, "refit": False}}
-        job.training_spec = spec
-    assert run_job(factory, plain, SETTINGS) == "succeeded"
-    selected = job_row(factory, plain)
-    assert selected.stop_reason == "early_stopping" and selected.best_epoch >= 50
-
-    refit = add_job(factory, n=4000, epochs=400, learning_rate=0.005)
-    with session_scope(factory) as session:
-        job = session.get(Job, refit)
-        assert job is not None
-        job.training_spec = {**spec, "early_stopping": {**stopping, "refit": True}}
+    selected, refit = early_stopped_then_refit(factory, n=4000, learning_rate=0.005)
+    assert selected.best_epoch >= 50
     asked: list[float] = []
 
-    def cancel_once_the_refit_runs() -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if job_row(factory, refit).epoch == selected.stopped_epoch:
-                with session_scope(factory) as session:
-                    session.execute(
-                        sa.update(Job).where(Job.id == refit).values(cancel_requested=True)
-                    )
-                asked.append(time.monotonic())
-                return
-            time.sleep(0.005)
+    def cancel() -> None:
+        with session_scope(factory) as session:
+            session.execute(sa.update(Job).where(Job.id == refit).values(cancel_requested=True))
+        asked.append(time.monotonic())
 
-    canceller = threading.Thread(target=cancel_once_the_refit_runs)
-    canceller.start()
+    canceller = once_the_refit_runs(factory, refit, selected.stopped_epoch, cancel)
     assert run_job(factory, refit, SETTINGS) == "cancelled"
     ended = time.monotonic()
     canceller.join()
     assert asked and ended - asked[0] < REFIT_LOOK_S + 5
     job = job_row(factory, refit)
     assert job.status == "cancelled" and job.epoch == selected.stopped_epoch
-    with session_scope(factory) as session:
-        models = session.scalars(sa.select(TrainedModel).where(TrainedModel.job_id == refit))
-        assert models.all() == []
+    assert model_weights(factory, refit) == []
