@@ -37,12 +37,18 @@ function                transition                       who calls it
 `reconcile`             queued: published again          maintenance loop
 `fail_timed_out`        running -> failed                maintenance (hard time limit)
 `label`                 any: `name`, `tags` (no state)   API (`PATCH /jobs/{id}`)
+`cancel_trials`         a sweep's queued trials ->       `service.sweeps.cancel_sweep` (API)
+                        cancelled, running ones get
+                        `cancel_requested`
+`start_trials`,         a sweep's held trials -> queued  `service.sweeps.advance` (API, task,
+`send_trials`           proper, published (or            maintenance)
+                        `published_at` cleared again)
 ======================  ===============================  ======================================
 
 A sweep's trials are jobs like any other, with one more state before `queued` proper: `held`
 (queued, never published, claimed by no delivery) until their sweep starts them within its
-`max_parallel`. Those steps (start, cancel of a sweep's trials) and the sweep's own states are
-`service.sweeps`', the one other module that writes jobs; `cancel_attempt` takes the
+`max_parallel`. `service.sweeps` decides when (the sweep's own states are its) and calls the
+functions above, so this module stays the only writer of jobs; `cancel_attempt` takes the
 `stop_reason` of a trial the median rule stopped (`early_termination`).
 
 The rules:
@@ -98,6 +104,7 @@ __all__ = [
     "Claim",
     "cancel",
     "cancel_attempt",
+    "cancel_trials",
     "claim",
     "fail",
     "fail_timed_out",
@@ -108,6 +115,8 @@ __all__ = [
     "reap",
     "reconcile",
     "record_epoch",
+    "send_trials",
+    "start_trials",
     "submit",
     "succeed",
     "time_limit_error",
@@ -292,6 +301,79 @@ def label(
     )
     session.commit()
     return done.rowcount == 1
+
+
+# -- a sweep's trials (`service.sweeps`, under the lock of the sweep's row) ---------------------
+
+
+def cancel_trials(session: Session, sweep_id: str, now: datetime) -> int:
+    """The sweep's cancel: its queued trials (held or not) -> `cancelled`, its running ones get
+    the cancel flag. Returns how many still run. The caller holds the sweep's row and commits."""
+    session.execute(
+        sa.update(Job)
+        .where(Job.sweep_id == sweep_id, Job.status == "queued")
+        .values(status="cancelled", finished_at=now, cancel_requested=True)
+    )
+    session.execute(
+        sa.update(Job)
+        .where(Job.sweep_id == sweep_id, Job.status == "running")
+        .values(cancel_requested=True)
+    )
+    running = session.scalar(
+        sa.select(sa.func.count())
+        .select_from(Job)
+        .where(Job.sweep_id == sweep_id, Job.status == "running")
+    )
+    return int(running or 0)
+
+
+def start_trials(session: Session, sweep_id: str, limit: int, now: datetime) -> list[str]:
+    """Start the sweep's first `limit` held trials (trial order): held -> queued proper, with
+    `published_at` = `now` (the caller commits, then `send_trials`). Returns their ids. The
+    caller holds the sweep's row, so two advances never start one trial twice; the UPDATE is
+    conditional on `held` all the same."""
+    ids = list(
+        session.scalars(
+            sa.select(Job.id)
+            .where(Job.sweep_id == sweep_id, Job.status == "queued", Job.held.is_(True))
+            .order_by(Job.trial_index)
+            .limit(limit)
+        )
+    )
+    session.execute(
+        sa.update(Job)
+        .where(Job.id.in_(ids), Job.status == "queued", Job.held.is_(True))
+        .values(held=False, published_at=now)
+    )
+    return ids
+
+
+def send_trials(
+    factory: sessionmaker[Session],
+    celery: Celery,
+    sweep_id: str,
+    job_ids: list[str],
+    published_at: datetime,
+) -> None:
+    """Publish trials `start_trials` started (committed). At the first publish that fails (the
+    broker is down) the rest get `published_at` cleared again, so `reconcile` publishes them
+    once it is back."""
+    for i, job_id in enumerate(job_ids):
+        try:
+            _send(celery, job_id)
+        except Exception as exc:
+            log.warning("sweep %s: could not publish trial %s: %s", sweep_id, job_id, exc)
+            with session_scope(factory) as session:
+                session.execute(
+                    sa.update(Job)
+                    .where(
+                        Job.id.in_(job_ids[i:]),
+                        Job.status == "queued",
+                        Job.published_at == published_at,
+                    )
+                    .values(published_at=None)
+                )
+            break
 
 
 # -- one attempt (the task; a sessionmaker, one transaction per call) --------------------------

@@ -3,7 +3,9 @@
 A sweep's trials are ordinary jobs (`Job.sweep_id`, `trial_index`, `params`), all made, each
 validated as `POST /jobs` would, when the sweep is submitted. A trial is `held` (queued, never
 published, claimed by no delivery) until its sweep *starts* it within `max_parallel`; from then
-on it lives as every job does (`service.lifecycle`). The sweep's own state::
+on it lives as every job does (`service.lifecycle`). This module writes the `sweeps` table
+alone and a trial's row never: `lifecycle.submit`, `start_trials`, `send_trials` and
+`cancel_trials` do, when this module says so. The sweep's own state::
 
     submit ──► queued ── a trial starts ──► running ── its last trial ends ──► succeeded (one
                │         (mark_running)       │          (advance)               succeeded) or
@@ -75,7 +77,7 @@ from service.config import Limits, Settings
 from service.db import iso_utc, paginate, session_scope, utcnow
 from service.errors import ApiError, InputError, flatten_messages
 from service.jobs import check_active_jobs, check_spec, dataset_facts, normalized_specs, tag_filters
-from service.lifecycle import FINAL_STATUSES, PUBLISH_RETRY_POLICY, TRAIN_TASK
+from service.lifecycle import FINAL_STATUSES
 from service.schemas import JobInSchema, ModelSpecSchema, TrainingSpecSchema
 from service.tables import Job, JobEpoch, Sweep, TrainedModel, is_id
 
@@ -606,21 +608,7 @@ def cancel_sweep(session: Session, sweep_id: str, owner: str) -> Sweep:
             raise ApiError(404, f"No sweep with id {sweep_id!r}.")
         raise ApiError(409, f"Sweep {sweep_id} is already {status}.")
     # the sweep's row is locked until the commit: no `advance` starts a trial meanwhile
-    session.execute(
-        sa.update(Job)
-        .where(Job.sweep_id == sweep_id, Job.status == "queued")
-        .values(status="cancelled", finished_at=now, cancel_requested=True)
-    )
-    session.execute(
-        sa.update(Job)
-        .where(Job.sweep_id == sweep_id, Job.status == "running")
-        .values(cancel_requested=True)
-    )
-    running = session.scalar(
-        sa.select(sa.func.count())
-        .select_from(Job)
-        .where(Job.sweep_id == sweep_id, Job.status == "running")
-    )
+    running = lifecycle.cancel_trials(session, sweep_id, now)
     if not running:
         session.execute(
             sa.update(Sweep)
@@ -647,10 +635,6 @@ def label_sweep(session: Session, sweep_id: str, owner: str, data: Mapping[str, 
 
 
 # -- scheduling (any process with a sessionmaker and the Celery app) ---------------------------
-
-
-def _send(celery: Celery, job_id: str) -> None:
-    celery.send_task(TRAIN_TASK, args=[job_id], retry=True, retry_policy=PUBLISH_RETRY_POLICY)
 
 
 def advance(
@@ -716,32 +700,9 @@ def advance(
         free = min(free, limits.max_active_jobs - int(owner_active or 0))
         if free <= 0:
             return []
-        ids = list(
-            session.scalars(
-                sa.select(Job.id)
-                .where(Job.sweep_id == sweep_id, Job.status == "queued", Job.held.is_(True))
-                .order_by(Job.trial_index)
-                .limit(free)
-            )
-        )
-        session.execute(
-            sa.update(Job)
-            .where(Job.id.in_(ids), Job.status == "queued", Job.held.is_(True))
-            .values(held=False, published_at=now)
-        )
-    for i, job_id in enumerate(ids):
-        try:
-            _send(celery, job_id)
-        except Exception as exc:
-            # the broker is down: `reconcile` publishes these once it is back
-            log.warning("sweep %s: could not publish trial %s: %s", sweep_id, job_id, exc)
-            with session_scope(factory) as session:
-                session.execute(
-                    sa.update(Job)
-                    .where(Job.id.in_(ids[i:]), Job.status == "queued", Job.published_at == now)
-                    .values(published_at=None)
-                )
-            break
+        ids = lifecycle.start_trials(session, sweep_id, free, now)
+    # the broker may be down: `reconcile` publishes the trials it could not once it is back
+    lifecycle.send_trials(factory, celery, sweep_id, ids, now)
     return ids
 
 

@@ -1,6 +1,6 @@
 """Dependencies point one way (engine <- service <- workers; the client talks HTTP only),
-every change of a job's state lives in `service/lifecycle.py` (and, for a sweep's trials, in
-`service/sweeps.py`, which alone writes sweeps), and no application code creates tables."""
+every change of a job's state lives in `service/lifecycle.py` (a sweep's trials too;
+`service/sweeps.py` alone writes sweeps), and no application code creates tables."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from service.tables import Job, JobEpoch
 from tests.support import ROOT
 
 FORBIDDEN = {
@@ -71,30 +72,68 @@ def test_lifecycle_knows_no_framework_and_no_worker() -> None:
     assert local <= {"service.config", "service.db", "service.tables"}, local
 
 
+#: Job's columns, and the models whose rows are a job's state
+JOB_MODELS = ("Job", "JobEpoch")
+JOB_COLUMNS = frozenset(Job.__table__.columns.keys()) | frozenset(JobEpoch.__table__.columns.keys())
+
+
 def job_writes(path: Path) -> list[str]:
-    """`update(...)`, `insert(...)` and `delete(...)` calls on `Job` or `JobEpoch` in `path`."""
+    """The writes of a job's state in `path`: `update(...)`, `insert(...)` and `delete(...)` on
+    `Job` or `JobEpoch`; a new `Job(...)` or `JobEpoch(...)`; and, in a module that imports
+    `Job`, an assignment to a job column's attribute of an ORM object (`job.status = ...`,
+    `setattr(job, "status", ...)`; not `self.status`)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    knows_job = any(
+        isinstance(node, ast.ImportFrom) and any(a.name in JOB_MODELS for a in node.names)
+        for node in ast.walk(tree)
+    )
     found = []
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        if not isinstance(node, ast.Call) or not node.args:
-            continue
-        func = node.func
-        name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
-        target = node.args[0]
-        if (
-            name in ("update", "insert", "delete")
-            and isinstance(target, ast.Name)
-            and target.id in ("Job", "JobEpoch")
-        ):
-            found.append(f"{path.relative_to(ROOT)}:{node.lineno} {ast.unparse(node)}")
+
+    shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+
+    def hit(node: ast.stmt | ast.expr) -> None:
+        found.append(f"{shown}:{node.lineno} {ast.unparse(node)}")
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            args = node.args
+            statement = name in ("update", "insert", "delete") and bool(args)
+            if (
+                (statement and isinstance(args[0], ast.Name) and args[0].id in JOB_MODELS)
+                or (isinstance(func, ast.Name) and func.id in JOB_MODELS)  # a new row
+                or (
+                    knows_job
+                    and name == "setattr"
+                    and len(args) == 3
+                    and isinstance(args[1], ast.Constant)
+                    and args[1].value in JOB_COLUMNS
+                )
+            ):
+                hit(node)
+        elif knows_job and isinstance(node, ast.Assign | ast.AugAssign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            flat = [e for t in targets for e in (t.elts if isinstance(t, ast.Tuple) else [t])]
+            if any(
+                isinstance(t, ast.Attribute)
+                and t.attr in JOB_COLUMNS
+                and not (isinstance(t.value, ast.Name) and t.value.id in ("self", "cls"))
+                for t in flat
+            ):
+                hit(node)
     return found
 
 
-#: the modules that may write jobs: the job's lifecycle, and the sweep's (its trials)
-JOB_WRITERS = {Path("service/lifecycle.py"), Path("service/sweeps.py")}
+#: The modules that may write a job's state (its row, its attempts, its results, its epochs):
+#: the job's lifecycle alone. A sweep's trials are written through it too
+#: (`lifecycle.submit`, `start_trials`, `send_trials`, `cancel_trials`).
+JOB_WRITERS = {Path("service/lifecycle.py")}
 
 
 def test_job_writes_live_in_the_lifecycle_module() -> None:
-    """The task, the maintenance loop and the API hold no UPDATE of a job of their own."""
+    """The task, the maintenance loop, the sweeps and the API hold no write of a job of their
+    own; the only modules that do are those `JOB_WRITERS` lists."""
     files = [*sorted((ROOT / "workers").rglob("*.py")), *sorted((ROOT / "service").rglob("*.py"))]
     offenders = [
         write
@@ -106,7 +145,31 @@ def test_job_writes_live_in_the_lifecycle_module() -> None:
     for name in ("tasks.py", "maintenance.py"):
         text = (ROOT / "workers" / name).read_text()
         assert "update(Job)" not in text, name
-    assert job_writes(ROOT / "service" / "lifecycle.py")  # the check finds what it looks for
+    writers = {p.relative_to(ROOT) for p in files if job_writes(p)}
+    assert writers == JOB_WRITERS  # the check finds what it looks for, where it is
+
+
+def test_the_job_writes_check_sees_every_kind_of_write(tmp_path: Path) -> None:
+    sample = tmp_path / "sample.py"
+    sample.write_text(
+        "from service.tables import Job, JobEpoch\n"
+        "def f(self, session, job, sa):\n"
+        "    session.execute(sa.update(Job).values(status='failed'))\n"
+        "    session.add(JobEpoch(job_id='x', epoch=1, loss=0.0))\n"
+        "    job.status = 'failed'\n"
+        "    job.attempts += 1\n"
+        "    setattr(job, 'error', 'x')\n"
+        "    self.status = 'fine'\n"
+        "    job.unrelated = 1\n"
+    )
+    found = {line.split(" ", 1)[1] for line in job_writes(sample)}
+    assert found == {
+        "sa.update(Job)",
+        "JobEpoch(job_id='x', epoch=1, loss=0.0)",
+        "job.status = 'failed'",
+        "job.attempts += 1",
+        "setattr(job, 'error', 'x')",
+    }
 
 
 def writes_of(path: Path, models: tuple[str, ...]) -> dict[str, list[str]]:
@@ -129,8 +192,8 @@ def writes_of(path: Path, models: tuple[str, ...]) -> dict[str, list[str]]:
 
 
 def test_sweep_writes_live_in_the_sweeps_module_and_its_table() -> None:
-    """Only `service/sweeps.py` writes the `sweeps` table, and it writes jobs only in the
-    functions its docstring's table lists (the trials' transitions)."""
+    """Only `service/sweeps.py` writes the `sweeps` table, only in the functions its
+    docstring's table lists; its trials' rows it writes through `service.lifecycle`."""
     files = [*sorted((ROOT / "workers").rglob("*.py")), *sorted((ROOT / "service").rglob("*.py"))]
     for path in files:
         if path.relative_to(ROOT) != Path("service/sweeps.py"):
@@ -140,6 +203,7 @@ def test_sweep_writes_live_in_the_sweeps_module_and_its_table() -> None:
     listed = {line.split("`")[1] for line in doc.splitlines() if line.startswith("`")}
     writers = set(writes_of(sweeps, ("Job", "Sweep")))
     assert writers and writers <= listed, writers - listed
+    assert writes_of(sweeps, ("Job", "JobEpoch")) == {}
     assert imported_packages(sweeps, runtime_only=True) & {"workers", "flask", "celery"} == set()
 
 
