@@ -24,6 +24,7 @@ import numpy as np
 
 import engine
 from core.preprocessing import Preprocessor
+from core.spec import LEGACY_MODEL_DTYPE, MODEL_DEFAULTS
 from core.table import NUMERIC, Table, TableError, conform, default_names
 from engine.nn import MLP
 
@@ -51,14 +52,20 @@ def weights_from_npz(blob: bytes) -> dict[str, np.ndarray]:
         return {name: data[name] for name in data.files}
 
 
+def model_dtype(architecture: dict[str, Any]) -> np.dtype:
+    """The dtype a saved model computes in (`LEGACY_MODEL_DTYPE` for one saved before its
+    architecture recorded it)."""
+    return np.dtype(architecture.get("dtype") or LEGACY_MODEL_DTYPE)
+
+
 def build_mlp(architecture: dict[str, Any], seed: int | None = None, dtype: Any = None) -> MLP:
     return MLP(
         architecture["nin"],
         list(architecture["layers"]),
-        activation=architecture.get("activation", "tanh"),
+        activation=architecture.get("activation", MODEL_DEFAULTS["activation"]),
         output_activation=architecture.get("output_activation"),
         seed=seed,
-        dtype=dtype or architecture.get("dtype") or np.float64,
+        dtype=dtype or model_dtype(architecture),
         init=architecture.get("init"),
         dropout=float(architecture.get("dropout") or 0.0),
     )

@@ -1,22 +1,108 @@
 """What a job may ask for: the choices, the defaults, and the rules a spec must meet to train.
 
-The API's schemas take their choices and defaults from here, and the training loop reads the
-same defaults, so a default is written once. `SpecError.field` names the offending field in
-the API's dotted form (`training.loss`).
+Every default a job's spec can take is written here once, and every choice (optimizers,
+losses, activations, learning-rate schedules) comes from one registry each, so adding one is
+one entry: the API's schemas, the training loop, the ONNX export, the client and the
+dashboard (`GET /api/v1/spec/defaults`, `defaults()`) all read them from here.
+`resolve_spec` turns what a user sent into the complete spec that is stored with the job and
+trained (`resolve_training` also reads a stored spec from before a field existed as its
+default). `SpecError.field` names the offending field in the API's dotted form
+(`training.loss`).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypedDict
 
 from core import preprocessing
+from engine import optim
+from engine.optim import lr_scheduler
 
-LOSSES = ("mse", "binary_cross_entropy", "cross_entropy")
-OPTIMIZERS = ("sgd", "adam", "adamw")
-ACTIVATIONS = ("tanh", "relu", "sigmoid")
+
+@dataclass(frozen=True)
+class OptimizerEntry:
+    """An optimizer: its default learning rate, the spec fields it takes besides the rate,
+    and the engine class (called as `make(params, lr=..., **those fields)`)."""
+
+    learning_rate: float
+    params: tuple[str, ...]
+    make: Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class LossEntry:
+    """A loss: what it applies to the last layer's output itself (`None`: nothing), and
+    whether it trains on class labels."""
+
+    applies: str | None
+    classification: bool
+
+
+@dataclass(frozen=True)
+class ActivationEntry:
+    """An activation (the engine's `Tensor.<name>()`) and its ONNX operator."""
+
+    onnx_op: str
+
+
+@dataclass(frozen=True)
+class ScheduleEntry:
+    """A learning-rate schedule: its parameters' defaults and the engine scheduler
+    (`make(optimizer, resolved schedule, epochs)`; None: the rate stays); `monitors`: it steps
+    on the monitored loss (a plateau), not once per epoch."""
+
+    defaults: dict[str, Any]
+    make: Callable[[Any, dict[str, Any], int], Any] | None
+    monitors: bool = False
+
+
+OPTIMIZER_REGISTRY: dict[str, OptimizerEntry] = {
+    "sgd": OptimizerEntry(0.05, ("momentum", "weight_decay"), optim.SGD),
+    "adam": OptimizerEntry(0.01, ("weight_decay",), optim.Adam),
+    # decoupled weight decay (Loshchilov and Hutter)
+    "adamw": OptimizerEntry(0.01, ("weight_decay",), optim.AdamW),
+}
+LOSS_REGISTRY: dict[str, LossEntry] = {
+    "mse": LossEntry(applies=None, classification=False),
+    "binary_cross_entropy": LossEntry(applies="sigmoid", classification=True),
+    "cross_entropy": LossEntry(applies="softmax", classification=True),
+}
+ACTIVATION_REGISTRY: dict[str, ActivationEntry] = {
+    "tanh": ActivationEntry("Tanh"),
+    "relu": ActivationEntry("Relu"),
+    "sigmoid": ActivationEntry("Sigmoid"),
+}
+LR_SCHEDULE_REGISTRY: dict[str, ScheduleEntry] = {
+    "constant": ScheduleEntry({}, None),
+    "step": ScheduleEntry(
+        {"step_size": 30, "gamma": 0.1},
+        lambda opt, s, epochs: lr_scheduler.StepLR(
+            opt, step_size=int(s["step_size"]), gamma=float(s["gamma"])
+        ),
+    ),
+    "cosine": ScheduleEntry(
+        {"min_lr": 0.0},
+        lambda opt, s, epochs: lr_scheduler.CosineAnnealingLR(
+            opt, T_max=max(epochs - 1, 1), eta_min=float(s["min_lr"])
+        ),
+    ),
+    "plateau": ScheduleEntry(
+        {"factor": 0.1, "patience": 10},
+        lambda opt, s, epochs: lr_scheduler.ReduceLROnPlateau(
+            opt, factor=float(s["factor"]), patience=int(s["patience"])
+        ),
+        monitors=True,
+    ),
+}
+
+LOSSES = tuple(LOSS_REGISTRY)
+OPTIMIZERS = tuple(OPTIMIZER_REGISTRY)
+ACTIVATIONS = tuple(ACTIVATION_REGISTRY)
 DTYPES = ("float32", "float64")
-LR_SCHEDULES = ("constant", "step", "cosine", "plateau")
-DEFAULT_LEARNING_RATE = {"sgd": 0.05, "adam": 0.01, "adamw": 0.01}
+LR_SCHEDULES = tuple(LR_SCHEDULE_REGISTRY)
+DEFAULT_LEARNING_RATE = {name: entry.learning_rate for name, entry in OPTIMIZER_REGISTRY.items()}
 #: with early stopping on and no validation split, this fraction of the rows validates
 EARLY_STOPPING_SPLIT = 0.1
 EARLY_STOPPING_DEFAULTS: dict[str, Any] = {
@@ -26,10 +112,15 @@ EARLY_STOPPING_DEFAULTS: dict[str, Any] = {
     "refit": True,
 }
 LR_SCHEDULE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "constant": {},
-    "step": {"step_size": 30, "gamma": 0.1},
-    "cosine": {"min_lr": 0.0},
-    "plateau": {"factor": 0.1, "patience": 10},
+    name: dict(entry.defaults) for name, entry in LR_SCHEDULE_REGISTRY.items()
+}
+#: the schedule a job that names none trains with
+DEFAULT_LR_SCHEDULE = "constant"
+#: model-spec defaults (`layers` has none: a job must give it)
+MODEL_DEFAULTS: dict[str, Any] = {
+    "activation": "tanh",
+    "output_activation": None,
+    "dropout": 0.0,
 }
 #: training-spec defaults (the learning rate depends on the optimizer: DEFAULT_LEARNING_RATE)
 TRAINING_DEFAULTS: dict[str, Any] = {
@@ -43,13 +134,87 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "validation_split": 0.0,
     "test_split": 0.0,
     "early_stopping": None,
-    "lr_schedule": {"type": "constant"},
+    "lr_schedule": {"type": DEFAULT_LR_SCHEDULE},
     "class_weight": None,
     "dtype": "float32",
     "preprocessing": dict(preprocessing.DEFAULTS),
 }
+#: a model saved before its architecture recorded a dtype trained (and predicts) in this one;
+#: a job's spec without one trains in `TRAINING_DEFAULTS["dtype"]`
+LEGACY_MODEL_DTYPE = "float64"
 #: what each loss already applies to the last layer's output
-LOSS_APPLIES = {"binary_cross_entropy": "sigmoid", "cross_entropy": "softmax"}
+LOSS_APPLIES = {name: e.applies for name, e in LOSS_REGISTRY.items() if e.applies is not None}
+#: the stored model spec's keys, in order
+MODEL_KEYS = ("layers", "activation", "output_activation", "dropout")
+#: the stored training spec's keys, in order (every default filled)
+TRAINING_KEYS = (
+    "loss",
+    "optimizer",
+    "learning_rate",
+    "momentum",
+    "weight_decay",
+    "epochs",
+    "batch_size",
+    "seed",
+    "validation_split",
+    "test_split",
+    "early_stopping",
+    "lr_schedule",
+    "class_weight",
+    "dtype",
+    "preprocessing",
+)
+
+
+class ModelSpec(TypedDict):
+    """A resolved model spec (what a job stores)."""
+
+    layers: list[int]
+    activation: str
+    output_activation: str | None
+    dropout: float
+
+
+class TrainingSpec(TypedDict):
+    """A resolved training spec (what a job stores and trains with)."""
+
+    loss: str | None
+    optimizer: str
+    learning_rate: float
+    momentum: float
+    weight_decay: float
+    epochs: int
+    batch_size: int | None
+    seed: int
+    validation_split: float
+    test_split: float
+    early_stopping: dict[str, Any] | None
+    lr_schedule: dict[str, Any]
+    class_weight: Any
+    dtype: str
+    preprocessing: dict[str, str]
+
+
+def defaults() -> dict[str, Any]:
+    """Every choice and default of a spec, as JSON (`GET /api/v1/spec/defaults`)."""
+    return {
+        "choices": {
+            "loss": list(LOSSES),
+            "optimizer": list(OPTIMIZERS),
+            "activation": list(ACTIVATIONS),
+            "dtype": list(DTYPES),
+            "lr_schedule": list(LR_SCHEDULES),
+            "preprocessing": {k: list(v) for k, v in preprocessing.CHOICES.items()},
+        },
+        "model": dict(MODEL_DEFAULTS),
+        "training": {**TRAINING_DEFAULTS, "preprocessing": dict(preprocessing.DEFAULTS)},
+        "learning_rate": dict(DEFAULT_LEARNING_RATE),
+        "optimizer_params": {name: list(e.params) for name, e in OPTIMIZER_REGISTRY.items()},
+        "lr_schedule": {name: dict(d) for name, d in LR_SCHEDULE_DEFAULTS.items()},
+        "early_stopping": dict(EARLY_STOPPING_DEFAULTS),
+        "early_stopping_split": EARLY_STOPPING_SPLIT,
+        "loss_applies": dict(LOSS_APPLIES),
+    }
 
 
 class SpecError(ValueError):
@@ -214,17 +379,57 @@ def check_splits(training: dict[str, Any], n_samples: int) -> None:
         )
 
 
+def resolve_schedule(schedule: dict[str, Any] | None) -> dict[str, Any]:
+    """`training.lr_schedule` with its type and that type's parameters filled in."""
+    given = dict(schedule or {})
+    kind = given.get("type", DEFAULT_LR_SCHEDULE)
+    return {**LR_SCHEDULE_DEFAULTS.get(kind, {}), "type": kind, **given}
+
+
+def resolve_model(model: dict[str, Any]) -> ModelSpec:
+    """A model spec with every default filled in (exactly `MODEL_KEYS`)."""
+    out: dict[str, Any] = {"layers": [int(w) for w in model["layers"]]}
+    for key, default in MODEL_DEFAULTS.items():
+        value = model.get(key)
+        out[key] = default if value is None else value
+    return out  # type: ignore[return-value]
+
+
+def learning_rate(training: dict[str, Any]) -> float:
+    """The learning rate given, else the default of the optimizer named (else the default
+    optimizer's)."""
+    given = training.get("learning_rate")
+    if given is not None:
+        return given
+    return DEFAULT_LEARNING_RATE[training.get("optimizer") or TRAINING_DEFAULTS["optimizer"]]
+
+
 def resolve_training(training: dict[str, Any]) -> dict[str, Any]:
     """A training spec with every default filled in (stored specs from before a field existed
     read as its default)."""
     out = {k: v for k, v in TRAINING_DEFAULTS.items()}
     out.update({k: v for k, v in training.items() if v is not None or k in ("batch_size",)})
-    if out.get("learning_rate") is None:
-        out["learning_rate"] = DEFAULT_LEARNING_RATE[out["optimizer"]]
+    out["learning_rate"] = learning_rate(out)
     if out.get("early_stopping") is not None:
         out["early_stopping"] = {**EARLY_STOPPING_DEFAULTS, **out["early_stopping"]}
-    schedule = dict(out.get("lr_schedule") or {"type": "constant"})
-    schedule = {"type": schedule.get("type", "constant"), **schedule}
-    out["lr_schedule"] = {**LR_SCHEDULE_DEFAULTS.get(schedule["type"], {}), **schedule}
+    out["lr_schedule"] = resolve_schedule(out.get("lr_schedule"))
     out["preprocessing"] = preprocessing.resolve(out.get("preprocessing"))
     return out
+
+
+def resolve_spec(
+    model: dict[str, Any],
+    training: dict[str, Any],
+    target_kind: str,
+    n_targets: int,
+    classes: list[Any] | None,
+) -> tuple[ModelSpec, TrainingSpec]:
+    """The model and training specs a job stores: exactly `MODEL_KEYS` and `TRAINING_KEYS`,
+    every default filled, the loss (when not given) picked from the targets. The validation
+    split stays as given until the spec is checked (`check_splits` names early stopping when
+    its default split leaves no rows); `effective_validation_split` fills it then."""
+    resolved_model = resolve_model(model)
+    t = resolve_training(training)
+    if t["loss"] is None:
+        t["loss"] = default_loss(target_kind, n_targets, classes, resolved_model["layers"][-1])
+    return resolved_model, {key: t[key] for key in TRAINING_KEYS}  # type: ignore[return-value]

@@ -28,15 +28,18 @@ from core import metrics as metrics_mod
 from core.model import Model, build_mlp, probabilities_from_logits
 from core.preprocessing import Preprocessor
 from core.spec import (
+    LR_SCHEDULE_REGISTRY,
+    OPTIMIZER_REGISTRY,
     class_weights,
     default_loss,
     effective_validation_split,
+    resolve_model,
+    resolve_schedule,
     resolve_training,
     split_sizes,
 )
 from core.table import Table, numeric_column
-from engine import nn, optim
-from engine.optim import lr_scheduler
+from engine import nn
 
 #: `on_epoch(epoch, loss, val_loss)` after each finished epoch (1-based); False stops training.
 EpochCallback = Callable[[int, float, float | None], bool]
@@ -181,43 +184,30 @@ def loss_function(
 
 
 def make_optimizer(params: list[engine.Tensor], spec: dict[str, Any]) -> Any:
-    name = spec["optimizer"]
-    lr = float(spec["learning_rate"])
-    weight_decay = float(spec.get("weight_decay") or 0.0)
-    if name == "sgd":
-        momentum = float(spec.get("momentum") or 0.0)
-        return optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    if name == "adam":
-        return optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    if name == "adamw":  # decoupled weight decay (Loshchilov and Hutter)
-        return optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    raise ValueError(f"unknown optimizer {name!r}")
+    """The engine optimizer `spec["optimizer"]` names (`OPTIMIZER_REGISTRY`), with the
+    resolved spec's learning rate and the parameters that optimizer takes."""
+    entry = OPTIMIZER_REGISTRY.get(spec["optimizer"])
+    if entry is None:
+        raise ValueError(f"unknown optimizer {spec['optimizer']!r}")
+    extra = {name: float(spec[name]) for name in entry.params}
+    return entry.make(params, lr=float(spec["learning_rate"]), **extra)
 
 
 class LRSchedule:
-    """`training.lr_schedule` on the engine's schedulers (`engine.optim.lr_scheduler`, PyTorch's
-    semantics): epoch 1 runs at the base rate, and each finished epoch steps the scheduler (on a
-    plateau of the monitored loss: the validation loss when there is one, else the training
-    loss). `step` multiplies by `gamma` every `step_size` epochs; `cosine` anneals to `min_lr`
-    at the last epoch; `plateau` multiplies by `factor` after `patience` epochs without
-    improvement."""
+    """`training.lr_schedule` (resolved) on the engine's schedulers (`LR_SCHEDULE_REGISTRY`,
+    PyTorch's semantics): epoch 1 runs at the base rate, and each finished epoch steps the
+    scheduler (on a plateau of the monitored loss: the validation loss when there is one, else
+    the training loss). `step` multiplies by `gamma` every `step_size` epochs; `cosine` anneals
+    to `min_lr` at the last epoch; `plateau` multiplies by `factor` after `patience` epochs
+    without improvement."""
 
     def __init__(self, spec: dict[str, Any], optimizer: Any, epochs: int) -> None:
-        self.kind = spec.get("type", "constant")
+        spec = resolve_schedule(spec)
+        self.kind = spec["type"]
         self.optimizer = optimizer
-        self.scheduler: Any = None
-        if self.kind == "step":
-            self.scheduler = lr_scheduler.StepLR(
-                optimizer, step_size=int(spec["step_size"]), gamma=float(spec["gamma"])
-            )
-        elif self.kind == "cosine":
-            self.scheduler = lr_scheduler.CosineAnnealingLR(
-                optimizer, T_max=max(epochs - 1, 1), eta_min=float(spec["min_lr"])
-            )
-        elif self.kind == "plateau":
-            self.scheduler = lr_scheduler.ReduceLROnPlateau(
-                optimizer, factor=float(spec["factor"]), patience=int(spec["patience"])
-            )
+        entry = LR_SCHEDULE_REGISTRY[self.kind]
+        self.monitors = entry.monitors
+        self.scheduler: Any = None if entry.make is None else entry.make(optimizer, spec, epochs)
 
     @property
     def lr(self) -> float:
@@ -226,7 +216,7 @@ class LRSchedule:
     def after_epoch(self, monitored: float) -> None:
         if self.scheduler is None:
             return
-        if self.kind == "plateau":
+        if self.monitors:
             self.scheduler.step(monitored)
         else:
             self.scheduler.step()
@@ -276,7 +266,7 @@ def train(
         return _Run(
             as_table(features),
             np.asarray(targets),
-            model_spec,
+            resolve_model(model_spec),
             resolve_training(training_spec),
             target_kind,
             classes,
@@ -305,7 +295,7 @@ class _Run:
         )
         self.classes = classes
         self.on_epoch = on_epoch
-        self.dtype = np.dtype(spec.get("dtype") or "float64")
+        self.dtype = np.dtype(spec["dtype"])
         y_all = encode_targets(self.loss, target_kind, targets, classes)
         if len(y_all) != table.n_rows:
             raise ValueError(f"{table.n_rows} feature rows but {len(y_all)} targets")
@@ -337,8 +327,8 @@ class _Run:
         self.architecture = {
             "nin": self.preprocessor.n_outputs,
             "layers": [int(w) for w in model_spec["layers"]],
-            "activation": model_spec.get("activation") or "tanh",
-            "output_activation": model_spec.get("output_activation"),
+            "activation": model_spec["activation"],
+            "output_activation": model_spec["output_activation"],
             "loss": self.loss,
             "target_kind": target_kind,
             "classes": classes if self.loss != "mse" else None,
@@ -347,7 +337,7 @@ class _Run:
             # MLP: Kaiming's larger start with zero biases scored lower on held-out rows of
             # small tabular sets within the same budget (bench/quality.py).
             "init": "glorot",
-            "dropout": float(model_spec.get("dropout") or 0.0),
+            "dropout": float(model_spec["dropout"]),
             "preprocessing": self.preprocessor.to_dict(),
         }
         weights = None

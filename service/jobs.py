@@ -18,9 +18,8 @@ from core.spec import (
     check_fits,
     check_output_activation,
     check_splits,
-    default_loss,
     effective_validation_split,
-    resolve_training,
+    resolve_spec,
 )
 from service import lifecycle
 from service.config import Limits
@@ -66,7 +65,7 @@ def check_limits(model: dict[str, Any], training: dict[str, Any], nin: int, limi
 def encoded_width(columns: list[dict[str, Any]], preprocessing: dict[str, Any]) -> int:
     """The network's input width for these dataset columns (at most: one-hot over every level
     of the whole dataset; the training split may see fewer)."""
-    onehot = preprocessing.get("categorical", "onehot") == "onehot"
+    onehot = preprocessing["categorical"] == "onehot"
     return sum(
         max(int(c.get("n_levels") or 1), 1) if c["type"] == "categorical" and onehot else 1
         for c in columns
@@ -103,43 +102,13 @@ def check_spec(
             )
 
 
-#: the stored training spec's keys (every default filled)
-TRAINING_KEYS = (
-    "loss",
-    "optimizer",
-    "learning_rate",
-    "momentum",
-    "weight_decay",
-    "epochs",
-    "batch_size",
-    "seed",
-    "validation_split",
-    "test_split",
-    "early_stopping",
-    "lr_schedule",
-    "class_weight",
-    "dtype",
-    "preprocessing",
-)
-
-
 def normalized_specs(
     data: dict[str, Any], target_kind: str, n_targets: int, classes: list[Any] | None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The stored model and training specs: exactly these keys, every default filled (the
-    loss, when not given, picked from the targets)."""
-    m = data["model"]
-    model = {
-        "layers": list(m["layers"]),
-        "activation": m["activation"],
-        "output_activation": m["output_activation"],
-        "dropout": m.get("dropout", 0.0),
-    }
-    t = resolve_training(data["training"])
-    if t["loss"] is None:
-        t["loss"] = default_loss(target_kind, n_targets, classes, model["layers"][-1])
-    training = {key: t[key] for key in TRAINING_KEYS}
-    return model, training
+    """The stored model and training specs (`core.spec.resolve_spec`: exactly these keys,
+    every default filled, the loss, when not given, picked from the targets)."""
+    model, training = resolve_spec(data["model"], data["training"], target_kind, n_targets, classes)
+    return dict(model), dict(training)
 
 
 def check_active_jobs(session: Session, owner: str, limits: Limits) -> None:

@@ -15,14 +15,17 @@ from core import preprocessing
 from core.spec import (
     ACTIVATIONS,
     DEFAULT_LEARNING_RATE,
+    DEFAULT_LR_SCHEDULE,
     DTYPES,
     EARLY_STOPPING_DEFAULTS,
     EARLY_STOPPING_SPLIT,
     LOSSES,
     LR_SCHEDULE_DEFAULTS,
     LR_SCHEDULES,
+    MODEL_DEFAULTS,
     OPTIMIZERS,
     TRAINING_DEFAULTS,
+    learning_rate,
 )
 from service.tables import JOB_STATUSES, SWEEP_STATUSES
 
@@ -220,12 +223,16 @@ class ModelSpecSchema(Schema):
             "example": [16, 16, 1],
         },
     )
-    activation = fields.String(load_default="tanh", validate=validate.OneOf(ACTIVATIONS))
+    activation = fields.String(
+        load_default=MODEL_DEFAULTS["activation"], validate=validate.OneOf(ACTIVATIONS)
+    )
     output_activation = fields.String(
-        load_default=None, allow_none=True, validate=validate.OneOf(ACTIVATIONS)
+        load_default=MODEL_DEFAULTS["output_activation"],
+        allow_none=True,
+        validate=validate.OneOf(ACTIVATIONS),
     )
     dropout = fields.Float(
-        load_default=0.0,
+        load_default=MODEL_DEFAULTS["dropout"],
         validate=validate.Range(min=0, max=1, max_inclusive=False),
         metadata={
             "description": "Probability of zeroing each hidden activation while training "
@@ -262,7 +269,7 @@ class EarlyStoppingSchema(Schema):
 
 
 class LRScheduleSchema(Schema):
-    type = fields.String(load_default="constant", validate=validate.OneOf(LR_SCHEDULES))
+    type = fields.String(load_default=DEFAULT_LR_SCHEDULE, validate=validate.OneOf(LR_SCHEDULES))
     step_size = fields.Integer(
         strict=True,
         validate=validate.Range(min=1),
@@ -300,11 +307,12 @@ class LRScheduleSchema(Schema):
 
     @validates_schema
     def _fields_of_type(self, data: dict[str, Any], **_: Any) -> None:
-        allowed = {"type", *LR_SCHEDULE_DEFAULTS[data.get("type", "constant")]}
+        kind = data.get("type", DEFAULT_LR_SCHEDULE)
+        allowed = {"type", *LR_SCHEDULE_DEFAULTS[kind]}
         for key in data:
             if key not in allowed:
                 raise ValidationError(
-                    f"does not apply to the {data.get('type', 'constant')!r} schedule",
+                    f"does not apply to the {kind!r} schedule",
                     field_name=key,
                 )
 
@@ -351,8 +359,9 @@ class TrainingSpecSchema(Schema):
         allow_none=True,
         validate=validate.Range(min=0, min_inclusive=False),
         metadata={
-            "description": f"Default {DEFAULT_LEARNING_RATE['sgd']} for sgd, "
-            f"{DEFAULT_LEARNING_RATE['adam']} for adam and adamw."
+            "description": "Default: "
+            + ", ".join(f"{lr} for {name}" for name, lr in DEFAULT_LEARNING_RATE.items())
+            + "."
         },
     )
     momentum = fields.Float(
@@ -397,7 +406,9 @@ class TrainingSpecSchema(Schema):
             "has not improved for `patience` epochs."
         },
     )
-    lr_schedule = fields.Nested(LRScheduleSchema, load_default=lambda: {"type": "constant"})
+    lr_schedule = fields.Nested(
+        LRScheduleSchema, load_default=lambda: dict(TRAINING_DEFAULTS["lr_schedule"])
+    )
     class_weight = fields.Raw(
         load_default=None,
         allow_none=True,
@@ -417,8 +428,7 @@ class TrainingSpecSchema(Schema):
 
     @post_load
     def _fill_learning_rate(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:
-        if data.get("learning_rate") is None:
-            data["learning_rate"] = DEFAULT_LEARNING_RATE[data["optimizer"]]
+        data["learning_rate"] = learning_rate(data)
         return data
 
 
