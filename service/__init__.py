@@ -124,14 +124,14 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     )
 
     from service import dashboard
-    from service.api import close_db, datasets, docs, health, jobs, models, sweeps
+    from service.api import close_db, datasets, docs, health, jobs, models, spec, sweeps
 
     app.teardown_appcontext(close_db)
     auth.init_app(app)  # before the rate limit: it counts per authenticated key
     app.before_request(ratelimit.enforce)
     security.init_app(app)
     api = TrainyardApi(app, spec_kwargs={"extra_plugins": [AuthDocPlugin()]})
-    for blp in (datasets.blp, jobs.blp, models.blp, sweeps.blp):
+    for blp in (datasets.blp, jobs.blp, models.blp, sweeps.blp, spec.blp):
         api.register_blueprint(blp, url_prefix=f"{API_PREFIX}{blp.url_prefix}")
     from service.api import events, webhooks  # live events and webhooks
 

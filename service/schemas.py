@@ -194,6 +194,20 @@ class DatasetSchema(Schema):
             "`labels`) and `classes` (sorted labels, or null)."
         }
     )
+    storage = fields.Dict(
+        metadata={
+            "description": "Where the rows are stored: `format` (`parquet`), `bytes` (their size "
+            "in the store) and `checksum` (SHA-256 over the parts' SHA-256 digests)."
+        }
+    )
+    warnings = fields.List(
+        fields.Dict(),
+        metadata={
+            "description": "What the reader noticed while storing the rows, e.g. a column that "
+            "became categorical because of some text cells (`column`, `message`, ...), or rows "
+            "dropped for a missing target."
+        },
+    )
     created_at = fields.DateTime()
 
 
@@ -430,6 +444,36 @@ class TrainingSpecSchema(Schema):
     def _fill_learning_rate(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:
         data["learning_rate"] = learning_rate(data)
         return data
+
+
+class SpecDefaultsSchema(Schema):
+    choices = fields.Dict(
+        metadata={
+            "description": "Field -> its allowed values: `loss`, `optimizer`, `activation`, "
+            "`dtype`, `lr_schedule`, and `preprocessing` (step -> values)."
+        }
+    )
+    model = fields.Dict(metadata={"description": "The model spec's defaults (not `layers`)."})
+    training = fields.Dict(
+        metadata={
+            "description": "The training spec's defaults (`loss` null: picked from the targets; "
+            "`learning_rate` is per optimizer)."
+        }
+    )
+    learning_rate = fields.Dict(metadata={"description": "Optimizer -> its default rate."})
+    optimizer_params = fields.Dict(
+        metadata={"description": "Optimizer -> the spec fields it uses besides the rate."}
+    )
+    lr_schedule = fields.Dict(
+        metadata={"description": "Schedule type -> its parameters' defaults."}
+    )
+    early_stopping = fields.Dict(metadata={"description": "`early_stopping`'s defaults."})
+    early_stopping_split = fields.Float(
+        metadata={"description": "The validation split of early stopping with none given."}
+    )
+    loss_applies = fields.Dict(
+        metadata={"description": "Loss -> what it applies to the outputs itself (logits in)."}
+    )
 
 
 class JobInSchema(Schema):
