@@ -1,5 +1,6 @@
 """The webhook tables: an owner's subscriptions (`webhooks`) and one row per delivery attempt
-(`webhook_deliveries`). What they mean and how a delivery moves is `service.webhooks`'.
+(`webhook_deliveries`). What they mean is `service.webhooks`'; how a delivery is
+recorded and published, `service.outbox`'; how it is sent, `service.webhook_delivery`'.
 
 Kept apart from `service.tables` (same `Base`, so Alembic's `target_metadata` and the schema
 check see both).

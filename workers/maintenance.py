@@ -18,7 +18,7 @@ two workers sweeping at the same time never act twice on one job:
 - **Sweeps** (`service.sweeps.advance_all`). Every unfinished sweep starts the trials it has
   room for and ends once its trials have: the step a worker normally takes right after a trial
   ends, taken here when that worker was lost first (or its publish failed).
-- **Webhooks** (`service.webhooks.scan`). Jobs and sweeps that ended in the last day without
+- **Webhooks** (`service.outbox.scan`). Jobs and sweeps that ended in the last day without
   their webhook deliveries get them (the worker that ended a job records them at once; this
   catches a lost one, a cancel from the API, a sweep's end), and due attempts whose message
   was never sent, was lost, or whose worker was lost mid-delivery are published again.
@@ -45,7 +45,7 @@ from celery.signals import task_failure, worker_ready, worker_shutdown
 from flask import Flask
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import lifecycle, sweeps, webhooks
+from service import lifecycle, outbox, sweeps
 from service.config import Settings
 from service.db import make_engine, make_sessionmaker
 from service.idempotency import purge_expired
@@ -65,7 +65,7 @@ def sweep(factory: sessionmaker[Session], celery: Celery, settings: Settings) ->
     lifecycle.reap(factory, settings)
     sweeps.advance_all(factory, celery, settings)
     lifecycle.reconcile(factory, celery, settings)
-    webhooks.scan(factory, celery, settings)
+    outbox.scan(factory, celery, settings)
     with factory() as session:
         purge_expired(session, settings.idempotency_ttl)
 

@@ -1,11 +1,12 @@
-"""Webhook deliveries, sent by the workers (`service.webhooks` has the rules).
+"""Webhook deliveries, sent by the workers (`service.webhook_delivery` has the rules,
+`service.outbox` records and publishes them).
 
 - The task `trainyard.deliver_webhook` (its only argument a delivery id) sends one attempt
-  (`webhooks.deliver`: claim, POST with a deadline, record) and, when it failed with attempts
-  left, publishes the next one with the backoff as its countdown.
+  (`webhook_delivery.deliver`: claim, POST with a deadline, record) and, when it failed with
+  attempts left, publishes the next one with the backoff as its countdown.
 - `announce`, called by the training task once its job has ended: records the deliveries of
   the job's final status (and of its sweep's end) and publishes them at once.
-- The safety net is the maintenance loop's `webhooks.scan` (`workers.maintenance`): jobs and
+- The safety net is the maintenance loop's `outbox.scan` (`workers.maintenance`): jobs and
   sweeps that ended without deliveries (a lost worker, a cancel from the API, a sweep's end)
   get them, and due attempts whose message was lost are published again. A job's final status
   reaches its webhooks however it ended and whichever process was lost on the way.
@@ -26,10 +27,10 @@ from celery import Celery, shared_task
 from flask import current_app
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import webhooks
+from service import outbox, webhook_delivery
 from service.config import Settings
 from service.tables import FINAL_STATUSES, Job
-from service.webhooks import DELIVER_TASK
+from service.webhook_delivery import DELIVER_TASK
 from workers.runtime import session_factory, with_db_retry
 
 log = logging.getLogger(__name__)
@@ -48,20 +49,22 @@ def deliver_webhook(self: Any, delivery_id: str) -> str:
 def send(
     factory: sessionmaker[Session], celery: Celery, delivery_id: str, settings: Settings
 ) -> str:
-    """Send one attempt (`webhooks.deliver`) and publish the next one, if it failed with
+    """Send one attempt (`webhook_delivery.deliver`) and publish the next one, if it failed with
     attempts left, with the backoff as its countdown; the attempt's outcome."""
     outcome = with_db_retry(
-        lambda: webhooks.deliver(factory, delivery_id, settings), f"delivery {delivery_id}"
+        lambda: webhook_delivery.deliver(factory, delivery_id, settings),
+        f"delivery {delivery_id}",
     )
     if outcome.next_id is not None:
-        webhooks.publish(factory, celery, [outcome.next_id], countdown=outcome.countdown)
+        outbox.publish(factory, celery, [outcome.next_id], countdown=outcome.countdown)
     return outcome.status
 
 
 class WaitingSender:
     """In a worker's main process: sends the attempts that wait behind busy workers
-    (`webhooks.waiting`) from `SENDER_THREADS` threads, so that a receiver that hangs costs one
-    of them one timeout and the maintenance loop that calls `send_waiting` never waits."""
+    (`webhook_delivery.waiting`) from `SENDER_THREADS` threads, so that a receiver that hangs
+    costs one of them one timeout and the maintenance loop that calls `send_waiting` never
+    waits."""
 
     def __init__(self, factory: sessionmaker[Session], celery: Celery, settings: Settings) -> None:
         self.factory = factory
@@ -74,7 +77,7 @@ class WaitingSender:
     def send_waiting(self) -> list[str]:
         """Start sending every waiting attempt not already being sent here; their ids."""
         started = []
-        for delivery_id in webhooks.waiting(self.factory, self.settings):
+        for delivery_id in webhook_delivery.waiting(self.factory, self.settings):
             with self._lock:
                 if delivery_id in self._in_flight:
                     continue
@@ -115,13 +118,13 @@ def announce(factory: sessionmaker[Session], celery: Celery, job_id: str) -> lis
         if row is None or row.status not in FINAL_STATUSES:
             return []
         made = with_db_retry(
-            lambda: webhooks.enqueue_for_job(factory, job_id, row.status), f"job {job_id} hooks"
+            lambda: outbox.enqueue_for_job(factory, job_id, row.status), f"job {job_id} hooks"
         )
         if row.sweep_id is not None:
             made += with_db_retry(
-                lambda: webhooks.enqueue_for_sweep(factory, row.sweep_id), f"job {job_id} sweep"
+                lambda: outbox.enqueue_for_sweep(factory, row.sweep_id), f"job {job_id} sweep"
             )
-        webhooks.publish(factory, celery, made)
+        outbox.publish(factory, celery, made)
         return made
     except Exception:
         log.warning("job %s: webhook deliveries left to the scan", job_id, exc_info=True)

@@ -1,6 +1,7 @@
 """Webhooks: subscribe a URL to job (and sweep) events; see each delivery attempt.
 
-The rules (signatures, retries, which addresses may be called) are `service.webhooks`'.
+The rules are `service.webhooks`' (and, for signatures, retries and which addresses may be
+called, `service.webhook_signing`, `service.webhook_delivery` and `service.webhook_urls`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from service.config import Settings
 from service.errors import ApiError, InputError
 from service.schemas import NO_NUL, ErrorSchema, PageQuerySchema, page_of
 from service.webhook_models import DELIVERY_STATUSES, WEBHOOK_EVENTS
+from service.webhook_urls import MAX_URL_LENGTH, UrlRefused
 
 blp = Blueprint(
     "webhooks",
@@ -30,7 +32,7 @@ blp = Blueprint(
 class WebhookInSchema(Schema):
     url = fields.String(
         required=True,
-        validate=[validate.Length(min=1, max=webhooks.MAX_URL_LENGTH), NO_NUL],
+        validate=[validate.Length(min=1, max=MAX_URL_LENGTH), NO_NUL],
         metadata={
             "description": "An `http://` or `https://` URL. Hosts that resolve to private, "
             "loopback or link-local addresses are refused unless "
@@ -135,7 +137,7 @@ class Webhooks(MethodView):
                 data.get("secret"),
                 _settings(),
             )
-        except webhooks.UrlRefused as exc:
+        except UrlRefused as exc:
             raise InputError("url", str(exc)) from None
         session.commit()
         body = webhooks.serialize_webhook(webhook, with_secret=True)

@@ -3,8 +3,8 @@ refused URLs, and deliveries against a real HTTP server on 127.0.0.1 (private ad
 for these): the signature, retries with backoff, the timeout, the address check at delivery
 time, idempotent creation, the scan that catches what a lost worker left.
 
-Deliveries are sent by calling `service.webhooks.deliver` as the Celery task does; the task
-itself runs in tests/e2e/test_events.py.
+Deliveries are sent by calling `service.webhook_delivery.deliver` as the Celery task does; the
+task itself runs in tests/e2e/test_events.py.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import lifecycle, webhooks
+from service import lifecycle, outbox, webhook_delivery, webhook_signing, webhook_urls
 from service.config import Settings
 from service.db import utcnow
 from service.lifecycle import Claim
@@ -272,7 +272,7 @@ def test_allow_private_setting(setting: str, database_url: str, allowed: bool) -
     settings = dataclasses.replace(
         Settings(), webhooks_allow_private=setting, database_url=database_url
     )
-    assert webhooks.allow_private(settings) is allowed
+    assert webhook_urls.allow_private(settings) is allowed
 
 
 def test_the_default_follows_the_mode(app: Flask, client: FlaskClient) -> None:
@@ -304,10 +304,10 @@ def test_a_finished_job_makes_one_delivery_per_subscribed_webhook(
     job_id = finished_job(app, client)
     factory = factory_of(app)
 
-    made = webhooks.enqueue_for_job(factory, job_id, "succeeded")
+    made = outbox.enqueue_for_job(factory, job_id, "succeeded")
     assert len(made) == 1
-    assert webhooks.enqueue_for_job(factory, job_id, "succeeded") == []  # once only
-    assert webhooks.enqueue_for_job(factory, job_id, "failed") == []  # not its status
+    assert outbox.enqueue_for_job(factory, job_id, "succeeded") == []  # once only
+    assert outbox.enqueue_for_job(factory, job_id, "failed") == []  # not its status
     (row,) = deliveries(app)
     assert (row.webhook_id, row.event, row.subject_id, row.attempt, row.status) == (
         both["id"], "job.succeeded", job_id, 1, "pending",
@@ -322,7 +322,7 @@ def test_a_finished_job_makes_one_delivery_per_subscribed_webhook(
     assert job == {k: v for k, v in expected.items() if not k.endswith("loss_history")}
 
     failed = finished_job(app, client, end="failed")
-    assert len(webhooks.enqueue_for_job(factory, failed, "failed")) == 2
+    assert len(outbox.enqueue_for_job(factory, failed, "failed")) == 2
     assert {d.webhook_id for d in deliveries(app, subject_id=failed)} == {
         both["id"],
         only_failed["id"],
@@ -330,7 +330,7 @@ def test_a_finished_job_makes_one_delivery_per_subscribed_webhook(
     # a webhook made after the job ended does not announce it
     cancelled = finished_job(app, client, end="cancelled")
     create(client, receiver.url, ["job.cancelled"])
-    assert webhooks.enqueue_for_job(factory, cancelled, "cancelled") == []
+    assert outbox.enqueue_for_job(factory, cancelled, "cancelled") == []
 
 
 @ALLOW
@@ -340,7 +340,7 @@ def test_enqueue_inside_a_callers_session(
     create(client, receiver.url)
     job_id = finished_job(app, client)
     with factory_of(app)() as session:
-        made = webhooks.enqueue_for_job(session, job_id, "succeeded")
+        made = outbox.enqueue_for_job(session, job_id, "succeeded")
         assert len(made) == 1
         session.rollback()  # the caller decides
     assert deliveries(app) == []
@@ -360,17 +360,17 @@ def test_a_finished_sweep_announces_sweep_finished(
     assert r.status_code == 202, r.get_json()
     sweep_id = r.get_json()["id"]
     factory = factory_of(app)
-    assert webhooks.enqueue_for_sweep(factory, sweep_id) == []  # not finished
+    assert outbox.enqueue_for_sweep(factory, sweep_id) == []  # not finished
     # its trials cancelled and the sweep with them
     assert client.post(f"/api/v1/sweeps/{sweep_id}/cancel").status_code == 200
     assert client.get(f"/api/v1/sweeps/{sweep_id}").get_json()["status"] == "cancelled"
 
-    done = webhooks.scan(factory, app.extensions["celery"], settings_of(app))
+    done = outbox.scan(factory, app.extensions["celery"], settings_of(app))
     assert done == {"created": 1, "published": 1}
     (row,) = deliveries(app)
     assert (row.webhook_id, row.event, row.subject_id) == (hook["id"], "sweep.finished", sweep_id)
-    assert webhooks.enqueue_for_sweep(factory, sweep_id) == []  # once only
-    assert webhooks.deliver(factory, row.id, settings_of(app)).status == "succeeded"
+    assert outbox.enqueue_for_sweep(factory, sweep_id) == []  # once only
+    assert webhook_delivery.deliver(factory, row.id, settings_of(app)).status == "succeeded"
     (request,) = receiver.requests
     check_signature(request, SECRET)
     event = json.loads(request["body"])
@@ -395,7 +395,7 @@ def test_the_worker_that_ended_a_job_announces_it_at_once(
     (row,) = deliveries(app)
     assert row.id == made and row.published_at is not None
     assert announce(factory_of(app), celery, job_id) == []  # once
-    assert webhooks.scan(factory_of(app), celery, settings_of(app)) == {
+    assert outbox.scan(factory_of(app), celery, settings_of(app)) == {
         "created": 0,
         "published": 0,
     }
@@ -420,10 +420,10 @@ def test_a_delivery_is_signed_and_recorded(
 ) -> None:
     hook = create(client, receiver.url, secret=SECRET).get_json()
     job_id = finished_job(app, client)
-    (delivery_id,) = webhooks.enqueue_for_job(factory_of(app), job_id, "succeeded")
+    (delivery_id,) = outbox.enqueue_for_job(factory_of(app), job_id, "succeeded")
 
-    outcome = webhooks.deliver(factory_of(app), delivery_id, settings_of(app))
-    assert outcome == webhooks.DeliveryOutcome("succeeded")
+    outcome = webhook_delivery.deliver(factory_of(app), delivery_id, settings_of(app))
+    assert outcome == webhook_delivery.DeliveryOutcome("succeeded")
     (request,) = receiver.requests
     assert request["path"] == "/hooks/trainyard?x=1"
     headers = request["headers"]
@@ -437,7 +437,9 @@ def test_a_delivery_is_signed_and_recorded(
     assert headers["X-Trainyard-Event-Id"] == event["id"]
 
     # a second message for the same attempt sends nothing
-    assert webhooks.deliver(factory_of(app), delivery_id, settings_of(app)).status == "skipped"
+    assert (
+        webhook_delivery.deliver(factory_of(app), delivery_id, settings_of(app)).status == "skipped"
+    )
     assert len(receiver.requests) == 1
 
     page = client.get(f"{URL}/{hook['id']}/deliveries").get_json()
@@ -453,23 +455,23 @@ def test_failures_are_retried_with_backoff_until_the_limit(
 ) -> None:
     hook = create(client, receiver.url, secret=SECRET).get_json()
     job_id = finished_job(app, client, end="failed")
-    (first,) = webhooks.enqueue_for_job(factory_of(app), job_id, "failed")
+    (first,) = outbox.enqueue_for_job(factory_of(app), job_id, "failed")
     receiver.answers = [500, 302, 200]
     settings = settings_of(app, webhook_retry_base=0.4, webhook_max_attempts=5)
 
-    one = webhooks.deliver(factory_of(app), first, settings)
+    one = webhook_delivery.deliver(factory_of(app), first, settings)
     assert one.status == "failed" and one.next_id is not None
     assert one.countdown == pytest.approx(0.4)
     # not due yet: a message that comes early sends nothing, and says when to come back
-    early = webhooks.deliver(factory_of(app), one.next_id, settings)
+    early = webhook_delivery.deliver(factory_of(app), one.next_id, settings)
     assert (early.status, early.next_id) == ("early", one.next_id)
     assert 0.1 < early.countdown <= 0.4
     time.sleep(early.countdown + 0.05)
-    two = webhooks.deliver(factory_of(app), one.next_id, settings)
+    two = webhook_delivery.deliver(factory_of(app), one.next_id, settings)
     assert two.status == "failed" and two.countdown == pytest.approx(0.8)
     time.sleep(0.85)
-    three = webhooks.deliver(factory_of(app), two.next_id, settings)  # type: ignore[arg-type]
-    assert three == webhooks.DeliveryOutcome("succeeded")
+    three = webhook_delivery.deliver(factory_of(app), two.next_id, settings)  # type: ignore[arg-type]
+    assert three == webhook_delivery.DeliveryOutcome("succeeded")
 
     assert len(receiver.requests) == 3
     for request in receiver.requests:
@@ -495,19 +497,19 @@ def test_the_last_attempt_records_no_next_one(
 ) -> None:
     create(client, receiver.url)
     job_id = finished_job(app, client)
-    (first,) = webhooks.enqueue_for_job(factory_of(app), job_id, "succeeded")
+    (first,) = outbox.enqueue_for_job(factory_of(app), job_id, "succeeded")
     receiver.answers = [503]
     settings = settings_of(app, webhook_retry_base=0.01, webhook_max_attempts=2)
-    one = webhooks.deliver(factory_of(app), first, settings)
+    one = webhook_delivery.deliver(factory_of(app), first, settings)
     time.sleep(0.05)
-    two = webhooks.deliver(factory_of(app), one.next_id, settings)  # type: ignore[arg-type]
-    assert two == webhooks.DeliveryOutcome("failed")
+    two = webhook_delivery.deliver(factory_of(app), one.next_id, settings)  # type: ignore[arg-type]
+    assert two == webhook_delivery.DeliveryOutcome("failed")
     assert [(d.attempt, d.status) for d in deliveries(app)] == [(1, "failed"), (2, "failed")]
 
 
 def test_backoff_doubles_up_to_an_hour() -> None:
-    assert [webhooks.backoff(n, 10.0) for n in (1, 2, 3, 4)] == [10.0, 20.0, 40.0, 80.0]
-    assert webhooks.backoff(30, 10.0) == 3600.0
+    assert [webhook_delivery.backoff(n, 10.0) for n in (1, 2, 3, 4)] == [10.0, 20.0, 40.0, 80.0]
+    assert webhook_delivery.backoff(30, 10.0) == 3600.0
 
 
 @ALLOW
@@ -516,10 +518,12 @@ def test_a_receiver_that_hangs_costs_one_timeout(
 ) -> None:
     create(client, receiver.url)
     job_id = finished_job(app, client)
-    (first,) = webhooks.enqueue_for_job(factory_of(app), job_id, "succeeded")
+    (first,) = outbox.enqueue_for_job(factory_of(app), job_id, "succeeded")
     receiver.delay = 3.0
     started = time.monotonic()
-    outcome = webhooks.deliver(factory_of(app), first, settings_of(app, webhook_timeout=0.5))
+    outcome = webhook_delivery.deliver(
+        factory_of(app), first, settings_of(app, webhook_timeout=0.5)
+    )
     assert time.monotonic() - started < 2.0
     assert outcome.status == "failed" and outcome.next_id is not None
     (row, _next) = deliveries(app)
@@ -531,8 +535,8 @@ def test_a_receiver_that_hangs_costs_one_timeout(
 def test_a_closed_port_fails_the_attempt(app: Flask, client: FlaskClient) -> None:
     create(client, "http://127.0.0.1:9/hook")  # discard: nothing listens
     job_id = finished_job(app, client)
-    (first,) = webhooks.enqueue_for_job(factory_of(app), job_id, "succeeded")
-    assert webhooks.deliver(factory_of(app), first, settings_of(app)).status == "failed"
+    (first,) = outbox.enqueue_for_job(factory_of(app), job_id, "succeeded")
+    assert webhook_delivery.deliver(factory_of(app), first, settings_of(app)).status == "failed"
     assert "refused" in (deliveries(app)[0].error or "").lower()
 
 
@@ -544,9 +548,9 @@ def test_the_address_is_checked_again_at_delivery(
     DNS answer changed) is checked again when it is called: no request reaches the address."""
     create(client, receiver.url.replace("127.0.0.1", "localhost"))
     job_id = finished_job(app, client)
-    (first,) = webhooks.enqueue_for_job(factory_of(app), job_id, "succeeded")
+    (first,) = outbox.enqueue_for_job(factory_of(app), job_id, "succeeded")
     strict = settings_of(app, webhooks_allow_private="false", webhook_retry_base=0.01)
-    outcome = webhooks.deliver(factory_of(app), first, strict)
+    outcome = webhook_delivery.deliver(factory_of(app), first, strict)
     assert outcome.status == "failed"
     assert receiver.requests == []
     error = deliveries(app)[0].error or ""
@@ -567,13 +571,13 @@ def test_scan_records_and_publishes_what_is_missing(
     settings = settings_of(app)
     before = queued_messages()
 
-    assert webhooks.scan(factory_of(app), celery, settings) == {"created": 3, "published": 3}
+    assert outbox.scan(factory_of(app), celery, settings) == {"created": 3, "published": 3}
     assert queued_messages() - before == 3
     rows = deliveries(app)
     assert {r.subject_id for r in rows} >= set(done)
     assert all(r.published_at is not None for r in rows)
     # a second scan finds nothing to do
-    assert webhooks.scan(factory_of(app), celery, settings) == {"created": 0, "published": 0}
+    assert outbox.scan(factory_of(app), celery, settings) == {"created": 0, "published": 0}
 
     # a message lost (broker restart), long ago: published again
     with factory_of(app)() as session:
@@ -584,7 +588,7 @@ def test_scan_records_and_publishes_what_is_missing(
             )
         )
         session.commit()
-    assert webhooks.scan(factory_of(app), celery, settings)["published"] == 3
+    assert outbox.scan(factory_of(app), celery, settings)["published"] == 3
 
 
 @ALLOW
@@ -596,7 +600,7 @@ def test_a_worker_lost_mid_delivery_leaves_it_for_another(
     id lets it tell)."""
     create(client, receiver.url)
     job_id = finished_job(app, client)
-    (first,) = webhooks.enqueue_for_job(factory_of(app), job_id, "succeeded")
+    (first,) = outbox.enqueue_for_job(factory_of(app), job_id, "succeeded")
     long_ago = utcnow() - timedelta(hours=1)
     with factory_of(app)() as session:
         session.execute(
@@ -605,15 +609,15 @@ def test_a_worker_lost_mid_delivery_leaves_it_for_another(
         session.commit()
     settings = settings_of(app)
     # claimed a moment ago: its worker may be sending it right now
-    assert webhooks.deliver(factory_of(app), first, settings).status == "skipped"
-    assert webhooks.scan(factory_of(app), app.extensions["celery"], settings)["published"] == 0
+    assert webhook_delivery.deliver(factory_of(app), first, settings).status == "skipped"
+    assert outbox.scan(factory_of(app), app.extensions["celery"], settings)["published"] == 0
     with factory_of(app)() as session:
         session.execute(
             sa.update(WebhookDelivery).values(claimed_at=long_ago, next_attempt_at=long_ago)
         )
         session.commit()
-    assert webhooks.scan(factory_of(app), app.extensions["celery"], settings)["published"] == 1
-    assert webhooks.deliver(factory_of(app), first, settings).status == "succeeded"
+    assert outbox.scan(factory_of(app), app.extensions["celery"], settings)["published"] == 1
+    assert webhook_delivery.deliver(factory_of(app), first, settings).status == "succeeded"
     assert len(receiver.requests) == 1
 
 
@@ -638,16 +642,16 @@ def test_attempts_waiting_behind_busy_workers_are_sent_by_a_main_process(
 
     create(client, receiver.url, secret=SECRET)
     fresh, waited, held, lost = (
-        webhooks.enqueue_for_job(factory_of(app), finished_job(app, client), "succeeded")[0]
+        outbox.enqueue_for_job(factory_of(app), finished_job(app, client), "succeeded")[0]
         for _ in range(4)
     )
     settings = settings_of(app)
-    slack = webhooks.WAITING_AFTER_S
+    slack = webhook_delivery.WAITING_AFTER_S
     set_due(app, fresh, slack / 2)  # a free worker is about to take it
     set_due(app, waited, slack + 1)
     set_due(app, held, slack + 1, claimed_at=utcnow())  # being sent right now
     set_due(app, lost, slack + 1, claimed_at=utcnow() - timedelta(hours=1))  # its worker died
-    assert sorted(webhooks.waiting(factory_of(app), settings)) == sorted([waited, lost])
+    assert sorted(webhook_delivery.waiting(factory_of(app), settings)) == sorted([waited, lost])
 
     sender = WaitingSender(factory_of(app), app.extensions["celery"], settings)
     try:
@@ -665,7 +669,7 @@ def test_attempts_waiting_behind_busy_workers_are_sent_by_a_main_process(
         assert status[fresh] == status[held] == "pending"
         assert sender.send_waiting() == []  # nothing waits any more
         # the queued message, when a worker finally takes it: sent already
-        assert webhooks.deliver(factory_of(app), waited, settings).status == "skipped"
+        assert webhook_delivery.deliver(factory_of(app), waited, settings).status == "skipped"
         assert len(receiver.requests) == 2
     finally:
         sender.close()
@@ -677,14 +681,14 @@ def test_deleting_a_webhook_drops_its_pending_deliveries(
 ) -> None:
     hook = create(client, receiver.url).get_json()
     job_id = finished_job(app, client)
-    (first,) = webhooks.enqueue_for_job(factory_of(app), job_id, "succeeded")
+    (first,) = outbox.enqueue_for_job(factory_of(app), job_id, "succeeded")
     assert client.delete(f"{URL}/{hook['id']}").status_code == 204
     assert deliveries(app) == []
-    assert webhooks.deliver(factory_of(app), first, settings_of(app)).status == "skipped"
+    assert webhook_delivery.deliver(factory_of(app), first, settings_of(app)).status == "skipped"
     assert receiver.requests == []
 
 
 def test_sign_matches_the_documented_formula() -> None:
     body = b'{"type":"job.succeeded"}'
     mac = hmac.new(b"key", b"1700000000." + body, hashlib.sha256).hexdigest()
-    assert webhooks.sign("key", "1700000000", body) == f"sha256={mac}"
+    assert webhook_signing.sign("key", "1700000000", body) == f"sha256={mac}"
