@@ -241,3 +241,64 @@ def test_one_rule_for_the_json_of_a_response() -> None:
         p for package in ("service", "workers") for p in sorted((ROOT / package).rglob("*.py"))
     ]
     assert [hit for path in files for hit in schema_dumps(path)] == []
+
+
+#: what records or publishes an event: `service/outbox.py` holds them all; the one exception is
+#: a delivery's retry (`webhook_delivery`), a new attempt of an event already recorded
+EVENT_CALLS = {"enqueue_for_job", "enqueue_for_sweep", "insert_delivery", "scan", "publish"}
+EVENT_INTERNALS = {"webhooks", "webhook_delivery", "webhook_models", "events", "sweep_events"}
+OUTBOX = Path("service/outbox.py")
+
+
+def event_publishing(path: Path) -> list[str]:
+    """Where `path` records or publishes an event other than through `outbox.<function>`: a
+    definition of an outbox function, a call of one of the webhook or event modules, a direct
+    import of one, an INSERT of a delivery, a `send_task` of the delivery task."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        hit = None
+        if isinstance(node, ast.FunctionDef) and node.name in EVENT_CALLS - {"publish", "scan"}:
+            hit = f"def {node.name}"
+        elif isinstance(node, ast.Call) and ast.unparse(node).endswith("insert(WebhookDelivery)"):
+            hit = ast.unparse(node)
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("service."):
+            names = {alias.name for alias in node.names} & EVENT_CALLS
+            if names and node.module != "service.outbox":
+                hit = f"from {node.module} import {sorted(names)}"
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            receiver, attr = ast.unparse(node.func.value), node.func.attr
+            first = ast.unparse(node.args[0]) if node.args else ""
+            if (attr in EVENT_CALLS and receiver in EVENT_INTERNALS) or (
+                attr == "send_task" and "DELIVER_TASK" in first
+            ):
+                hit = ast.unparse(node)
+        elif isinstance(node, ast.Call) and ast.unparse(node.func) == "insert_delivery":
+            hit = ast.unparse(node)
+        if hit is not None:
+            found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {hit}")
+    return found
+
+
+def test_every_event_is_published_from_the_outbox() -> None:
+    """Webhook deliveries are recorded and their messages sent by `service/outbox.py` only;
+    every other module calls it (`outbox.enqueue_for_job`, `outbox.publish`, `outbox.scan`),
+    never the webhook or event modules' internals."""
+    files = [
+        p for package in ("service", "workers") for p in sorted((ROOT / package).rglob("*.py"))
+    ]
+    allowed = {
+        # the one INSERT of a delivery, and its one other caller: a retry's next attempt
+        Path("service/webhooks.py"): {"def insert_delivery", "insert(WebhookDelivery)"},
+        Path("service/webhook_delivery.py"): {"insert_delivery"},
+    }
+    offenders = [
+        hit
+        for path in files
+        if path.relative_to(ROOT) != OUTBOX
+        for hit in event_publishing(path)
+        if not any(ok in hit for ok in allowed.get(path.relative_to(ROOT), ()))
+    ]
+    assert offenders == []
+    found = " ".join(event_publishing(ROOT / OUTBOX))
+    for expected in ("def enqueue_for_job", "send_task(DELIVER_TASK", "insert_delivery("):
+        assert expected in found  # the check finds what it looks for
