@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.db import make_engine, make_sessionmaker
 from tests.support import REDIS_URL, empty_tables, fresh_pg_database, migrate
+from tests.support.s3 import S3Server, start_s3_server
 
 
 @pytest.fixture(scope="session")
@@ -69,3 +70,23 @@ def factory(request: pytest.FixtureRequest) -> Iterator[sessionmaker[Session]]:
         empty_tables(engine)
     yield make_sessionmaker(engine)
     engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3-compatible server (SeaweedFS `weed mini`, `tests.support.s3`) for the session,
+    started only when a test asks for it (about 2 s). While it runs, its `AWS_ENDPOINT_URL`,
+    `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and `AWS_DEFAULT_REGION` are set in
+    `os.environ`, so this process and every subprocess the tests start (`base_env()` copies
+    `os.environ`) reach it; `TRAINYARD_STORE_URL` is not (base_env drops TRAINYARD_*): pass it."""
+    folder = tmp_path_factory.mktemp("s3")
+    with start_s3_server(folder) as server, pytest.MonkeyPatch.context() as env:
+        for name, value in server.env().items():
+            env.setenv(name, value)
+        yield server
+
+
+@pytest.fixture(scope="session")
+def s3_store_url(s3_server: S3Server) -> str:
+    """`s3://<bucket>/<unique prefix>` on the session's S3 server, the AWS_* variables set."""
+    return s3_server.url()
