@@ -239,6 +239,33 @@ class Table:
     def describe(self) -> list[dict[str, Any]]:
         return [c.describe() for c in self.columns]
 
+    @classmethod
+    def concat(cls, tables: Sequence[Table]) -> Table:
+        """The rows of `tables` (same columns, same types) one after another; a categorical
+        column's levels are the sorted union of theirs."""
+        if not tables:
+            raise TableError("no tables to join")
+        if len(tables) == 1:
+            return tables[0]
+        return cls(
+            [concat_columns([t.columns[j] for t in tables]) for j in range(len(tables[0].columns))]
+        )
+
+
+def concat_columns(columns: Sequence[Column]) -> Column:
+    first = columns[0]
+    if any(c.kind != first.kind or c.name != first.name for c in columns):
+        raise TableError("columns of different names or types cannot be joined", column=first.name)
+    if first.kind == NUMERIC:
+        return Column(first.name, NUMERIC, np.concatenate([c.values for c in columns]))
+    levels = sorted({level for c in columns for level in c.levels or []})
+    index = {level: i for i, level in enumerate(levels)}
+    parts = []
+    for c in columns:
+        mapping = np.array([index[level] for level in c.levels or []] + [-1], dtype=np.int32)
+        parts.append(mapping[c.values])  # code -1 picks the last entry: still missing
+    return Column(first.name, CATEGORICAL, np.concatenate(parts), levels)
+
 
 def default_names(n: int) -> list[str]:
     """Column names for a features matrix that came without any: x0, x1, ..."""

@@ -51,7 +51,8 @@ def _env_str(name: str, default: str) -> str:
 class Limits:
     """Caps on what one request may ask for (configurable, enforced before anything is stored)."""
 
-    max_rows: int = field(default_factory=lambda: _env_int("TRAINYARD_MAX_ROWS", 200_000))
+    # most rows in a dataset; 0: no limit (a streamed upload holds no rows in memory)
+    max_rows: int = field(default_factory=lambda: _env_int("TRAINYARD_MAX_ROWS", 0))
     max_features: int = field(default_factory=lambda: _env_int("TRAINYARD_MAX_FEATURES", 4096))
     max_layers: int = field(default_factory=lambda: _env_int("TRAINYARD_MAX_LAYERS", 16))
     max_width: int = field(default_factory=lambda: _env_int("TRAINYARD_MAX_WIDTH", 4096))
@@ -83,8 +84,18 @@ class Settings:
         )
     )
     port: int = field(default_factory=lambda: _env_int("PORT", 8000))
+    # Where datasets' rows live (service.dataset_store): `file:///path` or `s3://bucket/prefix`
+    # (endpoint and credentials from the standard AWS_* variables).
+    store_url: str = field(
+        default_factory=lambda: _env_str("TRAINYARD_STORE_URL", (VAR_DIR / "store").as_uri())
+    )
     max_content_length: int = field(
         default_factory=lambda: _env_int("TRAINYARD_MAX_CONTENT_LENGTH", 64 * 1024 * 1024)
+    )
+    # Largest dataset file upload (CSV, also gzipped; streamed, never held whole): a
+    # multipart form or a raw body to POST /datasets. Other bodies keep max_content_length.
+    max_upload_bytes: int = field(
+        default_factory=lambda: _env_int("TRAINYARD_MAX_UPLOAD_BYTES", 20 * 1024**3)
     )
     task_soft_time_limit: float = field(
         default_factory=lambda: _env_float("TRAINYARD_TASK_SOFT_TIME_LIMIT", 3600.0)

@@ -26,6 +26,7 @@ killed mid-upload) once they are older than `ORPHAN_AFTER_S`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import posixpath
@@ -107,6 +108,15 @@ class DatasetStore:
     def __init__(self, url: str) -> None:
         self.url = url
         self.fs, self.root = filesystem_for(url)
+
+    @classmethod
+    def at(cls, location: str) -> tuple[DatasetStore, str]:
+        """The store holding a dataset's `location` (as `location()` gave it), and its id: a
+        reader needs only the dataset's row, not the settings of the API that stored it."""
+        root, sep, dataset_id = location.rstrip("/").rpartition(f"/{_PREFIX}/")
+        if not sep or not dataset_id:
+            raise ValueError(f"{location!r} is not a dataset's location in a store")
+        return store_for(root), dataset_id
 
     def _dir(self, dataset_id: str) -> str:
         return posixpath.join(self.root, _PREFIX, dataset_id)
@@ -290,6 +300,12 @@ class DatasetWriter:
         self._writer = None
         self._sink = None
         self.store.delete(self.dataset_id)
+
+
+@functools.lru_cache(maxsize=16)
+def store_for(url: str) -> DatasetStore:
+    """One store object per URL and process (a filesystem holds connections)."""
+    return DatasetStore(url)
 
 
 def filesystem_for(url: str) -> tuple[pafs.FileSystem, str]:

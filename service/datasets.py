@@ -1,51 +1,180 @@
 """Datasets: store a parsed upload, look datasets up, list them, give their rows back.
 
-Parsing and checking what users upload is `service.ingest`'s job; the stored formats are in
-`service.tables.DatasetData`.
+A dataset's rows live in the dataset store (`service.dataset_store`, Parquet parts) and its SQL
+row describes them (columns with their statistics, target, row count, bytes, checksum,
+location). Parsing and checking what users upload is `service.ingest`'s job (and, for files
+streamed in, `service.csv_stream`'s); both end here: `create_dataset` adds the row once every
+part is stored. Readers need only the row: `read_chunks` streams the rows back one row group at
+a time, typed as the row describes them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from core.model import array_from_bytes, array_to_bytes
-from core.table import Table, table_from_bytes, table_to_bytes
-from service.db import iso_utc, paginate
+from core.columnar import batch_targets, batch_to_table, table_to_batch
+from core.model import array_from_bytes
+from core.table import Table, table_from_bytes
+from service.dataset_store import DatasetStore, StoredRows, store_for, target_columns
+from service.db import iso_utc, paginate, session_scope
 from service.errors import ApiError
 from service.ingest import ParsedDataset
-from service.tables import Dataset, DatasetData, is_id
+from service.tables import Dataset, DatasetData, is_id, new_id
 
 
-def new_dataset(parsed: ParsedDataset, owner: str) -> Dataset:
-    """The (not yet added) row for a parsed dataset, with its data row."""
-    return Dataset(
-        owner=owner,
+@dataclass
+class DatasetFacts:
+    """What describes a dataset whose rows are being stored: everything its SQL row holds but
+    the storage figures (`StoredRows`)."""
+
+    name: str
+    feature_names: list[str]
+    #: one description per feature column, as `core.table.Column.describe()` gives it, with the
+    #: column's final type
+    columns: list[dict[str, Any]]
+    target_name: str | None
+    target_kind: str  # "numeric" or "labels"
+    classes: list[Any] | None
+    n_targets: int = 1
+    warnings: list[dict[str, Any]] = field(default_factory=list)
+
+
+def facts_of(parsed: ParsedDataset) -> DatasetFacts:
+    return DatasetFacts(
         name=parsed.name,
-        n_samples=parsed.n_samples,
-        n_features=parsed.n_features,
-        n_targets=parsed.n_targets,
-        target_kind=parsed.target_kind,
-        classes=parsed.classes,
         feature_names=parsed.table.names,
         columns=parsed.table.describe(),
         target_name=parsed.target_name,
-        data=DatasetData(
-            features=table_to_bytes(parsed.table), targets=array_to_bytes(parsed.targets)
-        ),
+        target_kind=parsed.target_kind,
+        classes=parsed.classes,
+        n_targets=parsed.n_targets,
     )
 
 
+def create_dataset(
+    session: Session, facts: DatasetFacts, stored: StoredRows, owner: str, dataset_id: str
+) -> Dataset:
+    """Add the row of a dataset whose rows `stored` holds (flushed; the caller commits)."""
+    dataset = Dataset(
+        id=dataset_id,
+        owner=owner,
+        name=facts.name,
+        n_samples=stored.n_rows,
+        n_features=len(facts.feature_names),
+        n_targets=facts.n_targets,
+        target_kind=facts.target_kind,
+        classes=facts.classes,
+        feature_names=facts.feature_names,
+        columns=facts.columns,
+        target_name=facts.target_name,
+        location=stored.location,
+        n_bytes=stored.n_bytes,
+        checksum=stored.checksum,
+        warnings=facts.warnings or None,
+    )
+    session.add(dataset)
+    session.flush()
+    return dataset
+
+
+def store_parsed(store: DatasetStore, parsed: ParsedDataset, dataset_id: str) -> StoredRows:
+    """Write a dataset parsed in memory (a JSON body) to the store."""
+    batch = table_to_batch(
+        parsed.table,
+        parsed.targets,
+        parsed.target_kind,
+        parsed.classes,
+        target_columns(parsed.n_targets),
+    )
+    with store.writer(dataset_id) as writer:
+        writer.write(batch)
+        return writer.commit()
+
+
+def new_dataset(session: Session, parsed: ParsedDataset, owner: str, store_url: str) -> Dataset:
+    """Store a dataset parsed in memory and add its row (flushed; the caller commits)."""
+    dataset_id = new_id()
+    stored = store_parsed(store_for(store_url), parsed, dataset_id)
+    return create_dataset(session, facts_of(parsed), stored, owner, dataset_id)
+
+
+def _types(dataset: Dataset) -> list[str]:
+    if dataset.columns:
+        return [c["type"] for c in dataset.columns]
+    return ["numeric"] * dataset.n_features
+
+
+def read_chunks(dataset: Dataset) -> Iterator[tuple[Table, np.ndarray]]:
+    """The dataset's rows one row group at a time, in order: the feature table (typed as the
+    dataset's row says) and the targets (int64 class indices for labels, else float64
+    `(n, n_targets)`)."""
+    if dataset.location is None:
+        raise LookupError(f"dataset {dataset.id} has not been moved to the dataset store")
+    store, dataset_id = DatasetStore.at(dataset.location)
+    names = dataset.feature_names or [f"x{j}" for j in range(dataset.n_features)]
+    types = _types(dataset)
+    targets = target_columns(dataset.n_targets)
+    for batch in store.read_batches(dataset_id):
+        yield (
+            batch_to_table(batch, names, types),
+            batch_targets(batch, targets, dataset.target_kind, dataset.classes),
+        )
+
+
 def load_data(session: Session, dataset_id: str) -> tuple[Table, np.ndarray]:
-    """A stored dataset's feature table and targets array."""
-    row = session.get(DatasetData, dataset_id)
-    if row is None:
-        raise LookupError(f"dataset {dataset_id} has no data")
-    names = session.scalar(sa.select(Dataset.feature_names).where(Dataset.id == dataset_id))
-    return table_from_bytes(row.features, names), array_from_bytes(row.targets)
+    """A stored dataset's whole feature table and targets array (for tables that fit in
+    memory: evaluating a model, giving the rows back; training streams with `read_chunks`)."""
+    dataset = session.get(Dataset, dataset_id)
+    if dataset is None:
+        raise LookupError(f"no dataset {dataset_id}")
+    tables, targets = [], []
+    for table, y in read_chunks(dataset):
+        tables.append(table)
+        targets.append(y)
+    if not tables:
+        raise LookupError(f"dataset {dataset_id} has no rows in the store")
+    return Table.concat(tables), np.concatenate(targets)
+
+
+def move_to_store(factory: Any, store_url: str) -> int:
+    """Move the rows of datasets stored before the dataset store (`dataset_data`) into it, one
+    dataset per transaction: write its parts, record where, delete the old row. A move cut
+    short is done again from the start (its parts are rewritten). The number moved."""
+    store = store_for(store_url)
+    moved = 0
+    with session_scope(factory) as session:
+        pending = session.scalars(sa.select(Dataset.id).where(Dataset.location.is_(None))).all()
+    for dataset_id in pending:
+        with session_scope(factory) as session:
+            dataset = session.get(Dataset, dataset_id)
+            data = session.get(DatasetData, dataset_id)
+            if dataset is None or data is None or dataset.location is not None:
+                continue
+            table = table_from_bytes(data.features, dataset.feature_names)
+            targets = array_from_bytes(data.targets)
+            store.delete(dataset_id)  # what a move cut short left
+            batch = table_to_batch(
+                table,
+                targets,
+                dataset.target_kind,
+                dataset.classes,
+                target_columns(dataset.n_targets),
+            )
+            with store.writer(dataset_id) as writer:
+                writer.write(batch)
+                stored = writer.commit()
+            dataset.location = stored.location
+            dataset.n_bytes = stored.n_bytes
+            dataset.checksum = stored.checksum
+            session.delete(data)
+            moved += 1
+    return moved
 
 
 def describe(dataset: Dataset) -> dict[str, Any]:
@@ -62,6 +191,8 @@ def describe(dataset: Dataset) -> dict[str, Any]:
             "kind": target_kind(dataset),
             "classes": dataset.classes,
         },
+        "storage": {"format": "parquet", "bytes": dataset.n_bytes, "checksum": dataset.checksum},
+        "warnings": dataset.warnings or [],
         "created_at": iso_utc(dataset.created_at),
     }
     if dataset.classes is not None:
@@ -77,14 +208,6 @@ def target_kind(dataset: Dataset) -> str:
     if dataset.target_kind == "labels":
         return "labels"
     return "integers" if dataset.classes is not None else "numeric"
-
-
-def create_dataset(session: Session, parsed: ParsedDataset, owner: str) -> Dataset:
-    """Add the dataset (flushed; the caller commits)."""
-    dataset = new_dataset(parsed, owner)
-    session.add(dataset)
-    session.flush()
-    return dataset
 
 
 def dataset_rows(session: Session, dataset: Dataset) -> dict[str, Any]:

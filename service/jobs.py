@@ -152,9 +152,12 @@ def dataset_facts(session: Session, dataset_id: str, owner: str) -> dict[str, An
     }
 
 
-def create_job(session: Session, data: dict[str, Any], limits: Limits, owner: str) -> Job:
-    """Validate a job request (and its inline dataset) and add it as `queued` for `owner`
-    (flushed; the caller commits). A `dataset_id` must name one of the owner's datasets."""
+def create_job(
+    session: Session, data: dict[str, Any], limits: Limits, owner: str, store_url: str
+) -> Job:
+    """Validate a job request (and its inline dataset, stored in the dataset store at
+    `store_url`) and add it as `queued` for `owner` (flushed; the caller commits). A
+    `dataset_id` must name one of the owner's datasets."""
     check_active_jobs(session, owner, limits)
     parsed: ParsedDataset | None = None
     if "dataset" in data:
@@ -176,10 +179,7 @@ def create_job(session: Session, data: dict[str, Any], limits: Limits, owner: st
     training["validation_split"] = effective_validation_split(training)
 
     if parsed is not None:
-        dataset = new_dataset(parsed, owner)
-        session.add(dataset)
-        session.flush()
-        dataset_id = dataset.id
+        dataset_id = new_dataset(session, parsed, owner, store_url).id
     else:
         dataset_id = data["dataset_id"]
     return lifecycle.submit(

@@ -38,9 +38,25 @@ def alembic_config(database_url: str) -> Config:
     return config
 
 
-def upgrade(database_url: str | None = None) -> None:
-    """Bring the store at `database_url` (default: the settings') to the newest revision."""
-    command.upgrade(alembic_config(database_url or Settings().database_url), "head")
+def upgrade(database_url: str | None = None, store_url: str | None = None) -> None:
+    """Bring the store at `database_url` (default: the settings') to the newest revision, then
+    move the rows of datasets stored before the dataset store into it (`store_url`, default
+    the settings'): a dataset's rows are never lost on upgrade."""
+    settings = Settings()
+    url = database_url or settings.database_url
+    command.upgrade(alembic_config(url), "head")
+    from service.datasets import move_to_store
+    from service.db import make_engine, make_sessionmaker
+
+    engine = make_engine(url)
+    try:
+        moved = move_to_store(make_sessionmaker(engine), store_url or settings.store_url)
+    finally:
+        engine.dispose()
+    if moved:
+        print(
+            f"trainyard: moved the rows of {moved} dataset(s) to the dataset store", file=sys.stderr
+        )
 
 
 def main() -> int:

@@ -164,6 +164,34 @@ class DatasetCsvSchema(Schema):
             "inferred column types."
         }
     )
+    delimiter = fields.String(
+        validate=validate.Length(min=1, max=9),
+        metadata={
+            "description": "The cell separator: one character, or `tab`, `comma`, "
+            "`semicolon`, `pipe`. Default: detected from the first lines (`,` tab `;` `|`)."
+        },
+    )
+    encoding = fields.String(
+        validate=[validate.Length(min=1, max=40), NO_NUL],
+        metadata={
+            "description": "The text encoding (e.g. `latin-1`, `cp1252`, `utf-16`). Default: "
+            "UTF-8; other text is refused with the encoding it looks like."
+        },
+    )
+    drop_missing_target = fields.Boolean(
+        metadata={
+            "description": "Drop rows whose target is missing (the answer's `warnings` say how "
+            "many) instead of refusing the file. Default: false."
+        }
+    )
+
+
+class DatasetCsvQuerySchema(DatasetCsvSchema):
+    """The options of a raw CSV body (`text/csv`, `text/tab-separated-values`,
+    `application/gzip`) as query parameters."""
+
+    class Meta:
+        exclude = ("file",)
 
 
 class DatasetSchema(Schema):
@@ -209,6 +237,14 @@ class DatasetSchema(Schema):
         },
     )
     created_at = fields.DateTime()
+    warnings = fields.List(
+        fields.Dict(),
+        metadata={
+            "description": "What the upload changed or dropped: `code` "
+            "(`column_became_categorical`, `target_became_labels`, `rows_dropped`), "
+            "`message`, and `column`, `values` (`line`, `value`) or `count`, `lines`."
+        },
+    )
 
 
 class DatasetRowsSchema(Schema):

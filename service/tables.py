@@ -68,18 +68,26 @@ class Dataset(Base):
     columns: Mapped[list[dict[str, Any]] | None] = mapped_column(sa.JSON, nullable=True)
     # the target column's name, when the data came as a CSV file or named rows
     target_name: Mapped[str | None] = mapped_column(sa.String(200), nullable=True)
-    # the rows themselves live in `dataset_data`: listing datasets never reads them
-    data: Mapped[DatasetData] = relationship(
+    # The rows live in the dataset store (service.dataset_store): this folder's Parquet parts,
+    # their size in bytes and checksum. Null only for rows stored in `dataset_data` before the
+    # store existed, until `service.migrate.upgrade` moves them.
+    location: Mapped[str | None] = mapped_column(sa.String(1024), nullable=True)
+    n_bytes: Mapped[int | None] = mapped_column(sa.BigInteger, nullable=True)
+    checksum: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
+    # what the upload's reader noticed (a column that became categorical, dropped rows)
+    warnings: Mapped[list[dict[str, Any]] | None] = mapped_column(sa.JSON, nullable=True)
+    data: Mapped[DatasetData | None] = relationship(
         cascade="all, delete-orphan", lazy="raise", uselist=False
     )
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
 
 
 class DatasetData(Base):
-    """A dataset's rows: `features` a typed column table (`core.table.table_to_bytes`; rows
-    stored before typed columns are a float64 `.npy` matrix, read the same way), `targets` a
-    `.npy` array: float64 `(n_samples, n_targets)`, or int64 class indices `(n_samples,)` for
-    labels."""
+    """A dataset's rows as stored before the dataset store (read once, by the move to the
+    store in `service.migrate.upgrade`, and emptied by it): `features` a typed column table
+    (`core.table.table_to_bytes`; rows stored before typed columns are a float64 `.npy`
+    matrix, read the same way), `targets` a `.npy` array: float64 `(n_samples, n_targets)`,
+    or int64 class indices `(n_samples,)` for labels."""
 
     __tablename__ = "dataset_data"
 

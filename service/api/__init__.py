@@ -91,6 +91,11 @@ def limits() -> Limits:
     return current_app.config["LIMITS"]
 
 
+def store_url() -> str:
+    """Where new datasets' rows go (`TRAINYARD_STORE_URL`, or the app's `STORE_URL`)."""
+    return str(current_app.config["STORE_URL"])
+
+
 def page(items: list[Any], total: int, query: dict[str, Any]) -> dict[str, Any]:
     """A page of a list: `{"items": [...], "pagination": {page, page_size, total, pages}}`."""
     return {

@@ -9,7 +9,7 @@ from flask.views import MethodView
 from marshmallow import RAISE
 
 from service import jobs
-from service.api import Blueprint, db, json_only, limits, page
+from service.api import Blueprint, db, json_only, limits, page, store_url
 from service.auth import current_owner
 from service.idempotency import HEADER_DOC, Idempotency
 from service.schemas import (
@@ -77,7 +77,7 @@ class Jobs(MethodView):
         replayed = idempotency.replay()
         if replayed is not None:
             return replayed
-        job = jobs.create_job(session, data, limits(), owner)
+        job = jobs.create_job(session, data, limits(), owner, store_url())
         location = url_for("jobs.JobById", job_id=job.id)
         body = jobs.serialize_job(session, job)
         response, first = idempotency.commit(body, 202, location)

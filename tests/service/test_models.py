@@ -11,11 +11,12 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 import engine
-from core.model import array_to_bytes, weights_to_npz
+from core.model import weights_to_npz
 from engine.nn import MLP
 from service.db import utcnow
-from service.tables import Dataset, DatasetData, Job, TrainedModel
+from service.tables import Job, TrainedModel
 from tests.service.helpers import assert_error
+from tests.support import store_dataset
 
 URL = "/api/v1/models"
 SVG = '<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><text>a</text></svg>'
@@ -49,20 +50,9 @@ def add_model(
         "classes": classes,
     }
     with app.extensions["db_sessionmaker"]() as session:
-        dataset = Dataset(
-            owner=owner,
-            name="d",
-            n_samples=1,
-            n_features=nin,
-            n_targets=1,
-            target_kind="numeric",
-            data=DatasetData(
-                features=array_to_bytes(np.zeros((1, nin))),
-                targets=array_to_bytes(np.zeros((1, 1))),
-            ),
+        dataset = store_dataset(
+            session, np.zeros((1, nin)), np.zeros((1, 1)), name="d", owner=owner
         )
-        session.add(dataset)
-        session.flush()
         job = Job(
             status="succeeded",
             dataset_id=dataset.id,

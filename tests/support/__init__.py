@@ -7,6 +7,7 @@
 - `cluster`: a store + broker + workers for fault injection, a Redis server of a test's own.
 """
 
+from tests.support.stored import STORE_URL, spoil_rows, store_dataset  # noqa: I001 (sets the store first)
 from tests.support.api import Api, check_model, new_api_key
 from tests.support.cluster import (
     FAST,
@@ -46,6 +47,7 @@ __all__ = [
     "PG_ADMIN_URL",
     "REDIS_URL",
     "ROOT",
+    "STORE_URL",
     "VENV_BIN",
     "Api",
     "Cluster",
@@ -69,6 +71,8 @@ __all__ = [
     "new_api_key",
     "pid_alive",
     "pool_children",
+    "spoil_rows",
     "start_embedded",
+    "store_dataset",
     "worker_cmd",
 ]

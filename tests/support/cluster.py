@@ -23,14 +23,14 @@ import sqlalchemy as sa
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.model import array_to_bytes
 from service.auth import create_api_key
 from service.celery import TRAIN_TASK, celery_config
 from service.config import Settings
 from service.db import make_engine, make_sessionmaker, session_scope, utcnow
-from service.tables import DEFAULT_OWNER, Dataset, DatasetData, Job, JobEpoch, TrainedModel
+from service.tables import DEFAULT_OWNER, Job, JobEpoch, TrainedModel
 from tests.support.api import Api
 from tests.support.processes import Proc, Processes, api_cmd, base_env, free_port, worker_cmd
+from tests.support.stored import store_dataset
 from tests.workers.datasets import regression
 
 FINAL = ("succeeded", "failed", "cancelled")
@@ -114,21 +114,7 @@ class Cluster:
         if x is None or y is None:
             x, y = regression(n)
         with session_scope(self.factory) as session:
-            dataset = Dataset(
-                name="faults",
-                n_samples=len(x),
-                n_features=x.shape[1],
-                n_targets=1,
-                target_kind="numeric",
-                classes=None,
-                data=DatasetData(
-                    features=array_to_bytes(np.asarray(x, dtype=np.float64)),
-                    targets=array_to_bytes(np.asarray(y, dtype=np.float64).reshape(-1, 1)),
-                ),
-            )
-            session.add(dataset)
-            session.flush()
-            return dataset.id
+            return store_dataset(session, x, y, name="faults").id
 
     def publish(self, job_id: str) -> None:
         self.celery.send_task(TRAIN_TASK, args=[job_id])

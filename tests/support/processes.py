@@ -31,7 +31,8 @@ def base_env(**extra: str) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if k not in ("DATABASE_URL", "CELERY_BROKER_URL", "PORT") and not k.startswith("TRAINYARD_")
+        if k not in ("DATABASE_URL", "CELERY_BROKER_URL", "PORT")
+        and (not k.startswith("TRAINYARD_") or k == "TRAINYARD_STORE_URL")
     }
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONUNBUFFERED"] = "1"

@@ -25,6 +25,7 @@ from service.errors import ApiError
 from service.ingest import parse_json_dataset
 from service.schemas import SweepInSchema
 from service.tables import Job, Sweep
+from tests.support import STORE_URL
 from tests.workers.datasets import moons
 from tests.workers.test_maintenance import broker, messages
 from workers.maintenance import sweep as maintenance_sweep
@@ -64,9 +65,7 @@ def add_sweep(factory: sessionmaker[Session], limits: Limits | None = None, **bo
         parsed = parse_json_dataset(
             {"name": "moons", "features": x.tolist(), "targets": y.tolist()}, limits
         )
-        dataset = new_dataset(parsed, owner)
-        session.add(dataset)
-        session.flush()
+        dataset = new_dataset(session, parsed, owner, STORE_URL)
         request["dataset_id"] = dataset.id
         sweep = sweeps.create_sweep(session, SweepInSchema().load(request), limits, owner)
         return sweep.id

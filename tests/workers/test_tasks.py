@@ -21,13 +21,13 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.model import array_to_bytes, predict, weights_from_npz
+from core.model import predict, weights_from_npz
 from engine.nn import MLP
 from service.config import Settings
 from service.db import session_scope, utcnow
 from service.lifecycle import Claim
-from service.tables import Dataset, DatasetData, Job, JobEpoch, TrainedModel
-from tests.support import ROOT
+from service.tables import Job, JobEpoch, TrainedModel
+from tests.support import ROOT, spoil_rows, store_dataset
 from tests.workers.datasets import moons
 from workers.tasks import _Busy, claim_job, run_job
 
@@ -46,20 +46,7 @@ def add_job(
 ) -> str:
     x, y = moons(n)
     with session_scope(factory) as session:
-        dataset = Dataset(
-            name="moons",
-            n_samples=n,
-            n_features=2,
-            n_targets=1,
-            target_kind="numeric",
-            classes=[0, 1],
-            data=DatasetData(
-                features=array_to_bytes(x),
-                targets=array_to_bytes(y.reshape(-1, 1).astype(np.float64)),
-            ),
-        )
-        session.add(dataset)
-        session.flush()
+        dataset = store_dataset(session, x, y, name="moons", classes=[0, 1])
         job = Job(
             dataset_id=dataset.id,
             model_spec={"layers": [8, 1], "activation": "tanh", "output_activation": None},
@@ -236,11 +223,7 @@ def test_bad_data_fails_the_job_not_the_worker(factory: sessionmaker[Session]) -
     with session_scope(factory) as session:
         job = session.get(Job, job_id)
         assert job is not None
-        session.execute(
-            sa.update(DatasetData)
-            .where(DatasetData.dataset_id == job.dataset_id)
-            .values(features=b"garbage")
-        )
+        spoil_rows(session, job.dataset_id)
     assert run_job(factory, job_id, SETTINGS) == "failed"
     assert job_row(factory, job_id).error
 
@@ -252,11 +235,7 @@ def test_a_stopping_pool_process_fails_nothing(
     next delivery: the attempt exits, the job stays `running` and is not marked failed."""
     job_id = add_job(factory)
     with session_scope(factory) as session:
-        session.execute(
-            sa.update(DatasetData)
-            .where(DatasetData.dataset_id == job_row(factory, job_id).dataset_id)
-            .values(features=b"garbage")
-        )
+        spoil_rows(session, job_row(factory, job_id).dataset_id)
     monkeypatch.setattr("workers.tasks.stopping", lambda: True)
     with pytest.raises(SystemExit):
         run_job(factory, job_id, SETTINGS)
