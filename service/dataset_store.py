@@ -158,7 +158,10 @@ class DatasetStore:
     ) -> Iterator[pa.RecordBatch]:
         """The dataset's rows one row group at a time, in order (only `columns` when given)."""
         for part, i in self.row_groups(dataset_id):
-            table = part.read_row_group(i, columns=columns)
+            try:
+                table = part.read_row_group(i, columns=columns)
+            except OSError as exc:
+                raise StoreError(f"the dataset store is unavailable: {exc}") from exc
             yield from table.combine_chunks().to_batches()
 
     def size(self, dataset_id: str) -> int:
@@ -186,6 +189,8 @@ class DatasetStore:
             infos = self.fs.get_file_info(pafs.FileSelector(base, recursive=True))
         except FileNotFoundError:
             return {}
+        except OSError as exc:
+            raise StoreError(f"the dataset store is unavailable: {exc}") from exc
         found: dict[str, float] = {}
         for info in infos:
             if info.type != pafs.FileType.File:
@@ -208,6 +213,8 @@ class DatasetWriter:
         self._sink: _HashingSink | None = None
         self._schema: pa.Schema | None = None
         self._part_rows = 0
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
         self._digests: list[str] = []
         self.n_rows = 0
         self.n_bytes = 0
@@ -225,29 +232,40 @@ class DatasetWriter:
             self.abort()
 
     def write(self, batch: pa.RecordBatch | pa.Table) -> None:
+        """Add rows; they reach the store a row group (`ROW_GROUP_ROWS`) at a time, so the
+        parts' layout and checksum depend on the rows, not on how they were batched."""
         if batch.num_rows == 0:
             return
-        if self._writer is not None and not batch.schema.equals(self._schema):
+        table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+        if self._schema is not None and not table.schema.equals(self._schema):
             self._close_part()
-        offset = 0
-        while offset < batch.num_rows:
-            if self._writer is None:
-                self._open_part(batch.schema)
-            take = min(batch.num_rows - offset, PART_ROWS - self._part_rows)
-            piece = batch.slice(offset, take)
-            table = piece if isinstance(piece, pa.Table) else pa.Table.from_batches([piece])
-            try:
-                assert self._writer is not None
-                self._writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
-            except OSError as exc:
-                raise StoreError(f"the dataset store is unavailable: {exc}") from exc
-            offset += take
-            self._part_rows += take
-            self.n_rows += take
-            if self._part_rows >= PART_ROWS:
-                self._close_part()
+        self._schema = table.schema
+        self._pending.append(table)
+        self._pending_rows += table.num_rows
+        while self._pending_rows >= min(ROW_GROUP_ROWS, PART_ROWS - self._part_rows):
+            self._flush(min(ROW_GROUP_ROWS, PART_ROWS - self._part_rows))
+
+    def _flush(self, n_rows: int) -> None:
+        """Write the first `n_rows` pending rows as one row group."""
+        pending = pa.concat_tables(self._pending)
+        group, rest = pending.slice(0, n_rows), pending.slice(n_rows)
+        self._pending = [rest] if rest.num_rows else []
+        self._pending_rows = rest.num_rows
+        if self._writer is None:
+            assert self._schema is not None
+            self._open_part(self._schema)
+        try:
+            assert self._writer is not None
+            self._writer.write_table(group, row_group_size=n_rows)
+        except OSError as exc:
+            raise StoreError(f"the dataset store is unavailable: {exc}") from exc
+        self._part_rows += n_rows
+        self.n_rows += n_rows
+        if self._part_rows >= PART_ROWS:
+            self._close_part(flush=False)
 
     def _open_part(self, schema: pa.Schema) -> None:
+        self._part_rows = 0
         path = posixpath.join(
             self.store._dir(self.dataset_id), f"part-{len(self._digests):05d}.parquet"
         )
@@ -258,13 +276,14 @@ class DatasetWriter:
         except OSError as exc:
             raise StoreError(f"the dataset store is unavailable: {exc}") from exc
         self._sink = _HashingSink(out)
-        self._schema = schema
-        self._part_rows = 0
         self._writer = pq.ParquetWriter(
             pa.PythonFile(self._sink, mode="w"), schema, compression="zstd"
         )
 
-    def _close_part(self) -> None:
+    def _close_part(self, flush: bool = True) -> None:
+        """Write what is pending and close the part being written (if any)."""
+        if flush and self._pending_rows:
+            self._flush(self._pending_rows)
         if self._writer is None or self._sink is None:
             return
         try:
@@ -276,6 +295,7 @@ class DatasetWriter:
         self.n_bytes += self._sink.size
         self._writer = None
         self._sink = None
+        self._part_rows = 0
 
     def commit(self) -> StoredRows:
         self._close_part()
@@ -299,6 +319,7 @@ class DatasetWriter:
             pass  # the parts are deleted below either way
         self._writer = None
         self._sink = None
+        self._pending, self._pending_rows = [], 0
         self.store.delete(self.dataset_id)
 
 
