@@ -20,7 +20,8 @@ the `job_epochs` rows after the last epoch it sent whenever it is woken, and sen
 - PostgreSQL (the distributed mode): `LISTEN trainyard_jobs` on one connection of its own;
   triggers (migration `b7d41e2c9a10`) `pg_notify('trainyard_jobs', job_id)` after every insert
   into `job_epochs` and every change of a job's `status` or `attempts`. NOTIFY is transactional
-  (sent at commit, so the stream's read sees the change) and reaches every API process that
+  (sent at commit, so the stream's read sees the change; no writer sends it, see
+  `service.outbox`, where every event leaves from) and reaches every API process that
   listens, without another server; Redis pub/sub would need the workers to publish after each
   commit (a second write that can be lost between the two) and a Redis the embedded mode does
   not have.

@@ -22,8 +22,9 @@ Two kinds of listeners hear of a change:
   webhook of the job's owner that subscribed to `job.<status>` and existed when the job ended;
   `enqueue_for_sweep` likewise for `sweep.finished`. Given a `Session` they write in the
   caller's transaction (the caller commits); given a `sessionmaker`, in one of their own.
-  Attempt 1 is unique per (webhook, event, subject), so recording twice (the worker that ended
-  the job, `workers.webhooks.announce`, and `scan`) creates one.
+  `job_ended` records both for a job that ended (the sweep's if it ended with it). Attempt 1 is
+  unique per (webhook, event, subject), so recording twice (the worker that ended the job,
+  `workers.webhooks.announce`, and `scan`) creates one.
 - **Publishing.** `publish` sends the messages of recorded attempts and marks them
   `published_at`; a broker that is down leaves them unpublished.
 - **The safety net.** `scan`, run periodically by the workers, records the deliveries of jobs
@@ -75,6 +76,7 @@ __all__ = [
     "enqueue_for_sweep",
     "finished_unannounced",
     "finished_unannounced_sweeps",
+    "job_ended",
     "publish",
     "scan",
 ]
@@ -173,6 +175,20 @@ def enqueue_for_sweep(target: Session | sessionmaker[Session], sweep_id: str) ->
             sweep.finished_at,
             lambda event_id, now: sweep_payload(session, sweep, event_id, now),
         )
+
+
+def job_ended(target: Session | sessionmaker[Session], job_id: str) -> list[str]:
+    """Record the deliveries of job `job_id`'s final status and, if its sweep ended with it, of
+    `sweep.finished` (one transaction: the caller's, given a `Session`); the ids created, none
+    if the job has not ended."""
+    with _transaction(target) as session:
+        row = session.execute(sa.select(Job.status, Job.sweep_id).where(Job.id == job_id)).first()
+        if row is None or row.status not in FINAL_STATUSES:
+            return []
+        made = enqueue_for_job(session, job_id, row.status)
+        if row.sweep_id is not None:
+            made += enqueue_for_sweep(session, row.sweep_id)
+        return made
 
 
 # -- publishing ----------------------------------------------------------------------------------

@@ -22,14 +22,12 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import sqlalchemy as sa
 from celery import Celery, shared_task
 from flask import current_app
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import outbox, webhook_delivery
 from service.config import Settings
-from service.tables import FINAL_STATUSES, Job
 from service.webhook_delivery import DELIVER_TASK
 from workers.runtime import session_factory, with_db_retry
 
@@ -111,19 +109,7 @@ def announce(factory: sessionmaker[Session], celery: Celery, job_id: str) -> lis
     (and of its sweep's end, if that came with it) and publish them. Never raises: whatever
     fails here, the maintenance loop's scan does later. Returns the delivery ids published."""
     try:
-        with factory() as session:
-            row = session.execute(
-                sa.select(Job.status, Job.sweep_id).where(Job.id == job_id)
-            ).first()
-        if row is None or row.status not in FINAL_STATUSES:
-            return []
-        made = with_db_retry(
-            lambda: outbox.enqueue_for_job(factory, job_id, row.status), f"job {job_id} hooks"
-        )
-        if row.sweep_id is not None:
-            made += with_db_retry(
-                lambda: outbox.enqueue_for_sweep(factory, row.sweep_id), f"job {job_id} sweep"
-            )
+        made = with_db_retry(lambda: outbox.job_ended(factory, job_id), f"job {job_id} hooks")
         outbox.publish(factory, celery, made)
         return made
     except Exception:
