@@ -1,5 +1,9 @@
 """Hyperparameter sweeps: one spec, the values to try, and the life of the trials that try them.
 
+The search spaces, their expansion into trials, the metrics, the choice of the best trial and
+the median rule are `core.sweep`'s (no framework); this module validates a request with the
+job's schemas, stores the sweep and schedules its trials.
+
 A sweep's trials are ordinary jobs (`Job.sweep_id`, `trial_index`, `params`), all made, each
 validated as `POST /jobs` would, when the sweep is submitted. A trial is `held` (queued, never
 published, claimed by no delivery) until its sweep *starts* it within `max_parallel`; from then
@@ -55,15 +59,11 @@ The rules:
 
 from __future__ import annotations
 
-import copy
-import itertools
-import json
 import logging
 import math
-import random
 import secrets
-import statistics
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -71,7 +71,20 @@ import sqlalchemy as sa
 from marshmallow import Schema, ValidationError, fields
 from sqlalchemy.orm import Session, sessionmaker
 
+from core import sweep as core_sweep
 from core.spec import effective_validation_split
+from core.sweep import (
+    SweepError,
+    Trial,
+    best_trial,
+    describe_trial,
+    field_of,
+    final_status,
+    free_slots,
+    median_rule,
+    median_rule_due,
+    metric_value,
+)
 from service import lifecycle
 from service.config import Limits, Settings
 from service.db import iso_utc, paginate, session_scope, utcnow
@@ -87,90 +100,18 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ACTIVE = ("queued", "running")
-#: most `values` one parameter may list
-MAX_VALUES = 1000
-
-# -- metrics -----------------------------------------------------------------------------------
-
-#: the flat `metrics` of a job, and the goal each one has by default
-FLAT_METRICS = {
-    "loss": "minimize",
-    "val_loss": "minimize",
-    "accuracy": "maximize",
-    "val_accuracy": "maximize",
-}
-SPLITS = ("train", "validation", "test")
-CLASSIFICATION_SCORES = {
-    "loss": "minimize",
-    "accuracy": "maximize",
-    "balanced_accuracy": "maximize",
-    "log_loss": "minimize",
-    "roc_auc": "maximize",
-    "f1.macro": "maximize",
-    "precision.macro": "maximize",
-    "recall.macro": "maximize",
-}
-REGRESSION_SCORES = {
-    "loss": "minimize",
-    "mse": "minimize",
-    "rmse": "minimize",
-    "mae": "minimize",
-    "r2": "maximize",
-}
 
 
-def metric_goal(name: str, classification: bool) -> str | None:
-    """The default goal of metric `name`, or None if no job of this kind reports it."""
-    if name in FLAT_METRICS:
-        return None if name.endswith("accuracy") and not classification else FLAT_METRICS[name]
-    split, _, score = name.partition(".")
-    if split in SPLITS:
-        return (CLASSIFICATION_SCORES if classification else REGRESSION_SCORES).get(score)
-    return None
+@contextmanager
+def _as_input_error() -> Iterator[None]:
+    """A `core.sweep.SweepError` is the request's fault: a 422 naming its field."""
+    try:
+        yield
+    except SweepError as exc:
+        raise InputError(exc.field, exc.message) from None
 
 
-def metric_value(
-    name: str, metrics: Mapping[str, Any] | None, evaluation: Mapping[str, Any] | None
-) -> float | None:
-    """A job's value of metric `name` (`val_loss`, or dotted into `evaluation`:
-    `validation.accuracy`, `test.f1.macro`); None when missing or not finite."""
-    value: Any
-    if "." in name:
-        value = evaluation or {}
-        for part in name.split("."):
-            value = value.get(part) if isinstance(value, Mapping) else None
-    else:
-        value = (metrics or {}).get(name)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        return None
-    return float(value)
-
-
-@dataclass(frozen=True)
-class Trial:
-    """What the API shows of one trial."""
-
-    job_id: str
-    index: int
-    params: dict[str, Any]
-    status: str
-    epoch: int
-    epochs: int
-    stop_reason: str | None
-    metric_value: float | None
-    model_id: str | None
-
-
-def best_trial(trials: list[Trial], goal: str) -> Trial | None:
-    """The succeeded trial with the best metric value; ties: the first trial."""
-    sign = 1.0 if goal == "minimize" else -1.0
-    candidates = [t for t in trials if t.status == "succeeded" and t.metric_value is not None]
-    if not candidates:
-        return None
-    return min(candidates, key=lambda t: (sign * (t.metric_value or 0.0), t.index))
-
-
-# -- parameters and expansion ------------------------------------------------------------------
+# -- parameters and expansion (the search spaces themselves are `core.sweep`'s) ----------------
 
 _ROOTS: dict[str, type[Schema]] = {"model": ModelSpecSchema, "training": TrainingSpecSchema}
 
@@ -194,126 +135,10 @@ def is_spec_path(path: str) -> bool:
     return True
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def check_parameters(parameters: Mapping[str, Any], method: str) -> dict[str, dict[str, Any]]:
     """The `parameters` of a sweep request, checked (422 naming `parameters.<path>`)."""
-    if not parameters:
-        raise InputError("parameters", "give at least one parameter")
-    out: dict[str, dict[str, Any]] = {}
-    for path, spec in parameters.items():
-        where = f"parameters.{path}"
-        if not is_spec_path(path):
-            raise InputError(
-                where, "is not a field of a job spec (model.<field> or training.<field>)"
-            )
-        if not isinstance(spec, Mapping):
-            raise InputError(where, 'must be an object: {"values": [...]} or {"min", "max"}')
-        keys = set(spec)
-        if "values" in spec:
-            if keys != {"values"}:
-                raise InputError(where, f"values takes no {sorted(keys - {'values'})}")
-            values = spec["values"]
-            if not isinstance(values, list) or not values:
-                raise InputError(f"{where}.values", "must be a non-empty list")
-            if len(values) > MAX_VALUES:
-                raise InputError(f"{where}.values", f"at most {MAX_VALUES} values")
-            out[path] = {"values": list(values)}
-            continue
-        if method == "grid":
-            raise InputError(where, 'grid takes {"values": [...]} only (min/max: method random)')
-        unknown = keys - {"min", "max", "log", "int"}
-        if unknown or not {"min", "max"} <= keys:
-            raise InputError(where, 'give {"values": [...]} or {"min", "max", "log"?, "int"?}')
-        lo, hi = spec["min"], spec["max"]
-        if not _number(lo) or not _number(hi) or lo > hi:
-            raise InputError(where, "min and max must be finite numbers, min <= max")
-        log, integer = spec.get("log", False), spec.get("int", False)
-        if not isinstance(log, bool) or not isinstance(integer, bool):
-            raise InputError(where, "log and int must be booleans")
-        if log and lo <= 0:
-            raise InputError(f"{where}.min", "must be > 0 with log")
-        if integer and math.ceil(lo) > math.floor(hi):
-            raise InputError(where, "no integer between min and max")
-        out[path] = {"min": lo, "max": hi, "log": log, "int": integer}
-    return out
-
-
-def _draw(rng: random.Random, spec: Mapping[str, Any]) -> Any:
-    if "values" in spec:
-        return copy.deepcopy(spec["values"][rng.randrange(len(spec["values"]))])
-    lo, hi = spec["min"], spec["max"]
-    if spec["int"] and not spec["log"]:
-        return rng.randint(math.ceil(lo), math.floor(hi))
-    x = math.exp(rng.uniform(math.log(lo), math.log(hi))) if spec["log"] else rng.uniform(lo, hi)
-    if spec["int"]:
-        return int(min(max(round(x), math.ceil(lo)), math.floor(hi)))
-    return x
-
-
-def grid_size(parameters: Mapping[str, Mapping[str, Any]]) -> int:
-    return math.prod(len(spec["values"]) for spec in parameters.values())
-
-
-def expand(
-    method: str,
-    parameters: Mapping[str, Mapping[str, Any]],
-    max_trials: int | None,
-    seed: int | None,
-    limit: int,
-) -> list[dict[str, Any]]:
-    """Every trial's values (`{path: value}`), in trial order: the grid's product (parameters
-    in the order given, the last one varying fastest; the first `max_trials`), or `max_trials`
-    seeded draws. 422 past `limit` trials, or for random without `max_trials`."""
-    if method == "random":
-        if max_trials is None:
-            raise InputError("max_trials", "is required with method random")
-        if max_trials > limit:
-            raise InputError("max_trials", f"is {max_trials}; the limit is {limit} trials")
-        rng = random.Random(seed)
-        return [
-            {path: _draw(rng, spec) for path, spec in parameters.items()} for _ in range(max_trials)
-        ]
-    size = grid_size(parameters)
-    n = size if max_trials is None else min(size, max_trials)
-    if n > limit:
-        raise InputError(
-            "parameters", f"the grid has {size} trials; the limit is {limit} (or set max_trials)"
-        )
-    paths = list(parameters)
-    combos = itertools.islice(itertools.product(*(parameters[p]["values"] for p in paths)), n)
-    return [dict(zip(paths, copy.deepcopy(list(combo)), strict=True)) for combo in combos]
-
-
-def apply(base: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
-    """`base` with each dotted path set to its value (objects made where missing or null)."""
-    spec = copy.deepcopy(dict(base))
-    for path, value in params.items():
-        node = spec
-        parts = path.split(".")
-        for part in parts[:-1]:
-            if not isinstance(node.get(part), dict):
-                node[part] = {}
-            node = node[part]
-        node[parts[-1]] = copy.deepcopy(value)
-    return spec
-
-
-def _field_of(path: str, params: Mapping[str, Any]) -> str:
-    """The sweep request's field for an error at `path` of a trial's spec."""
-    for swept in params:
-        if path == swept or path.startswith(swept + ".") or swept.startswith(path + "."):
-            return f"parameters.{swept}"
-    return f"base.{path}"
-
-
-def _describe(index: int, n: int, params: Mapping[str, Any]) -> str:
-    shown = json.dumps(params, separators=(", ", ": "), default=str)
-    if len(shown) > 200:
-        shown = shown[:197] + "..."
-    return f"trial {index + 1} of {n} {shown}"
+    with _as_input_error():
+        return core_sweep.check_parameters(parameters, method, is_spec_path)
 
 
 @dataclass(frozen=True)
@@ -336,14 +161,14 @@ def check_trial(
 ) -> TrialSpec:
     """One trial's spec, validated as `POST /jobs` validates a job: a 422 names the sweep's
     field (`parameters.<path>` when a swept value is at fault, else `base.<path>`)."""
-    body = {**apply(base, params), "dataset_id": dataset_id}
+    body = {**core_sweep.apply(base, params), "dataset_id": dataset_id}
     try:
         data = JobInSchema().load(body)
     except ValidationError as exc:
         found = flatten_messages(exc.messages)
         path, text = next(iter(found.items()))
         raise InputError(
-            _field_of(path, params), f"{_describe(index, n, params)}: {text}"
+            field_of(path, params), f"{describe_trial(index, n, params)}: {text}"
         ) from None
     model, training = normalized_specs(
         data, facts["target_kind"], facts["n_targets"], facts["classes"]
@@ -353,44 +178,17 @@ def check_trial(
     except ApiError as exc:
         path, text = next(iter((exc.fields or {"base": exc.message}).items()))
         raise InputError(
-            _field_of(path, params), f"{_describe(index, n, params)}: {text}"
+            field_of(path, params), f"{describe_trial(index, n, params)}: {text}"
         ) from None
     training["validation_split"] = effective_validation_split(training)
     return TrialSpec(dict(params), model, training, data.get("name"), data.get("tags"))
 
 
 def resolve_metric(metric: Mapping[str, Any], trials: list[TrialSpec]) -> dict[str, str]:
-    """`{"name", "goal"}`: the default name is `val_loss` when every trial has a validation
-    split, else `loss`; a metric some trial would not report is a 422 naming `metric.name`."""
-    name = metric.get("name") or (
-        "val_loss" if all(t.training["validation_split"] > 0 for t in trials) else "loss"
-    )
-    goal: str | None = None
-    for t in trials:
-        classification = t.training["loss"] != "mse"
-        goal = metric_goal(name, classification)
-        if goal is None:
-            kind = "classification" if classification else "regression"
-            allowed = sorted(
-                {*[k for k in FLAT_METRICS if metric_goal(k, classification)]}
-                | {
-                    f"<split>.{k}"
-                    for k in (CLASSIFICATION_SCORES if classification else REGRESSION_SCORES)
-                }
-            )
-            raise InputError(
-                "metric.name",
-                f"{name!r} is not a metric a {kind} job reports; one of {allowed}, "
-                f"<split> one of {list(SPLITS)}",
-            )
-        split = name.partition(".")[0]
-        if (name.startswith("val_") or split == "validation") and t.training[
-            "validation_split"
-        ] <= 0:
-            raise InputError("metric.name", f"{name!r} needs a validation_split in every trial")
-        if split == "test" and t.training["test_split"] <= 0:
-            raise InputError("metric.name", f"{name!r} needs a test_split in every trial")
-    return {"name": name, "goal": metric.get("goal") or goal or "minimize"}
+    """`{"name", "goal"}` of the sweep (`core.sweep.resolve_metric`; 422 naming
+    `metric.name`)."""
+    with _as_input_error():
+        return core_sweep.resolve_metric(metric, [t.training for t in trials])
 
 
 # -- the API side (the request's Session) ------------------------------------------------------
@@ -411,7 +209,10 @@ def create_sweep(session: Session, data: dict[str, Any], limits: Limits, owner: 
     seed = data.get("seed")
     if method == "random" and seed is None:
         seed = secrets.randbelow(2**31)
-    assignments = expand(method, parameters, data.get("max_trials"), seed, limits.max_sweep_trials)
+    with _as_input_error():
+        assignments = core_sweep.expand(
+            method, parameters, data.get("max_trials"), seed, limits.max_sweep_trials
+        )
     n = len(assignments)
     trials = [
         check_trial(i, n, base, params, data["dataset_id"], facts, limits)
@@ -668,9 +469,7 @@ def advance(
         )
         if held == 0 and active == 0:
             succeeded = sum(n for (status, _), n in counts.items() if status == "succeeded")
-            final = (
-                "cancelled" if row.cancel_requested else ("succeeded" if succeeded else "failed")
-            )
+            final = final_status(succeeded, bool(row.cancel_requested))
             session.execute(
                 sa.update(Sweep)
                 .where(Sweep.id == sweep_id)
@@ -691,13 +490,14 @@ def advance(
             )
         if row.cancel_requested or held == 0:
             return []
-        free = held if row.max_parallel is None else min(held, row.max_parallel - active)
         owner_active = session.scalar(
             sa.select(sa.func.count())
             .select_from(Job)
             .where(Job.owner == row.owner, Job.status.in_(ACTIVE), Job.held.is_(False))
         )
-        free = min(free, limits.max_active_jobs - int(owner_active or 0))
+        free = free_slots(
+            held, active, row.max_parallel, limits.max_active_jobs - int(owner_active or 0)
+        )
         if free <= 0:
             return []
         ids = lifecycle.start_trials(session, sweep_id, free, now)
@@ -749,7 +549,7 @@ def should_terminate(
     rule: Mapping[str, Any],
 ) -> str | None:
     """The median rule at `epoch`: why this trial should stop, or None."""
-    if rule.get("type") != "median" or epoch < rule.get("min_epochs", 10):
+    if not median_rule_due(rule, epoch):
         return None
     best = sa.func.min(sa.func.coalesce(JobEpoch.val_loss, JobEpoch.loss))
     with session_scope(factory) as session:
@@ -762,12 +562,4 @@ def should_terminate(
         ).all()
     values = {r[0]: r[1] for r in rows if r[1] is not None and math.isfinite(r[1])}
     mine = values.pop(job_id, None)
-    if mine is None or len(values) < rule.get("min_trials", 3):
-        return None
-    median = statistics.median(values.values())
-    if mine > median:
-        return (
-            f"best validation loss {mine:.6g} by epoch {epoch} is worse than the median "
-            f"{median:.6g} of {len(values)} other trials"
-        )
-    return None
+    return median_rule(rule, epoch, mine, list(values.values()))

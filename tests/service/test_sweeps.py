@@ -15,7 +15,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from service.config import Limits
-from service.sweeps import Trial, best_trial, expand, is_spec_path, metric_value
+from service.sweeps import is_spec_path
 from service.tables import Job, Sweep
 from tests.service.helpers import assert_error, binary_dataset, count_rows, post_dataset
 
@@ -133,19 +133,6 @@ def test_random_draws_are_seeded(client: FlaskClient, dataset_id: str) -> None:
     assert isinstance(unseeded["seed"], int)
 
 
-def test_expand_grid_and_random() -> None:
-    grid = {"a.x": {"values": [1, 2]}, "a.y": {"values": ["p", "q", "r"]}}
-    assert expand("grid", grid, None, None, 1000) == [
-        {"a.x": x, "a.y": y} for x in (1, 2) for y in ("p", "q", "r")
-    ]
-    assert len(expand("grid", grid, 4, None, 1000)) == 4
-    spec = {"a.x": {"min": 1, "max": 3, "log": False, "int": True}}
-    draws = expand("random", spec, 200, 1, 1000)
-    assert {d["a.x"] for d in draws} == {1, 2, 3}
-    assert draws == expand("random", spec, 200, 1, 1000)
-    assert draws != expand("random", spec, 200, 2, 1000)
-
-
 def test_spec_paths() -> None:
     for path in (
         "model.layers",
@@ -256,39 +243,6 @@ def test_metrics_from_the_evaluation(client: FlaskClient, dataset_id: str) -> No
         URL, json=sweep_body(dataset_id, metric={"name": "loss", "goal": "maximize"}, max_trials=1)
     )
     assert r.get_json()["metric"] == {"name": "loss", "goal": "maximize"}
-
-
-def trial(index: int, status: str, value: float | None) -> Trial:
-    return Trial(f"j{index}", index, {}, status, 5, 5, None, value, None)
-
-
-def test_best_selection() -> None:
-    trials = [
-        trial(0, "failed", None),
-        trial(1, "succeeded", 0.5),
-        trial(2, "succeeded", 0.2),
-        trial(3, "succeeded", 0.2),  # a tie: the first trial wins
-        trial(4, "cancelled", None),
-        trial(5, "succeeded", None),  # no value (NaN): never best
-        trial(6, "running", None),
-    ]
-    best = best_trial(trials, "minimize")
-    assert best is not None and best.job_id == "j2"
-    best = best_trial(trials, "maximize")
-    assert best is not None and best.job_id == "j1"
-    assert best_trial([trial(0, "failed", None), trial(1, "cancelled", None)], "minimize") is None
-    assert best_trial([], "maximize") is None
-
-
-def test_metric_values() -> None:
-    metrics = {"loss": 0.5, "val_loss": float("nan")}
-    evaluation = {"test": {"accuracy": 0.9, "f1": {"macro": 0.8}}, "validation": {"n": 3}}
-    assert metric_value("loss", metrics, evaluation) == 0.5
-    assert metric_value("val_loss", metrics, evaluation) is None
-    assert metric_value("test.accuracy", metrics, evaluation) == 0.9
-    assert metric_value("test.f1.macro", metrics, evaluation) == 0.8
-    assert metric_value("validation.accuracy", metrics, evaluation) is None
-    assert metric_value("test.accuracy", None, None) is None
 
 
 def test_best_through_the_api(app: Flask, client: FlaskClient, dataset_id: str) -> None:
