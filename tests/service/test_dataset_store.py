@@ -138,13 +138,6 @@ def test_size_and_checksum_describe_the_stored_bytes(store: DatasetStore) -> Non
     assert store.size("never-written") == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DatasetWriter.write calls ParquetWriter.write_table once per batch, and every call "
-    "ends a row group: row groups follow the batches (5-row batches make 5-row groups), not "
-    "ROW_GROUP_ROWS, so the same rows in other batches get other bytes and another checksum. "
-    "Fix: buffer batches up to ROW_GROUP_ROWS rows per write_table call.",
-)
 def test_row_groups_hold_row_group_rows_whatever_the_batches(store: DatasetStore) -> None:
     table = rows(250)
     first = write(store, "a", table, batch=70)
