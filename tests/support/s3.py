@@ -20,7 +20,7 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,7 +70,8 @@ def free_ports(n: int) -> list[int]:
 
 @dataclass(frozen=True)
 class S3Server:
-    """A running server: its S3 endpoint, credentials, bucket, folder and log."""
+    """A running server: its S3 endpoint, credentials, bucket, folder, log and every port it
+    listens on (by option name: `master.port`, `s3.port`, ...)."""
 
     endpoint: str
     bucket: str
@@ -79,6 +80,7 @@ class S3Server:
     region: str
     folder: Path
     proc: Proc
+    ports: dict[str, int]
 
     def env(self) -> dict[str, str]:
         """The variables that point `service.dataset_store` (and any S3 client) at it."""
@@ -126,13 +128,27 @@ def _port_open(port: int) -> bool:
 
 @contextlib.contextmanager
 def start_s3_server(
-    folder: Path, bucket: str = BUCKET, timeout: float = 60.0
+    folder: Path,
+    bucket: str = BUCKET,
+    timeout: float = 60.0,
+    command: Sequence[str] | None = None,
+    access_key: str = ACCESS_KEY,
+    secret_key: str = SECRET_KEY,
 ) -> Iterator[S3Server]:
-    """A SeaweedFS S3 server with its data and log in `folder`, stopped when the block ends."""
+    """A SeaweedFS S3 server with its data and log in `folder`, stopped when the block ends.
+
+    `command`: the `weed` arguments to run instead of `mini -dir=... -bucket=...` (a compose
+    service's, its `-dir=/data` made `folder`'s); free ports and local addresses are added."""
     folder.mkdir(parents=True, exist_ok=True)
     ports = dict(zip(_PORT_OPTIONS, free_ports(len(_PORT_OPTIONS)), strict=True))
+    data = folder / "data"
+    args = (
+        ["mini", f"-dir={data}", f"-bucket={bucket}"]
+        if command is None
+        else [arg.replace("-dir=/data", f"-dir={data}") for arg in command]
+    )
     cmd = [
-        weed_binary(), "mini", f"-dir={folder / 'data'}", f"-bucket={bucket}",
+        weed_binary(), *args,
         "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
         *(f"-{option}={port}" for option, port in ports.items()),
         "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false", "-admin.ui=false",
@@ -144,18 +160,19 @@ def start_s3_server(
         "PATH": os.environ.get("PATH", ""),
         "HOME": str(folder),
         # `weed mini` requires these keys of every S3 request (without them anyone may write)
-        "AWS_ACCESS_KEY_ID": ACCESS_KEY,
-        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+        "AWS_ACCESS_KEY_ID": access_key,
+        "AWS_SECRET_ACCESS_KEY": secret_key,
     }
     proc = Proc(cmd, env, folder / "weed.log")
     server = S3Server(
         endpoint=f"http://127.0.0.1:{ports['s3.port']}",
         bucket=bucket,
-        access_key=ACCESS_KEY,
-        secret_key=SECRET_KEY,
+        access_key=access_key,
+        secret_key=secret_key,
         region=REGION,
         folder=folder,
         proc=proc,
+        ports=ports,
     )
     try:
         deadline = time.monotonic() + timeout
