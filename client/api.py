@@ -22,7 +22,6 @@ import requests
 import engine
 from core.model import Model as CoreModel
 from core.paths import user_data_dir
-from core.spec import EARLY_STOPPING_DEFAULTS
 
 DEFAULT_URL: Final = "http://127.0.0.1:8000"
 API_PREFIX: Final = "/api/v1"
@@ -508,7 +507,7 @@ class Client:
         dataset: str | Mapping[str, Any],
         layers: Sequence[int],
         *,
-        activation: str = "tanh",
+        activation: str | None = None,
         output_activation: str | None = None,
         loss: str | None = None,
         optimizer: str | None = None,
@@ -529,17 +528,17 @@ class Client:
         """Submit a training job on a dataset id (or an inline dataset: `{"name", "features",
         "targets"}` or `{"name", "rows", "target"}`).
 
-        Unset options take the server's defaults: `loss=None` lets the server pick it from the
-        targets (binary_cross_entropy for 2 classes, cross_entropy for more, mse for numbers);
-        `batch_size=None` means full batch. `test_split`: rows held out and only scored
-        (`job["evaluation"]["test"]`). `early_stopping`: True (patience 10, restoring the best
-        epoch's weights; validation_split 0.1 unless given) or `{"patience", "min_delta",
-        "restore_best"}`. `lr_schedule`: "constant", "step", "cosine", "plateau", or a dict
-        with its parameters (`{"type": "step", "step_size": 30, "gamma": 0.1}`).
+        Unset options (None) take the server's defaults (`spec_defaults()`; the job's
+        `model` and `training` show what they became): `loss=None` lets the server pick it
+        from the targets (binary_cross_entropy for 2 classes, cross_entropy for more, mse for
+        numbers); `batch_size=None` means full batch. `test_split`: rows held out and only
+        scored (`job["evaluation"]["test"]`). `early_stopping`: True (the server's patience,
+        restoring the best epoch's weights, and its validation split unless one is given) or
+        `{"patience", "min_delta", "restore_best"}`, each optional. `lr_schedule`: a schedule
+        name, or a dict with its parameters (`{"type": "step", "step_size": 10}`).
         `class_weight`: "balanced" or `{label: weight}`. `dtype`: "float32" or "float64".
-        `preprocessing`: `{"numeric": "standardize" | "minmax" | "none", "categorical":
-        "onehot" | "ordinal", "missing": "impute" | "error", "target": "standardize" |
-        "none"}`, every key optional.
+        `preprocessing`: `{"numeric": ..., "categorical": ..., "missing": ..., "target": ...}`,
+        every key optional (`spec_defaults()["choices"]["preprocessing"]` lists the values).
         """
         training: dict[str, Any] = {
             key: value
@@ -560,8 +559,8 @@ class Client:
         if batch_size is not _UNSET:
             training["batch_size"] = batch_size
         if early_stopping is True or isinstance(early_stopping, Mapping):
-            given = early_stopping if isinstance(early_stopping, Mapping) else {}
-            training["early_stopping"] = {**EARLY_STOPPING_DEFAULTS, **given}
+            # the server fills what is not given
+            training["early_stopping"] = dict(early_stopping) if early_stopping is not True else {}
         if isinstance(lr_schedule, str):
             training["lr_schedule"] = {"type": lr_schedule}
         elif lr_schedule is not None:
@@ -572,7 +571,9 @@ class Client:
             training["class_weight"] = class_weight
         if preprocessing is not None:
             training["preprocessing"] = dict(preprocessing)
-        model: dict[str, Any] = {"layers": [int(w) for w in layers], "activation": activation}
+        model: dict[str, Any] = {"layers": [int(w) for w in layers]}
+        if activation is not None:
+            model["activation"] = activation
         if output_activation is not None:
             model["output_activation"] = output_activation
         body: dict[str, Any] = {"model": model, "training": training}
@@ -593,6 +594,11 @@ class Client:
         if not isinstance(dataset, str) and dataset.get("column_types"):
             body["dataset"]["column_types"] = dict(dataset["column_types"])
         return self._json("POST", "/jobs", json=body)
+
+    def spec_defaults(self) -> dict[str, Any]:
+        """The server's choices and defaults for a job's spec (`GET /spec/defaults`): what
+        each option left unset becomes."""
+        return self._json("GET", "/spec/defaults")
 
     def get_job(self, job_id: str) -> Job:
         return self._json("GET", f"/jobs/{job_id}")

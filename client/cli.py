@@ -39,6 +39,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from rich import box
@@ -68,12 +69,14 @@ from client.api import (
 from core import preprocessing
 from core.spec import (
     DEFAULT_LEARNING_RATE,
+    DEFAULT_LR_SCHEDULE,
     DTYPES,
     EARLY_STOPPING_DEFAULTS,
     EARLY_STOPPING_SPLIT,
     LOSSES,
     LR_SCHEDULE_DEFAULTS,
     LR_SCHEDULES,
+    MODEL_DEFAULTS,
     OPTIMIZERS,
     TRAINING_DEFAULTS,
 )
@@ -909,7 +912,7 @@ def _schedule_help() -> str:
     )
     return (
         f"learning-rate schedule: TYPE[:KEY=VALUE,...], TYPE one of {', '.join(LR_SCHEDULES)} "
-        f"(default: constant; parameters and their defaults: {params}); e.g. "
+        f"(default: {DEFAULT_LR_SCHEDULE}; parameters and their defaults: {params}); e.g. "
         "--lr-schedule step:step_size=10,gamma=0.5"
     )
 
@@ -925,190 +928,260 @@ def _preprocessing_help() -> str:
     )
 
 
+@dataclass(frozen=True)
+class Arg:
+    """One `add_argument(*flags, **options)` of a command."""
+
+    flags: tuple[str, ...]
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def arg(*flags: str, **options: Any) -> Arg:
+    return Arg(flags, options)
+
+
+@dataclass(frozen=True)
+class Command:
+    """A command of the table `build_parser` reads: `group` ("jobs", ...; "" for a top-level
+    command), its `name`, handler, help, arguments, aliases, and `paged` (`--page`,
+    `--page-size` after its own arguments)."""
+
+    group: str
+    name: str
+    func: Callable[..., int]
+    help: str
+    args: tuple[Arg, ...] = ()
+    aliases: tuple[str, ...] = ()
+    paged: bool = False
+
+
+#: the command groups, in the order `--help` lists them (top-level commands come after)
+GROUPS = {
+    "datasets": "upload and list datasets",
+    "jobs": "submit, follow and cancel training jobs",
+    "sweeps": "hyperparameter sweeps: many trials, one request",
+    "models": "fetch trained models",
+}
+STATUSES = ["queued", "running", "succeeded", "failed", "cancelled"]
+#: the global options, before the command or after it
+GLOBAL_ARGS = (
+    arg("--url", help=f"server URL (default: $TRAINYARD_URL or {DEFAULT_URL})"),
+    arg("--api-key", help="API key (default: $TRAINYARD_API_KEY or var/api-key)"),
+    arg("--json", action="store_true", help="print JSON instead of tables"),
+    arg("--timeout", type=float, default=30.0, help="seconds per request (default: %(default)s)"),
+)
+#: each command takes them too; SUPPRESS keeps one given before the command
+COMMAND_GLOBAL_ARGS = (
+    arg("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON"),
+    arg("--url", default=argparse.SUPPRESS, help="server URL (as before COMMAND)"),
+    arg("--api-key", default=argparse.SUPPRESS, help="API key (as before COMMAND)"),
+    arg("--timeout", type=float, default=argparse.SUPPRESS, help=argparse.SUPPRESS),
+)
+PAGED_ARGS = (
+    arg("--page", type=int, default=1, help="from 1 (default: %(default)s)"),
+    arg("--page-size", type=int, default=20, help="1 to 100 (default: %(default)s)"),
+)
+ID = arg("id")
+_T = TRAINING_DEFAULTS
+_ES = EARLY_STOPPING_DEFAULTS
+_LR_DEFAULTS = ", ".join(f"{v} for {k}" for k, v in DEFAULT_LEARNING_RATE.items())
+
+SUBMIT_ARGS = (
+    arg("--dataset", required=True, help="dataset id"),
+    arg(
+        "--layers",
+        required=True,
+        type=parse_layers,
+        help="widths, the last one the output width, e.g. 16,16,1 (1 for 2 classes with "
+        "binary_cross_entropy, k for k classes with cross_entropy)",
+    ),
+    arg("--activation", help=f"hidden activation (default: {MODEL_DEFAULTS['activation']})"),
+    arg("--output-activation", help="(default: none; the loss applies its own)"),
+    arg(
+        "--loss",
+        choices=LOSSES,
+        help="(default: the server picks from the targets: binary_cross_entropy for 2 "
+        "classes, cross_entropy for more, mse for numbers)",
+    ),
+    arg("--optimizer", choices=OPTIMIZERS, help=f"(default: {_T['optimizer']})"),
+    arg("--lr", type=float, help=f"learning rate (default: {_LR_DEFAULTS})"),
+    arg("--momentum", type=float, help=f"sgd (default: {_T['momentum']})"),
+    arg("--weight-decay", type=float, help=f"(default: {_T['weight_decay']})"),
+    arg("--epochs", type=int, help=f"(default: {_T['epochs']})"),
+    arg(
+        "--batch-size",
+        type=batch_size,
+        default=argparse.SUPPRESS,
+        help=f"an integer or 'full' (default: {_T['batch_size']})",
+    ),
+    arg("--seed", type=int, help=f"seeds the weights and the splits (default: {_T['seed']})"),
+    arg(
+        "--validation-split",
+        type=float,
+        metavar="F",
+        help=f"fraction of the rows that validate (default: {_T['validation_split']}; "
+        f"{EARLY_STOPPING_SPLIT} with --early-stopping)",
+    ),
+    arg(
+        "--test-split",
+        type=float,
+        metavar="F",
+        help=f"fraction of the rows held out and only scored, the evaluation's test split "
+        f"(default: {_T['test_split']})",
+    ),
+    arg(
+        "--early-stopping",
+        action="store_true",
+        help="stop when the validation loss stops improving and keep the best epoch's "
+        "weights (default: off)",
+    ),
+    arg(
+        "--patience",
+        type=int,
+        metavar="N",
+        help=f"early stopping: epochs without improvement (default: {_ES['patience']}; "
+        "implies --early-stopping)",
+    ),
+    arg(
+        "--min-delta",
+        type=float,
+        metavar="F",
+        help=f"early stopping: the least improvement that counts (default: {_ES['min_delta']})",
+    ),
+    arg(
+        "--no-restore-best",
+        action="store_true",
+        help="early stopping: save the last epoch's weights, not the best epoch's",
+    ),
+    arg("--lr-schedule", type=lr_schedule, metavar="TYPE[:K=V,...]", help=_schedule_help()),
+    arg(
+        "--class-weight",
+        type=class_weight,
+        metavar="balanced|LABEL=W,...",
+        help="classification: 'balanced' (n / (k * count)) or per-label weights (default: none)",
+    ),
+    arg("--dtype", choices=DTYPES, help=f"(default: {_T['dtype']})"),
+    arg(
+        "--preprocessing",
+        type=preprocessing_option,
+        action="append",
+        metavar="KEY=VALUE",
+        help=_preprocessing_help(),
+    ),
+    arg("--watch", action="store_true", help="follow the job to its end"),
+    arg("--poll-interval", type=float, default=0.5, help=argparse.SUPPRESS),
+)
+
+COMMANDS: tuple[Command, ...] = (
+    Command("datasets", "upload", cmd_datasets_upload, "upload a CSV file (header row), as it is", (
+        arg("file", help="text columns and missing cells (empty, NA, NaN, null) are fine"),
+        arg("--target", help="target column (default: the last one)"),
+        arg("--name", help="dataset name (default: the file name)"),
+        arg(
+            "--column-type", type=column_type, action="append", metavar="NAME=TYPE",
+            help="override the inferred type: numeric or categorical (repeatable), "
+            "e.g. --column-type zip=categorical",
+        ),
+    )),
+    Command("datasets", "list", cmd_datasets_list, "list datasets, newest first", paged=True),
+    Command("datasets", "get", cmd_datasets_get, "show a dataset and its columns", (ID,),
+            ("show",)),
+    Command("jobs", "submit", cmd_jobs_submit, "submit a training job", SUBMIT_ARGS),
+    Command("jobs", "watch", cmd_jobs_watch, "follow a job with a progress bar to its end", (
+        ID, arg("--poll-interval", type=float, default=0.5, help="(default: %(default)s s)"),
+    )),
+    Command("jobs", "list", cmd_jobs_list, "list jobs, newest first",
+            (arg("--status", choices=STATUSES),), paged=True),
+    Command("jobs", "get", cmd_jobs_get, "show a job and its evaluation", (ID,), ("show",)),
+    Command("jobs", "cancel", cmd_jobs_cancel, "cancel a job", (ID,)),
+    Command("sweeps", "submit", cmd_sweeps_submit, "submit a sweep from a JSON file", (
+        arg("file", help="the body of POST /api/v1/sweeps (base, parameters, ...)"),
+        arg("--dataset", help="dataset id (overrides the file's dataset_id)"),
+        arg("--max-parallel", type=int, help="trials at once (overrides the file's)"),
+        arg("--watch", action="store_true", help="follow it: a live table of trials"),
+        arg("--poll-interval", type=float, default=1.0, help=argparse.SUPPRESS),
+    )),
+    Command("sweeps", "watch", cmd_sweeps_watch, "follow a sweep to its end", (
+        ID, arg("--poll-interval", type=float, default=1.0, help=argparse.SUPPRESS),
+    )),
+    Command("sweeps", "list", cmd_sweeps_list, "list sweeps, newest first",
+            (arg("--status", choices=STATUSES),), paged=True),
+    Command("sweeps", "get", cmd_sweeps_get, "show a sweep's trials and its best", (ID,),
+            ("show",)),
+    Command("sweeps", "cancel", cmd_sweeps_cancel, "cancel a sweep", (ID,)),
+    Command("models", "get", cmd_models_get, "show a model", (
+        ID,
+        arg(
+            "--weights", metavar="FILE.npz",
+            help="also download its weights (the network only: it takes preprocessed inputs)",
+        ),
+        arg(
+            "--bundle", metavar="FILE.npz",
+            help="also download the whole model, weights and preprocessing "
+            "(core.model.Model.from_bytes reads it)",
+        ),
+    ), ("show",)),
+    Command("models", "list", cmd_models_list, "list models, newest first", paged=True),
+    Command("models", "export", cmd_models_export, "export a model for other runtimes", (
+        ID,
+        arg(
+            "--format", choices=["onnx", "bundle"], default="onnx",
+            help="onnx: preprocessing and network in one ONNX file; bundle: a zip with the "
+            "model file, the bare weights, model.json and a README (default: onnx)",
+        ),
+        arg("-o", "--output", help="file to write (default: model-ID.onnx / .zip)"),
+    )),
+    Command("models", "graph", cmd_models_graph, "download the computational graph (SVG)", (
+        ID, arg("-o", "--output", help="file to write (default: stdout)"),
+    )),
+    Command("", "predict", cmd_predict, "predict with a model on a CSV file", (
+        arg("id", help="model id"),
+        arg(
+            "file",
+            help="CSV file with a header naming the model's columns (any order; text, missing "
+            "cells and unseen categories are fine), posted as it is",
+        ),
+        arg("--csv", action="store_true", help="print the server's CSV instead"),
+        arg("-o", "--output", metavar="FILE.csv", help="write the predictions as CSV"),
+    )),
+    Command("", "evaluate", cmd_evaluate, "score a model on a dataset with its columns", (
+        arg("id", help="model id"),
+        arg("--dataset", required=True, help="dataset id (same columns and target)"),
+    )),
+)  # fmt: skip
+
+
+def _add_args(parser: argparse.ArgumentParser, args: Sequence[Arg]) -> None:
+    for a in args:
+        parser.add_argument(*a.flags, **a.options)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The `trainyard` parser, built from `GLOBAL_ARGS`, `GROUPS` and `COMMANDS`."""
     parser = argparse.ArgumentParser(
         prog="trainyard",
         description="Train MLPs on a trainyard server and use the trained models.",
         epilog="Exit codes: 0 ok, 1 job failed/cancelled, 2 usage, 3 API error, 4 not found, "
         "5 cannot reach server, 6 server error.",
     )
-    parser.add_argument("--url", help=f"server URL (default: $TRAINYARD_URL or {DEFAULT_URL})")
-    parser.add_argument("--api-key", help="API key (default: $TRAINYARD_API_KEY or var/api-key)")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    parser.add_argument(
-        "--timeout", type=float, default=30.0, help="seconds per request (default: %(default)s)"
-    )
+    _add_args(parser, GLOBAL_ARGS)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def paged(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--page", type=int, default=1, help="from 1 (default: %(default)s)")
-        p.add_argument("--page-size", type=int, default=20, help="1 to 100 (default: %(default)s)")
-
-    def add(
-        group: Any, name: str, func: Callable[..., int], help: str, aliases: Sequence[str] = ()
-    ) -> argparse.ArgumentParser:
-        p = group.add_parser(name, help=help, description=help, aliases=list(aliases))
-        p.set_defaults(func=func)
-        # the global options also after the command; SUPPRESS keeps one given before it
-        p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
-        p.add_argument("--url", default=argparse.SUPPRESS, help="server URL (as before COMMAND)")
-        p.add_argument("--api-key", default=argparse.SUPPRESS, help="API key (as before COMMAND)")
-        p.add_argument("--timeout", type=float, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-        return p
-
-    datasets = commands.add_parser("datasets", help="upload and list datasets")
-    ds = datasets.add_subparsers(dest="action", required=True, metavar="ACTION")
-    p = add(ds, "upload", cmd_datasets_upload, "upload a CSV file (header row), as it is")
-    p.add_argument("file", help="text columns and missing cells (empty, NA, NaN, null) are fine")
-    p.add_argument("--target", help="target column (default: the last one)")
-    p.add_argument("--name", help="dataset name (default: the file name)")
-    p.add_argument(
-        "--column-type", type=column_type, action="append", metavar="NAME=TYPE",
-        help="override the inferred type: numeric or categorical (repeatable), "
-        "e.g. --column-type zip=categorical",
-    )  # fmt: skip
-    paged(add(ds, "list", cmd_datasets_list, "list datasets, newest first"))
-    add(ds, "get", cmd_datasets_get, "show a dataset and its columns", ["show"]).add_argument("id")
-
-    t = TRAINING_DEFAULTS
-    lr_defaults = ", ".join(f"{v} for {k}" for k, v in DEFAULT_LEARNING_RATE.items())
-    jobs = commands.add_parser("jobs", help="submit, follow and cancel training jobs")
-    js = jobs.add_subparsers(dest="action", required=True, metavar="ACTION")
-    p = add(js, "submit", cmd_jobs_submit, "submit a training job")
-    p.add_argument("--dataset", required=True, help="dataset id")
-    p.add_argument(
-        "--layers", required=True, type=parse_layers,
-        help="widths, the last one the output width, e.g. 16,16,1 (1 for 2 classes with "
-        "binary_cross_entropy, k for k classes with cross_entropy)",
-    )  # fmt: skip
-    p.add_argument("--activation", default="tanh", help="hidden activation (default: tanh)")
-    p.add_argument("--output-activation", help="(default: none; the loss applies its own)")
-    p.add_argument(
-        "--loss", choices=LOSSES,
-        help="(default: the server picks from the targets: binary_cross_entropy for 2 "
-        "classes, cross_entropy for more, mse for numbers)",
-    )  # fmt: skip
-    p.add_argument("--optimizer", choices=OPTIMIZERS, help=f"(default: {t['optimizer']})")
-    p.add_argument("--lr", type=float, help=f"learning rate (default: {lr_defaults})")
-    p.add_argument("--momentum", type=float, help=f"sgd (default: {t['momentum']})")
-    p.add_argument("--weight-decay", type=float, help=f"(default: {t['weight_decay']})")
-    p.add_argument("--epochs", type=int, help=f"(default: {t['epochs']})")
-    p.add_argument(
-        "--batch-size", type=batch_size, default=argparse.SUPPRESS,
-        help=f"an integer or 'full' (default: {t['batch_size']})",
-    )  # fmt: skip
-    p.add_argument("--seed", type=int, help=f"seeds the weights and the splits (default: "
-                   f"{t['seed']})")  # fmt: skip
-    p.add_argument(
-        "--validation-split", type=float, metavar="F",
-        help=f"fraction of the rows that validate (default: {t['validation_split']}; "
-        f"{EARLY_STOPPING_SPLIT} with --early-stopping)",
-    )  # fmt: skip
-    p.add_argument(
-        "--test-split", type=float, metavar="F",
-        help=f"fraction of the rows held out and only scored, the evaluation's test split "
-        f"(default: {t['test_split']})",
-    )  # fmt: skip
-    es = EARLY_STOPPING_DEFAULTS
-    p.add_argument(
-        "--early-stopping", action="store_true",
-        help="stop when the validation loss stops improving and keep the best epoch's "
-        "weights (default: off)",
-    )  # fmt: skip
-    p.add_argument(
-        "--patience", type=int, metavar="N",
-        help=f"early stopping: epochs without improvement (default: {es['patience']}; "
-        "implies --early-stopping)",
-    )  # fmt: skip
-    p.add_argument(
-        "--min-delta", type=float, metavar="F",
-        help=f"early stopping: the least improvement that counts (default: {es['min_delta']})",
-    )  # fmt: skip
-    p.add_argument(
-        "--no-restore-best", action="store_true",
-        help="early stopping: save the last epoch's weights, not the best epoch's",
-    )  # fmt: skip
-    p.add_argument("--lr-schedule", type=lr_schedule, metavar="TYPE[:K=V,...]",
-                   help=_schedule_help())  # fmt: skip
-    p.add_argument(
-        "--class-weight", type=class_weight, metavar="balanced|LABEL=W,...",
-        help="classification: 'balanced' (n / (k * count)) or per-label weights "
-        "(default: none)",
-    )  # fmt: skip
-    p.add_argument("--dtype", choices=DTYPES, help=f"(default: {t['dtype']})")
-    p.add_argument(
-        "--preprocessing", type=preprocessing_option, action="append", metavar="KEY=VALUE",
-        help=_preprocessing_help(),
-    )  # fmt: skip
-    p.add_argument("--watch", action="store_true", help="follow the job to its end")
-    p.add_argument("--poll-interval", type=float, default=0.5, help=argparse.SUPPRESS)
-    p = add(js, "watch", cmd_jobs_watch, "follow a job with a progress bar to its end")
-    p.add_argument("id")
-    p.add_argument("--poll-interval", type=float, default=0.5, help="(default: %(default)s s)")
-    p = add(js, "list", cmd_jobs_list, "list jobs, newest first")
-    p.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "cancelled"])
-    paged(p)
-    add(js, "get", cmd_jobs_get, "show a job and its evaluation", ["show"]).add_argument("id")
-    add(js, "cancel", cmd_jobs_cancel, "cancel a job").add_argument("id")
-
-    sweeps = commands.add_parser("sweeps", help="hyperparameter sweeps: many trials, one request")
-    ss = sweeps.add_subparsers(dest="action", required=True, metavar="ACTION")
-    p = add(ss, "submit", cmd_sweeps_submit, "submit a sweep from a JSON file")
-    p.add_argument("file", help="the body of POST /api/v1/sweeps (base, parameters, ...)")
-    p.add_argument("--dataset", help="dataset id (overrides the file's dataset_id)")
-    p.add_argument("--max-parallel", type=int, help="trials at once (overrides the file's)")
-    p.add_argument("--watch", action="store_true", help="follow it: a live table of trials")
-    p.add_argument("--poll-interval", type=float, default=1.0, help=argparse.SUPPRESS)
-    p = add(ss, "watch", cmd_sweeps_watch, "follow a sweep to its end")
-    p.add_argument("id")
-    p.add_argument("--poll-interval", type=float, default=1.0, help=argparse.SUPPRESS)
-    p = add(ss, "list", cmd_sweeps_list, "list sweeps, newest first")
-    p.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "cancelled"])
-    paged(p)
-    add(ss, "get", cmd_sweeps_get, "show a sweep's trials and its best", ["show"]).add_argument(
-        "id"
-    )
-    add(ss, "cancel", cmd_sweeps_cancel, "cancel a sweep").add_argument("id")
-
-    models = commands.add_parser("models", help="fetch trained models")
-    ms = models.add_subparsers(dest="action", required=True, metavar="ACTION")
-    p = add(ms, "get", cmd_models_get, "show a model", ["show"])
-    p.add_argument("id")
-    p.add_argument(
-        "--weights", metavar="FILE.npz",
-        help="also download its weights (the network only: it takes preprocessed inputs)",
-    )  # fmt: skip
-    p.add_argument(
-        "--bundle", metavar="FILE.npz",
-        help="also download the whole model, weights and preprocessing "
-        "(core.model.Model.from_bytes reads it)",
-    )  # fmt: skip
-    paged(add(ms, "list", cmd_models_list, "list models, newest first"))
-    p = add(ms, "export", cmd_models_export, "export a model for other runtimes")
-    p.add_argument("id")
-    p.add_argument(
-        "--format", choices=["onnx", "bundle"], default="onnx",
-        help="onnx: preprocessing and network in one ONNX file; bundle: a zip with the model "
-        "file, the bare weights, model.json and a README (default: onnx)",
-    )  # fmt: skip
-    p.add_argument("-o", "--output", help="file to write (default: model-ID.onnx / .zip)")
-    p = add(ms, "graph", cmd_models_graph, "download the computational graph (SVG)")
-    p.add_argument("id")
-    p.add_argument("-o", "--output", help="file to write (default: stdout)")
-
-    p = add(commands, "predict", cmd_predict, "predict with a model on a CSV file")
-    p.add_argument("id", help="model id")
-    p.add_argument(
-        "file",
-        help="CSV file with a header naming the model's columns (any order; text, missing "
-        "cells and unseen categories are fine), posted as it is",
-    )
-    p.add_argument("--csv", action="store_true", help="print the server's CSV instead")
-    p.add_argument("-o", "--output", metavar="FILE.csv", help="write the predictions as CSV")
-
-    p = add(commands, "evaluate", cmd_evaluate, "score a model on a dataset with its columns")
-    p.add_argument("id", help="model id")
-    p.add_argument("--dataset", required=True, help="dataset id (same columns and target)")
+    groups: dict[str, Any] = {"": commands}
+    for command in COMMANDS:
+        if command.group not in groups:
+            group = commands.add_parser(command.group, help=GROUPS[command.group])
+            groups[command.group] = group.add_subparsers(
+                dest="action", required=True, metavar="ACTION"
+            )
+        p = groups[command.group].add_parser(
+            command.name, help=command.help, description=command.help,
+            aliases=list(command.aliases),
+        )  # fmt: skip
+        p.set_defaults(func=command.func)
+        _add_args(p, COMMAND_GLOBAL_ARGS)
+        _add_args(p, command.args)
+        if command.paged:
+            _add_args(p, PAGED_ARGS)
     return parser
 
 
