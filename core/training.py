@@ -25,8 +25,10 @@ import numpy as np
 
 import engine
 from core import metrics as metrics_mod
+from core import rows as rows_mod
 from core.model import Model, build_mlp, probabilities_from_logits
 from core.preprocessing import Preprocessor
+from core.rows import InMemory, RowSource
 from core.spec import (
     LR_SCHEDULE_REGISTRY,
     OPTIMIZER_REGISTRY,
@@ -246,8 +248,8 @@ class EarlyStopping:
 
 
 def train(
-    features: Table | np.ndarray,
-    targets: np.ndarray,
+    features: Table | np.ndarray | RowSource,
+    targets: np.ndarray | None,
     model_spec: dict[str, Any],
     training_spec: dict[str, Any],
     *,
@@ -257,15 +259,19 @@ def train(
     on_refit_epoch: RefitCallback | None = None,
     graph: bool = True,
 ) -> TrainResult:
-    """Train an MLP on a dataset (a `Table` or a numeric matrix) and return it evaluated.
+    """Train an MLP on a dataset (a `Table` or a numeric matrix with its `targets`, or a
+    `core.rows.RowSource` that streams both) and return it evaluated.
 
     Raises `DivergedError` when a loss turns NaN or inf, with the finished epochs' history.
     """
     # Overflow is expected when training diverges; it is reported as a non-finite loss.
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        if hasattr(features, "chunks"):
+            source: RowSource = features  # type: ignore[assignment]
+        else:
+            source = InMemory(as_table(features), np.asarray(targets))
         return _Run(
-            as_table(features),
-            np.asarray(targets),
+            source,
             resolve_model(model_spec),
             resolve_training(training_spec),
             target_kind,
@@ -278,8 +284,7 @@ def train(
 class _Run:
     def __init__(
         self,
-        table: Table,
-        targets: np.ndarray,
+        source: RowSource,
         model_spec: dict[str, Any],
         spec: dict[str, Any],
         target_kind: str,
@@ -289,6 +294,7 @@ class _Run:
     ) -> None:
         self.spec = spec
         self.on_refit_epoch = on_refit_epoch
+        targets = source.targets()
         n_targets = 1 if targets.ndim == 1 else int(targets.shape[1])
         self.loss = spec["loss"] or default_loss(
             target_kind, n_targets, classes, int(model_spec["layers"][-1])
@@ -297,30 +303,37 @@ class _Run:
         self.on_epoch = on_epoch
         self.dtype = np.dtype(spec["dtype"])
         y_all = encode_targets(self.loss, target_kind, targets, classes)
-        if len(y_all) != table.n_rows:
-            raise ValueError(f"{table.n_rows} feature rows but {len(y_all)} targets")
+        if len(y_all) != source.n_rows:
+            raise ValueError(f"{source.n_rows} feature rows but {len(y_all)} targets")
         self.rng = np.random.default_rng(spec.get("seed"))
         strata = class_index(self.loss, y_all)
         idx = split_indices(
-            table.n_rows,
+            source.n_rows,
             effective_validation_split(spec),
             self.rng,
             test_split=float(spec.get("test_split") or 0.0),
             strata=strata,
         )
         self.splits = dict(zip(("train", "validation", "test"), idx, strict=True))
-        train_idx = self.splits["train"]
+        fitted_on = rows_mod.fit_rows(self.splits["train"], spec.get("seed"))
         self.preprocessor = Preprocessor.fit(
-            table.take(train_idx),
+            rows_mod.gather(source, fitted_on),
             spec.get("preprocessing"),
-            y_all[train_idx] if self.loss == "mse" else None,
+            y_all[fitted_on] if self.loss == "mse" else None,
         )
+        # One encoded matrix, its rows ordered train | validation | test: each split is a view
+        # of it, and so are the training and validation rows together (the refit's).
+        order = np.concatenate([self.splits[name] for name in rows_mod.SPLITS])
+        self.matrix = rows_mod.encode(source, self.preprocessor, order, self.dtype)
         # Raw targets per split (for metrics in the target's units), encoded ones for the loss.
         self.x: dict[str, np.ndarray] = {}
         self.y_raw: dict[str, np.ndarray] = {}
         self.y: dict[str, np.ndarray] = {}
-        for name, rows in self.splits.items():
-            self.x[name] = self.preprocessor.transform(table.take(rows), self.dtype)
+        start = 0
+        for name in rows_mod.SPLITS:
+            rows = self.splits[name]
+            self.x[name] = self.matrix[start : start + len(rows)]
+            start += len(rows)
             self.y_raw[name] = y_all[rows]
             y = self.preprocessor.encode_targets(y_all[rows]) if self.loss == "mse" else y_all[rows]
             self.y[name] = y.astype(self.dtype) if self.loss != "cross_entropy" else y
@@ -372,7 +385,7 @@ class _Run:
         ):
             # The validation rows chose the number of epochs; now they train too: the same
             # start, training and validation rows together, for the best epoch's count.
-            rows = np.concatenate([self.x["train"], self.x["validation"]])
+            rows = self.matrix[: len(self.x["train"]) + len(self.x["validation"])]
             targets = np.concatenate([self.y["train"], self.y["validation"]])
             refitted, done = self._fit(rows, targets, result.best_epoch, None, None, False)
             if done == result.best_epoch:
@@ -462,13 +475,19 @@ class _Run:
         return model, done
 
     def _loss(self, model: nn.MLP, split: str) -> float:
-        """The loss on a split, in eval mode (no dropout); the model's mode is kept."""
+        """The mean loss on a split (in batches of `EVAL_BATCH_ROWS` rows), in eval mode (no
+        dropout); the model's mode is kept."""
         training = model.training
         model.eval()
+        x, y = self.x[split], self.y[split]
+        total = 0.0
         try:
             with engine.no_grad():
-                out = model(engine.Tensor(self.x[split], requires_grad=False))
-                return float(self.plain_loss(out, self.y[split]).item())
+                for rows in rows_mod.batches(len(x)):
+                    out = model(engine.Tensor(np.asarray(x[rows]), requires_grad=False))
+                    value = float(self.plain_loss(out, y[rows]).item())
+                    total += value * (rows.stop - rows.start)
+            return total / len(x)
         finally:
             model.train(training)
 
@@ -481,7 +500,10 @@ class _Run:
                 continue
             scored = selected if split == "validation" else model
             trained = Model(self.architecture, scored.state_dict())
-            outputs = trained.outputs(self.x[split])
+            x = self.x[split]
+            outputs = np.concatenate(
+                [trained.outputs(np.asarray(x[rows])) for rows in rows_mod.batches(len(x))]
+            )
             loss = self._loss(scored, split)
             if self.loss == "mse":
                 report = metrics_mod.regression_metrics(self.y_raw[split], outputs)

@@ -127,6 +127,35 @@ def read_chunks(dataset: Dataset) -> Iterator[tuple[Table, np.ndarray]]:
         )
 
 
+@dataclass
+class StoredSource:
+    """A stored dataset as training reads it (`core.rows.RowSource`): one chunk per row group,
+    the targets from their own column. Holds no session: only what the dataset's row says."""
+
+    dataset: Dataset
+
+    @property
+    def n_rows(self) -> int:
+        return self.dataset.n_samples
+
+    def chunks(self) -> Iterator[tuple[Table, np.ndarray]]:
+        return read_chunks(self.dataset)
+
+    def targets(self) -> np.ndarray:
+        dataset = self.dataset
+        if dataset.location is None:
+            raise LookupError(f"dataset {dataset.id} has not been moved to the dataset store")
+        store, dataset_id = DatasetStore.at(dataset.location)
+        names = target_columns(dataset.n_targets)
+        parts = [
+            batch_targets(batch, names, dataset.target_kind, dataset.classes)
+            for batch in store.read_batches(dataset_id, columns=names)
+        ]
+        if not parts:
+            raise LookupError(f"dataset {dataset.id} has no rows in the store")
+        return np.concatenate(parts)
+
+
 def load_data(session: Session, dataset_id: str) -> tuple[Table, np.ndarray]:
     """A stored dataset's whole feature table and targets array (for tables that fit in
     memory: evaluating a model, giving the rows back; training streams with `read_chunks`)."""

@@ -53,7 +53,7 @@ from core.model import weights_to_npz
 from core.training import TrainingError, TrainResult, train
 from service import lifecycle, sweeps
 from service.config import Settings
-from service.datasets import load_data
+from service.datasets import StoredSource
 from service.db import session_scope
 from service.lifecycle import TRAIN_TASK, Claim
 from service.tables import Dataset, Job, Sweep
@@ -144,7 +144,7 @@ def _load(factory: sessionmaker[Session], claim: Claim) -> dict[str, Any]:
         if dataset is None:
             raise ValueError(f"dataset {job.dataset_id} does not exist")
         model_spec, training_spec = dict(job.model_spec), dict(job.training_spec)
-        features, targets = load_data(session, dataset.id)
+        source = StoredSource(dataset)  # the rows stream from the store as training reads them
         sweep = session.get(Sweep, job.sweep_id) if job.sweep_id else None
         return {
             "sweep_id": job.sweep_id,
@@ -152,8 +152,7 @@ def _load(factory: sessionmaker[Session], claim: Claim) -> dict[str, Any]:
             "model_spec": model_spec,
             "training_spec": training_spec,
             "dataset_id": dataset.id,
-            "features": features,
-            "targets": targets,
+            "source": source,
             "target_kind": dataset.target_kind,
             "classes": dataset.classes,
         }
@@ -167,8 +166,8 @@ def _train(
     """Run the training loop on what `_load` returned; `on_epoch` False stops it,
     `on_refit_epoch` False stops a refit (the early-stopped model is kept)."""
     return train(
-        loaded["features"],
-        loaded["targets"],
+        loaded["source"],
+        None,
         loaded["model_spec"],
         loaded["training_spec"],
         target_kind=loaded["target_kind"],
