@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -132,8 +133,18 @@ def run_healthcheck(
     for old, new in replace.items():
         assert old in shell, (old, shell)
         shell = shell.replace(old, new)
-    return subprocess.run(["/bin/sh", "-c", shell], env=env, cwd=ROOT, timeout=30,
-                          capture_output=True, text=True)  # fmt: skip
+    # a session of its own: a check that hangs (weed shell waits for its master) is killed
+    # with its children
+    proc = subprocess.Popen(["/bin/sh", "-c", shell], env=env, cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"the healthcheck did not finish in 30 s: {shell}\n{out}{err}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 @pytest.fixture
