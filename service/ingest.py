@@ -164,7 +164,7 @@ def check_rows(rows: Any, field: str, limits: Limits, *, max_columns: int | None
         raise InputError(field, "must be a list of rows (lists of values)")
     if not rows:
         raise InputError(field, "is empty: at least one row is needed")
-    if len(rows) > limits.max_rows:
+    if limits.max_rows and len(rows) > limits.max_rows:
         raise InputError(field, f"has {len(rows)} rows; the limit is {limits.max_rows}")
     first = rows[0]
     if not isinstance(first, list):
@@ -273,7 +273,7 @@ def table_from_records(
         raise InputError(field, "must be a list of objects ({column: value})")
     if not records:
         raise InputError(field, "is empty: at least one row is needed")
-    if len(records) > limits.max_rows:
+    if limits.max_rows and len(records) > limits.max_rows:
         raise InputError(field, f"has {len(records)} rows; the limit is {limits.max_rows}")
     seen: dict[str, None] = {}
     for i, record in enumerate(records):
@@ -426,7 +426,7 @@ def read_csv(
     if len(frame) == 0:
         raise InputError(field, "is empty: no data rows after the header")
     _check_short_rows(text, frame, len(header), field)
-    if len(frame) > limits.max_rows:
+    if limits.max_rows and len(frame) > limits.max_rows:
         raise InputError(field, f"has {len(frame)} rows; the limit is {limits.max_rows}")
     return header, {name: frame[name] for name in header}, types
 

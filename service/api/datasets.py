@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+from dataclasses import asdict
 from pathlib import PurePath
-from typing import Any
+from typing import Any, BinaryIO
 
-from flask import Response, request
+import sqlalchemy as sa
+from flask import Response, current_app, request
 from flask.views import MethodView
 from marshmallow import RAISE
+from werkzeug.exceptions import RequestEntityTooLarge
 
-from service import datasets, ingest
-from service.api import Blueprint, db, limits, page, require_content_type
+from service import csv_stream, datasets, ingest
+from service.api import Blueprint, db, limits, page, require_content_type, store_url
 from service.auth import current_owner
-from service.errors import InputError
-from service.idempotency import HEADER_DOC, Idempotency
+from service.csv_source import UploadTooLarge
+from service.csv_stream import CsvOptions
+from service.dataset_store import StoreError, store_for
+from service.errors import ApiError, InputError
+from service.idempotency import HEADER_DOC, Idempotency, request_key
 from service.schemas import (
+    DatasetCsvQuerySchema,
     DatasetCsvSchema,
     DatasetInSchema,
     DatasetPageSchema,
@@ -24,6 +32,9 @@ from service.schemas import (
     ErrorSchema,
     PageQuerySchema,
 )
+from service.tables import Dataset, IdempotentRequest, new_id
+
+RAW_TYPES = ("text/csv", "text/tab-separated-values", "application/gzip", "application/x-gzip")
 
 blp = Blueprint("datasets", __name__, url_prefix="/datasets", description="Training data.")
 
@@ -39,23 +50,132 @@ def _column_types(raw: str | None) -> Any:
         ) from None
 
 
-def _parse_upload() -> ingest.ParsedDataset:
-    if request.mimetype == "application/json":
-        data = DatasetInSchema().load(request.get_json())
-        return ingest.parse_json_dataset(data, limits())
-    upload = request.files.get("file")
+def _parse_json() -> ingest.ParsedDataset:
+    try:
+        data = request.get_json()
+    except RequestEntityTooLarge:
+        raise UploadTooLarge(
+            int(current_app.config["MAX_CONTENT_LENGTH"]), "TRAINYARD_MAX_CONTENT_LENGTH"
+        ) from None
+    return ingest.parse_json_dataset(DatasetInSchema().load(data), limits())
+
+
+def _upload_limit() -> int:
+    return int(current_app.config["MAX_UPLOAD_BYTES"])
+
+
+def _form_upload() -> tuple[BinaryIO, CsvOptions]:
+    """The file part of a form (werkzeug keeps a large one in a temporary file, not in
+    memory) and the form's options."""
+    try:
+        upload = request.files.get("file")
+        fields = request.form.to_dict()
+    except RequestEntityTooLarge:
+        raise UploadTooLarge(_upload_limit()) from None
     if upload is None:
         raise InputError("file", "a CSV file is needed in the form field 'file'")
-    form = DatasetCsvSchema(exclude=("file",)).load(request.form.to_dict())
+    form = DatasetCsvSchema(exclude=("file",)).load(fields)
     stem = PurePath((upload.filename or "").replace("\x00", "")).stem
-    name = form.get("name") or stem or "dataset"
-    return ingest.parse_csv_dataset(
-        upload.read(),
-        name[:200],
-        form.get("target"),
-        limits(),
+    return upload.stream, _options(form, form.get("name") or stem or "dataset")
+
+
+def _options(form: dict[str, Any], name: str) -> CsvOptions:
+    return CsvOptions(
+        name=name[:200],
+        target=form.get("target"),
         column_types=_column_types(form.get("column_types")),
+        delimiter=form.get("delimiter"),
+        encoding=form.get("encoding"),
+        drop_missing_target=bool(form.get("drop_missing_target", False)),
+        block_size=int(current_app.config.get("CSV_BLOCK_SIZE") or csv_stream.BLOCK_SIZE),
     )
+
+
+def _store_csv(
+    session: Any, owner: str, stream: BinaryIO, options: CsvOptions, expected: int | None = None
+) -> tuple[Dataset, list[dict[str, Any]]]:
+    """Stream the file into the store, then add its row; on any failure nothing stays."""
+    dataset_id = new_id()
+    try:
+        store = store_for(store_url())
+        facts, stored = csv_stream.ingest_csv(
+            stream,
+            options,
+            limits(),
+            store,
+            dataset_id,
+            max_bytes=_upload_limit(),
+            expected_bytes=expected,
+        )
+    except (StoreError, OSError) as exc:  # OSError: the store's root could not be made
+        raise ApiError(503, f"The dataset store is unavailable: {exc}") from None
+    try:
+        dataset = datasets.create_dataset(
+            session, datasets.DatasetFacts(**asdict(facts)), stored, owner, dataset_id
+        )
+    except BaseException:
+        store.delete(dataset_id)
+        raise
+    return dataset, facts.warnings
+
+
+class _StreamedFingerprint:
+    """An `Idempotency-Key` fingerprint of a raw body, hashed as it streams past (the body is
+    never held): method, path, query, content type, then the bytes."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw = raw
+        self.hash = hashlib.sha256()
+        self.hash.update(
+            f"{request.method} {request.path}?{request.query_string.decode('latin-1')} "
+            f"{request.mimetype}\n".encode()
+        )
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        self.hash.update(data)
+        return data
+
+    def drain(self) -> str:
+        while self.read(1 << 20):
+            pass
+        return self.hash.hexdigest()
+
+
+class _StreamedIdempotency(Idempotency):
+    """`Idempotency` for a raw body: its fingerprint is known once the body has passed."""
+
+    def __init__(self, session: Any, owner: str, body: _StreamedFingerprint) -> None:
+        self.session = session
+        self.owner = owner
+        self.key = request_key()
+        self.body = body
+        self.fp = ""
+
+    def replay(self) -> Response | None:
+        if self.key is None:
+            return None
+        held = sa.select(IdempotentRequest.key).where(
+            IdempotentRequest.owner == self.owner, IdempotentRequest.key == self.key
+        )
+        if self.session.scalar(held) is not None:
+            self.fp = self.body.drain()
+            return super().replay()
+        return None
+
+    def commit(
+        self, body: dict[str, Any], status: int, location: str | None = None
+    ) -> tuple[Response, bool]:
+        if self.key is not None:
+            self.fp = self.body.hash.hexdigest()
+        return super().commit(body, status, location)
+
+
+def _raw_upload(query: dict[str, Any]) -> tuple[BinaryIO, CsvOptions]:
+    limit = _upload_limit()
+    if request.content_length is not None and request.content_length > limit:
+        raise UploadTooLarge(limit)
+    return request.stream, _options(query, query.get("name") or "dataset")
 
 
 @blp.route("")
@@ -80,34 +200,79 @@ class Datasets(MethodView):
             "content": {
                 "application/json": {"schema": DatasetInSchema},
                 "multipart/form-data": {"schema": DatasetCsvSchema},
+                **{t: {"schema": {"type": "string", "format": "binary"}} for t in RAW_TYPES},
             },
         },
     )
+    @blp.arguments(DatasetCsvQuerySchema, location="query", unknown=RAISE, as_kwargs=True)
     @blp.response(201, DatasetSchema, headers={"Location": {"schema": {"type": "string"}}})
-    @blp.alt_response(415, schema=ErrorSchema, description="Neither JSON nor a form.")
+    @blp.alt_response(
+        413, schema=ErrorSchema, description="The body is larger than the configured limit."
+    )
+    @blp.alt_response(415, schema=ErrorSchema, description="Neither JSON, a form nor CSV.")
     @blp.alt_response(
         422, schema=ErrorSchema, description="Invalid data, or an `Idempotency-Key` reused."
     )
-    @require_content_type("application/json", "multipart/form-data")
-    def post(self) -> Response:
-        """Submit a dataset as JSON, or as a CSV file (`multipart/form-data`).
+    @blp.alt_response(503, schema=ErrorSchema, description="The dataset store is unavailable.")
+    @require_content_type("application/json", "multipart/form-data", *RAW_TYPES)
+    def post(self, **query: Any) -> Response:
+        """Submit a dataset as JSON, or a CSV file as a form or as the raw body.
 
         JSON: `{"name", "features": [[...], ...], "targets": [...]}` or `{"name", "rows":
-        [{"col": value, ...}, ...], "target": "col"}`. CSV: field `file` with a header row;
-        `target` names the target column (default: the last one), `name` defaults to the file
-        name. Feature columns are numeric or categorical (strings, booleans), inferred unless
-        `column_types` says otherwise; cells may be missing (empty, `NA`, `NaN`, `null`,
-        `None`; JSON `null`), targets may not. With an `Idempotency-Key`, a retry gets
-        the first answer and stores nothing new.
+        [{"col": value, ...}, ...], "target": "col"}`. CSV (also gzipped; any size up to
+        `TRAINYARD_MAX_UPLOAD_BYTES`, streamed into the dataset store): `multipart/form-data`
+        with the field `file`, or the file itself as the body (`text/csv`,
+        `text/tab-separated-values`, `application/gzip`) with the options as query parameters.
+        The file has a header row; `target` names the target column (default: the last one),
+        `name` defaults to the file name; the delimiter (`,` tab `;` `|`) is detected unless
+        `delimiter` names it; the text is UTF-8 unless `encoding` names another. Feature
+        columns are numeric or categorical (strings, booleans), inferred unless `column_types`
+        says otherwise (a column that turns to text after numbers is categorical, with a
+        warning); cells may be missing (empty, `NA`, `NaN`, `null`, `None`; JSON `null`),
+        targets may not, unless `drop_missing_target` drops such rows. With an
+        `Idempotency-Key`, a retry gets the first answer and stores nothing new.
         """
         session, owner = db(), current_owner()
-        idempotency = Idempotency(session, owner)
-        replayed = idempotency.replay()
-        if replayed is not None:
-            return replayed
-        dataset = datasets.create_dataset(session, _parse_upload(), owner)
+        mimetype = request.mimetype
+        if mimetype == "application/json":
+            idempotency = Idempotency(session, owner)
+            replayed = idempotency.replay()
+            if replayed is not None:
+                return replayed
+            dataset = datasets.new_dataset(session, _parse_json(), owner, store_url())
+            warnings: list[dict[str, Any]] = []
+        elif mimetype == "multipart/form-data":
+            request.max_content_length = _upload_limit()
+            try:
+                idempotency = Idempotency(session, owner)
+            except RequestEntityTooLarge:
+                raise UploadTooLarge(_upload_limit()) from None
+            replayed = idempotency.replay()
+            if replayed is not None:
+                return replayed
+            stream, options = _form_upload()
+            dataset, warnings = _store_csv(session, owner, stream, options)
+        else:
+            request.max_content_length = _upload_limit()
+            stream, options = _raw_upload(query)
+            body_stream = _StreamedFingerprint(stream)
+            idempotency = _StreamedIdempotency(session, owner, body_stream)
+            replayed = idempotency.replay()
+            if replayed is not None:
+                return replayed
+            dataset, warnings = _store_csv(
+                session, owner, body_stream, options, request.content_length
+            )
         body = datasets.describe(dataset)
-        response, _ = idempotency.commit(body, 201, f"{request.path}/{dataset.id}")
+        body["warnings"] = warnings or body.get("warnings") or []
+        try:
+            response, first = idempotency.commit(body, 201, f"{request.path}/{dataset.id}")
+        except BaseException:
+            if mimetype != "application/json":
+                store_for(store_url()).delete(dataset.id)
+            raise
+        if not first and mimetype != "application/json":
+            store_for(store_url()).delete(dataset.id)
         return response
 
 

@@ -139,7 +139,6 @@ def test_csv_upload_named_target(app: Flask, client: FlaskClient) -> None:
         (b"a,b\ninf,1\n", {}, "file"),
         (b"a,b\n1,NaN\n", {}, "file"),  # a missing target
         (b"a,a,b\n1,2,3\n", {}, "file"),  # a column named twice
-        (b"a;b;c\n1;2;3\n", {}, "file"),  # semicolons
         (b"a,b\n1,2\n", {"target": "nope"}, "target"),
         (b"a,b\n1,2\n", {"column_types": '{"zip": "categorical"}'}, "column_types"),
         (b"a,b\n1,2\n", {"column_types": '{"a": "text"}'}, "column_types.a"),
@@ -307,17 +306,29 @@ def test_wrong_content_type(app: Flask, client: FlaskClient, content_type: str |
     assert count(app) == 0
 
 
-@pytest.mark.app_config({"MAX_CONTENT_LENGTH": 2000})
+@pytest.mark.app_config({"MAX_CONTENT_LENGTH": 2000, "MAX_UPLOAD_BYTES": 8000})
 def test_body_over_limit(app: Flask, client: FlaskClient) -> None:
+    """JSON bodies keep TRAINYARD_MAX_CONTENT_LENGTH; CSV files (streamed) have their own
+    TRAINYARD_MAX_UPLOAD_BYTES; each 413 names its limit, and a body of exactly the limit is
+    taken."""
     body = {"name": "big", "features": [[0.123456789]] * 400, "targets": [1.0] * 400}
-    r = client.post(URL, json=body)
-    assert assert_error(r, 413)["code"] == "payload_too_large"
-    csv = b"a,b\n" + b"1.23456789,1\n" * 400
+    error = assert_error(client.post(URL, json=body), 413)
+    assert error["code"] == "payload_too_large"
+    assert "TRAINYARD_MAX_CONTENT_LENGTH" in error["message"] and "2000" in error["message"]
+    exact = b'{"name": "x", "features": [[1]], "targets": [1]}'
+    exact = exact[:-1] + b" " * (2000 - len(exact)) + b"}"
+    assert len(exact) == 2000
+    assert client.post(URL, data=exact, content_type="application/json").status_code == 201
+    csv = b"a,b\n" + b"1.23456789,1\n" * 400  # 5,204 bytes: over the JSON limit, under 8000
     r = client.post(
         URL, data={"file": (io.BytesIO(csv), "d.csv")}, content_type="multipart/form-data"
     )
-    assert_error(r, 413)
-    assert count(app) == 0
+    assert r.status_code == 201, r.get_json()
+    r = client.post(
+        URL, data={"file": (io.BytesIO(csv * 2), "d.csv")}, content_type="multipart/form-data"
+    )
+    assert "TRAINYARD_MAX_UPLOAD_BYTES" in assert_error(r, 413)["message"]
+    assert count(app) == 2
 
 
 def test_unknown_dataset(client: FlaskClient) -> None:

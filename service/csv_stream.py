@@ -1,0 +1,597 @@
+"""A CSV upload streamed into the dataset store: never the whole file in memory.
+
+pyarrow's CSV reader (`pyarrow.csv.open_csv`: streaming, multithreaded) reads every column as
+text, the missing-cell tokens of `core.table` as null; each chunk is typed here with
+`core.table`'s rules and written to the store as soon as it is typed, while the columns'
+statistics (`core.column_stats`) and the target's classes are gathered:
+
+- a feature column is numeric while every present cell is a finite number (arrow's cast, and
+  where it fails `core.table.as_number` on the chunk's distinct cells); a column whose first
+  chunk has text is categorical; a column that was numeric in earlier chunks and meets text
+  becomes categorical from then on, and the answer warns which column, for which values and
+  lines (its earlier parts keep their numbers, read back as their shortest text; its statistics
+  are counted again from the store once the upload is stored). `column_types` overrides this.
+- categories are stripped text; `true`/`false` in any of their spellings are booleans
+  (`"true"`/`"false"`), as pandas read them before.
+- the target (`target`, default the last column): numbers (ints may be class labels:
+  `classes` the sorted distinct ints when every cell is an integer and there are at most
+  `max_classes`), or text labels. Rows without a target are counted and named (422), or
+  dropped with `drop_missing_target` (a warning says how many).
+
+Lines in messages count the header as line 1 (blank lines are skipped, as they always were).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pcsv
+
+from core.column_stats import CategoricalStats, NumericStats
+from core.table import CATEGORICAL, NUMERIC, as_category, as_number, is_missing
+from service.config import Limits
+from service.csv_source import (
+    Opened,
+    header_of,
+    not_utf8_later,
+    open_source,
+    sniff_delimiter,
+)
+from service.dataset_store import TARGET, DatasetStore, StoredRows
+from service.errors import ApiError, InputError
+from service.ingest import NA_VALUES, check_column_types
+
+BLOCK_SIZE = 8 << 20
+FIRST_LINES = 5  # lines named in a message or a warning
+BOOLEANS = {"true": "true", "True": "true", "TRUE": "true",
+            "false": "false", "False": "false", "FALSE": "false"}  # fmt: skip
+_NA_SET = pa.array(NA_VALUES, type=pa.string())
+_INTEGER = r"^[+-]?[0-9]+$"
+
+
+@dataclass
+class CsvOptions:
+    """What the upload's form or query says about the file."""
+
+    name: str
+    target: str | None = None
+    column_types: Any = None
+    delimiter: str | None = None
+    encoding: str | None = None
+    drop_missing_target: bool = False
+    block_size: int = BLOCK_SIZE
+
+
+@dataclass
+class CsvFacts:
+    """What describes the stored rows (the fields of `service.datasets.DatasetFacts`)."""
+
+    name: str
+    feature_names: list[str]
+    columns: list[dict[str, Any]]
+    target_name: str
+    target_kind: str
+    classes: list[Any] | None
+    n_targets: int = 1
+    warnings: list[dict[str, Any]] = field(default_factory=list)
+
+
+# ---- cells --------------------------------------------------------------------------------------
+
+
+def _trimmed(array: pa.Array) -> pa.Array:
+    return pc.utf8_trim_whitespace(array)
+
+
+def _null_missing(array: pa.Array) -> pa.Array:
+    """Stripped missing tokens (" NA ") as null too (arrow matched only the exact ones)."""
+    hits = pc.is_in(array, value_set=_NA_SET)
+    if not pc.any(hits).as_py():
+        return array
+    return pc.if_else(hits, pa.scalar(None, pa.string()), array)
+
+
+@dataclass
+class Numbers:
+    """A chunk read as numbers: `values` (float64, null where missing) or, when some present
+    cell is not a number, `text` (row index, cell) of the first few such cells."""
+
+    values: pa.Array | None
+    text: list[tuple[int, str]] = field(default_factory=list)
+
+
+def read_numbers(array: pa.Array) -> Numbers:
+    """Cells as float64 by `core.table.as_number`'s rules: arrow's cast first, then the
+    chunk's distinct cells one by one when it fails."""
+    try:
+        values = pc.cast(array, pa.float64())
+    except pa.ArrowInvalid:
+        try:
+            values = pc.cast(_trimmed(array), pa.float64())
+        except pa.ArrowInvalid:
+            return _numbers_by_distinct(array)
+    if values.null_count < len(values) and pc.any(pc.is_nan(values)).as_py():
+        values = pc.if_else(pc.is_nan(values), pa.scalar(None, pa.float64()), values)
+    return Numbers(values)
+
+
+def _numbers_by_distinct(array: pa.Array) -> Numbers:
+    distinct = pc.unique(array).drop_null()
+    numbers: list[float | None] = []
+    bad: set[str] = set()
+    for cell in distinct.to_pylist():
+        number = as_number(cell)
+        if number is None and not is_missing(cell):
+            bad.add(cell)
+        numbers.append(None if number is None or math.isnan(number) else number)
+    if bad:
+        hits = pc.is_in(array, value_set=pa.array(sorted(bad), type=pa.string()))
+        rows = np.flatnonzero(hits.fill_null(False).to_numpy(zero_copy_only=False))
+        return Numbers(None, [(int(r), array[int(r)].as_py()) for r in rows[:FIRST_LINES]])
+    lookup = pa.array(numbers, type=pa.float64())
+    return Numbers(pc.take(lookup, pc.index_in(array, value_set=distinct)))
+
+
+def read_texts(array: pa.Array) -> pa.Array:
+    """Cells as category levels: stripped, missing tokens null, booleans `true`/`false`."""
+    texts = _null_missing(_trimmed(array))
+    spelled = pc.is_in(texts, value_set=pa.array(list(BOOLEANS), type=pa.string()))
+    if pc.any(spelled).as_py():
+        lowered = pc.utf8_lower(texts)
+        texts = pc.if_else(spelled, lowered, texts)
+    return texts
+
+
+def count_texts(stats: CategoricalStats, texts: pa.Array) -> None:
+    counts = pc.value_counts(texts.drop_null())
+    stats.add_counts(
+        counts.field("values").to_pylist(), counts.field("counts").to_pylist(), texts.null_count
+    )
+
+
+def count_numbers_as_texts(stats: CategoricalStats, values: pa.Array) -> None:
+    """Numbers of a column that turned categorical, counted as their shortest text."""
+    counts = pc.value_counts(values.drop_null())
+    texts = [as_category(v) for v in counts.field("values").to_pylist()]
+    stats.add_counts(texts, counts.field("counts").to_pylist(), values.null_count)
+
+
+def add_numbers(stats: NumericStats, values: pa.Array) -> tuple[float, float] | None:
+    """Merge a chunk's numbers into `stats`; (min, max) of the chunk (None if all missing)."""
+    present = len(values) - values.null_count
+    if present == 0:
+        stats.add_summary(0, len(values), 0.0, 0.0, 0.0, 0.0)
+        return None
+    bounds = pc.min_max(values)
+    lo, hi = bounds["min"].as_py(), bounds["max"].as_py()
+    mean = pc.mean(values).as_py()
+    m2 = pc.variance(values, ddof=0).as_py() * present
+    stats.add_summary(present, values.null_count, lo, hi, mean, m2)
+    return lo, hi
+
+
+# ---- columns ------------------------------------------------------------------------------------
+
+
+class FeatureColumn:
+    """One feature column's type and statistics as the chunks pass."""
+
+    def __init__(self, name: str, forced: str | None) -> None:
+        self.name = name
+        self.forced = forced
+        self.kind = CATEGORICAL if forced == CATEGORICAL else NUMERIC
+        self.numeric = NumericStats()
+        self.categorical = CategoricalStats()
+        #: turned categorical after numbers were stored: counted again from the store
+        self.turned = False
+        #: the first infinite number (line, text): refused if the column stays numeric
+        self.infinite: tuple[int, str] | None = None
+
+    def take(self, array: pa.Array, lines: LineMap, field: str) -> tuple[pa.Array, dict | None]:
+        """The chunk's stored column, and a warning when the column turned categorical."""
+        warning = None
+        if self.kind == NUMERIC:
+            numbers = read_numbers(array)
+            if numbers.values is not None:
+                bounds = add_numbers(self.numeric, numbers.values)
+                if bounds and self.infinite is None and math.isinf(bounds[0] + bounds[1] + 0.0):
+                    self._note_infinite(numbers.values, array, lines)
+                return numbers.values, None
+            first = [(lines.line(r), cell) for r, cell in numbers.text]
+            if self.forced == NUMERIC:
+                line, cell = first[0]
+                raise InputError(
+                    field, f"line {line}, column {self.name!r}: {cell!r} is not a number"
+                )
+            self.kind = CATEGORICAL
+            self.turned = bool(self.numeric.count or self.numeric.missing)
+            if self.numeric.count:
+                warning = self._warning(first)
+            self.numeric = NumericStats()
+        texts = read_texts(array)
+        if not self.turned:
+            count_texts(self.categorical, texts)
+        return texts, warning
+
+    def _note_infinite(self, values: pa.Array, cells: pa.Array, lines: LineMap) -> None:
+        inf = np.isinf(values.to_numpy(zero_copy_only=False))
+        row = int(np.flatnonzero(inf)[0])
+        self.infinite = (lines.line(row), cells[row].as_py())
+
+    def _warning(self, first: list[tuple[int, str]]) -> dict[str, Any]:
+        shown = ", ".join(f"{cell!r} (line {line})" for line, cell in first)
+        return {
+            "code": "column_became_categorical",
+            "column": self.name,
+            "message": f"column {self.name!r} held only numbers until line {first[0][0]}, "
+            f"then text: {shown}; it is categorical (the numbers are levels). Pass "
+            f'column_types {{"{self.name}": "numeric"}} to refuse such cells instead.',
+            "values": [{"line": line, "value": cell} for line, cell in first],
+        }
+
+    def describe(self) -> dict[str, Any]:
+        if self.kind == NUMERIC:
+            return self.numeric.describe(self.name)
+        return self.categorical.describe(self.name)
+
+
+class TargetColumn:
+    """The target: numbers (and whether they are all integers, and their distinct values) or
+    labels (their distinct texts)."""
+
+    def __init__(self, name: str, max_classes: int) -> None:
+        self.name = name
+        self.max_classes = max_classes
+        self.kind = "numeric"
+        self.integers = True
+        self.numbers: set[float] | None = set()  # None: more than max_classes
+        self.labels: set[str] = set()
+        self.booleans = True  # every label was spelled as a boolean
+        self.turned = False
+
+    def missing(self, array: pa.Array) -> np.ndarray | None:
+        """Rows of the chunk without a target (a bool mask), or None when there are none."""
+        texts = _null_missing(_trimmed(array))
+        if texts.null_count == 0:
+            return None
+        return texts.is_null().to_numpy(zero_copy_only=False)
+
+    def take(self, array: pa.Array, lines: LineMap, field: str) -> pa.Array:
+        if self.kind == "numeric":
+            numbers = read_numbers(array)
+            if numbers.values is not None:
+                self._add_numbers(array, numbers.values, lines, field)
+                return numbers.values
+            self.kind = "labels"
+            self.turned = bool(self.numbers)
+            if self.numbers is None:
+                raise self._too_many(field)
+            self.labels.update(as_category(v) for v in self.numbers)
+            self.booleans = not self.numbers
+        texts = read_texts(array)
+        for label in pc.unique(texts).drop_null().to_pylist():
+            if label not in self.labels:
+                self.labels.add(label)
+                self.booleans = self.booleans and label in ("true", "false")
+                if len(self.labels) > self.max_classes:
+                    raise self._too_many(field)
+        return texts
+
+    def _add_numbers(self, cells: pa.Array, values: pa.Array, lines: LineMap, field: str) -> None:
+        bounds = pc.min_max(values)
+        if math.isinf(bounds["min"].as_py() + bounds["max"].as_py()):
+            row = int(np.flatnonzero(np.isinf(values.to_numpy(zero_copy_only=False)))[0])
+            raise InputError(
+                field,
+                f"line {lines.line(row)}: the target {cells[row].as_py()!r} is not a finite number",
+            )
+        if self.integers:
+            self.integers = pc.all(pc.match_substring_regex(_trimmed(cells), _INTEGER)).as_py()
+        if self.numbers is not None:
+            self.numbers.update(pc.unique(values).to_pylist())
+            if len(self.numbers) > self.max_classes:
+                self.numbers = None
+
+    def _too_many(self, field: str) -> InputError:
+        return InputError(
+            field, f"has more than {self.max_classes} classes; the limit is {self.max_classes}"
+        )
+
+    def classes(self) -> list[Any] | None:
+        if self.kind == "labels":
+            if self.booleans:
+                return sorted(label == "true" for label in self.labels)
+            return sorted(self.labels)
+        if self.integers and self.numbers is not None:
+            return sorted(int(v) for v in self.numbers)
+        return None
+
+
+class LineMap:
+    """File lines of a chunk's rows: the header is line 1; dropped rows keep their lines."""
+
+    def __init__(self, first_row: int, kept: np.ndarray | None = None) -> None:
+        self.first_row = first_row
+        self.kept = kept
+
+    def line(self, row: int) -> int:
+        index = int(self.kept[row]) if self.kept is not None else row
+        return self.first_row + index + 2
+
+
+# ---- the upload ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _Missing:
+    count: int = 0
+    lines: list[int] = field(default_factory=list)
+
+    def add(self, mask: np.ndarray, first_row: int) -> None:
+        rows = np.flatnonzero(mask)
+        self.count += len(rows)
+        room = FIRST_LINES - len(self.lines)
+        if room > 0:
+            self.lines.extend(int(r) + first_row + 2 for r in rows[:room])
+
+
+class _BadRows:
+    """arrow's handler for rows with another number of fields than the header."""
+
+    def __init__(self) -> None:
+        self.first: Any = None
+
+    def __call__(self, row: Any) -> str:
+        if self.first is None:
+            self.first = row
+        return "skip"
+
+    def error(self, field: str) -> InputError:
+        row = self.first
+        where = f"line {row.number}: " if row.number else ""
+        text = row.text if len(row.text) <= 60 else row.text[:57] + "..."
+        return InputError(
+            field,
+            f"{where}a row has {row.actual_columns} of the header's {row.expected_columns} "
+            f"columns (rows have different lengths): {text!r}",
+        )
+
+
+def _reader(opened: Opened, header: list[str], delimiter: str, options: CsvOptions,
+            bad_rows: _BadRows) -> pcsv.CSVStreamingReader:  # fmt: skip
+    return pcsv.open_csv(
+        pa.PythonFile(opened.source, mode="r"),
+        read_options=pcsv.ReadOptions(
+            use_threads=True,
+            block_size=options.block_size,
+            column_names=header,
+            skip_rows=1,
+            encoding=opened.encoding,
+        ),
+        parse_options=pcsv.ParseOptions(
+            delimiter=delimiter, newlines_in_values=True, invalid_row_handler=bad_rows
+        ),
+        convert_options=pcsv.ConvertOptions(
+            column_types={name: pa.string() for name in header},
+            null_values=NA_VALUES,
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=True,
+        ),
+    )
+
+
+def _batches(reader: pcsv.CSVStreamingReader, opened: Opened, field: str
+             ) -> Iterator[pa.RecordBatch]:  # fmt: skip
+    while True:
+        try:
+            batch = reader.read_next_batch()
+        except StopIteration:
+            return
+        except Exception as exc:
+            raise _arrow_error(exc, opened, field) from None
+        yield batch
+
+
+def _arrow_error(exc: Exception, opened: Opened, field: str) -> Exception:
+    if opened.source.error is not None:
+        return opened.source.error
+    if isinstance(exc, ApiError):
+        return exc
+    text = str(exc)
+    if "invalid UTF8" in text:
+        return not_utf8_later(field)
+    return InputError(field, f"is not valid CSV: {text.strip()[:300]}")
+
+
+def check_delimiter(delimiter: str | None) -> str | None:
+    if delimiter is None or delimiter == "":
+        return None
+    named = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|"}
+    delimiter = named.get(delimiter.lower(), delimiter)
+    if len(delimiter) != 1 or delimiter in ('"', "\n", "\r"):
+        raise InputError("delimiter", "must be one character (or tab, comma, semicolon, pipe)")
+    return delimiter
+
+
+def ingest_csv(
+    stream: BinaryIO,
+    options: CsvOptions,
+    limits: Limits,
+    store: DatasetStore,
+    dataset_id: str,
+    *,
+    max_bytes: int = 0,
+    expected_bytes: int | None = None,
+    field: str = "file",
+) -> tuple[CsvFacts, StoredRows]:
+    """Parse the upload into `store` as dataset `dataset_id`; on any error nothing stays
+    stored. Returns what describes the rows and what the store holds."""
+    delimiter = check_delimiter(options.delimiter)
+    opened = open_source(stream, field, max_bytes, options.encoding, expected_bytes)
+    delimiter = delimiter or sniff_delimiter(opened.text_head)
+    header = header_of(opened.text_head, delimiter, field)
+    if len(header) < 2:
+        hint = ""
+        if delimiter == "," and any(d in opened.text_head.split("\n", 1)[0] for d in ";\t|"):
+            hint = " (pass delimiter= if its columns are separated by another character)"
+        raise InputError(field, f"needs at least 2 columns{hint}")
+    if len(header) - 1 > limits.max_features:
+        raise InputError(
+            field, f"has {len(header) - 1} feature columns; the limit is {limits.max_features}"
+        )
+    target = options.target or header[-1]
+    if target not in header:
+        raise InputError("target", f"no column named {target!r}; the columns are {header}")
+    names = [n for n in header if n != target]
+    types = check_column_types(options.column_types, header)
+    if target in types:
+        raise InputError("column_types", f"names the target column {target!r}")
+    writer = store.writer(dataset_id)
+    try:
+        pending = _stream(opened, header, delimiter, names, target, types, options, limits,
+                        writer, field)  # fmt: skip
+        stored = writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    try:
+        _recount(store, dataset_id, pending)
+    except BaseException:
+        store.delete(dataset_id)
+        raise
+    return pending.facts, stored
+
+
+@dataclass
+class _Pending:
+    facts: CsvFacts
+    columns: list[FeatureColumn]
+
+
+def _stream(opened: Opened, header: list[str], delimiter: str, names: list[str], target: str,
+            types: dict[str, str], options: CsvOptions, limits: Limits, writer: Any,
+            field: str) -> _Pending:  # fmt: skip
+    bad_rows = _BadRows()
+    try:
+        reader = _reader(opened, header, delimiter, options, bad_rows)
+    except (pa.ArrowException, OSError) as exc:
+        raise _arrow_error(exc, opened, field) from None
+    columns = [FeatureColumn(n, types.get(n)) for n in names]
+    goal = TargetColumn(target, limits.max_classes)
+    missing, dropped = _Missing(), _Missing()
+    warnings: list[dict[str, Any]] = []
+    rows = written = 0
+    out_names = [*names, TARGET]
+    for batch in _batches(reader, opened, field):
+        if bad_rows.first is not None:
+            raise bad_rows.error(field)
+        first_row, rows = rows, rows + batch.num_rows
+        if limits.max_rows and rows > limits.max_rows:
+            raise InputError(
+                field,
+                f"has more than {limits.max_rows} rows; the limit is {limits.max_rows} "
+                "(TRAINYARD_MAX_ROWS)",
+            )
+        gaps = goal.missing(batch.column(target))
+        kept = None
+        if gaps is not None:
+            if not options.drop_missing_target:
+                missing.add(gaps, first_row)
+                continue
+            dropped.add(gaps, first_row)
+            kept = np.flatnonzero(~gaps)
+            batch = batch.filter(pa.array(~gaps))
+        if missing.count or batch.num_rows == 0:
+            continue  # only counting the rows without a target now
+        lines = LineMap(first_row, kept)
+        arrays = []
+        for column in columns:
+            array, warning = column.take(batch.column(column.name), lines, field)
+            arrays.append(array)
+            if warning:
+                warnings.append(warning)
+        arrays.append(goal.take(batch.column(target), lines, field))
+        writer.write(pa.RecordBatch.from_arrays(arrays, names=out_names))
+        written += batch.num_rows
+    if bad_rows.first is not None:
+        raise bad_rows.error(field)
+    if missing.count:
+        raise _missing_targets(missing, field)
+    if rows == 0:
+        raise InputError(field, "is empty: no data rows after the header")
+    if written == 0:
+        raise InputError(field, f"has no rows with a target ({dropped.count} dropped)")
+    for column in columns:
+        if column.kind == NUMERIC and column.infinite is not None:
+            line, cell = column.infinite
+            raise InputError(
+                field, f"line {line}, column {column.name!r}: {cell} is not a finite number"
+            )
+    if goal.turned:
+        warnings.append(
+            {
+                "code": "target_became_labels",
+                "column": target,
+                "message": f"the target {target!r} held only numbers in its first rows, then "
+                "text: its values are class labels",
+            }
+        )
+    if dropped.count:
+        shown = ", ".join(map(str, dropped.lines))
+        warnings.append(
+            {
+                "code": "rows_dropped",
+                "count": dropped.count,
+                "lines": dropped.lines,
+                "message": f"{dropped.count} row{'s' if dropped.count > 1 else ''} without a "
+                f"target dropped (line{'s' if dropped.count > 1 else ''} {shown}"
+                f"{', ...' if dropped.count > len(dropped.lines) else ''})",
+            }
+        )
+    facts = CsvFacts(
+        name=options.name,
+        feature_names=names,
+        columns=[],
+        target_name=target,
+        target_kind=goal.kind,
+        classes=goal.classes(),
+        warnings=warnings,
+    )
+    return _Pending(facts, columns)
+
+
+def _missing_targets(missing: _Missing, field: str) -> InputError:
+    shown = ", ".join(map(str, missing.lines))
+    more = ", ..." if missing.count > len(missing.lines) else ""
+    if missing.count == 1:
+        what = f"line {shown}: the target is missing (1 row)"
+    else:
+        what = f"the target is missing in {missing.count} rows (lines {shown}{more})"
+    return InputError(
+        field,
+        f"{what}; every row needs one, or pass drop_missing_target=true to drop such rows",
+    )
+
+
+def _recount(store: DatasetStore, dataset_id: str, pending: _Pending) -> None:
+    """The final statistics; a column that turned categorical is counted again from the
+    store, its earlier numbers as their shortest text."""
+    described = []
+    for column in pending.columns:
+        if column.turned:
+            stats = CategoricalStats()
+            for batch in store.read_batches(dataset_id, columns=[column.name]):
+                array = batch.column(0)
+                if pa.types.is_floating(array.type):
+                    count_numbers_as_texts(stats, array)
+                else:
+                    count_texts(stats, array)
+            column.categorical = stats
+        described.append(column.describe())
+    pending.facts.columns = described
