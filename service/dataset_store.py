@@ -14,7 +14,7 @@ than one row group in memory. Columns of a part, in order:
   dictionary-encoded strings); null is a missing cell. A column that the dataset's description
   calls categorical may be `float64` in the parts written before its first text cell (a
   streamed upload learns the type as it goes); readers turn those numbers into their shortest
-  text (`core.columnar`);
+  text (`service.columnar`);
 - the target: `TARGET` (one column: `float64` numbers, or `string` labels), or `TARGET0`,
   `TARGET1`, ... (several numeric outputs).
 

@@ -10,6 +10,7 @@ a time, typed as the row describes them.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,10 +19,16 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from core.columnar import batch_targets, batch_to_table, table_to_batch
 from core.model import array_from_bytes
 from core.table import Table, table_from_bytes
-from service.dataset_store import DatasetStore, StoredRows, store_for, target_columns
+from service.columnar import batch_targets, batch_to_table, table_to_batch
+from service.dataset_store import (
+    ORPHAN_AFTER_S,
+    DatasetStore,
+    StoredRows,
+    store_for,
+    target_columns,
+)
 from service.db import iso_utc, paginate, session_scope
 from service.errors import ApiError
 from service.ingest import ParsedDataset
@@ -169,6 +176,24 @@ def load_data(session: Session, dataset_id: str) -> tuple[Table, np.ndarray]:
     if not tables:
         raise LookupError(f"dataset {dataset_id} has no rows in the store")
     return Table.concat(tables), np.concatenate(targets)
+
+
+def delete_orphans(
+    factory: Any, store_url: str, older_than_s: float = ORPHAN_AFTER_S, now: float | None = None
+) -> list[str]:
+    """Delete the parts of datasets that never got their SQL row (an API process killed while
+    it stored an upload), once their newest part is `older_than_s` old. The ids deleted."""
+    store = store_for(store_url)
+    cutoff = (time.time() if now is None else now) - older_than_s
+    stale = [key for key, mtime in store.dataset_ids().items() if mtime < cutoff]
+    if not stale:
+        return []
+    with factory() as session:
+        known = set(session.scalars(sa.select(Dataset.id).where(Dataset.id.in_(stale))))
+    orphans = [key for key in stale if key not in known]
+    for key in orphans:
+        store.delete(key)
+    return orphans
 
 
 def move_to_store(factory: Any, store_url: str) -> int:

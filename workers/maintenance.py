@@ -26,6 +26,9 @@ two workers sweeping at the same time never act twice on one job:
   with every worker busy) are sent from this process's own threads
   (`workers.webhooks.WaitingSender`).
 - Stored `Idempotency-Key` answers older than a day are forgotten.
+- **Orphaned dataset parts** (`service.datasets.delete_orphans`, every `ORPHAN_SWEEP_EVERY_S`).
+  The parts of an upload whose API process died before the dataset's row was added are
+  deleted once they are `service.dataset_store.ORPHAN_AFTER_S` old.
 
 **Hard time limit.** When Celery's hard limit kills a task's process, the main process gets the
 `task_failure` signal with `TimeLimitExceeded`; the job ends `failed` ("time limit exceeded",
@@ -37,6 +40,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from typing import Any
 
 from celery import Celery
@@ -45,7 +49,7 @@ from celery.signals import task_failure, worker_ready, worker_shutdown
 from flask import Flask
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import lifecycle, outbox, sweeps
+from service import datasets, lifecycle, outbox, sweeps
 from service.config import Settings
 from service.db import make_engine, make_sessionmaker
 from service.idempotency import purge_expired
@@ -59,15 +63,27 @@ log = logging.getLogger(__name__)
 HARD_LIMIT_RECORD_DELAY_S = 1.0
 
 
+#: how often (seconds) a worker's main process looks for orphaned dataset parts
+ORPHAN_SWEEP_EVERY_S = 600.0
+_last_orphan_sweep = 0.0
+
+
 def sweep(factory: sessionmaker[Session], celery: Celery, settings: Settings) -> None:
     """One pass: reap lost jobs, advance sweeps, publish lost messages, announce ended jobs and
-    sweeps to their webhooks, forget expired idempotent answers."""
+    sweeps to their webhooks, forget expired idempotent answers; every `ORPHAN_SWEEP_EVERY_S`,
+    delete dataset parts whose upload never finished."""
+    global _last_orphan_sweep
     lifecycle.reap(factory, settings)
     sweeps.advance_all(factory, celery, settings)
     lifecycle.reconcile(factory, celery, settings)
     outbox.scan(factory, celery, settings)
     with factory() as session:
         purge_expired(session, settings.idempotency_ttl)
+    if time.monotonic() - _last_orphan_sweep >= ORPHAN_SWEEP_EVERY_S or not _last_orphan_sweep:
+        _last_orphan_sweep = time.monotonic()
+        orphans = datasets.delete_orphans(factory, settings.store_url)
+        if orphans:
+            log.info("deleted the parts of %d unfinished upload(s): %s", len(orphans), orphans)
 
 
 class Maintenance:

@@ -1,5 +1,4 @@
-"""The core knows no framework: importing it loads NumPy and engine only (pyarrow only where it
-reads stored rows: `core.columnar`, which the client never imports)."""
+"""The core knows no framework: importing it loads NumPy and engine only."""
 
 from __future__ import annotations
 
@@ -20,7 +19,7 @@ FRAMEWORKS = (
     "pyarrow",
 )
 #: the modules that may import more than NumPy and engine, and what
-EXTRA_IMPORTS = {"columnar.py": {"pyarrow"}}
+EXTRA_IMPORTS: dict[str, set[str]] = {}
 
 
 def test_importing_core_loads_no_framework() -> None:

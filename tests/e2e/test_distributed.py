@@ -1,5 +1,6 @@
-"""Distributed mode end to end: PostgreSQL + Redis, the API under gunicorn, TWO `celery worker`
-processes training jobs at the same time; cancellation and divergence through the API.
+"""Distributed mode end to end: PostgreSQL + Redis + a real S3 server (SeaweedFS) for the
+datasets' rows, the API under gunicorn, TWO `celery worker` processes training jobs at the same
+time; cancellation and divergence through the API.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ import numpy as np
 import pytest
 import redis
 
+from service.dataset_store import DatasetStore
 from tests.support import (
     REDIS_URL,
+    STORE_URL,
     Api,
     Processes,
     api_cmd,
@@ -25,6 +28,7 @@ from tests.support import (
     new_api_key,
     worker_cmd,
 )
+from tests.support.s3 import S3Server
 from tests.workers.datasets import blobs, moons, regression
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
@@ -40,11 +44,27 @@ def database_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def api(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+def store_url(s3_server: S3Server) -> str:
+    """This module's dataset store: a prefix of its own on the session's S3 server."""
+    return s3_server.url()
+
+
+@pytest.fixture(scope="module")
+def api(
+    database_url: str,
+    store_url: str,
+    s3_server: S3Server,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Api]:
     broker = f"{REDIS_URL}/{REDIS_DB}"
     client = redis.Redis.from_url(broker)
     client.flushdb()
-    env = base_env(DATABASE_URL=database_url, CELERY_BROKER_URL=broker)
+    env = base_env(
+        DATABASE_URL=database_url,
+        CELERY_BROKER_URL=broker,
+        TRAINYARD_STORE_URL=store_url,
+        **s3_server.env(),
+    )
     procs = Processes(tmp_path_factory.mktemp("distributed"))
     try:
         workers = [procs.start(name, worker_cmd(name), env) for name in ("w1", "w2")]
@@ -59,6 +79,23 @@ def api(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         procs.stop_all()
         client.flushdb()
         client.close()
+
+
+def test_datasets_rows_live_in_the_object_store(api: Api, store_url: str) -> None:
+    """The API streamed the rows into S3 and the workers read them from there: nothing in the
+    local store, the description's size and checksum are the parts'."""
+    x, y = regression(300)
+    dataset_id = api.dataset(x, y.reshape(-1), "regression in S3")
+    store = DatasetStore(store_url)
+    parts = store.parts(dataset_id)
+    assert parts and all(p.startswith(store.root + "/datasets/") for p in parts)
+    assert not DatasetStore(STORE_URL).parts(dataset_id)
+    described = api.get(f"/datasets/{dataset_id}").json()
+    assert described["storage"]["bytes"] == store.size(dataset_id) > 0
+    job_id = api.job(dataset_id, [8, 1], epochs=5, test_split=0.2, seed=0)
+    job = api.wait(job_id, timeout=120)
+    assert job["status"] == "succeeded", job
+    assert job["evaluation"]["test"]["n"] == 60
 
 
 def when(value: str) -> datetime:
