@@ -67,7 +67,7 @@ def build_mlp(architecture: dict[str, Any], seed: int | None = None, dtype: Any 
         seed=seed,
         dtype=dtype or model_dtype(architecture),
         init=architecture.get("init"),
-        dropout=float(architecture.get("dropout") or 0.0),
+        dropout=float(architecture.get("dropout") or MODEL_DEFAULTS["dropout"]),
     )
 
 

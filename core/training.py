@@ -311,7 +311,7 @@ class _Run:
             source.n_rows,
             effective_validation_split(spec),
             self.rng,
-            test_split=float(spec.get("test_split") or 0.0),
+            test_split=float(spec["test_split"]),
             strata=strata,
         )
         self.splits = dict(zip(("train", "validation", "test"), idx, strict=True))
@@ -379,7 +379,7 @@ class _Run:
         if (
             stopper is not None
             and stopper.restore_best
-            and stopping.get("refit", True)
+            and stopping["refit"]
             and result.completed
             and result.best_epoch
         ):

@@ -816,7 +816,7 @@ class SweepInSchema(Schema):
             "description": "What `POST /jobs` takes besides the dataset (`model`, `training`); "
             "each trial is this with its parameters' values set, validated as a job.",
             "example": {
-                "model": {"layers": [32, 1], "activation": "tanh"},
+                "model": {"layers": [32, 1], "activation": "relu"},
                 "training": {"optimizer": "adam", "epochs": 100, "validation_split": 0.2},
             },
         },

@@ -97,6 +97,23 @@
     return (await request("POST", path, body)).json();
   }
 
+  // The spec's choices and defaults (GET /spec/defaults, core.spec's): read once per page. The
+  // dashboard writes none of its own; `specDefaults.value` holds the answer once it came.
+  let specDefaultsPromise = null;
+  function specDefaults() {
+    if (!specDefaultsPromise) {
+      specDefaultsPromise = getJson("/spec/defaults").then(function (value) {
+        specDefaults.value = value;
+        return value;
+      }, function (e) {
+        specDefaultsPromise = null;
+        throw e;
+      });
+    }
+    return specDefaultsPromise;
+  }
+  specDefaults.value = null;
+
   // A multipart/form-data POST (a file upload); the answer is JSON.
   async function postForm(path, formData) {
     return (await request("POST", path, formData)).json();
@@ -270,6 +287,7 @@
     getJson: getJson,
     postJson: postJson,
     postForm: postForm,
+    specDefaults: specDefaults,
     blobUrl: blobUrl,
     readEvents: readEvents,
     el: el,

@@ -147,7 +147,9 @@
     const m = job.model || {};
     const t = job.training || {};
     const es = t.early_stopping;
-    const schedule = t.lr_schedule || { type: "constant" };
+    const D = T.specDefaults.value || { training: {}, early_stopping_split: null };
+    const defaultSchedule = (D.training.lr_schedule || {}).type;
+    const schedule = t.lr_schedule || D.training.lr_schedule || {};
     const scheduleParams = Object.keys(schedule).filter(function (k) { return k !== "type"; }).map(function (k) {
       return k + " " + T.fmtNumber(schedule[k]);
     });
@@ -159,15 +161,15 @@
       ["activation", m.activation + (m.output_activation ? " / out " + m.output_activation : "")],
       ["loss", t.loss],
       ["optimizer", t.optimizer + (t.momentum ? " (momentum " + t.momentum + ")" : "")],
-      ["learning rate", T.fmtNumber(t.learning_rate) + (schedule.type !== "constant" ? " · " + schedule.type + (scheduleParams.length ? " (" + scheduleParams.join(", ") + ")" : "") : "")],
+      ["learning rate", T.fmtNumber(t.learning_rate) + (schedule.type && schedule.type !== defaultSchedule ? " · " + schedule.type + (scheduleParams.length ? " (" + scheduleParams.join(", ") + ")" : "") : "")],
       ["weight decay", t.weight_decay ? T.fmtNumber(t.weight_decay) : "none"],
       ["epochs", t.epochs],
       ["batch size", t.batch_size === null ? "full batch" : t.batch_size],
-      ["validation split", (t.validation_split || 0) + (es && !t.validation_split ? " (0.1 for early stopping)" : "")],
+      ["validation split", (t.validation_split || 0) + (es && !t.validation_split && D.early_stopping_split !== null ? " (" + D.early_stopping_split + " for early stopping)" : "")],
       ["test split", t.test_split || 0],
       ["early stopping", es ? "patience " + es.patience + (es.min_delta ? ", min delta " + T.fmtNumber(es.min_delta) : "") + (es.restore_best ? ", keeps the best epoch" : "") : "off"],
       ["class weights", classWeight === null || classWeight === undefined ? "none" : typeof classWeight === "string" ? classWeight : JSON.stringify(classWeight)],
-      ["dtype", t.dtype || "float64"],
+      ["dtype", t.dtype || D.training.dtype],
       ["preprocessing", pre.numeric ? "numeric " + pre.numeric + " · categorical " + pre.categorical + " · missing " + pre.missing + (t.loss === "mse" ? " · target " + pre.target : "") : "–"],
       ["seed", t.seed],
       ["attempts", job.attempts],
@@ -712,5 +714,6 @@
   });
 
   lossChart = makeLossChart();
-  live();
+  // the spec table fills a stored spec's missing fields with the spec's defaults
+  T.specDefaults().catch(function () { return null; }).then(live);
 })();

@@ -102,6 +102,41 @@
 
   const datasetSelect = document.getElementById("job-dataset");
   const datasets = {};
+  const form = document.getElementById("job-form");
+
+  // Words for a few choices' values; every choice and default comes from GET /spec/defaults.
+  const CHOICE_LABELS = { minmax: "min-max", none: "as is", onehot: "one-hot" };
+
+  // `a.b` in the defaults: a training field's default (`epochs`, `preprocessing.numeric`),
+  // else a top-level entry's (`early_stopping.patience`).
+  function lookup(D, path) {
+    const parts = path.split(".");
+    let value = D.training[parts[0]] !== undefined && D.training[parts[0]] !== null ? D.training : D;
+    parts.forEach(function (part) { value = value === null || value === undefined ? value : value[part]; });
+    return value;
+  }
+
+  // The selects list the spec's choices (`data-choices`) with the spec's default picked (or the
+  // form's own `data-preset`); the inputs start at the spec's defaults (`data-default`).
+  async function loadSpecDefaults() {
+    const D = await T.specDefaults();
+    form.querySelectorAll("select[data-choices]").forEach(function (select) {
+      const key = select.dataset.choices;
+      let choices = D.choices;
+      key.split(".").forEach(function (part) { choices = choices[part]; });
+      choices.forEach(function (value) {
+        const option = T.el("option", { text: CHOICE_LABELS[value] || value });
+        option.value = value;
+        select.appendChild(option);
+      });
+      if (key === "loss") return; // "auto" stays picked: the service picks the loss
+      select.value = select.dataset.preset || (key in D.model ? D.model[key] : lookup(D, key));
+    });
+    form.querySelectorAll("input[data-default]").forEach(function (input) {
+      const value = lookup(D, input.dataset.default);
+      input.value = value === null || value === undefined ? "" : String(value);
+    });
+  }
 
   async function loadDatasets() {
     const page = await T.getJson("/datasets?page_size=100");
@@ -170,15 +205,19 @@
       optimizer: document.getElementById("job-optimizer").value,
       epochs: numberOrNull("job-epochs"),
       batch_size: numberOrNull("job-batch"),
-      validation_split: numberOrNull("job-val") || 0,
-      test_split: numberOrNull("job-test") || 0,
-      seed: numberOrNull("job-seed") || 0,
+      validation_split: numberOrNull("job-val"),
+      test_split: numberOrNull("job-test"),
+      seed: numberOrNull("job-seed"),
       dtype: document.getElementById("job-dtype").value,
       preprocessing: {
         numeric: document.getElementById("job-numeric").value,
         categorical: document.getElementById("job-categorical").value,
       },
     };
+    // a field left empty is left out: the service fills its default
+    ["epochs", "validation_split", "test_split", "seed"].forEach(function (key) {
+      if (training[key] === null) delete training[key];
+    });
     const loss = document.getElementById("job-loss").value;
     if (loss) training.loss = loss; // "auto": left out, the service picks it from the target
     const lr = numberOrNull("job-lr");
@@ -204,7 +243,7 @@
     }
   });
 
-  loadDatasets().catch(function (e) {
+  loadSpecDefaults().then(loadDatasets).catch(function (e) {
     T.flash("Could not load datasets: " + e.message);
   });
 })();

@@ -61,7 +61,7 @@
     if (!d) return;
     const fit = lossFor(d);
     baseBox.value = JSON.stringify({
-      model: { layers: [16, fit.width], activation: "tanh" },
+      model: { layers: [16, fit.width] }, // the activation: the service's default
       training: { loss: fit.loss, optimizer: "adam", epochs: 50, validation_split: 0.2, seed: 0 },
     }, null, 2);
     paramsBox.value = JSON.stringify({
