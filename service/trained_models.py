@@ -17,10 +17,10 @@ from core.table import NUMERIC, Table, TableError
 from core.training import encode_targets
 from service import ingest
 from service.config import Limits
-from service.datasets import get_dataset, load_data
+from service.datasets import get_dataset, read_chunks
 from service.db import iso_utc, paginate
 from service.errors import ApiError, InputError
-from service.tables import TrainedModel, is_id
+from service.tables import Dataset, TrainedModel, is_id
 
 
 def _not_found(model_id: str) -> ApiError:
@@ -204,8 +204,24 @@ def predictions_csv(result: dict[str, Any], classes: list[Any] | None) -> str:
     return buf.getvalue()
 
 
+def _check_targets(dataset: Dataset, loss: str, classes: list[Any] | None, width: int) -> None:
+    """Refuse a dataset whose targets the model cannot be scored on (422 on `dataset_id`)."""
+    if loss == "mse":
+        if dataset.target_kind != "numeric" or dataset.n_targets != width:
+            raise InputError("dataset_id", "its targets do not fit the model's outputs")
+        return
+    if dataset.target_kind != "labels" and dataset.classes is None:
+        raise InputError(
+            "dataset_id", f"its targets are numbers, not the model's class labels {classes}"
+        )
+    unknown = [c for c in dataset.classes or [] if c not in (classes or [])]
+    if unknown:
+        raise InputError("dataset_id", f"has classes the model does not know: {unknown[:10]}")
+
+
 def evaluate(session: Session, model: TrainedModel, dataset_id: str, owner: str) -> dict[str, Any]:
-    """Score a model on one of the owner's datasets with its columns: the job's metrics."""
+    """Score a model on one of the owner's datasets with its columns: the job's metrics. The
+    rows stream from the store a row group at a time; only the outputs are kept."""
     dataset = get_dataset(session, dataset_id, owner)
     arch = model.architecture
     wanted = [c["name"] for c in columns_of(arch)]
@@ -214,42 +230,36 @@ def evaluate(session: Session, model: TrainedModel, dataset_id: str, owner: str)
         raise InputError(
             "dataset_id", f"the dataset's columns {names} are not the model's columns {wanted}"
         )
-    table, targets = load_data(session, dataset.id)
-    table = Table([table.columns[names.index(n)] for n in wanted])
-    for column, spec in zip(table.columns, columns_of(arch), strict=True):
-        if spec["type"] == NUMERIC and column.kind != NUMERIC:
+    kinds = {c["name"]: c["type"] for c in dataset.columns or []}
+    for spec in columns_of(arch):
+        kind = kinds.get(spec["name"], NUMERIC)
+        if spec["type"] == NUMERIC and kind != NUMERIC:
             raise InputError(
                 "dataset_id",
-                f"column {column.name!r} is {column.kind} in the dataset but numeric in the model",
+                f"column {spec['name']!r} is {kind} in the dataset but numeric in the model",
             )
     loss = arch["loss"]
     classes = arch.get("classes")
-    if loss != "mse":
-        if dataset.target_kind != "labels" and dataset.classes is None:
-            raise InputError(
-                "dataset_id", f"its targets are numbers, not the model's class labels {classes}"
-            )
-        labels = dataset.classes or []
-        unknown = [c for c in labels if c not in (classes or [])]
-        if unknown:
-            raise InputError("dataset_id", f"has classes the model does not know: {unknown[:10]}")
-        if dataset.target_kind == "labels":
-            targets = np.asarray([labels[i] for i in targets.reshape(-1)], dtype=object)
-            targets = np.asarray([classes.index(v) for v in targets], dtype=np.int64)
-            y = encode_targets(loss, "labels", targets, classes)
-        else:
-            y = encode_targets(loss, "numeric", targets, classes)
-    else:
-        if dataset.target_kind != "numeric" or dataset.n_targets != arch["layers"][-1]:
-            raise InputError("dataset_id", "its targets do not fit the model's outputs")
-        y = encode_targets(loss, "numeric", targets, None)
+    _check_targets(dataset, loss, classes, arch["layers"][-1])
     trained = loaded(model)
+    outputs_parts, target_parts = [], []
     try:
-        outputs = trained.outputs(trained.encode(table))
+        for chunk, chunk_targets in read_chunks(dataset):
+            table = Table([chunk.columns[names.index(n)] for n in wanted])
+            outputs_parts.append(trained.outputs(trained.encode(table)))
+            target_parts.append(chunk_targets)
     except MissingValueError as exc:
         raise InputError("dataset_id", str(exc)) from None
     except TableError as exc:
         raise ingest.table_error(exc, "dataset_id") from None
+    outputs = np.concatenate(outputs_parts)
+    targets = np.concatenate(target_parts)
+    if loss != "mse" and dataset.target_kind == "labels":
+        # the dataset's class indices -> the model's
+        remap = np.asarray([(classes or []).index(v) for v in dataset.classes or []], np.int64)
+        y = encode_targets(loss, "labels", remap[targets.reshape(-1)], classes)
+    else:
+        y = encode_targets(loss, "numeric", targets, classes if loss != "mse" else None)
     if loss == "mse":
         report = metrics.regression_metrics(y, outputs)
     else:
