@@ -10,6 +10,7 @@ a time, typed as the row describes them.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -264,21 +265,39 @@ def target_kind(dataset: Dataset) -> str:
     return "integers" if dataset.classes is not None else "numeric"
 
 
-def dataset_rows(session: Session, dataset: Dataset) -> dict[str, Any]:
-    """The rows as submitted: `features` (numbers, strings, null for a missing cell, in the
-    `feature_names` order), and `targets` as numbers (a list per row for several outputs) or as
-    labels in their own type (ints or strings)."""
-    table, targets = load_data(session, dataset.id)
+def target_values(dataset: Dataset, targets: np.ndarray) -> list[Any]:
+    """Stored targets as submitted: labels in their own type (ints or strings), numbers, or a
+    list of numbers per row for several outputs."""
     if dataset.target_kind == "labels":
         classes = dataset.classes or []
-        values: list[Any] = [classes[i] for i in targets.reshape(-1).tolist()]
-    elif dataset.classes is not None:  # one column of integer labels
-        values = [int(v) for v in targets.reshape(-1).tolist()]
-    elif dataset.n_targets == 1:
-        values = targets.reshape(-1).tolist()
-    else:
-        values = targets.tolist()
-    return {"id": dataset.id, "features": table.rows(), "targets": values}
+        return [classes[i] for i in targets.reshape(-1).tolist()]
+    if dataset.classes is not None:  # one column of integer labels
+        return [int(v) for v in targets.reshape(-1).tolist()]
+    if dataset.n_targets == 1:
+        return list(targets.reshape(-1).tolist())
+    return list(targets.tolist())
+
+
+def dataset_rows(dataset: Dataset) -> Iterator[str]:
+    """The rows as submitted, as the text of one JSON object streamed a row group at a time
+    (the API never holds them all): `{"id", "features", "targets"}`, `features` numbers,
+    strings and null for a missing cell in the `feature_names` order, `targets` as
+    `target_values` gives them. Two passes over the store: the features, then the targets."""
+    yield '{"id": ' + json.dumps(dataset.id) + ', "features": ['
+    first = True
+    for table, _ in read_chunks(dataset):
+        rows = table.rows()
+        if rows:
+            yield ("" if first else ",") + ",".join(json.dumps(r, allow_nan=False) for r in rows)
+            first = False
+    yield '], "targets": ['
+    first = True
+    for _, targets in read_chunks(dataset):
+        values = target_values(dataset, targets)
+        if values:
+            yield ("" if first else ",") + ",".join(json.dumps(v) for v in values)
+            first = False
+    yield "]}"
 
 
 def find_dataset(session: Session, dataset_id: str, owner: str) -> Dataset | None:

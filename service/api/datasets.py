@@ -289,9 +289,8 @@ class DatasetById(MethodView):
 class DatasetRows(MethodView):
     @blp.response(200, DatasetRowsSchema)
     @blp.alt_response(404, schema=ErrorSchema, description="No such dataset.")
-    def get(self, dataset_id: str) -> dict[str, Any]:
-        """Fetch a dataset's rows: `features` and `targets` as they were submitted."""
-        session = db()
-        return datasets.dataset_rows(
-            session, datasets.get_dataset(session, dataset_id, current_owner())
-        )
+    def get(self, dataset_id: str) -> Response:
+        """Fetch a dataset's rows: `features` and `targets` as they were submitted (streamed
+        from the store a row group at a time)."""
+        dataset = datasets.get_dataset(db(), dataset_id, current_owner())
+        return Response(datasets.dataset_rows(dataset), mimetype="application/json")
