@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -126,9 +127,7 @@ def authenticate() -> None:
         raise Unauthorized("An API key is needed: send `Authorization: Bearer <key>`.")
     if scheme.lower() != "bearer" or not key.strip():
         raise Unauthorized("The Authorization header must be `Bearer <key>`.")
-    from service.api import db
-
-    row = verify_api_key(db(), key.strip())
+    row = verify_api_key(current_app.extensions["auth_session"](), key.strip())
     if row is None:
         raise Unauthorized("The API key is not valid (unknown or revoked).")
     g.owner = row.owner
@@ -194,7 +193,10 @@ def revoke_command(id_or_prefix: str) -> None:
         raise click.ClickException(str(exc)) from None
 
 
-def init_app(app: Flask) -> None:
+def init_app(app: Flask, session: Callable[[], Session]) -> None:
+    """Check every request's key, with `session()` the request's database session (the API
+    layer's, `service.api.db`: given here, so this module never imports upward)."""
+    app.extensions["auth_session"] = session
     app.before_request(authenticate)
     app.after_request(add_www_authenticate)
     app.cli.add_command(keys_cli)

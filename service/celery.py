@@ -10,14 +10,16 @@ and every worker process share one configuration.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from celery import Celery, Task
-from flask import Flask
 
 from service.config import Settings
 from service.lifecycle import TRAIN_TASK as TRAIN_TASK
+
+if TYPE_CHECKING:
+    from flask import Flask  # `celery_init_app` is given the app: importing this loads no Flask
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
