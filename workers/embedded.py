@@ -45,7 +45,7 @@ from service.auth import verify_api_key
 from service.config import VAR_DIR, Settings
 from service.migrate import upgrade
 from workers.parent_watch import PARENT_ENV, READY_FILE_ENV, pdeathsig_preexec
-from workers.server_command import parse_args
+from workers.server_args import parse_args
 
 ROOT = Path(__file__).resolve().parent.parent
 GRACE = 10.0
