@@ -974,3 +974,164 @@ def _cross_entropy_indices(
         op,
         count,
     )
+
+
+# --- Tensor's operators and math methods --------------------------------------------------------
+
+
+class TensorMethods:
+    """What `Tensor` answers to besides its data and gradient: each method is one of the ops
+    above. They are attached to `Tensor` (below) rather than written in `engine.tensor`, so that
+    this module depends on that one and not the other way round."""
+
+    def __add__(self, other: Any) -> Tensor:
+        return add(self, other)
+
+    def __radd__(self, other: Any) -> Tensor:
+        return add(other, self)
+
+    def __sub__(self, other: Any) -> Tensor:
+        return sub(self, other)
+
+    def __rsub__(self, other: Any) -> Tensor:
+        return sub(other, self)
+
+    def __mul__(self, other: Any) -> Tensor:
+        return mul(self, other)
+
+    def __rmul__(self, other: Any) -> Tensor:
+        return mul(other, self)
+
+    def __truediv__(self, other: Any) -> Tensor:
+        return div(self, other)
+
+    def __rtruediv__(self, other: Any) -> Tensor:
+        return div(other, self)
+
+    def __pow__(self, other: Any) -> Tensor:
+        return pow(self, other)
+
+    def __rpow__(self, other: Any) -> Tensor:
+        return pow(other, self)
+
+    def __matmul__(self, other: Any) -> Tensor:
+        return matmul(self, other)
+
+    def __rmatmul__(self, other: Any) -> Tensor:
+        return matmul(other, self)
+
+    def __neg__(self) -> Tensor:
+        return neg(self)
+
+    def __getitem__(self, index: Any) -> Tensor:
+        return getitem(self, index)
+
+    def __abs__(self) -> Tensor:
+        return abs(self)
+
+    # Comparisons give boolean tensors without gradient, as in PyTorch.
+    def __lt__(self, other: Any) -> Tensor:
+        return compare(self, other, "<")
+
+    def __le__(self, other: Any) -> Tensor:
+        return compare(self, other, "<=")
+
+    def __gt__(self, other: Any) -> Tensor:
+        return compare(self, other, ">")
+
+    def __ge__(self, other: Any) -> Tensor:
+        return compare(self, other, ">=")
+
+    def __eq__(self, other: Any) -> Tensor:  # type: ignore[override]
+        return compare(self, other, "==")
+
+    def __ne__(self, other: Any) -> Tensor:  # type: ignore[override]
+        return compare(self, other, "!=")
+
+    def exp(self) -> Tensor:
+        return exp(self)
+
+    def log(self) -> Tensor:
+        return log(self)
+
+    def tanh(self) -> Tensor:
+        return tanh(self)
+
+    def relu(self) -> Tensor:
+        return relu(self)
+
+    def sigmoid(self) -> Tensor:
+        return sigmoid(self)
+
+    def sqrt(self) -> Tensor:
+        return sqrt(self)
+
+    def abs(self) -> Tensor:
+        return abs(self)
+
+    def clip(self, min: Any = None, max: Any = None) -> Tensor:
+        return clip(self, min, max)
+
+    def sum(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Tensor:
+        return sum(self, axis, keepdims)
+
+    def mean(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Tensor:
+        return mean(self, axis, keepdims)
+
+    def max(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Tensor:
+        return max(self, axis, keepdims)
+
+    def min(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Tensor:
+        return min(self, axis, keepdims)
+
+    def argmax(self, axis: int | None = None, keepdims: bool = False) -> Tensor:
+        return argmax(self, axis, keepdims)
+
+    def argmin(self, axis: int | None = None, keepdims: bool = False) -> Tensor:
+        return argmin(self, axis, keepdims)
+
+    def logsumexp(
+        self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False
+    ) -> Tensor:
+        return logsumexp(self, axis, keepdims)
+
+    def softmax(self, axis: int = -1) -> Tensor:
+        return softmax(self, axis)
+
+    def log_softmax(self, axis: int = -1) -> Tensor:
+        return log_softmax(self, axis)
+
+    def reshape(self, *shape: Any) -> Tensor:
+        if len(shape) == 1 and isinstance(shape[0], tuple | list):
+            shape = tuple(shape[0])
+        return reshape(self, shape)
+
+    def transpose(self, *axes: Any) -> Tensor:
+        if len(axes) == 1 and isinstance(axes[0], tuple | list):
+            axes = tuple(axes[0])
+        return transpose(self, axes or None)
+
+    def permute(self, *axes: Any) -> Tensor:
+        if len(axes) == 1 and isinstance(axes[0], tuple | list):
+            axes = tuple(axes[0])
+        return transpose(self, axes)
+
+    def flatten(self, start_axis: int = 0, end_axis: int = -1) -> Tensor:
+        return flatten(self, start_axis, end_axis)
+
+    def squeeze(self, axis: int | tuple[int, ...] | None = None) -> Tensor:
+        return squeeze(self, axis)
+
+    def unsqueeze(self, axis: int) -> Tensor:
+        return unsqueeze(self, axis)
+
+    @property
+    def T(self) -> Tensor:
+        return transpose(self, None)
+
+
+for _name, _member in vars(TensorMethods).items():
+    if callable(_member) or isinstance(_member, property):
+        _function = _member.fget if isinstance(_member, property) else _member
+        _function.__qualname__ = f"Tensor.{_name}"  # as tracebacks and help() name it
+        setattr(Tensor, _name, _member)
