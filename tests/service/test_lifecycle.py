@@ -21,7 +21,7 @@ from service.celery import celery_config
 from service.config import Settings
 from service.db import session_scope, utcnow
 from service.lifecycle import CancelResult, Claim
-from service.tables import Job, JobEpoch, TrainedModel
+from service.tables import Job, JobEpoch, Sweep, TrainedModel
 from tests.workers.test_tasks import add_job, job_row
 
 SETTINGS = dataclasses.replace(
@@ -126,6 +126,81 @@ def test_cancel_outcomes(factory: sessionmaker[Session]) -> None:
     assert lifecycle.record_epoch(factory, claim, 1, 0.5, None) is True
     assert lifecycle.cancel_attempt(factory, claim) == "cancelled"
     assert job_row(factory, claim.job_id).status == "cancelled"
+
+
+# -- a sweep's trials ---------------------------------------------------------------------------
+
+
+def held_trials(factory: sessionmaker[Session], n: int) -> tuple[str, list[str]]:
+    """A sweep of `owner` with `n` held trials (`lifecycle.submit`, as `create_sweep` does)."""
+    dataset_id = job_row(factory, add_job(factory)).dataset_id
+    with session_scope(factory) as session:
+        sweep = Sweep(
+            owner="dana",
+            status="queued",
+            dataset_id=dataset_id,
+            base={},
+            method="grid",
+            parameters={},
+            metric={"name": "loss", "goal": "minimize"},
+            n_trials=n,
+        )
+        session.add(sweep)
+        session.flush()
+        ids = [
+            lifecycle.submit(
+                session,
+                owner="dana",
+                dataset_id=dataset_id,
+                model_spec={"layers": [1]},
+                training_spec={"epochs": 3, "loss": "mse"},
+                trial={"sweep_id": sweep.id, "trial_index": i, "params": {}},
+            ).id
+            for i in range(n)
+        ]
+        return sweep.id, ids
+
+
+def test_trials_start_in_order_and_a_failed_publish_is_undone(
+    factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    sweep_id, ids = held_trials(factory, 4)
+    assert all(job_row(factory, i).held for i in ids)
+    assert lifecycle.claim(factory, ids[0], SETTINGS) == "held"
+    now = utcnow()
+    with session_scope(factory) as session:
+        started = lifecycle.start_trials(session, sweep_id, 2, now)
+    assert started == ids[:2]
+    assert [job_row(factory, i).held for i in ids] == [False, False, True, True]
+    lifecycle.send_trials(
+        factory, broker(f"filesystem://{tmp_path.as_posix()}"), sweep_id, started, now
+    )
+    assert len(list((tmp_path / "queue").iterdir())) == 2
+    assert all(job_row(factory, i).published_at is not None for i in started)
+
+    later = utcnow()
+    with session_scope(factory) as session:
+        rest = lifecycle.start_trials(session, sweep_id, 5, later)
+    assert rest == ids[2:]
+    lifecycle.send_trials(factory, broker("redis://127.0.0.1:9/0"), sweep_id, rest, later)
+    # the broker is down: `reconcile` publishes them once it is back
+    assert [job_row(factory, i).published_at for i in rest] == [None, None]
+    assert all(job_row(factory, i).status == "queued" for i in ids)
+
+
+def test_cancel_trials(factory: sessionmaker[Session]) -> None:
+    sweep_id, ids = held_trials(factory, 3)
+    with session_scope(factory) as session:
+        lifecycle.start_trials(session, sweep_id, 1, utcnow())
+    assert isinstance(lifecycle.claim(factory, ids[0], SETTINGS), Claim)
+    with session_scope(factory) as session:
+        assert lifecycle.cancel_trials(session, sweep_id, utcnow()) == 1
+    rows = [job_row(factory, i) for i in ids]
+    assert [(r.status, r.cancel_requested) for r in rows] == [
+        ("running", True),
+        ("cancelled", True),
+        ("cancelled", True),
+    ]
 
 
 # -- one attempt --------------------------------------------------------------------------------
