@@ -13,6 +13,7 @@ import codecs
 import csv
 import gzip
 import io
+import threading
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -88,12 +89,31 @@ class Source(io.RawIOBase):
         self.head = head
         self.field = field
         self.check_nul = check_nul
+        # arrow's streaming CSV reader reads ahead as fast as it can (a whole file, when the
+        # chunks are typed and stored slower than read): reads wait while more than `window`
+        # bytes are ahead of what the consumer said it took (`consumed`)
+        self.window = 0
+        self._ahead = 0
+        self._turn = threading.Condition()
         self.error: Exception | None = None  # raised again instead of arrow's
 
     def readable(self) -> bool:
         return True
 
+    def consumed(self, n_bytes: int) -> None:
+        """The consumer took about `n_bytes` of text (one block of the reader)."""
+        with self._turn:
+            self._ahead = max(0, self._ahead - n_bytes)
+            self._turn.notify_all()
+
+    def _wait_turn(self) -> None:
+        if self.window:
+            with self._turn:
+                # the timeout only guards against a reader that needs more than the window
+                self._turn.wait_for(lambda: self._ahead < self.window, timeout=5.0)
+
     def read(self, size: int | None = -1) -> bytes:
+        self._wait_turn()
         try:
             if self.head:
                 if size is None or size < 0 or size >= len(self.head):
@@ -104,6 +124,8 @@ class Source(io.RawIOBase):
                 data = self.inner.read(size if size is not None and size >= 0 else -1)
             if self.check_nul and b"\x00" in data:
                 raise InputError(self.field, "holds NUL characters: it is not a text file")
+            with self._turn:
+                self._ahead += len(data)
             return data
         except Exception as exc:
             if self.error is None:

@@ -23,7 +23,10 @@ Lines in messages count the header as line 1 (blank lines are skipped, as they a
 
 from __future__ import annotations
 
+import contextlib
 import math
+import queue
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
@@ -48,6 +51,7 @@ from service.errors import ApiError, InputError
 from service.ingest import NA_VALUES, check_column_types
 
 BLOCK_SIZE = 8 << 20
+READ_AHEAD_BLOCKS = 4  # blocks of text read before the chunks typed and stored
 FIRST_LINES = 5  # lines named in a message or a warning
 BOOLEANS = {"true": "true", "True": "true", "TRUE": "true",
             "false": "false", "False": "false", "FALSE": "false"}  # fmt: skip
@@ -328,6 +332,43 @@ class LineMap:
 # ---- the upload ---------------------------------------------------------------------------------
 
 
+class PipelinedWriter:
+    """Writes batches to the store in a thread of its own, so that encoding and compressing
+    the Parquet parts (which release the GIL) overlap with parsing the next chunks; at most
+    `depth` batches wait. An error of the store is raised at the next `write` or at `close`."""
+
+    def __init__(self, writer: Any, depth: int = 2) -> None:
+        self.writer = writer
+        self.queue: queue.Queue[pa.RecordBatch | None] = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="csv-store-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            batch = self.queue.get()
+            if batch is None:
+                return
+            if self.error is None:
+                try:
+                    self.writer.write(batch)
+                except BaseException as exc:  # raised again in the caller's thread
+                    self.error = exc
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put(batch)
+
+    def close(self) -> None:
+        """Wait for every batch to be written (raising the store's error, if any)."""
+        if self.thread.is_alive():
+            self.queue.put(None)
+            self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+
 @dataclass
 class _Missing:
     count: int = 0
@@ -386,7 +427,7 @@ def _reader(opened: Opened, header: list[str], delimiter: str, options: CsvOptio
     )
 
 
-def _batches(reader: pcsv.CSVStreamingReader, opened: Opened, field: str
+def _batches(reader: pcsv.CSVStreamingReader, opened: Opened, field: str, block_size: int
              ) -> Iterator[pa.RecordBatch]:  # fmt: skip
     while True:
         try:
@@ -395,6 +436,7 @@ def _batches(reader: pcsv.CSVStreamingReader, opened: Opened, field: str
             return
         except Exception as exc:
             raise _arrow_error(exc, opened, field) from None
+        opened.source.consumed(block_size)
         yield batch
 
 
@@ -453,11 +495,15 @@ def ingest_csv(
     if target in types:
         raise InputError("column_types", f"names the target column {target!r}")
     writer = store.writer(dataset_id)
+    pipeline = PipelinedWriter(writer)
     try:
         pending = _stream(opened, header, delimiter, names, target, types, options, limits,
-                        writer, field)  # fmt: skip
+                          pipeline, field)  # fmt: skip
+        pipeline.close()
         stored = writer.commit()
     except BaseException:
+        with contextlib.suppress(BaseException):  # the first error is the one to report
+            pipeline.close()
         writer.abort()
         raise
     try:
@@ -478,6 +524,7 @@ def _stream(opened: Opened, header: list[str], delimiter: str, names: list[str],
             types: dict[str, str], options: CsvOptions, limits: Limits, writer: Any,
             field: str) -> _Pending:  # fmt: skip
     bad_rows = _BadRows()
+    opened.source.window = READ_AHEAD_BLOCKS * options.block_size
     try:
         reader = _reader(opened, header, delimiter, options, bad_rows)
     except (pa.ArrowException, OSError) as exc:
@@ -488,7 +535,7 @@ def _stream(opened: Opened, header: list[str], delimiter: str, names: list[str],
     warnings: list[dict[str, Any]] = []
     rows = written = 0
     out_names = [*names, TARGET]
-    for batch in _batches(reader, opened, field):
+    for batch in _batches(reader, opened, field, options.block_size):
         if bad_rows.first is not None:
             raise bad_rows.error(field)
         first_row, rows = rows, rows + batch.num_rows
