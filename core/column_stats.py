@@ -76,7 +76,9 @@ class NumericStats:
         if self.count == 0:
             out.update(min=None, max=None, mean=None, std=None)
         else:
-            out.update(min=self.min, max=self.max, mean=self.mean, std=self.std)
+            # numbers near the float64 limit overflow the variance: null, as JSON allows no inf
+            stats = {"min": self.min, "max": self.max, "mean": self.mean, "std": self.std}
+            out.update({k: v if math.isfinite(v) else None for k, v in stats.items()})
         return out
 
 

@@ -302,3 +302,19 @@ def test_store_down_is_503(tmp_path: Path, app: Flask, client: FlaskClient) -> N
     r = form(client, CSV)
     assert r.status_code == 503, r.get_json()
     assert listed(client) == 0
+
+
+def test_idempotency_key_on_a_raw_body(client: FlaskClient) -> None:
+    headers = {"Idempotency-Key": "raw-1"}
+    first = client.post(URL, data=CSV, content_type="text/csv", headers=headers)
+    assert first.status_code == 201, first.get_json()
+    again = client.post(URL, data=CSV, content_type="text/csv", headers=headers)
+    assert again.status_code == 201 and again.headers["Idempotent-Replayed"] == "true"
+    assert again.get_json()["id"] == first.get_json()["id"]
+    other = client.post(URL, data=CSV + b"4,y,0\n", content_type="text/csv", headers=headers)
+    assert assert_error(other, 422)["code"] == "idempotency_key_reused"
+    options = client.post(
+        URL, data=CSV, content_type="text/csv", headers=headers, query_string={"target": "a"}
+    )
+    assert assert_error(options, 422)["code"] == "idempotency_key_reused"
+    assert listed(client) == 1
