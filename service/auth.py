@@ -21,7 +21,7 @@ from flask.cli import AppGroup
 from sqlalchemy.orm import Session
 
 from service.db import session_scope, utcnow
-from service.errors import ApiError
+from service.problems import ApiError
 from service.tables import ApiKey
 
 KEY_PREFIX = "ty_"

@@ -17,7 +17,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from service.errors import ApiError, InputError
+from service.problems import ApiError, InputError
 
 HEAD_BYTES = 64 * 1024
 DELIMITERS = (",", "\t", ";", "|")

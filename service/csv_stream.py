@@ -47,8 +47,8 @@ from service.csv_source import (
     sniff_delimiter,
 )
 from service.dataset_store import TARGET, DatasetStore, StoredRows
-from service.errors import ApiError, InputError
 from service.ingest import NA_VALUES, check_column_types
+from service.problems import ApiError, InputError
 
 BLOCK_SIZE = 8 << 20
 READ_AHEAD_BLOCKS = 4  # blocks of text read before the chunks typed and stored

@@ -31,8 +31,8 @@ from service.dataset_store import (
     target_columns,
 )
 from service.db import iso_utc, paginate, session_scope
-from service.errors import ApiError
 from service.ingest import ParsedDataset
+from service.problems import ApiError
 from service.tables import Dataset, DatasetData, is_id, new_id
 
 

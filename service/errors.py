@@ -1,4 +1,4 @@
-"""JSON errors, in one place.
+"""JSON errors, in one place: the Flask side of `service.problems`' error types.
 
 Every error answer, whatever its status and for unknown routes too, has the body
 `{"error": {"code": "...", "message": "...", "fields": {"training.epochs": "..."}}}`, with
@@ -15,54 +15,9 @@ from flask import Flask, Request, Response, jsonify
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
+from service.problems import CODES, ApiError, flatten_messages
+
 log = logging.getLogger(__name__)
-
-CODES = {
-    400: "bad_request",
-    401: "unauthorized",
-    404: "not_found",
-    405: "method_not_allowed",
-    409: "conflict",
-    413: "payload_too_large",
-    415: "unsupported_media_type",
-    422: "validation_error",
-    429: "too_many_requests",
-    500: "internal_error",
-    503: "unavailable",
-}
-
-# webargs/flask-smorest nest messages under the request location; the client knows only paths
-# into its body.
-_LOCATIONS = {"json", "query", "form", "files", "view_args", "headers", "cookies", "json_or_form"}
-
-
-class ApiError(Exception):
-    """An error answer: raise it anywhere below a view."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        fields: Mapping[str, str] | None = None,
-        code: str | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.fields = dict(fields) if fields else None
-        self.code = code or CODES.get(status, "error")
-        self.headers = dict(headers) if headers else {}
-
-
-class InputError(ApiError):
-    """422 for one field: `InputError("training.epochs", "is 100000; the limit is 10000")`.
-
-    The message names the field too (`training.epochs: is 100000; ...`), as marshmallow's
-    validation errors do, so it reads on its own in a log or a terminal."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(422, f"{field}: {message}", {field: message})
 
 
 class JsonErrorRequest(Request):
@@ -96,31 +51,6 @@ def error_response(
     if fields:
         error["fields"] = dict(fields)
     return jsonify({"error": error}), status
-
-
-def flatten_messages(messages: Any, prefix: str = "") -> dict[str, str]:
-    """`{"training": {"epochs": ["Too big."]}}` -> `{"training.epochs": "Too big."}`."""
-    if isinstance(messages, Mapping):
-        out: dict[str, str] = {}
-        for key, value in messages.items():
-            key = str(key)
-            if not prefix and key in _LOCATIONS:
-                name = ""
-            elif key == "_schema":
-                name = prefix
-            else:
-                name = f"{prefix}.{key}" if prefix else key
-            for field, text in flatten_messages(value, name).items():
-                out[field] = f"{out[field]}; {text}" if field in out else text
-        return out
-    if isinstance(messages, list | tuple):
-        if all(isinstance(m, str) for m in messages):
-            return {prefix or "_body": " ".join(messages)}
-        out = {}
-        for value in messages:
-            out.update(flatten_messages(value, prefix))
-        return out
-    return {prefix or "_body": str(messages)}
 
 
 def _summary(fields: Mapping[str, str]) -> str:

@@ -15,16 +15,18 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from flask import Response, current_app, request
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.db import utcnow
-from service.errors import ApiError
+from service.problems import ApiError
 from service.tables import IdempotentRequest
+
+if TYPE_CHECKING:  # Flask is imported where a request is read: the workers' purge loads none
+    from flask import Response
 
 HEADER = "Idempotency-Key"
 MAX_KEY_LENGTH = 255
@@ -42,6 +44,8 @@ HEADER_DOC = {
 
 def request_key() -> str | None:
     """The request's idempotency key, or None; 422 if it is malformed."""
+    from flask import request
+
     key = request.headers.get(HEADER)
     if key is None:
         return None
@@ -54,6 +58,8 @@ def request_key() -> str | None:
 def fingerprint() -> str:
     """What makes two requests 'the same': method, path, content type and body. A form's files
     and fields count, not its multipart boundary (which differs from one upload to the next)."""
+    from flask import request
+
     h = hashlib.sha256()
     h.update(f"{request.method} {request.path} {request.mimetype}\n".encode())
     if request.mimetype == "multipart/form-data":
@@ -77,6 +83,8 @@ def _find(session: Session, owner: str, key: str) -> IdempotentRequest | None:
 
 
 def _replay(row: IdempotentRequest, fp: str) -> Response:
+    from flask import Response
+
     if row.fingerprint != fp:
         message = "was used for another request; use a new key for a new request"
         raise ApiError(
@@ -112,6 +120,8 @@ class Idempotency:
         """Commit the request's work with its answer; `(answer, first)`. `first` is False when
         a concurrent request with the same key won: this one's work is rolled back and the
         winner's answer returned."""
+        from flask import Response, current_app
+
         text = current_app.json.response(body).get_data(as_text=True)
         if self.key is not None:
             self.session.add(

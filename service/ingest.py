@@ -41,7 +41,7 @@ from core.table import (
     numeric_column,
 )
 from service.config import Limits
-from service.errors import InputError
+from service.problems import InputError
 
 
 @dataclass

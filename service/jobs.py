@@ -25,9 +25,9 @@ from service import lifecycle
 from service.config import Limits
 from service.datasets import find_dataset, new_dataset
 from service.db import iso_utc, paginate
-from service.errors import ApiError, InputError
 from service.ingest import ParsedDataset, parse_json_dataset
 from service.lifecycle import ACTIVE_STATUSES, FINAL_STATUSES
+from service.problems import ApiError, InputError
 from service.tables import Job, JobEpoch, TrainedModel, is_id
 
 

@@ -25,7 +25,7 @@ from typing import Protocol
 import redis
 from flask import current_app, g
 
-from service.errors import ApiError
+from service.problems import ApiError
 
 log = logging.getLogger(__name__)
 

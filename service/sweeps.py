@@ -88,9 +88,9 @@ from core.sweep import (
 from service import lifecycle
 from service.config import Limits, Settings
 from service.db import iso_utc, paginate, session_scope, utcnow
-from service.errors import ApiError, InputError, flatten_messages
 from service.jobs import check_active_jobs, check_spec, dataset_facts, normalized_specs, tag_filters
 from service.lifecycle import FINAL_STATUSES
+from service.problems import ApiError, InputError, flatten_messages
 from service.schemas import JobInSchema, ModelSpecSchema, TrainingSpecSchema
 from service.tables import Job, JobEpoch, Sweep, TrainedModel, is_id
 

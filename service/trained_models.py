@@ -19,7 +19,7 @@ from service import ingest
 from service.config import Limits
 from service.datasets import get_dataset, read_chunks
 from service.db import iso_utc, paginate
-from service.errors import ApiError, InputError
+from service.problems import ApiError, InputError
 from service.tables import Dataset, TrainedModel, is_id
 
 

@@ -14,7 +14,7 @@ from webargs import core
 from webargs.flaskparser import FlaskParser, is_json_request
 
 from service.config import Limits
-from service.errors import ApiError
+from service.problems import ApiError
 
 F = TypeVar("F", bound=Callable[..., Any])
 

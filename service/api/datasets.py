@@ -20,8 +20,8 @@ from service.auth import current_owner
 from service.csv_source import UploadTooLarge
 from service.csv_stream import CsvOptions
 from service.dataset_store import StoreError, store_for
-from service.errors import ApiError, InputError
 from service.idempotency import HEADER_DOC, Idempotency, request_key
+from service.problems import ApiError, InputError
 from service.schemas import (
     DatasetCsvQuerySchema,
     DatasetCsvSchema,

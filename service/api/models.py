@@ -10,7 +10,7 @@ from marshmallow import RAISE
 from service import trained_models
 from service.api import Blueprint, db, json_only, limits, page, require_content_type
 from service.auth import current_owner
-from service.errors import InputError
+from service.problems import InputError
 from service.schemas import (
     ErrorSchema,
     EvaluateInSchema,

@@ -16,7 +16,7 @@ from service import webhooks
 from service.api import Blueprint, db, json_only, page
 from service.auth import current_owner
 from service.config import Settings
-from service.errors import ApiError, InputError
+from service.problems import ApiError, InputError
 from service.schemas import NO_NUL, ErrorSchema, PageQuerySchema, page_of
 from service.webhook_models import DELIVERY_STATUSES, WEBHOOK_EVENTS
 from service.webhook_urls import MAX_URL_LENGTH, UrlRefused

@@ -21,8 +21,8 @@ from service import lifecycle, sweeps
 from service.config import Limits, Settings
 from service.datasets import new_dataset
 from service.db import session_scope
-from service.errors import ApiError
 from service.ingest import parse_json_dataset
+from service.problems import ApiError
 from service.schemas import SweepInSchema
 from service.tables import Job, Sweep
 from tests.support import STORE_URL
