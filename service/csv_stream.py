@@ -120,9 +120,7 @@ def read_numbers(array: pa.Array) -> Numbers:
             values = pc.cast(_trimmed(array), pa.float64())
         except pa.ArrowInvalid:
             return _numbers_by_distinct(array)
-    if values.null_count < len(values) and pc.any(pc.is_nan(values)).as_py():
-        values = pc.if_else(pc.is_nan(values), pa.scalar(None, pa.float64()), values)
-    return Numbers(values)
+    return Numbers(values)  # "-nan" reads as NaN: `summarize` makes it null (missing)
 
 
 def _numbers_by_distinct(array: pa.Array) -> Numbers:
@@ -166,18 +164,20 @@ def count_numbers_as_texts(stats: CategoricalStats, values: pa.Array) -> None:
     stats.add_counts(texts, counts.field("counts").to_pylist(), values.null_count)
 
 
-def add_numbers(stats: NumericStats, values: pa.Array) -> tuple[float, float] | None:
-    """Merge a chunk's numbers into `stats`; (min, max) of the chunk (None if all missing)."""
+def summarize(values: pa.Array) -> tuple[pa.Array, tuple[int, int, float, float, float, float]]:
+    """The chunk's numbers (a NaN, which only text such as "-nan" gives, made null: a missing
+    cell, as core.table reads it) and their (present, missing, min, max, mean, M2)."""
     present = len(values) - values.null_count
     if present == 0:
-        stats.add_summary(0, len(values), 0.0, 0.0, 0.0, 0.0)
-        return None
-    bounds = pc.min_max(values)
-    lo, hi = bounds["min"].as_py(), bounds["max"].as_py()
+        return values, (0, len(values), 0.0, 0.0, 0.0, 0.0)
     mean = pc.mean(values).as_py()
+    if math.isnan(mean):  # arrow's mean carries a NaN through; min_max skips it
+        values = pc.if_else(pc.is_nan(values), pa.scalar(None, pa.float64()), values)
+        return summarize(values)
+    bounds = pc.min_max(values)
     m2 = pc.variance(values, ddof=0).as_py() * present
-    stats.add_summary(present, values.null_count, lo, hi, mean, m2)
-    return lo, hi
+    lo, hi = bounds["min"].as_py(), bounds["max"].as_py()
+    return values, (present, values.null_count, lo, hi, mean, m2)
 
 
 # ---- columns ------------------------------------------------------------------------------------
@@ -203,10 +203,11 @@ class FeatureColumn:
         if self.kind == NUMERIC:
             numbers = read_numbers(array)
             if numbers.values is not None:
-                bounds = add_numbers(self.numeric, numbers.values)
-                if bounds and self.infinite is None and math.isinf(bounds[0] + bounds[1] + 0.0):
-                    self._note_infinite(numbers.values, array, lines)
-                return numbers.values, None
+                values, summary = summarize(numbers.values)
+                self.numeric.add_summary(*summary)
+                if summary[0] and self.infinite is None and math.isinf(summary[2] + summary[3]):
+                    self._note_infinite(values, array, lines)
+                return values, None
             first = [(lines.line(r), cell) for r, cell in numbers.text]
             if self.forced == NUMERIC:
                 line, cell = first[0]
@@ -270,8 +271,7 @@ class TargetColumn:
         if self.kind == "numeric":
             numbers = read_numbers(array)
             if numbers.values is not None:
-                self._add_numbers(array, numbers.values, lines, field)
-                return numbers.values
+                return self._add_numbers(array, numbers.values, lines, field)
             self.kind = "labels"
             self.turned = bool(self.numbers)
             if self.numbers is None:
@@ -287,9 +287,16 @@ class TargetColumn:
                     raise self._too_many(field)
         return texts
 
-    def _add_numbers(self, cells: pa.Array, values: pa.Array, lines: LineMap, field: str) -> None:
-        bounds = pc.min_max(values)
-        if math.isinf(bounds["min"].as_py() + bounds["max"].as_py()):
+    def _add_numbers(
+        self, cells: pa.Array, values: pa.Array, lines: LineMap, field: str
+    ) -> pa.Array:
+        checked, (_, gaps, lo, hi, _, _) = summarize(values)
+        if gaps:  # NaN ("-nan"): not a missing-cell token, so not dropped as one either
+            row = int(np.flatnonzero(checked.is_null().to_numpy(zero_copy_only=False))[0])
+            raise InputError(
+                field, f"line {lines.line(row)}: the target {cells[row].as_py()!r} is not a number"
+            )
+        if math.isinf(lo + hi):
             row = int(np.flatnonzero(np.isinf(values.to_numpy(zero_copy_only=False)))[0])
             raise InputError(
                 field,
@@ -301,6 +308,7 @@ class TargetColumn:
             self.numbers.update(pc.unique(values).to_pylist())
             if len(self.numbers) > self.max_classes:
                 self.numbers = None
+        return values
 
     def _too_many(self, field: str) -> InputError:
         return InputError(
