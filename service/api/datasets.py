@@ -64,6 +64,9 @@ def _upload_limit() -> int:
     return int(current_app.config["MAX_UPLOAD_BYTES"])
 
 
+FORM_SLACK = 1 << 20
+
+
 def _form_upload() -> tuple[BinaryIO, CsvOptions]:
     """The file part of a form (werkzeug keeps a large one in a temporary file, not in
     memory) and the form's options."""
@@ -242,7 +245,9 @@ class Datasets(MethodView):
             dataset = datasets.new_dataset(session, _parse_json(), owner, store_url())
             warnings: list[dict[str, Any]] = []
         elif mimetype == "multipart/form-data":
-            request.max_content_length = _upload_limit()
+            # the file itself may be as large as the limit: the form's other parts and
+            # boundaries get FORM_SLACK more (the file part is counted exactly as it is read)
+            request.max_content_length = _upload_limit() + FORM_SLACK
             try:
                 idempotency = Idempotency(session, owner)
             except RequestEntityTooLarge:

@@ -264,7 +264,9 @@ def test_upload_limit_names_itself(app: Flask, client: FlaskClient) -> None:
     exact += b"9" * (1000 - len(exact) - 3) + b",1\n"
     assert len(exact) == 1000
     assert body(client, exact).status_code == 201, body(client, exact).get_json()
-    assert listed(client) == 2
+    assert form(client, exact).status_code == 201  # the file, not the form around it
+    assert assert_error(form(client, exact + b"1,0\n"), 413)["code"] == "payload_too_large"
+    assert listed(client) == 3
 
 
 @pytest.mark.app_config({"CSV_BLOCK_SIZE": 64})
