@@ -5,9 +5,10 @@ targets may not be missing. Three dataset forms:
 - JSON `{"name", "features": [[cell, ...], ...], "targets": [...]}` (cells: numbers, strings,
   booleans, null);
 - JSON `{"name", "rows": [{"col": cell, ...}, ...], "target": "col"}`;
-- a CSV file with a header row (`multipart/form-data`: `file`, `target`, `name`), parsed by
-  pandas' C reader.
-Both forms take an optional `column_types` (`{"zip": "categorical"}`) that overrides inference.
+- a CSV file with a header row: streamed into the dataset store by `service.csv_stream`
+  (never held whole); here only the CSV of rows to predict on (`table_from_csv`, pandas' C
+  reader), which is small.
+Every form takes an optional `column_types` (`{"zip": "categorical"}`) that overrides inference.
 Everything is checked here, before anything is stored; errors name the field and the line.
 """
 
@@ -499,64 +500,6 @@ def column_from_series(name: str, series: Any, kind: str | None, field: str) -> 
         if exc.row is not None:
             exc.row += 2  # 0-based data row -> file line (the header is line 1)
         raise table_error(exc, field, "line") from None
-
-
-def parse_csv_dataset(
-    raw: bytes,
-    name: str,
-    target: str | None,
-    limits: Limits,
-    field: str = "file",
-    column_types: Any = None,
-) -> ParsedDataset:
-    """A dataset from a CSV file with a header row; `target` names the target column (default:
-    the last one)."""
-    header, series, types = read_csv(raw, field, limits, column_types, min_columns=2)
-    if len(header) - 1 > limits.max_features:
-        raise InputError(
-            field, f"has {len(header) - 1} feature columns; the limit is {limits.max_features}"
-        )
-    if target is None or target == "":
-        target = header[-1]
-    elif target not in header:
-        raise InputError("target", f"no column named {target!r}; the columns are {header}")
-    if target in types:
-        raise InputError("column_types", f"names the target column {target!r}")
-    columns = [column_from_series(n, series[n], types.get(n), field) for n in header if n != target]
-    targets, kind, classes = _csv_targets(series[target], field, limits)
-    return ParsedDataset(name, Table(columns), targets, kind, classes, target, named=True)
-
-
-def _csv_targets(
-    series: Any, field: str, limits: Limits
-) -> tuple[np.ndarray, str, list[Any] | None]:
-    """The target column: numbers (ints may be class labels), or text labels; none missing.
-    Text labels are factorized in C (only the distinct values are read in Python)."""
-    import pandas as pd
-
-    dtype = series.dtype
-    if pd.api.types.is_bool_dtype(dtype):
-        values: list[Any] = [bool(v) for v in series.tolist()]
-    elif pd.api.types.is_integer_dtype(dtype):
-        values = [int(v) for v in series.tolist()]
-    elif pd.api.types.is_float_dtype(dtype):
-        values = [None if np.isnan(v) else v for v in series.tolist()]
-    else:
-        codes, uniques = pd.factorize(series, use_na_sentinel=True)
-        texts = [None if is_missing(u) else str(u).strip() for u in uniques.tolist()]
-        missing = np.array([t is None for t in texts] + [True])[codes]
-        if missing.any():
-            line = int(np.argmax(missing)) + 2
-            raise InputError(field, f"line {line}: the target is missing; every row needs one")
-        if any("\x00" in t for t in texts if t is not None):
-            raise InputError(field, "labels cannot hold NUL characters")
-        levels = sorted({t for t in texts if t is not None})
-        if len(levels) > limits.max_classes:
-            raise InputError(field, f"has {len(levels)} classes; the limit is {limits.max_classes}")
-        index = {level: i for i, level in enumerate(levels)}
-        lookup = np.array([index.get(t, -1) for t in texts] + [-1], dtype=np.int64)
-        return lookup[codes], "labels", levels
-    return parse_targets(values, len(values), field, limits, line_offset=2)
 
 
 def table_from_csv(raw: bytes, names: list[str], types: list[str], limits: Limits) -> Table:
