@@ -50,13 +50,17 @@ def _column_types(raw: str | None) -> Any:
         ) from None
 
 
+def _json_too_large() -> UploadTooLarge:
+    return UploadTooLarge(
+        int(current_app.config["MAX_CONTENT_LENGTH"]), "TRAINYARD_MAX_CONTENT_LENGTH"
+    )
+
+
 def _parse_json() -> ingest.ParsedDataset:
     try:
         data = request.get_json()
     except RequestEntityTooLarge:
-        raise UploadTooLarge(
-            int(current_app.config["MAX_CONTENT_LENGTH"]), "TRAINYARD_MAX_CONTENT_LENGTH"
-        ) from None
+        raise _json_too_large() from None
     return ingest.parse_json_dataset(DatasetInSchema().load(data), limits())
 
 
@@ -238,7 +242,10 @@ class Datasets(MethodView):
         session, owner = db(), current_owner()
         mimetype = request.mimetype
         if mimetype == "application/json":
-            idempotency = Idempotency(session, owner)
+            try:
+                idempotency = Idempotency(session, owner)  # reads the body with a key
+            except RequestEntityTooLarge:
+                raise _json_too_large() from None
             replayed = idempotency.replay()
             if replayed is not None:
                 return replayed
