@@ -126,7 +126,8 @@ def batch_targets(
     """The targets of a stored batch as training reads them: int64 class indices `(n,)` for
     labels, float64 `(n, n_targets)` otherwise."""
     if target_kind == "labels":
-        stored = _plain(batch.column(target_names[0]))
+        # a labels target may be float64 in the parts written before its first text label
+        stored = _as_text(_plain(batch.column(target_names[0])))
         value_set = pa.array([label_text(c) for c in classes or []], type=pa.string())
         index = pc.index_in(stored, value_set=value_set)
         if index.null_count:

@@ -332,11 +332,6 @@ def test_a_target_that_turns_to_labels_later(client: FlaskClient) -> None:
     assert [w["code"] for w in data["warnings"]] == ["target_became_labels"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core.columnar.batch_targets does not yet read the float64 TARGET parts stored "
-    "before a target turned to labels as their shortest text",
-)
 @pytest.mark.app_config({"CSV_BLOCK_SIZE": 64})
 def test_the_rows_of_a_target_that_turned_to_labels(client: FlaskClient) -> None:
     lines = [f"{i},{i % 3}" for i in range(40)] + ["41,many"]
