@@ -19,7 +19,7 @@ from typing import Any, BinaryIO
 
 from service.problems import ApiError, InputError
 
-HEAD_BYTES = 64 * 1024
+HEAD_BYTES = 1 << 20  # the header of 4,096 long column names fits
 DELIMITERS = (",", "\t", ";", "|")
 GZIP_MAGIC = b"\x1f\x8b"
 ZIP_MAGIC = b"PK\x03\x04"
@@ -305,7 +305,7 @@ def utf8_problem(head: bytes) -> str | None:
 def not_utf8_later(field: str) -> InputError:
     return InputError(
         field,
-        "is not UTF-8 text (a cell past the first 64 KiB is not): it looks like "
+        "is not UTF-8 text (a cell past the first MiB is not): it looks like "
         "Latin-1/Windows-1252; pass encoding=latin-1 (or cp1252) or save the file as UTF-8",
     )
 
