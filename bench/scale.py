@@ -25,9 +25,10 @@ service each time:
 - **s/epoch/M**: seconds per epoch per million *training* rows (90% of the table). Ours: the
   mean interval between the commits of consecutive epochs (epochs 2..E; the job does not
   record when an epoch starts), seen by polling `GET /jobs/{id}` every 50 ms; a job too short
-  for that falls back to (finished_at - started_at) / epochs and says so. The one-time work
-  before the first epoch (split, fitting the preprocessing, encoding every row) is reported
-  apart as `prepare_s`.
+  for that falls back to (finished_at - started_at) / epochs and says so. `first_epoch_s`:
+  from the job seen `running` to its first epoch seen (the one-time work of the split, fitting
+  the preprocessing and encoding every row, plus the first epoch); `job_s`: its `started_at`
+  to `finished_at` (with the evaluation and the saving of the model).
 - **AUC**: the job's `evaluation.test.roc_auc` (and accuracy).
 
 Beside them, once per size, each in a process of its own (its RssAnon sampled the same way):
@@ -41,12 +42,19 @@ Beside them, once per size, each in a process of its own (its RssAnon sampled th
   rows read from Parquet into pandas (text columns as pandas categories); fit time, peak
   RssAnon of its process, test-set AUC.
 
+Threads: all three get one (`--threads 1`, the default; `0` leaves every library its own
+default of one thread per core): PyTorch and LightGBM through their settings, the service's
+processes through `OPENBLAS_NUM_THREADS`, `OMP_NUM_THREADS` and `MKL_NUM_THREADS` in their
+environment (no code change). On this 2-core machine, shared with other work, a pool of 2
+threads made the MLP's matrix products 4 (NumPy's OpenBLAS) to 25 (PyTorch's OpenMP) times
+slower than one thread whenever the machine was busy.
+
 All three use the service's own split (`core.training.split_indices`, seed 0, stratified), so
 the test rows are the same rows. The goals of issue 21 are printed as a report, not asserted.
 
     .venv/bin/python bench/scale.py [--rows 1000000,5000000,20000000]
         [--modes embedded,distributed] [--quick] [--epochs 3] [--no-torch] [--no-lightgbm]
-        [--json var/bench/scale.json] [--folder DIR] [--keep]
+        [--threads 1] [--json var/bench/scale.json] [--folder DIR] [--keep] [--logs DIR]
 
 `--quick`: 200,000 rows, the embedded mode only (`--rows`/`--modes` still win). Everything it
 starts is stopped and its temporary folder removed at the end, on an error or Ctrl-C too.
@@ -302,7 +310,7 @@ def _child_matching(parent: int, needle: str, timeout: float = 30.0) -> int:
 
 
 @contextlib.contextmanager
-def embedded(folder: Path, logs: Path) -> Iterator[Service]:
+def embedded(folder: Path, logs: Path, extra: dict[str, str]) -> Iterator[Service]:
     """`python -m workers.embedded` on a var folder of its own (SQLite, the filesystem broker,
     the default `file://` store under it)."""
     from tests.support import Processes, start_embedded
@@ -312,7 +320,7 @@ def embedded(folder: Path, logs: Path) -> Iterator[Service]:
     tmp.mkdir(parents=True, exist_ok=True)
     processes = Processes(logs)
     try:
-        env = {"TRAINYARD_STORE_URL": (var / "store").as_uri(), "TMPDIR": str(tmp)}
+        env = {"TRAINYARD_STORE_URL": (var / "store").as_uri(), "TMPDIR": str(tmp), **extra}
         api, proc = start_embedded(processes, var, **env)
         runner = proc.popen.pid
         key = api.http.headers["Authorization"].removeprefix("Bearer ")
@@ -328,7 +336,7 @@ def embedded(folder: Path, logs: Path) -> Iterator[Service]:
 
 
 @contextlib.contextmanager
-def distributed(folder: Path, logs: Path) -> Iterator[Service]:
+def distributed(folder: Path, logs: Path, extra: dict[str, str]) -> Iterator[Service]:
     """gunicorn (2 processes) and one `celery worker` (concurrency 1) on a fresh PostgreSQL
     database, Redis (a database of its own, flushed) and a SeaweedFS S3 server."""
     import redis
@@ -363,6 +371,7 @@ def distributed(folder: Path, logs: Path) -> Iterator[Service]:
                 TRAINYARD_STORE_URL=s3.url("scale"),
                 TMPDIR=str(tmp),
                 **s3.env(),
+                **extra,
             )
             port = free_port()
             server = processes.start("api", api_cmd(port), env)
@@ -452,28 +461,37 @@ def _seconds(a: str, b: str) -> float:
     return (dt.datetime.fromisoformat(b) - dt.datetime.fromisoformat(a)).total_seconds()
 
 
-def epoch_seconds(job: dict[str, Any], epochs: int) -> tuple[float, str, float]:
-    """(seconds per epoch, how it was measured, seconds before the first epoch)."""
+def epoch_seconds(job: dict[str, Any], epochs: int) -> tuple[float, str, float | None]:
+    """(seconds per epoch, how it was measured, seconds from running to the first epoch)."""
     seen: dict[int, float] = job["_seen"]
     total = _seconds(job["started_at"], job["finished_at"])
     gaps = [seen[e] - seen[e - 1] for e in range(2, epochs + 1) if e in seen and e - 1 in seen]
+    first = None
+    if job["_running_at"] is not None and 1 in seen:
+        first = seen[1] - job["_running_at"]
     if gaps and min(gaps) >= 2 * SAMPLE_EVERY:
         per_epoch = sum(gaps) / len(gaps)
         basis = f"mean interval between epochs 2..{epochs} (polled every 50 ms)"
-        prepare = None
-        if job["_running_at"] is not None and 1 in seen:
-            prepare = max(0.0, seen[1] - job["_running_at"] - per_epoch)
-        return per_epoch, basis, prepare if prepare is not None else float("nan")
-    return total / epochs, "(finished_at - started_at) / epochs (job too short to poll)", 0.0
+        return per_epoch, basis, first
+    return total / epochs, "(finished_at - started_at) / epochs (job too short to poll)", first
+
+
+def thread_env(threads: int) -> dict[str, str]:
+    """The variables that set the BLAS and OpenMP thread pools of the service's processes
+    (none for 0: their defaults, every core)."""
+    if not threads:
+        return {}
+    return {name: str(threads) for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
+                                            "MKL_NUM_THREADS")}  # fmt: skip
 
 
 def measure_service(
-    mode: str, folder: Path, logs: Path, csv_path: Path, rows: int, epochs: int
+    mode: str, folder: Path, logs: Path, csv_path: Path, rows: int, epochs: int, threads: int
 ) -> dict[str, Any]:
     folder.mkdir(parents=True, exist_ok=True)
     logs.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()[0]
-    with SERVICES[mode](folder, logs) as service:
+    with SERVICES[mode](folder, logs, thread_env(threads)) as service:
         api_idle = idle(service.api_memory)
         with Sampler(service.api_memory) as api_mem:
             described, ingest_s = upload(service, csv_path, f"scale-{rows}")
@@ -482,7 +500,7 @@ def measure_service(
         worker_idle = idle(service.worker_memory)
         with Sampler(service.worker_memory) as worker_mem:
             job = train_job(service, described["id"], epochs)
-        per_epoch, basis, prepare = epoch_seconds(job, epochs)
+        per_epoch, basis, first_epoch = epoch_seconds(job, epochs)
         test = (job.get("evaluation") or {}).get("test") or {}
         train_rows = rows - int(test.get("n") or round(rows * TEST_SPLIT))
         size = csv_path.stat().st_size
@@ -501,7 +519,7 @@ def measure_service(
             "epoch_s": per_epoch,
             "s_per_epoch_per_m": per_epoch / (train_rows / 1e6),
             "epoch_basis": basis,
-            "prepare_s": prepare,
+            "first_epoch_s": first_epoch,
             "job_s": _seconds(job["started_at"], job["finished_at"]),
             "auc": test.get("roc_auc"),
             "accuracy": test.get("accuracy"),
@@ -521,10 +539,12 @@ def have(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def run_child(kind: str, parquet: Path, out: Path, epochs: int, logs: Path) -> dict[str, Any]:
+def run_child(
+    kind: str, parquet: Path, out: Path, epochs: int, threads: int, logs: Path
+) -> dict[str, Any]:
     """`bench/scale.py --child KIND` on the Parquet file, its RssAnon sampled; its report."""
     cmd = [sys.executable, __file__, "--child", kind, "--parquet", str(parquet),
-           "--child-out", str(out), "--epochs", str(epochs)]  # fmt: skip
+           "--child-out", str(out), "--epochs", str(epochs), "--threads", str(threads)]  # fmt: skip
     log = logs / f"{kind}.log"
     with open(log, "wb") as output:
         proc = subprocess.Popen(
@@ -609,13 +629,15 @@ def encode_table(table: Any, stats: dict[str, Any]) -> np.ndarray:
     return np.concatenate(parts, axis=1)
 
 
-def torch_child(parquet: Path, out: Path, epochs: int) -> None:
+def torch_child(parquet: Path, out: Path, epochs: int, threads: int) -> None:
     """The PyTorch script: a DataLoader over the Parquet file's row groups."""
     import pyarrow.parquet as pq
     import torch
     from torch import nn
     from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+    if threads:
+        torch.set_num_threads(threads)
     torch.manual_seed(SEED)
     pf = pq.ParquetFile(parquet, read_dictionary=["color", "city"])
     targets = pf.read(columns=["target"]).column(0).to_numpy().astype(np.int64)
@@ -706,7 +728,7 @@ def torch_child(parquet: Path, out: Path, epochs: int) -> None:
     )
 
 
-def lightgbm_child(parquet: Path, out: Path) -> None:
+def lightgbm_child(parquet: Path, out: Path, threads: int) -> None:
     """LightGBM's fit (defaults: 100 rounds) on the training rows, scored on the test rows."""
     import lightgbm
     import pyarrow.parquet as pq
@@ -714,7 +736,7 @@ def lightgbm_child(parquet: Path, out: Path) -> None:
     frame = pq.read_table(parquet, read_dictionary=["color", "city"]).to_pandas()
     targets = frame.pop("target").to_numpy().astype(np.int64)
     train, test = split(targets)
-    model = lightgbm.LGBMClassifier(n_estimators=100, verbose=-1)
+    model = lightgbm.LGBMClassifier(n_estimators=100, verbose=-1, n_jobs=threads or None)
     x_train = frame.iloc[train]
     y_train = targets[train]
     start = time.perf_counter()
@@ -732,6 +754,7 @@ def lightgbm_child(parquet: Path, out: Path) -> None:
                 "accuracy": float(((score > 0.5) == (label == 1)).mean()),
                 "n_test": len(label),
                 "lightgbm": lightgbm.__version__,
+                "threads": threads or os.cpu_count(),
             }
         )
     )
@@ -882,21 +905,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             torch_report = lgb_report = None
             if use_torch:
                 torch_report = run_child(
-                    "torch", parquet_path, data / "torch.json", args.epochs, logs
+                    "torch", parquet_path, data / "torch.json", args.epochs, args.threads, logs
                 )
                 print(f"  PyTorch: {torch_report['s_per_epoch_per_m']:.2f} s/epoch/M, AUC "
                       f"{torch_report['auc']:.3f}, peak RssAnon {torch_report['peak_mib']:.0f} "
                       f"MiB", flush=True)  # fmt: skip
             if use_lightgbm:
                 lgb_report = run_child(
-                    "lightgbm", parquet_path, data / "lightgbm.json", args.epochs, logs
+                    "lightgbm",
+                    parquet_path,
+                    data / "lightgbm.json",
+                    args.epochs,
+                    args.threads,
+                    logs,
                 )
                 print(f"  LightGBM: fit {lgb_report['fit_s']:.1f} s, AUC "
                       f"{lgb_report['auc']:.3f}, peak RssAnon {lgb_report['peak_mib']:.0f} MiB",
                       flush=True)  # fmt: skip
             for mode in modes:
                 r = measure_service(
-                    mode, data / mode, logs / f"{rows}-{mode}", csv_path, rows, args.epochs
+                    mode,
+                    data / mode,
+                    logs / f"{rows}-{mode}",
+                    csv_path,
+                    rows,
+                    args.epochs,
+                    args.threads,
                 )
                 if torch_report is not None:
                     r["torch_s_per_epoch_per_m"] = torch_report["s_per_epoch_per_m"]
@@ -912,8 +946,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                       f"API +{r['api_above_idle_mib']:.0f} MiB over {r['api_idle_mib']:.0f} idle, "
                       f"worker peak {r['worker_peak_mib']:.0f} MiB (idle "
                       f"{r['worker_idle_mib']:.0f}), {r['s_per_epoch_per_m']:.2f} s/epoch/M, "
-                      f"prepare {_fmt(r['prepare_s'])} s, job {r['job_s']:.1f} s, AUC "
-                      f"{_fmt(r['auc'], 3)}", flush=True)  # fmt: skip
+                      f"first epoch after {_fmt(r['first_epoch_s'])} s, job {r['job_s']:.1f} s, "
+                      f"AUC {_fmt(r['auc'], 3)}", flush=True)  # fmt: skip
             shutil.rmtree(data, ignore_errors=True)
     finally:
         if args.keep:
@@ -926,6 +960,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "epochs": args.epochs,
         "layers": LAYERS,
         "batch_size": BATCH,
+        "threads": args.threads,
         "modes": modes,
         "tables": tables,
         "results": results,
@@ -945,6 +980,13 @@ def main() -> None:
     parser.add_argument("--modes", help="embedded,distributed (default both)")
     parser.add_argument("--quick", action="store_true", help="200,000 rows, embedded only")
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="threads of the service's BLAS, PyTorch and LightGBM (default 1; 0: their "
+        "defaults, every core)",
+    )
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--no-lightgbm", action="store_true")
     parser.add_argument("--json", default=str(ROOT / "var" / "bench" / "scale.json"))
@@ -958,10 +1000,10 @@ def main() -> None:
     parser.add_argument("--child-out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child == "torch":
-        torch_child(Path(args.parquet), Path(args.child_out), args.epochs)
+        torch_child(Path(args.parquet), Path(args.child_out), args.epochs, args.threads)
         return
     if args.child == "lightgbm":
-        lightgbm_child(Path(args.parquet), Path(args.child_out))
+        lightgbm_child(Path(args.parquet), Path(args.child_out), args.threads)
         return
     args.rows = args.rows or ("200000" if args.quick else "1000000,5000000,20000000")
     args.modes = args.modes or ("embedded" if args.quick else "embedded,distributed")
