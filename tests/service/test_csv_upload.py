@@ -338,3 +338,11 @@ def test_the_rows_of_a_target_that_turned_to_labels(client: FlaskClient) -> None
     data = form(client, ("a,y\n" + "\n".join(lines) + "\n").encode()).get_json()
     targets = rows(client, data["id"])["targets"]
     assert targets == [str(i % 3) for i in range(40)] + ["many"]
+
+
+def test_text_that_stops_being_utf8_past_the_head(app: Flask, client: FlaskClient) -> None:
+    raw = b"a,b,y\n" + b"1,x,0\n" * 200_000 + b"2,caf\xe9,1\n"  # 1.2 MB: past the sniffed MiB
+    before = stored_ids(app)
+    message = assert_error(body(client, raw), 422, "file")["message"]
+    assert "not UTF-8" in message and "Latin-1" in message
+    assert listed(client) == 0 and stored_ids(app) == before
