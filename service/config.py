@@ -3,8 +3,9 @@
 Every setting has a default that makes the embedded mode work on one machine with no server
 installed. The README documents each variable in its configuration table. `Settings` is the only
 place where a default is written: the API, the worker task, the maintenance loop and the job
-lifecycle (`service.lifecycle`) all read the same object (a worker rebuilds it from its Flask
-config with `Settings.from_flask_config`).
+lifecycle (`service.lifecycle`) all read the same object (the API's Flask config carries it,
+`Settings.from_flask_config` gives it back; a worker reads it from the environment,
+`workers.context`).
 """
 
 from __future__ import annotations

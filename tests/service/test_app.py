@@ -91,7 +91,15 @@ def test_openapi_document(client: FlaskClient) -> None:
     post_job = paths["/api/v1/jobs"]["post"]
     assert "202" in post_job["responses"]
     content = paths["/api/v1/datasets"]["post"]["requestBody"]["content"]
-    assert set(content) == {"application/json", "multipart/form-data"}
+    # a CSV file also comes as the body itself (raw, tab-separated or gzipped), streamed
+    assert set(content) == {
+        "application/json",
+        "multipart/form-data",
+        "text/csv",
+        "text/tab-separated-values",
+        "application/gzip",
+        "application/x-gzip",
+    }
     assert "pagination" in schemas["JobPage"]["properties"]
     assert schemas["Error"]["properties"]["error"]["$ref"].endswith("/ErrorBody")
     assert set(schemas["ErrorBody"]["properties"]) == {"code", "message", "fields"}
