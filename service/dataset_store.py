@@ -276,8 +276,15 @@ class DatasetWriter:
         except OSError as exc:
             raise StoreError(f"the dataset store is unavailable: {exc}") from exc
         self._sink = _HashingSink(out)
+        # Dictionary encoding only where it pays (text); numbers as they are. zstd at level 1
+        # writes about twice as fast as the default level for much the same size.
+        text = [f.name for f in schema if not pa.types.is_floating(f.type)]
         self._writer = pq.ParquetWriter(
-            pa.PythonFile(self._sink, mode="w"), schema, compression="zstd"
+            pa.PythonFile(self._sink, mode="w"),
+            schema,
+            compression="zstd",
+            compression_level=1,
+            use_dictionary=text,
         )
 
     def _close_part(self, flush: bool = True) -> None:
