@@ -140,14 +140,45 @@ def _numbers_by_distinct(array: pa.Array) -> Numbers:
     return Numbers(pc.take(lookup, pc.index_in(array, value_set=distinct)))
 
 
-def read_texts(array: pa.Array) -> pa.Array:
-    """Cells as category levels: stripped, missing tokens null, booleans `true`/`false`."""
-    texts = _null_missing(_trimmed(array))
+@dataclass
+class Texts:
+    """A chunk read as category levels: `array` (stripped, missing tokens null, booleans
+    `true`/`false`), and its distinct `levels` with their `counts` and the `missing` cells."""
+
+    array: pa.Array
+    levels: list[str]
+    counts: list[int]
+    missing: int
+
+
+def _clean_levels(dictionary: pa.Array) -> pa.Array:
+    texts = _null_missing(_trimmed(dictionary))
     spelled = pc.is_in(texts, value_set=pa.array(list(BOOLEANS), type=pa.string()))
     if pc.any(spelled).as_py():
-        lowered = pc.utf8_lower(texts)
-        texts = pc.if_else(spelled, lowered, texts)
+        texts = pc.if_else(spelled, pc.utf8_lower(texts), texts)
     return texts
+
+
+def read_texts(array: pa.Array) -> Texts:
+    """Cells as category levels (see `Texts`): the chunk's distinct cells are cleaned, once
+    each (a dictionary encoding), and counted from the codes."""
+    encoded = pc.dictionary_encode(array)
+    cleaned = _clean_levels(encoded.dictionary)
+    codes = encoded.indices
+    texts = pc.take(cleaned, codes)
+    n_levels = len(cleaned)
+    filled = codes.fill_null(n_levels) if codes.null_count else codes
+    tally = np.bincount(filled.to_numpy(), minlength=n_levels + 1)
+    missing = int(tally[n_levels])
+    levels: list[str] = []
+    counts: list[int] = []
+    for level, n in zip(cleaned.to_pylist(), tally[:n_levels].tolist(), strict=True):
+        if level is None:
+            missing += n
+        elif n:
+            levels.append(level)
+            counts.append(n)
+    return Texts(texts, levels, counts, missing)
 
 
 def count_texts(stats: CategoricalStats, texts: pa.Array) -> None:
@@ -221,8 +252,8 @@ class FeatureColumn:
             self.numeric = NumericStats()
         texts = read_texts(array)
         if not self.turned:
-            count_texts(self.categorical, texts)
-        return texts, warning
+            self.categorical.add_counts(texts.levels, texts.counts, texts.missing)
+        return texts.array, warning
 
     def _note_infinite(self, values: pa.Array, cells: pa.Array, lines: LineMap) -> None:
         inf = np.isinf(values.to_numpy(zero_copy_only=False))
@@ -279,13 +310,13 @@ class TargetColumn:
             self.labels.update(as_category(v) for v in self.numbers)
             self.booleans = not self.numbers
         texts = read_texts(array)
-        for label in pc.unique(texts).drop_null().to_pylist():
+        for label in texts.levels:
             if label not in self.labels:
                 self.labels.add(label)
                 self.booleans = self.booleans and label in ("true", "false")
                 if len(self.labels) > self.max_classes:
                     raise self._too_many(field)
-        return texts
+        return texts.array
 
     def _add_numbers(
         self, cells: pa.Array, values: pa.Array, lines: LineMap, field: str
@@ -302,10 +333,14 @@ class TargetColumn:
                 field,
                 f"line {lines.line(row)}: the target {cells[row].as_py()!r} is not a finite number",
             )
-        if self.integers:
-            self.integers = pc.all(pc.match_substring_regex(_trimmed(cells), _INTEGER)).as_py()
+        distinct = pc.unique(values)
+        if self.integers:  # whole numbers, each written as an integer ("2", not "2.0")
+            whole = np.all(np.mod(distinct.drop_null().to_numpy(), 1.0) == 0.0)
+            self.integers = bool(whole) and bool(
+                pc.all(pc.match_substring_regex(_trimmed(pc.unique(cells)), _INTEGER)).as_py()
+            )
         if self.numbers is not None:
-            self.numbers.update(pc.unique(values).to_pylist())
+            self.numbers.update(distinct.to_pylist())
             if len(self.numbers) > self.max_classes:
                 self.numbers = None
         return values
