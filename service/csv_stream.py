@@ -110,9 +110,20 @@ class Numbers:
     text: list[tuple[int, str]] = field(default_factory=list)
 
 
+def is_number_type(kind: pa.DataType) -> bool:
+    return pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind)
+
+
 def read_numbers(array: pa.Array) -> Numbers:
     """Cells as float64 by `core.table.as_number`'s rules: arrow's cast first, then the
-    chunk's distinct cells one by one when it fails."""
+    chunk's distinct cells one by one when it fails. Typed numbers (Parquet, JSON) are taken
+    as they are (a NaN is a missing cell); other typed cells (booleans) are not numbers."""
+    if is_number_type(array.type):
+        return Numbers(pc.cast(array, pa.float64()))
+    if not pa.types.is_string(array.type):
+        texts = as_texts(array)
+        present = np.flatnonzero(texts.is_valid().to_numpy(zero_copy_only=False))
+        return Numbers(None, [(int(r), texts[int(r)].as_py()) for r in present[:FIRST_LINES]])
     try:
         values = pc.cast(array, pa.float64())
     except pa.ArrowInvalid:
@@ -159,10 +170,23 @@ def _clean_levels(dictionary: pa.Array) -> pa.Array:
     return texts
 
 
+def as_texts(array: pa.Array) -> pa.Array:
+    """Typed cells as text: numbers as their shortest text (`core.table.as_category`),
+    booleans `true`/`false`; text as it is."""
+    if pa.types.is_string(array.type):
+        return array
+    if is_number_type(array.type):
+        encoded = pc.dictionary_encode(pc.cast(array, pa.float64()))
+        texts = [None if v is None or math.isnan(v) else as_category(v)
+                 for v in encoded.dictionary.to_pylist()]  # fmt: skip
+        return pc.take(pa.array(texts, type=pa.string()), encoded.indices)
+    return pc.cast(array, pa.string())
+
+
 def read_texts(array: pa.Array) -> Texts:
     """Cells as category levels (see `Texts`): the chunk's distinct cells are cleaned, once
     each (a dictionary encoding), and counted from the codes."""
-    encoded = pc.dictionary_encode(array)
+    encoded = pc.dictionary_encode(as_texts(array))
     cleaned = _clean_levels(encoded.dictionary)
     codes = encoded.indices
     texts = pc.take(cleaned, codes)
@@ -227,6 +251,7 @@ class FeatureColumn:
         self.turned = False
         #: the first infinite number (line, text): refused if the column stays numeric
         self.infinite: tuple[int, str] | None = None
+        self.infinite_word = "line"
 
     def take(self, array: pa.Array, lines: LineMap, field: str) -> tuple[pa.Array, dict | None]:
         """The chunk's stored column, and a warning when the column turned categorical."""
@@ -243,12 +268,12 @@ class FeatureColumn:
             if self.forced == NUMERIC:
                 line, cell = first[0]
                 raise InputError(
-                    field, f"line {line}, column {self.name!r}: {cell!r} is not a number"
+                    field, f"{lines.word} {line}, column {self.name!r}: {cell!r} is not a number"
                 )
             self.kind = CATEGORICAL
             self.turned = bool(self.numeric.count or self.numeric.missing)
             if self.numeric.count:
-                warning = self._warning(first)
+                warning = self._warning(first, lines.word)
             self.numeric = NumericStats()
         texts = read_texts(array)
         if not self.turned:
@@ -258,17 +283,18 @@ class FeatureColumn:
     def _note_infinite(self, values: pa.Array, cells: pa.Array, lines: LineMap) -> None:
         inf = np.isinf(values.to_numpy(zero_copy_only=False))
         row = int(np.flatnonzero(inf)[0])
-        self.infinite = (lines.line(row), cells[row].as_py())
+        self.infinite = (lines.line(row), str(cells[row].as_py()))
+        self.infinite_word = lines.word
 
-    def _warning(self, first: list[tuple[int, str]]) -> dict[str, Any]:
-        shown = ", ".join(f"{cell!r} (line {line})" for line, cell in first)
+    def _warning(self, first: list[tuple[int, str]], word: str) -> dict[str, Any]:
+        shown = ", ".join(f"{cell!r} ({word} {line})" for line, cell in first)
         return {
             "code": "column_became_categorical",
             "column": self.name,
-            "message": f"column {self.name!r} held only numbers until line {first[0][0]}, "
+            "message": f"column {self.name!r} held only numbers until {word} {first[0][0]}, "
             f"then text: {shown}; it is categorical (the numbers are levels). Pass "
             f'column_types {{"{self.name}": "numeric"}} to refuse such cells instead.',
-            "values": [{"line": line, "value": cell} for line, cell in first],
+            "values": [{word: line, "value": cell} for line, cell in first],
         }
 
     def describe(self) -> dict[str, Any]:
@@ -293,6 +319,11 @@ class TargetColumn:
 
     def missing(self, array: pa.Array) -> np.ndarray | None:
         """Rows of the chunk without a target (a bool mask), or None when there are none."""
+        if pa.types.is_floating(array.type):
+            gaps = pc.or_kleene(array.is_null(), pc.is_nan(array)).fill_null(True)
+            return gaps.to_numpy(zero_copy_only=False) if pc.any(gaps).as_py() else None
+        if not pa.types.is_string(array.type):
+            return array.is_null().to_numpy(zero_copy_only=False) if array.null_count else None
         texts = _null_missing(_trimmed(array))
         if texts.null_count == 0:
             return None
@@ -325,19 +356,27 @@ class TargetColumn:
         if gaps:  # NaN ("-nan"): not a missing-cell token, so not dropped as one either
             row = int(np.flatnonzero(checked.is_null().to_numpy(zero_copy_only=False))[0])
             raise InputError(
-                field, f"line {lines.line(row)}: the target {cells[row].as_py()!r} is not a number"
+                field,
+                f"{lines.word} {lines.line(row)}: the target {cells[row].as_py()!r} is not a "
+                "number",
             )
         if math.isinf(lo + hi):
             row = int(np.flatnonzero(np.isinf(values.to_numpy(zero_copy_only=False)))[0])
             raise InputError(
                 field,
-                f"line {lines.line(row)}: the target {cells[row].as_py()!r} is not a finite number",
+                f"{lines.word} {lines.line(row)}: the target {cells[row].as_py()!r} is not a "
+                "finite number",
             )
         distinct = pc.unique(values)
-        if self.integers:  # whole numbers, each written as an integer ("2", not "2.0")
+        if self.integers and not pa.types.is_integer(cells.type):
+            # whole numbers, each written as an integer ("2", not "2.0"; typed: an int type)
             whole = np.all(np.mod(distinct.drop_null().to_numpy(), 1.0) == 0.0)
-            self.integers = bool(whole) and bool(
-                pc.all(pc.match_substring_regex(_trimmed(pc.unique(cells)), _INTEGER)).as_py()
+            self.integers = (
+                bool(whole)
+                and pa.types.is_string(cells.type)
+                and bool(
+                    pc.all(pc.match_substring_regex(_trimmed(pc.unique(cells)), _INTEGER)).as_py()
+                )
             )
         if self.numbers is not None:
             self.numbers.update(distinct.to_pylist())
@@ -360,16 +399,31 @@ class TargetColumn:
         return None
 
 
+@dataclass(frozen=True)
+class Where:
+    """How messages name a row: a CSV file's line (the header is line 1), a JSON-lines file's
+    line, a Parquet file's row (from 1)."""
+
+    word: str = "line"
+    base: int = 2
+
+
+CSV_LINES = Where("line", 2)
+
+
 class LineMap:
     """File lines of a chunk's rows: the header is line 1; dropped rows keep their lines."""
 
-    def __init__(self, first_row: int, kept: np.ndarray | None = None) -> None:
+    def __init__(self, first_row: int, kept: np.ndarray | None = None,
+                 where: Where = CSV_LINES) -> None:  # fmt: skip
         self.first_row = first_row
         self.kept = kept
+        self.where = where
+        self.word = where.word
 
     def line(self, row: int) -> int:
         index = int(self.kept[row]) if self.kept is not None else row
-        return self.first_row + index + 2
+        return self.first_row + index + self.where.base
 
 
 # ---- the upload ---------------------------------------------------------------------------------
@@ -417,12 +471,12 @@ class _Missing:
     count: int = 0
     lines: list[int] = field(default_factory=list)
 
-    def add(self, mask: np.ndarray, first_row: int) -> None:
+    def add(self, mask: np.ndarray, first_row: int, base: int = 2) -> None:
         rows = np.flatnonzero(mask)
         self.count += len(rows)
         room = FIRST_LINES - len(self.lines)
         if room > 0:
-            self.lines.extend(int(r) + first_row + 2 for r in rows[:room])
+            self.lines.extend(int(r) + first_row + base for r in rows[:room])
 
 
 class _BadRows:
@@ -526,6 +580,21 @@ def ingest_csv(
         if delimiter == "," and any(d in opened.text_head.split("\n", 1)[0] for d in ";\t|"):
             hint = " (pass delimiter= if its columns are separated by another character)"
         raise InputError(field, f"needs at least 2 columns{hint}")
+    check_header(header, options, limits, field)
+    bad_rows = _BadRows()
+    opened.source.window = READ_AHEAD_BLOCKS * options.block_size
+    try:
+        reader = _reader(opened, header, delimiter, options, bad_rows)
+    except (pa.ArrowException, OSError) as exc:
+        raise _arrow_error(exc, opened, field) from None
+    batches = _checked(_batches(reader, opened, field, options.block_size), bad_rows, field)
+    return ingest_batches(batches, header, options, limits, store, dataset_id, field=field)
+
+
+def check_header(header: list[str], options: CsvOptions, limits: Limits, field: str) -> None:
+    """The columns' count, the target and `column_types` (each a 422 naming its field)."""
+    if len(header) < 2:
+        raise InputError(field, "needs at least 2 columns")
     if len(header) - 1 > limits.max_features:
         raise InputError(
             field, f"has {len(header) - 1} feature columns; the limit is {limits.max_features}"
@@ -533,15 +602,46 @@ def ingest_csv(
     target = options.target or header[-1]
     if target not in header:
         raise InputError("target", f"no column named {target!r}; the columns are {header}")
-    names = [n for n in header if n != target]
     types = check_column_types(options.column_types, header)
     if target in types:
         raise InputError("column_types", f"names the target column {target!r}")
+
+
+def _checked(batches: Iterator[pa.RecordBatch], bad_rows: _BadRows, field: str
+             ) -> Iterator[pa.RecordBatch]:  # fmt: skip
+    """The CSV reader's batches, refused at the first row of another length."""
+    for batch in batches:
+        if bad_rows.first is not None:
+            raise bad_rows.error(field)
+        yield batch
+    if bad_rows.first is not None:
+        raise bad_rows.error(field)
+
+
+def ingest_batches(
+    batches: Iterator[pa.RecordBatch],
+    header: list[str],
+    options: CsvOptions,
+    limits: Limits,
+    store: DatasetStore,
+    dataset_id: str,
+    *,
+    field: str = "file",
+    where: Where = CSV_LINES,
+) -> tuple[CsvFacts, StoredRows]:
+    """Type, describe and store a table's batches (CSV text, or typed Parquet and JSON
+    columns: numbers taken as numbers, anything else through the text rules) as dataset
+    `dataset_id`; on any error nothing stays stored. `header`: the columns, every batch has
+    them by name."""
+    check_header(header, options, limits, field)
+    target = options.target or header[-1]
+    names = [n for n in header if n != target]
+    types = check_column_types(options.column_types, header)
     writer = store.writer(dataset_id)
     pipeline = PipelinedWriter(writer)
     try:
-        pending = _stream(opened, header, delimiter, names, target, types, options, limits,
-                          pipeline, field)  # fmt: skip
+        pending = _stream(batches, names, target, types, options, limits, pipeline, field,
+                          where)  # fmt: skip
         pipeline.close()
         stored = writer.commit()
     except BaseException:
@@ -563,24 +663,16 @@ class _Pending:
     columns: list[FeatureColumn]
 
 
-def _stream(opened: Opened, header: list[str], delimiter: str, names: list[str], target: str,
+def _stream(batches: Iterator[pa.RecordBatch], names: list[str], target: str,
             types: dict[str, str], options: CsvOptions, limits: Limits, writer: Any,
-            field: str) -> _Pending:  # fmt: skip
-    bad_rows = _BadRows()
-    opened.source.window = READ_AHEAD_BLOCKS * options.block_size
-    try:
-        reader = _reader(opened, header, delimiter, options, bad_rows)
-    except (pa.ArrowException, OSError) as exc:
-        raise _arrow_error(exc, opened, field) from None
+            field: str, where: Where) -> _Pending:  # fmt: skip
     columns = [FeatureColumn(n, types.get(n)) for n in names]
     goal = TargetColumn(target, limits.max_classes)
     missing, dropped = _Missing(), _Missing()
     warnings: list[dict[str, Any]] = []
     rows = written = 0
     out_names = [*names, TARGET]
-    for batch in _batches(reader, opened, field, options.block_size):
-        if bad_rows.first is not None:
-            raise bad_rows.error(field)
+    for batch in batches:
         first_row, rows = rows, rows + batch.num_rows
         if limits.max_rows and rows > limits.max_rows:
             raise InputError(
@@ -592,14 +684,14 @@ def _stream(opened: Opened, header: list[str], delimiter: str, names: list[str],
         kept = None
         if gaps is not None:
             if not options.drop_missing_target:
-                missing.add(gaps, first_row)
+                missing.add(gaps, first_row, where.base)
                 continue
-            dropped.add(gaps, first_row)
+            dropped.add(gaps, first_row, where.base)
             kept = np.flatnonzero(~gaps)
             batch = batch.filter(pa.array(~gaps))
         if missing.count or batch.num_rows == 0:
             continue  # only counting the rows without a target now
-        lines = LineMap(first_row, kept)
+        lines = LineMap(first_row, kept, where)
         arrays = []
         for column in columns:
             array, warning = column.take(batch.column(column.name), lines, field)
@@ -609,10 +701,8 @@ def _stream(opened: Opened, header: list[str], delimiter: str, names: list[str],
         arrays.append(goal.take(batch.column(target), lines, field))
         writer.write(pa.RecordBatch.from_arrays(arrays, names=out_names))
         written += batch.num_rows
-    if bad_rows.first is not None:
-        raise bad_rows.error(field)
     if missing.count:
-        raise _missing_targets(missing, field)
+        raise _missing_targets(missing, field, where.word)
     if rows == 0:
         raise InputError(field, "is empty: no data rows after the header")
     if written == 0:
@@ -621,7 +711,9 @@ def _stream(opened: Opened, header: list[str], delimiter: str, names: list[str],
         if column.kind == NUMERIC and column.infinite is not None:
             line, cell = column.infinite
             raise InputError(
-                field, f"line {line}, column {column.name!r}: {cell} is not a finite number"
+                field,
+                f"{column.infinite_word} {line}, column {column.name!r}: {cell} is not a "
+                "finite number",
             )
     if goal.turned:
         warnings.append(
@@ -634,13 +726,14 @@ def _stream(opened: Opened, header: list[str], delimiter: str, names: list[str],
         )
     if dropped.count:
         shown = ", ".join(map(str, dropped.lines))
+        plural = "s" if dropped.count > 1 else ""
         warnings.append(
             {
                 "code": "rows_dropped",
                 "count": dropped.count,
                 "lines": dropped.lines,
-                "message": f"{dropped.count} row{'s' if dropped.count > 1 else ''} without a "
-                f"target dropped (line{'s' if dropped.count > 1 else ''} {shown}"
+                "message": f"{dropped.count} row{plural} without a target dropped "
+                f"({where.word}{plural} {shown}"
                 f"{', ...' if dropped.count > len(dropped.lines) else ''})",
             }
         )
@@ -656,13 +749,13 @@ def _stream(opened: Opened, header: list[str], delimiter: str, names: list[str],
     return _Pending(facts, columns)
 
 
-def _missing_targets(missing: _Missing, field: str) -> InputError:
+def _missing_targets(missing: _Missing, field: str, word: str = "line") -> InputError:
     shown = ", ".join(map(str, missing.lines))
     more = ", ..." if missing.count > len(missing.lines) else ""
     if missing.count == 1:
-        what = f"line {shown}: the target is missing (1 row)"
+        what = f"{word} {shown}: the target is missing (1 row)"
     else:
-        what = f"the target is missing in {missing.count} rows (lines {shown}{more})"
+        what = f"the target is missing in {missing.count} rows ({word}s {shown}{more})"
     return InputError(
         field,
         f"{what}; every row needs one, or pass drop_missing_target=true to drop such rows",

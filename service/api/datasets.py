@@ -14,7 +14,7 @@ from flask.views import MethodView
 from marshmallow import RAISE
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from service import csv_stream, datasets, ingest
+from service import csv_stream, datasets, ingest, table_stream
 from service.api import Blueprint, db, limits, page, require_content_type, store_url
 from service.auth import current_owner
 from service.csv_source import UploadTooLarge
@@ -34,7 +34,21 @@ from service.schemas import (
 )
 from service.tables import Dataset, IdempotentRequest, new_id
 
-RAW_TYPES = ("text/csv", "text/tab-separated-values", "application/gzip", "application/x-gzip")
+CSV_TYPES = ("text/csv", "text/tab-separated-values", "application/gzip", "application/x-gzip")
+PARQUET_TYPES = ("application/vnd.apache.parquet", "application/x-parquet")
+JSONL_TYPES = ("application/x-ndjson", "application/jsonl")
+RAW_TYPES = CSV_TYPES + PARQUET_TYPES + JSONL_TYPES
+FORMAT_OF_TYPE = {
+    **dict.fromkeys(CSV_TYPES, table_stream.CSV),
+    **dict.fromkeys(PARQUET_TYPES, table_stream.PARQUET),
+    **dict.fromkeys(JSONL_TYPES, table_stream.JSONL),
+}
+FORMAT_OF_SUFFIX = {
+    ".parquet": table_stream.PARQUET,
+    ".pq": table_stream.PARQUET,
+    ".jsonl": table_stream.JSONL,
+    ".ndjson": table_stream.JSONL,
+}
 
 blp = Blueprint("datasets", __name__, url_prefix="/datasets", description="Training data.")
 
@@ -71,19 +85,39 @@ def _upload_limit() -> int:
 FORM_SLACK = 1 << 20
 
 
-def _form_upload() -> tuple[BinaryIO, CsvOptions]:
+def _form_format(filename: str, stream: BinaryIO) -> str:
+    """The file's format: by its name's suffix (`.parquet`, `.jsonl`, `.ndjson`, also
+    gzipped), else Parquet by its first bytes (`PAR1`), else CSV."""
+    suffixes = [s.lower() for s in PurePath(filename).suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes.pop()
+    if suffixes and suffixes[-1] in FORMAT_OF_SUFFIX:
+        return FORMAT_OF_SUFFIX[suffixes[-1]]
+    if stream.seekable():
+        head = stream.read(4)
+        stream.seek(0)
+        if head == table_stream.PARQUET_MAGIC:
+            return table_stream.PARQUET
+    return table_stream.CSV
+
+
+def _form_upload() -> tuple[BinaryIO, CsvOptions, str]:
     """The file part of a form (werkzeug keeps a large one in a temporary file, not in
-    memory) and the form's options."""
+    memory), the form's options and the file's format."""
     try:
         upload = request.files.get("file")
         fields = request.form.to_dict()
     except RequestEntityTooLarge:
         raise UploadTooLarge(_upload_limit()) from None
     if upload is None:
-        raise InputError("file", "a CSV file is needed in the form field 'file'")
+        raise InputError(
+            "file", "a CSV, Parquet or JSON-lines file is needed in the form field 'file'"
+        )
     form = DatasetCsvSchema(exclude=("file",)).load(fields)
-    stem = PurePath((upload.filename or "").replace("\x00", "")).stem
-    return upload.stream, _options(form, form.get("name") or stem or "dataset")
+    filename = (upload.filename or "").replace("\x00", "")
+    stem = PurePath(filename).stem
+    fmt = _form_format(filename, upload.stream)
+    return upload.stream, _options(form, form.get("name") or stem or "dataset"), fmt
 
 
 def _options(form: dict[str, Any], name: str) -> CsvOptions:
@@ -99,13 +133,20 @@ def _options(form: dict[str, Any], name: str) -> CsvOptions:
 
 
 def _store_csv(
-    session: Any, owner: str, stream: BinaryIO, options: CsvOptions, expected: int | None = None
+    session: Any,
+    owner: str,
+    stream: BinaryIO,
+    options: CsvOptions,
+    expected: int | None = None,
+    fmt: str = table_stream.CSV,
 ) -> tuple[Dataset, list[dict[str, Any]]]:
-    """Stream the file into the store, then add its row; on any failure nothing stays."""
+    """Stream the file (CSV, Parquet or JSON lines) into the store, then add its row; on any
+    failure nothing stays."""
     dataset_id = new_id()
     try:
         store = store_for(store_url())
-        facts, stored = csv_stream.ingest_csv(
+        facts, stored = table_stream.ingest_upload(
+            fmt,
             stream,
             options,
             limits(),
@@ -179,6 +220,7 @@ class _StreamedIdempotency(Idempotency):
 
 
 def _raw_upload(query: dict[str, Any]) -> tuple[BinaryIO, CsvOptions]:
+    """The body and the query's options."""
     limit = _upload_limit()
     if request.content_length is not None and request.content_length > limit:
         raise UploadTooLarge(limit)
@@ -223,15 +265,21 @@ class Datasets(MethodView):
     @blp.alt_response(503, schema=ErrorSchema, description="The dataset store is unavailable.")
     @require_content_type("application/json", "multipart/form-data", *RAW_TYPES)
     def post(self, **query: Any) -> Response:
-        """Submit a dataset as JSON, or a CSV file as a form or as the raw body.
+        """Submit a dataset as JSON, or a CSV, Parquet or JSON-lines file as a form or as the
+        raw body.
 
         JSON: `{"name", "features": [[...], ...], "targets": [...]}` or `{"name", "rows":
         [{"col": value, ...}, ...], "target": "col"}`. CSV (also gzipped; any size up to
         `TRAINYARD_MAX_UPLOAD_BYTES`, streamed into the dataset store): `multipart/form-data`
         with the field `file`, or the file itself as the body (`text/csv`,
         `text/tab-separated-values`, `application/gzip`) with the options as query parameters.
-        The file has a header row; `target` names the target column (default: the last one),
-        `name` defaults to the file name; the delimiter (`,` tab `;` `|`) is detected unless
+        Parquet (`application/vnd.apache.parquet` or `application/x-parquet`, or a form's
+        file named `*.parquet` or starting with `PAR1`) and JSON lines (one object per line:
+        `application/x-ndjson` or `application/jsonl`, or a form's file named `*.jsonl` or
+        `*.ndjson`) are read the same way, a row group or a block of lines at a time, their
+        numbers as numbers and other cells by the CSV rules. A CSV file has a header
+        row; `target` names the target column (default: the last one), `name` defaults to the
+        file name; the delimiter (`,` tab `;` `|`) is detected unless
         `delimiter` names it; the text is UTF-8 unless `encoding` names another. Feature
         columns are numeric or categorical (strings, booleans), inferred unless `column_types`
         says otherwise (a column that turns to text after numbers is categorical, with a
@@ -262,8 +310,8 @@ class Datasets(MethodView):
             replayed = idempotency.replay()
             if replayed is not None:
                 return replayed
-            stream, options = _form_upload()
-            dataset, warnings = _store_csv(session, owner, stream, options)
+            stream, options, fmt = _form_upload()
+            dataset, warnings = _store_csv(session, owner, stream, options, fmt=fmt)
         else:
             request.max_content_length = _upload_limit()
             stream, options = _raw_upload(query)
@@ -273,7 +321,12 @@ class Datasets(MethodView):
             if replayed is not None:
                 return replayed
             dataset, warnings = _store_csv(
-                session, owner, body_stream, options, request.content_length
+                session,
+                owner,
+                body_stream,
+                options,
+                request.content_length,
+                FORMAT_OF_TYPE[mimetype],
             )
         body = datasets.describe(dataset)
         body["warnings"] = warnings or body.get("warnings") or []

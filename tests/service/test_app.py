@@ -91,7 +91,8 @@ def test_openapi_document(client: FlaskClient) -> None:
     post_job = paths["/api/v1/jobs"]["post"]
     assert "202" in post_job["responses"]
     content = paths["/api/v1/datasets"]["post"]["requestBody"]["content"]
-    # a CSV file also comes as the body itself (raw, tab-separated or gzipped), streamed
+    # a CSV file also comes as the body itself (raw, tab-separated or gzipped), streamed;
+    # so do Parquet and JSON-lines files
     assert set(content) == {
         "application/json",
         "multipart/form-data",
@@ -99,6 +100,10 @@ def test_openapi_document(client: FlaskClient) -> None:
         "text/tab-separated-values",
         "application/gzip",
         "application/x-gzip",
+        "application/vnd.apache.parquet",
+        "application/x-parquet",
+        "application/x-ndjson",
+        "application/jsonl",
     }
     assert "pagination" in schemas["JobPage"]["properties"]
     assert schemas["Error"]["properties"]["error"]["$ref"].endswith("/ErrorBody")
