@@ -148,7 +148,8 @@ class DatasetInSchema(Schema):
 
 
 class DatasetCsvSchema(Schema):
-    """`multipart/form-data`: a CSV file with a header row."""
+    """`multipart/form-data`: a CSV file with a header row, or a Parquet or JSON-lines file
+    (`*.parquet`, `*.jsonl`, `*.ndjson`)."""
 
     file = fields.Raw(required=True, metadata={"type": "string", "format": "binary"})
     name = fields.String(
@@ -187,8 +188,9 @@ class DatasetCsvSchema(Schema):
 
 
 class DatasetCsvQuerySchema(DatasetCsvSchema):
-    """The options of a raw CSV body (`text/csv`, `text/tab-separated-values`,
-    `application/gzip`) as query parameters."""
+    """The options of a raw body (CSV: `text/csv`, `text/tab-separated-values`,
+    `application/gzip`; Parquet: `application/vnd.apache.parquet`; JSON lines:
+    `application/x-ndjson`) as query parameters."""
 
     class Meta:
         exclude = ("file",)
