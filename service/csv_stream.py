@@ -219,19 +219,33 @@ def count_numbers_as_texts(stats: CategoricalStats, values: pa.Array) -> None:
     stats.add_counts(texts, counts.field("counts").to_pylist(), values.null_count)
 
 
+def present_values(values: pa.Array) -> np.ndarray:
+    """A float64 array's present values (a zero-copy view when none is null)."""
+    start, end = values.offset, values.offset + len(values)
+    data = np.frombuffer(values.buffers()[1], dtype=np.float64, count=end)[start:]
+    if not values.null_count:
+        return data
+    bits = np.frombuffer(values.buffers()[0], dtype=np.uint8)
+    valid = np.unpackbits(bits, count=end, bitorder="little")[start:].view(bool)
+    return data[valid]
+
+
 def summarize(values: pa.Array) -> tuple[pa.Array, tuple[int, int, float, float, float, float]]:
     """The chunk's numbers (a NaN, which only text such as "-nan" gives, made null: a missing
-    cell, as core.table reads it) and their (present, missing, min, max, mean, M2)."""
+    cell, as core.table reads it) and their (present, missing, min, max, mean, M2), from the
+    present values in one NumPy view (two passes: the mean, then the squared deviations)."""
     present = len(values) - values.null_count
     if present == 0:
         return values, (0, len(values), 0.0, 0.0, 0.0, 0.0)
-    mean = pc.mean(values).as_py()
-    if math.isnan(mean):  # arrow's mean carries a NaN through; min_max skips it
-        values = pc.if_else(pc.is_nan(values), pa.scalar(None, pa.float64()), values)
-        return summarize(values)
-    bounds = pc.min_max(values)
-    m2 = pc.variance(values, ddof=0).as_py() * present
-    lo, hi = bounds["min"].as_py(), bounds["max"].as_py()
+    numbers = present_values(values)
+    with np.errstate(invalid="ignore", over="ignore"):  # infinities: refused later
+        mean = float(numbers.mean())
+        if math.isnan(mean) and np.isnan(numbers).any():
+            values = pc.if_else(pc.is_nan(values), pa.scalar(None, pa.float64()), values)
+            return summarize(values)
+        deviations = numbers - mean
+        m2 = float(np.einsum("i,i->", deviations, deviations))
+    lo, hi = float(numbers.min()), float(numbers.max())
     return values, (present, values.null_count, lo, hi, mean, m2)
 
 
