@@ -244,12 +244,14 @@ class Sampler:
     def __init__(self, measure: Callable[[], int]) -> None:
         self.measure = measure
         self.values: list[int] = []
+        self.times: list[float] = []  # time.monotonic() of each value
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while True:
             self.values.append(self.measure())
+            self.times.append(time.monotonic())
             if self._stop.wait(SAMPLE_EVERY):
                 break
 
@@ -261,10 +263,16 @@ class Sampler:
         self._stop.set()
         self._thread.join()
         self.values.append(self.measure())
+        self.times.append(time.monotonic())
 
     @property
     def peak(self) -> int:
         return max(self.values, default=0)
+
+    def peak_between(self, start: float, end: float) -> int | None:
+        """The peak of the values sampled in [start, end), None if none was."""
+        inside = [v for v, t in zip(self.values, self.times, strict=True) if start <= t < end]
+        return max(inside, default=None)
 
     @property
     def mean(self) -> float:
@@ -501,6 +509,14 @@ def measure_service(
         with Sampler(service.worker_memory) as worker_mem:
             job = train_job(service, described["id"], epochs)
         per_epoch, basis, first_epoch = epoch_seconds(job, epochs)
+        # where the worker's peak falls: before the first epoch is seen (split, preprocessing,
+        # encoding), up to the last one, or after it (evaluation on every split, saving)
+        seen = job["_seen"]
+        bounds = [-math.inf, seen.get(1, math.inf), seen.get(epochs, math.inf), math.inf]
+        phases = {}
+        for name, lo, hi in zip(("prepare", "epochs", "after"), bounds, bounds[1:], strict=False):
+            peak = worker_mem.peak_between(lo, hi)
+            phases[name] = None if peak is None else peak / MiB
         test = (job.get("evaluation") or {}).get("test") or {}
         train_rows = rows - int(test.get("n") or round(rows * TEST_SPLIT))
         size = csv_path.stat().st_size
@@ -515,6 +531,7 @@ def measure_service(
             "api_above_idle_mib": (api_mem.peak - api_idle) / MiB,
             "worker_idle_mib": worker_idle / MiB,
             "worker_peak_mib": worker_mem.peak / MiB,
+            "worker_peak_by_phase_mib": phases,
             "train_rows": train_rows,
             "epoch_s": per_epoch,
             "s_per_epoch_per_m": per_epoch / (train_rows / 1e6),
@@ -945,7 +962,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 print(f"  {mode}: ingest {r['ingest_mb_s']:.1f} MB/s ({r['ingest_s']:.1f} s), "
                       f"API +{r['api_above_idle_mib']:.0f} MiB over {r['api_idle_mib']:.0f} idle, "
                       f"worker peak {r['worker_peak_mib']:.0f} MiB (idle "
-                      f"{r['worker_idle_mib']:.0f}), {r['s_per_epoch_per_m']:.2f} s/epoch/M, "
+                      f"{r['worker_idle_mib']:.0f}; by phase "
+                      f"{'/'.join(_fmt(v, 0) for v in r['worker_peak_by_phase_mib'].values())}"
+                      f" prepare/epochs/after), {r['s_per_epoch_per_m']:.2f} s/epoch/M, "
                       f"first epoch after {_fmt(r['first_epoch_s'])} s, job {r['job_s']:.1f} s, "
                       f"AUC {_fmt(r['auc'], 3)}", flush=True)  # fmt: skip
             shutil.rmtree(data, ignore_errors=True)

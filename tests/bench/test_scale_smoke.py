@@ -45,6 +45,9 @@ def test_scale_benchmark_runs_on_a_tiny_table(tmp_path: Path) -> None:
     # RssAnon of real processes: gunicorn's and celery's trees are tens of MiB at least
     assert row["api_idle_mib"] > 20 and row["api_peak_mib"] >= row["api_above_idle_mib"]
     assert row["worker_idle_mib"] > 20 and row["worker_peak_mib"] > 20
+    phases = row["worker_peak_by_phase_mib"]
+    assert set(phases) == {"prepare", "epochs", "after"}
+    assert max(v for v in phases.values() if v is not None) <= row["worker_peak_mib"]
     assert row["s_per_epoch_per_m"] > 0 and row["epoch_basis"]
     assert row["train_rows"] + row["n_test"] == ROWS and row["n_test"] == ROWS // 10
     # the table is learnable: the job scores well above chance on its test rows
