@@ -275,7 +275,8 @@ class FeatureColumn:
             if numbers.values is not None:
                 values, summary = summarize(numbers.values)
                 self.numeric.add_summary(*summary)
-                if summary[0] and self.infinite is None and math.isinf(summary[2] + summary[3]):
+                infinite = math.isinf(summary[2]) or math.isinf(summary[3])
+                if summary[0] and self.infinite is None and infinite:
                     self._note_infinite(values, array, lines)
                 return values, None
             first = [(lines.line(r), cell) for r, cell in numbers.text]
@@ -374,7 +375,7 @@ class TargetColumn:
                 f"{lines.word} {lines.line(row)}: the target {cells[row].as_py()!r} is not a "
                 "number",
             )
-        if math.isinf(lo + hi):
+        if math.isinf(lo) or math.isinf(hi):
             row = int(np.flatnonzero(np.isinf(values.to_numpy(zero_copy_only=False)))[0])
             raise InputError(
                 field,

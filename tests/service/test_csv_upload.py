@@ -346,3 +346,8 @@ def test_text_that_stops_being_utf8_past_the_head(app: Flask, client: FlaskClien
     message = assert_error(body(client, raw), 422, "file")["message"]
     assert "not UTF-8" in message and "Latin-1" in message
     assert listed(client) == 0 and stored_ids(app) == before
+
+
+def test_a_column_with_both_infinities_is_refused_not_a_500(client: FlaskClient) -> None:
+    message = assert_error(form(client, b"a,y\ninf,0\n-inf,1\n2,0\n"), 422, "file")["message"]
+    assert "line 2, column 'a'" in message and "not a finite number" in message
