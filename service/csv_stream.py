@@ -19,6 +19,16 @@ statistics (`core.column_stats`) and the target's classes are gathered:
   dropped with `drop_missing_target` (a warning says how many).
 
 Lines in messages count the header as line 1 (blank lines are skipped, as they always were).
+
+`ingest_batches` is the pipeline itself, over any batches: `service.table_stream` feeds it
+Parquet row groups and JSON-lines blocks, whose typed numbers are taken as numbers (a NaN is a
+missing cell) and whose other cells (booleans, dates) go through the text rules.
+
+Cost per chunk (measured on a 1M-row, 22-column, 185 MB CSV): arrow's parse into text and the
+cast of numeric columns to float64 dominate (reading those columns as float64 in the CSV
+reader costs as much); text columns are cleaned once per distinct cell (a dictionary encoding)
+and counted from its codes; a numeric chunk's statistics come from one NumPy view of its
+present values.
 """
 
 from __future__ import annotations
