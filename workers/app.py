@@ -1,26 +1,24 @@
-"""Entry module for `celery -A workers.app worker`: the worker's Celery app, with no web stack.
+"""Entry module for `celery -A workers.app worker`: the Flask app factory binds Celery.
 
-Settings come from the environment (`service.config.Settings`), Celery's configuration from
-them (`service.celery.celery_config`, as the API's Celery app has it); the tasks and the
-maintenance loop read the settings, and the tasks their database sessions, from the
-`workers.context.WorkerContext` bound to this app. Importing `workers.tasks` and
-`workers.webhooks` registers their `shared_task`s (`trainyard.train_job`, the webhook
-delivery task) with it; `workers.maintenance.install` starts the reaper and reconciler in the
-worker's main process and handles hard time limits. Nothing here imports Flask.
+Importing `workers.tasks` registers the `shared_task`s with the app's Celery instance;
+`workers.maintenance.install` starts the reaper and reconciler in the worker's main process.
+
+The worker still builds the Flask app, for its configuration only: the tasks read their
+settings from `flask.current_app` inside the app context `service.celery`'s task class pushes,
+and `maintenance.install` takes the app. Nothing else of the web stack runs here; the modules
+underneath (`service.tables`, `service.lifecycle`, `service.celery`, `workers.runtime`) load no
+Flask.
 """
 
 from __future__ import annotations
 
-from service.celery import celery_config, make_celery
-from service.config import Settings
+from service.app import create_app
 from workers import (
     maintenance,
     tasks,  # noqa: F401  (registers the tasks)
     webhooks,  # noqa: F401  (registers the webhook delivery task)
 )
-from workers.context import WorkerContext, bind
 
-context = WorkerContext(Settings())
-celery_app = make_celery("trainyard", celery_config(context.settings))
-bind(celery_app, context)
-maintenance.install(context, celery_app)
+flask_app = create_app()
+celery_app = flask_app.extensions["celery"]
+maintenance.install(flask_app, celery_app)

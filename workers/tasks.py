@@ -46,6 +46,7 @@ from typing import Any
 
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
+from flask import current_app
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.model import weights_to_npz
@@ -57,8 +58,7 @@ from service.db import session_scope
 from service.lifecycle import TRAIN_TASK, Claim
 from service.tables import Dataset, Job, Sweep
 from workers import webhooks
-from workers.context import context_of
-from workers.runtime import Heartbeat, SoftLimit, stopping, with_db_retry
+from workers.runtime import Heartbeat, SoftLimit, session_factory, stopping, with_db_retry
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +73,8 @@ class _Busy(Exception):
 @shared_task(name=TRAIN_TASK, bind=True, ignore_result=True, max_retries=None)
 def train_job(self: Any, job_id: str) -> str:
     """Train job `job_id`; the outcome is in the store (the return value is for logs)."""
-    context = context_of(self.app)
-    settings, factory = context.settings, context.factory
+    settings = Settings.from_flask_config(current_app.config)
+    factory = session_factory(settings.database_url)
     try:
         outcome = run_job(factory, job_id, settings)
     except _Busy:
