@@ -1031,6 +1031,7 @@ def main() -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in background
     report = run(args)
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
