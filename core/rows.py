@@ -112,8 +112,9 @@ def encode(
     source: RowSource, preprocessor: Preprocessor, order: np.ndarray, dtype: Any
 ) -> np.ndarray:
     """Every row encoded by `preprocessor`, row `order[i]` of the source at row `i`."""
-    position = np.empty(source.n_rows, dtype=np.int64)
-    position[order] = np.arange(len(order))
+    index_type = np.int32 if source.n_rows < 2**31 else np.int64
+    position = np.empty(source.n_rows, dtype=index_type)
+    position[order] = np.arange(len(order), dtype=index_type)
     matrix = allocate((source.n_rows, preprocessor.n_outputs), dtype)
     offset = 0
     for table, _ in source.chunks():

