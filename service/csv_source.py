@@ -340,14 +340,19 @@ def header_of(text_head: str, delimiter: str, field: str) -> list[str]:
     if not text_head.strip():
         raise InputError(field, "is empty: a header row and at least one data row are needed")
     first = next(csv.reader(io.StringIO(text_head), delimiter=delimiter), [])
-    header = [h.strip() for h in first]
-    if "" in header:
+    return check_column_names([h.strip() for h in first], field)
+
+
+def check_column_names(names: list[str], field: str, *, header: bool = True) -> list[str]:
+    """`names`, or a 422 for an empty or repeated one (`header`: they are a CSV's first row)."""
+    if "" in names:
+        where = "the header's column" if header else "column"
+        hint = " (is the first row a header?)" if header else ""
         raise InputError(
             field,
-            f"the header's column {header.index('') + 1} has no name; every column needs one "
-            "(is the first row a header?)",
+            f"{where} {names.index('') + 1} has no name; every column needs one{hint}",
         )
-    if len(set(header)) != len(header):
-        dupes = sorted({h for h in header if header.count(h) > 1})
-        raise InputError(field, f"the header names a column twice: {dupes}")
-    return header
+    if len(set(names)) != len(names):
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        raise InputError(field, f"{'the header ' if header else ''}names a column twice: {dupes}")
+    return names

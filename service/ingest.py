@@ -42,6 +42,7 @@ from core.table import (
     numeric_column,
 )
 from service.config import Limits
+from service.csv_source import check_column_names
 from service.problems import InputError
 
 
@@ -381,16 +382,7 @@ def read_csv(
         )
     if not text.strip():
         raise InputError(field, "is empty: a header row and at least one data row are needed")
-    header = [h.strip() for h in header_guess]
-    if "" in header:
-        raise InputError(
-            field,
-            f"the header's column {header.index('') + 1} has no name; every column needs one "
-            "(is the first row a header?)",
-        )
-    if len(set(header)) != len(header):
-        dupes = sorted({h for h in header if header.count(h) > 1})
-        raise InputError(field, f"the header names a column twice: {dupes}")
+    header = check_column_names([h.strip() for h in header_guess], field)
     if len(header) < min_columns:
         raise InputError(field, f"needs at least {min_columns} columns")
     types = check_column_types(column_types, header, types_field)

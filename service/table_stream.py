@@ -27,7 +27,13 @@ import pyarrow.json as pjson
 import pyarrow.parquet as pq
 
 from service.config import Limits
-from service.csv_source import UTF8, CountingReader, check_encoding, open_source
+from service.csv_source import (
+    UTF8,
+    CountingReader,
+    check_column_names,
+    check_encoding,
+    open_source,
+)
 from service.csv_stream import (
     CsvFacts,
     CsvOptions,
@@ -78,15 +84,6 @@ def _plain_batch(batch: pa.RecordBatch, header: list[str], field: str) -> pa.Rec
     return pa.RecordBatch.from_arrays(arrays, names=header)
 
 
-def check_names(names: list[str], field: str) -> list[str]:
-    if "" in names:
-        raise InputError(field, f"column {names.index('') + 1} has no name; every column needs one")
-    if len(set(names)) != len(names):
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        raise InputError(field, f"names a column twice: {dupes}")
-    return names
-
-
 # ---- Parquet ------------------------------------------------------------------------------------
 
 
@@ -133,7 +130,7 @@ def ingest_parquet(
             schema = parquet.schema_arrow
         except (pa.ArrowException, OSError) as exc:
             raise _broken_parquet(field, exc) from None
-        header = check_names(list(schema.names), field)
+        header = check_column_names(list(schema.names), field, header=False)
         for name in header:  # a nested or binary column is refused before any row is read
             plain_column(pa.array([], type=schema.field(name).type), name, field)
         batches = _parquet_batches(parquet, header, field)
@@ -184,7 +181,7 @@ def ingest_jsonl(
     if first is None:
         raise InputError(field, "is empty: one JSON object per line is needed")
     table = _parse_block(first, None, 0, field)
-    header = check_names(table.column_names, field)
+    header = check_column_names(table.column_names, field, header=False)
     if not header:
         raise InputError(field, "is empty: one JSON object per line is needed")
     batches = _json_batches(table, blocks, header, field)
