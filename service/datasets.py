@@ -91,15 +91,17 @@ def create_dataset(
     return dataset
 
 
-def store_parsed(store: DatasetStore, parsed: ParsedDataset, dataset_id: str) -> StoredRows:
-    """Write a dataset parsed in memory (a JSON body) to the store."""
-    batch = table_to_batch(
-        parsed.table,
-        parsed.targets,
-        parsed.target_kind,
-        parsed.classes,
-        target_columns(parsed.n_targets),
-    )
+def write_rows(
+    store: DatasetStore,
+    dataset_id: str,
+    table: Table,
+    targets: np.ndarray,
+    target_kind: str,
+    classes: list[Any] | None,
+) -> StoredRows:
+    """Write rows held in memory (a JSON body, a blob stored before the store) as one batch."""
+    n_targets = 1 if targets.ndim == 1 else int(targets.shape[1])
+    batch = table_to_batch(table, targets, target_kind, classes, target_columns(n_targets))
     with store.writer(dataset_id) as writer:
         writer.write(batch)
         return writer.commit()
@@ -108,7 +110,14 @@ def store_parsed(store: DatasetStore, parsed: ParsedDataset, dataset_id: str) ->
 def new_dataset(session: Session, parsed: ParsedDataset, owner: str, store_url: str) -> Dataset:
     """Store a dataset parsed in memory and add its row (flushed; the caller commits)."""
     dataset_id = new_id()
-    stored = store_parsed(store_for(store_url), parsed, dataset_id)
+    stored = write_rows(
+        store_for(store_url),
+        dataset_id,
+        parsed.table,
+        parsed.targets,
+        parsed.target_kind,
+        parsed.classes,
+    )
     return create_dataset(session, facts_of(parsed), stored, owner, dataset_id)
 
 
@@ -118,13 +127,17 @@ def _types(dataset: Dataset) -> list[str]:
     return ["numeric"] * dataset.n_features
 
 
+def _stored_at(dataset: Dataset) -> tuple[DatasetStore, str]:
+    if dataset.location is None:
+        raise LookupError(f"dataset {dataset.id} has not been moved to the dataset store")
+    return DatasetStore.at(dataset.location)
+
+
 def read_chunks(dataset: Dataset) -> Iterator[tuple[Table, np.ndarray]]:
     """The dataset's rows one row group at a time, in order: the feature table (typed as the
     dataset's row says) and the targets (int64 class indices for labels, else float64
     `(n, n_targets)`)."""
-    if dataset.location is None:
-        raise LookupError(f"dataset {dataset.id} has not been moved to the dataset store")
-    store, dataset_id = DatasetStore.at(dataset.location)
+    store, dataset_id = _stored_at(dataset)
     names = dataset.feature_names or [f"x{j}" for j in range(dataset.n_features)]
     types = _types(dataset)
     targets = target_columns(dataset.n_targets)
@@ -133,6 +146,14 @@ def read_chunks(dataset: Dataset) -> Iterator[tuple[Table, np.ndarray]]:
             batch_to_table(batch, names, types),
             batch_targets(batch, targets, dataset.target_kind, dataset.classes),
         )
+
+
+def read_targets(dataset: Dataset) -> Iterator[np.ndarray]:
+    """The dataset's targets one row group at a time (only their columns are read)."""
+    store, dataset_id = _stored_at(dataset)
+    names = target_columns(dataset.n_targets)
+    for batch in store.read_batches(dataset_id, columns=names):
+        yield batch_targets(batch, names, dataset.target_kind, dataset.classes)
 
 
 @dataclass
@@ -150,17 +171,9 @@ class StoredSource:
         return read_chunks(self.dataset)
 
     def targets(self) -> np.ndarray:
-        dataset = self.dataset
-        if dataset.location is None:
-            raise LookupError(f"dataset {dataset.id} has not been moved to the dataset store")
-        store, dataset_id = DatasetStore.at(dataset.location)
-        names = target_columns(dataset.n_targets)
-        parts = [
-            batch_targets(batch, names, dataset.target_kind, dataset.classes)
-            for batch in store.read_batches(dataset_id, columns=names)
-        ]
+        parts = list(read_targets(self.dataset))
         if not parts:
-            raise LookupError(f"dataset {dataset.id} has no rows in the store")
+            raise LookupError(f"dataset {self.dataset.id} has no rows in the store")
         return np.concatenate(parts)
 
 
@@ -211,19 +224,15 @@ def move_to_store(factory: Any, store_url: str) -> int:
             data = session.get(DatasetData, dataset_id)
             if dataset is None or data is None or dataset.location is not None:
                 continue
-            table = table_from_bytes(data.features, dataset.feature_names)
-            targets = array_from_bytes(data.targets)
             store.delete(dataset_id)  # what a move cut short left
-            batch = table_to_batch(
-                table,
-                targets,
+            stored = write_rows(
+                store,
+                dataset_id,
+                table_from_bytes(data.features, dataset.feature_names),
+                array_from_bytes(data.targets),
                 dataset.target_kind,
                 dataset.classes,
-                target_columns(dataset.n_targets),
             )
-            with store.writer(dataset_id) as writer:
-                writer.write(batch)
-                stored = writer.commit()
             dataset.location = stored.location
             dataset.n_bytes = stored.n_bytes
             dataset.checksum = stored.checksum
@@ -282,7 +291,8 @@ def dataset_rows(dataset: Dataset) -> Iterator[str]:
     """The rows as submitted, as the text of one JSON object streamed a row group at a time
     (the API never holds them all): `{"id", "features", "targets"}`, `features` numbers,
     strings and null for a missing cell in the `feature_names` order, `targets` as
-    `target_values` gives them. Two passes over the store: the features, then the targets."""
+    `target_values` gives them. Two passes over the store: the features, then the targets'
+    columns alone."""
     yield '{"id": ' + json.dumps(dataset.id) + ', "features": ['
     first = True
     for table, _ in read_chunks(dataset):
@@ -292,7 +302,7 @@ def dataset_rows(dataset: Dataset) -> Iterator[str]:
             first = False
     yield '], "targets": ['
     first = True
-    for _, targets in read_chunks(dataset):
+    for targets in read_targets(dataset):
         values = target_values(dataset, targets)
         if values:
             yield ("" if first else ",") + ",".join(json.dumps(v) for v in values)

@@ -38,6 +38,7 @@ two workers sweeping at the same time never act twice on one job:
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
 import time
@@ -65,7 +66,7 @@ HARD_LIMIT_RECORD_DELAY_S = 1.0
 
 #: how often (seconds) a worker's main process looks for orphaned dataset parts
 ORPHAN_SWEEP_EVERY_S = 600.0
-_last_orphan_sweep = 0.0
+_last_orphan_sweep = -math.inf
 
 
 def sweep(factory: sessionmaker[Session], celery: Celery, settings: Settings) -> None:
@@ -79,7 +80,7 @@ def sweep(factory: sessionmaker[Session], celery: Celery, settings: Settings) ->
     outbox.scan(factory, celery, settings)
     with factory() as session:
         purge_expired(session, settings.idempotency_ttl)
-    if time.monotonic() - _last_orphan_sweep >= ORPHAN_SWEEP_EVERY_S or not _last_orphan_sweep:
+    if time.monotonic() - _last_orphan_sweep >= ORPHAN_SWEEP_EVERY_S:
         _last_orphan_sweep = time.monotonic()
         orphans = datasets.delete_orphans(factory, settings.store_url)
         if orphans:
