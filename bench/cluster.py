@@ -37,6 +37,7 @@ class Cluster:
     env: dict[str, str]
     procs: Processes
     api: Api
+    key: str
     workers: list[Proc] = field(default_factory=list)
 
     def scale(self, n: int) -> None:
@@ -44,27 +45,39 @@ class Cluster:
         while len(self.workers) < n:
             i = len(self.workers)
             worker = self.procs.start(f"w{i + 1}", worker_cmd(f"bench{i}"), self.env)
-            worker.wait_for_output(" ready.", 60)
+            worker.wait_for_output(" ready.", 90)
             self.workers.append(worker)
 
 
 @contextmanager
-def cluster(name: str, redis_db: int, workers: int = 0) -> Iterator[Cluster]:
-    """The API (with an API key of owner `name`) and `workers` workers; logs in var/<name>/."""
+def cluster(
+    name: str,
+    redis_db: int,
+    workers: int = 0,
+    *,
+    logs: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> Iterator[Cluster]:
+    """The API (with an API key of owner `name`) and `workers` workers on a fresh PostgreSQL
+    database and Redis database `redis_db` (flushed); logs in `logs` (default var/<name>/),
+    `env` added to every process's environment."""
     broker_url = f"{REDIS_URL}/{redis_db}"
     broker = redis.Redis.from_url(broker_url)
     broker.flushdb()
-    folder = ROOT / "var" / name
+    folder = logs or ROOT / "var" / name
     folder.mkdir(parents=True, exist_ok=True)
     procs = Processes(folder)
     try:
         with fresh_pg_database() as database_url:
-            env = base_env(DATABASE_URL=database_url, CELERY_BROKER_URL=broker_url)
+            environ = base_env(
+                DATABASE_URL=database_url, CELERY_BROKER_URL=broker_url, **(env or {})
+            )
             port = free_port()
-            server = procs.start("api", api_cmd(port), env)
-            api = Api(f"http://127.0.0.1:{port}", server, new_api_key(database_url, name))
+            server = procs.start("api", api_cmd(port), environ)
+            key = new_api_key(database_url, name)
+            api = Api(f"http://127.0.0.1:{port}", server, key)
             api.wait_ready(60)
-            c = Cluster(database_url, env, procs, api)
+            c = Cluster(database_url, environ, procs, api, key)
             c.scale(workers)
             try:
                 yield c

@@ -346,61 +346,24 @@ def embedded(folder: Path, logs: Path, extra: dict[str, str]) -> Iterator[Servic
 @contextlib.contextmanager
 def distributed(folder: Path, logs: Path, extra: dict[str, str]) -> Iterator[Service]:
     """gunicorn (2 processes) and one `celery worker` (concurrency 1) on a fresh PostgreSQL
-    database, Redis (a database of its own, flushed) and a SeaweedFS S3 server."""
-    import redis
-
-    from tests.support import (
-        REDIS_URL,
-        Api,
-        Processes,
-        api_cmd,
-        base_env,
-        free_port,
-        fresh_pg_database,
-        new_api_key,
-        worker_cmd,
-    )
+    database, Redis (a database of its own, flushed) and a SeaweedFS S3 server
+    (`bench/cluster.py`'s cluster, the S3 server's variables added)."""
+    from bench.cluster import cluster
     from tests.support.s3 import start_s3_server
 
-    broker_url = f"{REDIS_URL}/{REDIS_DB}"
-    broker = redis.Redis.from_url(broker_url)
-    broker.flushdb()
     tmp = folder / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
-    processes = Processes(logs)
-    try:
-        with (
-            start_s3_server(folder / "s3", bucket="trainyard-bench") as s3,
-            fresh_pg_database() as database_url,
-        ):
-            env = base_env(
-                DATABASE_URL=database_url,
-                CELERY_BROKER_URL=broker_url,
-                TRAINYARD_STORE_URL=s3.url("scale"),
-                TMPDIR=str(tmp),
-                **s3.env(),
-                **extra,
+    with start_s3_server(folder / "s3", bucket="trainyard-bench") as s3:
+        env = {"TRAINYARD_STORE_URL": s3.url("scale"), "TMPDIR": str(tmp), **s3.env(), **extra}
+        with cluster("scale", REDIS_DB, workers=1, logs=logs, env=env) as c:
+            assert c.api.proc is not None
+            yield Service(
+                "distributed",
+                c.api.base,
+                c.key,
+                c.api.proc.popen.pid,
+                c.workers[0].popen.pid,
             )
-            port = free_port()
-            server = processes.start("api", api_cmd(port), env)
-            api = Api(f"http://127.0.0.1:{port}", server)
-            api.wait_ready(60)
-            worker = processes.start("worker", worker_cmd("scale"), env)
-            worker.wait_for_output(" ready.", 90)
-            try:
-                yield Service(
-                    "distributed",
-                    api.base,
-                    new_api_key(database_url, "scale"),
-                    server.popen.pid,
-                    worker.popen.pid,
-                )
-            finally:
-                processes.stop_all()
-    finally:
-        processes.stop_all()
-        broker.flushdb()
-        broker.close()
 
 
 SERVICES = {"embedded": embedded, "distributed": distributed}
