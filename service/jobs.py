@@ -1,4 +1,5 @@
-"""Training jobs, the API's view: validate and create, publish, cancel, look up, serialise.
+"""Training jobs, the API's view: validate and create, publish, cancel, look up (a job's JSON
+is `service.views`, shared with the streams and the webhooks).
 
 What a job's state may become, and how, is `service.lifecycle`'s (submit, publish, cancel are
 its transitions); this module validates requests and turns the outcomes into API answers.
@@ -24,11 +25,13 @@ from core.spec import (
 from service import lifecycle
 from service.config import Limits
 from service.datasets import find_dataset, new_dataset
-from service.db import iso_utc, paginate
+from service.db import paginate
 from service.ingest import ParsedDataset, parse_json_dataset
 from service.lifecycle import ACTIVE_STATUSES, FINAL_STATUSES
 from service.problems import ApiError, InputError
-from service.tables import Job, JobEpoch, TrainedModel, is_id
+from service.tables import Job, JobEpoch, is_id
+from service.views import serialize_job as serialize_job  # the API's view, shared
+from service.views import serialize_jobs as serialize_jobs
 
 
 def parameter_count(nin: int, layers: list[int]) -> int:
@@ -278,104 +281,6 @@ def list_jobs(
     return paginate(session, sa.select(Job).where(*where).order_by(*order), page, page_size)
 
 
-def serialize_jobs(
-    session: Session, jobs: list[Job], *, history: bool = True
-) -> list[dict[str, Any]]:
-    """The API view of jobs, with their model id and (`history`) their loss histories; two
-    queries in all. Without `history` (`GET /jobs` unless `include=history`) the histories are
-    left out and only each job's last epoch is read (`progress.loss`).
-
-    The job rows were read before their epochs: an epoch committed in between (a worker
-    training right now) is left out, so a job never shows more history than its
-    `progress.epoch` (the row is the state the view describes)."""
-    ids = [job.id for job in jobs]
-    epoch_of = {job.id: job.epoch or 0 for job in jobs}
-    losses: dict[str, list[float]] = {i: [] for i in ids}
-    val_losses: dict[str, list[float]] = {i: [] for i in ids}
-    last_loss: dict[str, float] = {}
-    model_ids: dict[str, str] = {}
-    if ids:
-        if history:
-            # plain rows, not ORM objects: a poll of a long job reads thousands of them
-            for job_id, epoch, loss, val_loss in session.execute(
-                sa.select(JobEpoch.job_id, JobEpoch.epoch, JobEpoch.loss, JobEpoch.val_loss)
-                .where(JobEpoch.job_id.in_(ids))
-                .order_by(JobEpoch.job_id, JobEpoch.epoch)
-            ):
-                if epoch > epoch_of[job_id]:
-                    continue
-                losses[job_id].append(loss)
-                if val_loss is not None:
-                    val_losses[job_id].append(val_loss)
-            last_loss = {i: rows[-1] for i, rows in losses.items() if rows}
-        elif caps := [
-            sa.and_(JobEpoch.job_id == job_id, JobEpoch.epoch <= epoch)
-            for job_id, epoch in epoch_of.items()
-            if epoch > 0
-        ]:  # one page of jobs at most
-            latest = (
-                sa.select(JobEpoch.job_id, sa.func.max(JobEpoch.epoch).label("epoch"))
-                .where(sa.or_(*caps))
-                .group_by(JobEpoch.job_id)
-                .subquery()
-            )
-            last_loss = {
-                row.job_id: row.loss
-                for row in session.execute(
-                    sa.select(JobEpoch.job_id, JobEpoch.loss).join(
-                        latest,
-                        sa.and_(
-                            JobEpoch.job_id == latest.c.job_id, JobEpoch.epoch == latest.c.epoch
-                        ),
-                    )
-                )
-            }
-        for job_id, model_id in session.execute(
-            sa.select(TrainedModel.job_id, TrainedModel.id).where(TrainedModel.job_id.in_(ids))
-        ):
-            model_ids[job_id] = model_id
-    out = []
-    for job in jobs:
-        item: dict[str, Any] = {
-            "id": job.id,
-            "name": job.name,
-            "tags": job.tags or {},
-            "status": job.status,
-            "dataset_id": job.dataset_id,
-            "sweep_id": job.sweep_id,
-            "params": job.params,
-            "model": job.model_spec,
-            "training": job.training_spec,
-            "progress": {
-                "epoch": job.epoch,
-                "epochs": job.epochs,
-                "loss": last_loss.get(job.id),
-            },
-        }
-        if history:
-            item["loss_history"] = losses[job.id]
-            item["val_loss_history"] = val_losses[job.id]
-        item.update(
-            {
-                "metrics": job.metrics or {},
-                "evaluation": job.evaluation,
-                "best_epoch": job.best_epoch,
-                "stopped_epoch": job.stopped_epoch,
-                "stop_reason": job.stop_reason
-                or (job.status if job.status in ("cancelled", "failed") else None),
-                "error": job.error,
-                "model_id": model_ids.get(job.id),
-                "attempts": job.attempts,
-                "cancel_requested": job.cancel_requested,
-                "created_at": iso_utc(job.created_at),
-                "started_at": iso_utc(job.started_at),
-                "finished_at": iso_utc(job.finished_at),
-            }
-        )
-        out.append(item)
-    return out
-
-
 def history_since(session: Session, job_id: str, since_epoch: int) -> list[dict[str, Any]]:
     """The job's epochs after `since_epoch`: `{"epoch", "loss", "val_loss"}` each."""
     rows = session.execute(
@@ -384,7 +289,3 @@ def history_since(session: Session, job_id: str, since_epoch: int) -> list[dict[
         .order_by(JobEpoch.epoch)
     )
     return [{"epoch": r.epoch, "loss": r.loss, "val_loss": r.val_loss} for r in rows]
-
-
-def serialize_job(session: Session, job: Job) -> dict[str, Any]:
-    return serialize_jobs(session, [job])[0]

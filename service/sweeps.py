@@ -75,24 +75,24 @@ from core import sweep as core_sweep
 from core.spec import effective_validation_split
 from core.sweep import (
     SweepError,
-    Trial,
-    best_trial,
     describe_trial,
     field_of,
     final_status,
     free_slots,
     median_rule,
     median_rule_due,
-    metric_value,
 )
 from service import lifecycle
 from service.config import Limits, Settings
-from service.db import iso_utc, paginate, session_scope, utcnow
+from service.db import paginate, session_scope, utcnow
 from service.jobs import check_active_jobs, check_spec, dataset_facts, normalized_specs, tag_filters
 from service.lifecycle import FINAL_STATUSES
 from service.problems import ApiError, InputError, flatten_messages
 from service.schemas import JobInSchema, ModelSpecSchema, TrainingSpecSchema
-from service.tables import Job, JobEpoch, Sweep, TrainedModel, is_id
+from service.tables import Job, JobEpoch, Sweep, is_id
+from service.views import serialize_sweep as serialize_sweep  # the API's view, shared
+from service.views import serialize_sweeps as serialize_sweeps
+from service.views import trials_of as trials_of
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -276,116 +276,6 @@ def list_sweeps(
         where.append(Sweep.status == status)
     query = sa.select(Sweep).where(*where).order_by(Sweep.created_at.desc(), Sweep.id.desc())
     return paginate(session, query, page, page_size)
-
-
-def trials_of(session: Session, sweeps: list[Sweep]) -> dict[str, list[Trial]]:
-    """Each sweep's trials, in trial order (one query)."""
-    out: dict[str, list[Trial]] = {s.id: [] for s in sweeps}
-    if not sweeps:
-        return out
-    names = {s.id: s.metric["name"] for s in sweeps}
-    rows = session.execute(
-        sa.select(
-            Job.id,
-            Job.sweep_id,
-            Job.trial_index,
-            Job.params,
-            Job.status,
-            Job.epoch,
-            Job.epochs,
-            Job.stop_reason,
-            Job.metrics,
-            Job.evaluation,
-            TrainedModel.id.label("model_id"),
-        )
-        .outerjoin(TrainedModel, TrainedModel.job_id == Job.id)
-        .where(Job.sweep_id.in_(list(out)))
-        .order_by(Job.sweep_id, Job.trial_index)
-    )
-    for r in rows:
-        value = (
-            metric_value(names[r.sweep_id], r.metrics, r.evaluation)
-            if r.status == "succeeded"
-            else None
-        )
-        out[r.sweep_id].append(
-            Trial(
-                job_id=r.id,
-                index=r.trial_index,
-                params=r.params or {},
-                status=r.status,
-                epoch=r.epoch,
-                epochs=r.epochs,
-                stop_reason=r.stop_reason
-                or (r.status if r.status in ("cancelled", "failed") else None),
-                metric_value=value,
-                model_id=r.model_id,
-            )
-        )
-    return out
-
-
-def serialize_sweeps(
-    session: Session, sweeps: list[Sweep], with_trials: bool = True
-) -> list[dict[str, Any]]:
-    """The API view of sweeps: progress, best and (`with_trials`) every trial."""
-    trials = trials_of(session, sweeps)
-    out = []
-    for s in sweeps:
-        mine = trials[s.id]
-        progress = {"trials": len(mine), **dict.fromkeys(lifecycle.JOB_STATUSES, 0)}
-        for t in mine:
-            progress[t.status] += 1
-        best = best_trial(mine, s.metric["goal"])
-        item: dict[str, Any] = {
-            "id": s.id,
-            "name": s.name,
-            "tags": s.tags or {},
-            "status": s.status,
-            "dataset_id": s.dataset_id,
-            "method": s.method,
-            "base": s.base,
-            "parameters": s.parameters,
-            "metric": s.metric,
-            "max_trials": s.max_trials,
-            "max_parallel": s.max_parallel,
-            "seed": s.seed,
-            "early_termination": s.early_termination,
-            "progress": progress,
-            "best": None
-            if best is None
-            else {
-                "job_id": best.job_id,
-                "model_id": best.model_id,
-                "params": best.params,
-                "metric_value": best.metric_value,
-            },
-            "cancel_requested": s.cancel_requested,
-            "created_at": iso_utc(s.created_at),
-            "started_at": iso_utc(s.started_at),
-            "finished_at": iso_utc(s.finished_at),
-        }
-        if with_trials:
-            item["trials"] = [
-                {
-                    "job_id": t.job_id,
-                    "index": t.index,
-                    "params": t.params,
-                    "status": t.status,
-                    "metric_value": t.metric_value,
-                    "epoch": t.epoch,
-                    "epochs": t.epochs,
-                    "stop_reason": t.stop_reason,
-                    "model_id": t.model_id,
-                }
-                for t in mine
-            ]
-        out.append(item)
-    return out
-
-
-def serialize_sweep(session: Session, sweep: Sweep) -> dict[str, Any]:
-    return serialize_sweeps(session, [sweep])[0]
 
 
 def cancel_sweep(session: Session, sweep_id: str, owner: str) -> Sweep:

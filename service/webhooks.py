@@ -14,7 +14,7 @@ lost mid-delivery drops nothing. The modules around it, one concern each:
 This module holds the API side (create, list, get, delete, serialise), the body of each event
 (`job_payload`, `sweep_payload`: `{"id", "type", "created_at", "data": {"job": ...}}`, the job
 as `GET /jobs/{id}` gives it without its loss histories, or `{"sweep": ...}`) and the one
-INSERT of a delivery row. It writes no job: it reads them (`service.jobs.serialize_job`).
+INSERT of a delivery row. It writes no job: it reads them (`service.views`, the API's view).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session
 from service.config import Settings
 from service.db import iso_utc, paginate
 from service.tables import Job, Sweep, is_id
+from service.views import serialize_job, serialize_sweep
 from service.webhook_models import WEBHOOK_EVENTS, Webhook, WebhookDelivery
 from service.webhook_urls import allow_private, check_url
 
@@ -163,8 +164,6 @@ def _finite(value: Any) -> Any:
 
 def job_payload(session: Session, job: Job, event: str, event_id: str, now: datetime) -> str:
     """The body of a job event: the job as `GET /jobs/{id}` gives it, less its histories."""
-    from service.jobs import serialize_job
-
     data = serialize_job(session, job)
     for key in ("loss_history", "val_loss_history"):
         data.pop(key, None)
@@ -179,8 +178,6 @@ def job_payload(session: Session, job: Job, event: str, event_id: str, now: date
 
 def sweep_payload(session: Session, sweep: Sweep, event_id: str, now: datetime) -> str:
     """The body of `sweep.finished`: the sweep as `GET /sweeps/{id}` gives it."""
-    from service.sweeps import serialize_sweep
-
     data = serialize_sweep(session, sweep)
     body = {
         "id": event_id,
