@@ -22,7 +22,7 @@ from core.spec import (
     effective_validation_split,
     resolve_spec,
 )
-from service import lifecycle
+from service import lifecycle, outbox
 from service.config import Limits
 from service.datasets import find_dataset, new_dataset
 from service.db import paginate
@@ -212,9 +212,11 @@ def get_job(session: Session, job_id: str, owner: str) -> Job:
     return job
 
 
-def cancel_job(session: Session, job_id: str, owner: str) -> Job:
+def cancel_job(session: Session, job_id: str, owner: str, celery: Celery | None = None) -> Job:
     """Cancel a queued job now, or ask a running one to stop (`lifecycle.cancel`); 409 once it
-    is final. Another owner's job is a 404."""
+    is final. Another owner's job is a 404. A queued job's `job.cancelled` deliveries, recorded
+    in the cancel's transaction, are published once it is committed, given `celery` (else the
+    workers' scan publishes them); a running job's are its worker's, when it stops."""
     if not is_id(job_id):
         raise ApiError(404, f"No job with id {job_id!r}.")
     result = lifecycle.cancel(session, job_id, owner)
@@ -224,6 +226,8 @@ def cancel_job(session: Session, job_id: str, owner: str) -> Job:
         if result.status in FINAL_STATUSES:
             raise ApiError(409, f"Job {job_id} is already {result.status}.")
         raise ApiError(409, f"Job {job_id} changed state while being cancelled; try again.")
+    if celery is not None:
+        outbox.publish_recorded(session, celery, [job_id])
     session.expire_all()
     return get_job(session, job_id, owner)
 

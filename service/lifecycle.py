@@ -68,11 +68,18 @@ The rules:
   attempts were lost it ends `failed` with `lost_error`. A job with the cancel flag ends
   `cancelled` instead.
 - Every new attempt starts from scratch: the claim deletes the history of earlier attempts.
+- **Events.** Every transition that ends a job (to `succeeded`, `failed` or `cancelled`: the
+  diagram's arrows into a final status, `cancel_trials` too) records its webhooks' deliveries
+  in its own transaction (`_end`, `outbox.job_ended`), so the final status and its events
+  commit together, or neither does. Publishing them is the caller's, after the commit (the
+  worker's `announce`, the API's cancel, the maintenance loop's scan): `service.outbox`. The
+  live streams' notifications are written by the database's triggers in the same transaction.
 
 Functions called by the API take its request `Session`; the worker-side ones take a
 `sessionmaker` and run whole transactions (so a caller may retry one when the connection broke).
 Settings come from `service.config.Settings`; this module imports nothing from Flask, Celery
-(publishing takes the Celery app as an argument) or `workers`.
+(publishing takes the Celery app as an argument) or `workers`, and of the service only the
+store (`config`, `db`, `tables`) and the outbox, which imports nothing that calls this module.
 """
 
 from __future__ import annotations
@@ -88,6 +95,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.config import Settings
 from service.db import session_scope, utcnow
+from service.outbox import job_ended, jobs_ended
 from service.tables import FINAL_STATUSES, JOB_STATUSES, Job, JobEpoch, TrainedModel
 
 if TYPE_CHECKING:
@@ -261,7 +269,9 @@ def cancel(session: Session, job_id: str, owner: str, tries: int = 3) -> CancelR
             .where(Job.id == job_id, Job.owner == owner, Job.status == "queued")
             .values(status="cancelled", finished_at=utcnow(), cancel_requested=True)
         )
-        if queued.rowcount == 0:
+        if queued.rowcount == 1:
+            job_ended(session, job_id)  # its webhooks' deliveries, in this transaction
+        else:
             running = session.execute(
                 sa.update(Job)
                 .where(Job.id == job_id, Job.owner == owner, Job.status == "running")
@@ -309,11 +319,13 @@ def label(
 def cancel_trials(session: Session, sweep_id: str, now: datetime) -> int:
     """The sweep's cancel: its queued trials (held or not) -> `cancelled`, its running ones get
     the cancel flag. Returns how many still run. The caller holds the sweep's row and commits."""
-    session.execute(
+    cancelled = session.scalars(
         sa.update(Job)
         .where(Job.sweep_id == sweep_id, Job.status == "queued")
         .values(status="cancelled", finished_at=now, cancel_requested=True)
-    )
+        .returning(Job.id)
+    ).all()
+    jobs_ended(session, cancelled)  # their webhooks' deliveries, in the caller's transaction
     session.execute(
         sa.update(Job)
         .where(Job.sweep_id == sweep_id, Job.status == "running")
@@ -391,6 +403,16 @@ def _owned(claim: Claim) -> sa.ColumnElement[bool]:
     return sa.and_(Job.id == claim.job_id, Job.status == "running", Job.attempts == claim.attempt)
 
 
+def _end(session: Session, job_id: str, *where: Any, **values: Any) -> bool:
+    """End the job (`values`: its final `status`, `finished_at`, ...) if it matches `where`,
+    and record its webhooks' deliveries in the same transaction (`outbox.job_ended`); False
+    if it did not match."""
+    if session.execute(sa.update(Job).where(Job.id == job_id, *where).values(**values)).rowcount:
+        job_ended(session, job_id)
+        return True
+    return False
+
+
 def _start(session: Session, job_id: str, now: datetime, *where: Any) -> Claim | None:
     """Make a new attempt (`attempts + 1`, from scratch) of the job if it matches `where`."""
     row = session.execute(
@@ -449,11 +471,7 @@ def claim(factory: sessionmaker[Session], job_id: str, settings: Settings) -> Cl
         if job.held and not job.cancel_requested:  # a trial its sweep has not started
             return "held"
         if job.status == "queued":  # cancel requested before it ever started
-            session.execute(
-                sa.update(Job)
-                .where(Job.id == job_id, Job.status == "queued")
-                .values(status="cancelled", finished_at=now)
-            )
+            _end(session, job_id, Job.status == "queued", status="cancelled", finished_at=now)
             return "cancelled"
         return _take_over(session, job_id, job, settings, now)
 
@@ -468,22 +486,11 @@ def _take_over(
     # conditional on the attempt that was read: of two concurrent deliveries one wins
     seen = (Job.status == "running", Job.attempts == job.attempts)
     if job.cancel_requested:
-        session.execute(
-            sa.update(Job)
-            .where(Job.id == job_id, *seen)
-            .values(status="cancelled", finished_at=now)
-        )
+        _end(session, job_id, *seen, status="cancelled", finished_at=now)
         return "cancelled"
     if job.attempts >= settings.max_attempts:
-        session.execute(
-            sa.update(Job)
-            .where(Job.id == job_id, *seen)
-            .values(
-                status="failed",
-                finished_at=now,
-                error=lost_error(job.attempts, settings.max_attempts),
-            )
-        )
+        error = lost_error(job.attempts, settings.max_attempts)
+        _end(session, job_id, *seen, status="failed", finished_at=now, error=error)
         return "failed"
     started = _start(session, job_id, now, *seen)
     if started is None:
@@ -561,6 +568,7 @@ def succeed(
                 return cancel_attempt(factory, claim)
             return "lost"
         session.add(TrainedModel(job_id=claim.job_id, **model))
+        job_ended(session, claim.job_id)  # with the model: the event names it
     return "succeeded"
 
 
@@ -577,17 +585,20 @@ def cancel_attempt(
     if stop_reason is not None:
         values.update(stop_reason=stop_reason, stopped_epoch=stopped_epoch)
     with session_scope(factory) as session:
-        session.execute(sa.update(Job).where(_owned(claim)).values(**values))
+        _end(session, claim.job_id, _owned(claim), **values)
     return "cancelled"
 
 
 def fail(factory: sessionmaker[Session], claim: Claim, message: str) -> None:
     """End the attempt's job `failed` with `message` (its history kept)."""
     with session_scope(factory) as session:
-        session.execute(
-            sa.update(Job)
-            .where(_owned(claim))
-            .values(status="failed", error=message[:MAX_ERROR_LENGTH], finished_at=utcnow())
+        _end(
+            session,
+            claim.job_id,
+            _owned(claim),
+            status="failed",
+            error=message[:MAX_ERROR_LENGTH],
+            finished_at=utcnow(),
         )
 
 
@@ -632,6 +643,8 @@ def reap(
             values = {"status": "queued", "published_at": None, "heartbeat_at": None}
         with session_scope(factory) as session:
             if session.execute(sa.update(Job).where(seen).values(**values)).rowcount == 1:
+                if outcome != "requeued":
+                    job_ended(session, row.id)
                 outcomes[row.id] = outcome
                 log.warning(
                     "reaper: job %s (attempt %s) has had no heartbeat for %ss: %s",
@@ -701,13 +714,11 @@ def fail_timed_out(factory: sessionmaker[Session], job_id: str, settings: Settin
     """End a running job whose process Celery's hard time limit (`task_time_limit`) killed, its
     partial history kept; False if it was not running."""
     with session_scope(factory) as session:
-        done = session.execute(
-            sa.update(Job)
-            .where(Job.id == job_id, Job.status == "running")
-            .values(
-                status="failed",
-                finished_at=utcnow(),
-                error=time_limit_error(settings.task_time_limit, hard=True),
-            )
+        return _end(
+            session,
+            job_id,
+            Job.status == "running",
+            status="failed",
+            finished_at=utcnow(),
+            error=time_limit_error(settings.task_time_limit, hard=True),
         )
-    return done.rowcount == 1

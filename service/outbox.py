@@ -8,30 +8,42 @@ Two kinds of listeners hear of a change:
   every change of a job's `status` or `attempts`, sent at commit, so no writer can forget it
   and none is sent for a change rolled back. On SQLite the streams poll. Nothing to call here.
 - **Webhooks.** An event is recorded as its deliveries' first attempts (`pending`, unpublished:
-  the rows are the outbox) and then published as Celery messages (`DELIVER_TASK`) that send
-  them (`service.webhook_delivery`):
+  the rows are the outbox) in the transaction of the change it reports, and published as
+  Celery messages (`DELIVER_TASK`) that send them (`service.webhook_delivery`) after that
+  transaction committed:
 
 ::
 
-    enqueue_for_job ──► pending, unpublished ── publish ──► pending, published ── deliver ──►
-    enqueue_for_sweep   (attempt 1, unique per               (published_at)
-                         webhook, event, subject)  ◄── scan: recorded if missing, published
-                                                       again if lost or long overdue
+    the change's transaction:            after its commit:
+    job_ended, enqueue_for_sweep ──► pending, unpublished ── publish_recorded ──► pending,
+    (attempt 1, unique per webhook,       │  (or publish)                      published ──►
+     event, subject)                      └── scan: published if never sent,   deliver
+                                              lost or long overdue
 
-- **Recording.** `enqueue_for_job` for a job that reached a final status: one delivery per
-  webhook of the job's owner that subscribed to `job.<status>` and existed when the job ended;
-  `enqueue_for_sweep` likewise for `sweep.finished`. Given a `Session` they write in the
-  caller's transaction (the caller commits); given a `sessionmaker`, in one of their own.
-  `job_ended` records both for a job that ended (the sweep's if it ended with it). Attempt 1 is
-  unique per (webhook, event, subject), so recording twice (the worker that ended the job,
-  `workers.webhooks.announce`, and `scan`) creates one.
-- **Publishing.** `publish` sends the messages of recorded attempts and marks them
-  `published_at`; a broker that is down leaves them unpublished.
-- **The safety net.** `scan`, run periodically by the workers, records the deliveries of jobs
-  and sweeps that ended within `SCAN_WINDOW` without them (their worker was lost before it
-  could, a cancel from the API, a sweep's end) and publishes again every due `pending` attempt
-  whose message was never sent (broker down) or is long overdue (`republish_after`), like the
-  job reconciler. A job's final status reaches its webhooks however it ended and whichever
+- **Recording, with the change.** `service.lifecycle` calls `job_ended` in every transaction
+  that ends a job (`succeed`, `fail`, `cancel_attempt`, the API's `cancel` of a queued job,
+  `claim` and `reap` ending a flagged or lost one, `fail_timed_out`, `cancel_trials`), and
+  `service.sweeps` calls `enqueue_for_sweep` in the one that ends a sweep (`advance`,
+  `cancel_sweep`): the final status and its deliveries commit together, and a change rolled
+  back leaves none. `enqueue_for_job` writes one delivery per webhook of the job's owner that
+  subscribed to `job.<status>` and existed when the job ended; `enqueue_for_sweep` likewise
+  for `sweep.finished`. Given a `Session` they write in the caller's transaction (the caller
+  commits); given a `sessionmaker`, in one of their own. Attempt 1 is unique per (webhook,
+  event, subject), so recording twice creates one.
+- **Publishing, after the commit.** Whoever made the change publishes what it recorded:
+  `publish_recorded` sends the subjects' first attempts not yet published (`unpublished`) and
+  never raises (the API's cancels, `service.sweeps.advance`); the worker that ended a job calls
+  `job_ended` again, which then records nothing and returns the job's (and its ended sweep's)
+  unpublished deliveries, and `publish`es them (`workers.webhooks.announce`). The maintenance
+  loop's (the reaper's, the hard time limit's) are published by its `scan`, the reaper's in
+  the same pass. `publish` marks each message sent `published_at`; a broker that is down
+  leaves them unpublished.
+- **The safety net.** `scan`, run periodically by the workers, publishes again every due
+  `pending` attempt whose message was never sent (the broker was down, or the process that
+  made the change was lost between its commit and the publish) or is long overdue
+  (`republish_after`), like the job reconciler; it also records the deliveries of jobs and
+  sweeps that ended within `SCAN_WINDOW` without any (ended by a version that recorded them
+  after the change). A job's final status reaches its webhooks however it ended and whichever
   process was lost on the way.
 
 This module writes no job and no sweep: it reads them and writes delivery rows only.
@@ -41,7 +53,7 @@ Publishing takes the Celery app as an argument.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -52,6 +64,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.config import Settings
 from service.db import session_scope, utcnow
 from service.tables import FINAL_STATUSES, Job, Sweep, new_id
+from service.views import serialize_jobs
 from service.webhook_delivery import DELIVER_TASK, lease_s
 from service.webhook_models import Webhook, WebhookDelivery
 from service.webhooks import aware, insert_delivery, job_payload, sweep_payload
@@ -65,6 +78,8 @@ log = logging.getLogger(__name__)
 SCAN_WINDOW = timedelta(days=1)
 #: At most this many jobs are announced, and deliveries published, per scan.
 SCAN_BATCH = 200
+#: Ids per `IN (...)` when many jobs ended at once (`jobs_ended`, `publish`).
+_IN_BATCH = 500
 #: Publishing must not hang a worker when the broker is down (the row waits for `scan`).
 PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0.0, "interval_step": 0.2}
 
@@ -77,8 +92,11 @@ __all__ = [
     "finished_unannounced",
     "finished_unannounced_sweeps",
     "job_ended",
+    "jobs_ended",
     "publish",
+    "publish_recorded",
     "scan",
+    "unpublished",
 ]
 
 
@@ -97,47 +115,98 @@ def _transaction(target: Session | sessionmaker[Session]) -> Iterator[Session]:
         yield session
 
 
-def _record(
-    session: Session,
-    owner: str,
-    subject_id: str,
-    event: str,
-    finished: datetime | None,
-    payload_of: Callable[[str, datetime], str],
-) -> list[str]:
-    """The deliveries of one event: one per webhook of `owner` subscribed to it that existed
-    when the subject ended (`finished`); attempt 1, unique, so a second call makes none."""
+@contextmanager
+def _committed(target: Session | sessionmaker[Session]) -> Iterator[Session]:
+    """A sessionmaker: a transaction of its own; a Session: it. Committed either way (for
+    publishing, after the change was committed)."""
+    if isinstance(target, Session):
+        yield target
+        target.commit()
+        return
+    with session_scope(target) as session:
+        yield session
+
+
+def _subscribed(hooks: Sequence[Webhook], event: str, finished: datetime | None) -> list[Webhook]:
+    """Those of `hooks` subscribed to `event` that existed when the subject ended."""
     finished = aware(finished)
-    hooks = [
+    return [
         w
-        for w in session.scalars(sa.select(Webhook).where(Webhook.owner == owner))
+        for w in hooks
         if event in w.events and (finished is None or aware(w.created_at) <= finished)
     ]
+
+
+def _deliveries(
+    hooks: Sequence[Webhook],
+    event: str,
+    subject_id: str,
+    payload_of: Callable[[str, datetime], str],
+) -> list[dict[str, Any]]:
+    """The rows of one event's deliveries to `hooks` (one event id, one body), attempt 1."""
     if not hooks:
         return []
     now = utcnow()
     event_id = new_id()
     payload = payload_of(event_id, now)
-    created = []
-    for webhook in hooks:
-        delivery_id = new_id()
-        if insert_delivery(
-            session,
-            {
-                "id": delivery_id,
-                "webhook_id": webhook.id,
-                "event": event,
-                "subject_id": subject_id,
-                "event_id": event_id,
-                "payload": payload,
-                "attempt": 1,
-                "status": "pending",
-                "created_at": now,
-                "next_attempt_at": now,
-            },
-        ):
-            created.append(delivery_id)
-    return created
+    return [
+        {
+            "id": new_id(),
+            "webhook_id": webhook.id,
+            "event": event,
+            "subject_id": subject_id,
+            "event_id": event_id,
+            "payload": payload,
+            "attempt": 1,
+            "status": "pending",
+            "created_at": now,
+            "next_attempt_at": now,
+        }
+        for webhook in hooks
+    ]
+
+
+def _record_jobs(session: Session, jobs: Sequence[Job]) -> list[str]:
+    """The deliveries of ended `jobs`' final statuses: one read of their owners' webhooks, and
+    one of the views of the jobs that have any (a sweep's cancel ends up to all its trials)."""
+    owners = {job.owner for job in jobs}
+    if not owners:
+        return []
+    hooks: dict[str, list[Webhook]] = {}
+    for webhook in session.scalars(sa.select(Webhook).where(Webhook.owner.in_(owners))):
+        hooks.setdefault(webhook.owner, []).append(webhook)
+    wanted = []
+    for job in jobs:
+        event = f"job.{job.status}"
+        subscribed = _subscribed(hooks.get(job.owner, []), event, job.finished_at)
+        if job.status in FINAL_STATUSES and subscribed:
+            wanted.append((job, subscribed))
+    if not wanted:
+        return []
+    views = serialize_jobs(session, [job for job, _ in wanted], history=False)
+    rows = []
+    for (job, subscribed), view in zip(wanted, views, strict=True):
+        event = f"job.{job.status}"
+        rows += _deliveries(
+            subscribed,
+            event,
+            job.id,
+            lambda event_id, now, view=view, event=event: job_payload(view, event, event_id, now),
+        )
+    # attempt 1 is unique: rows that exist already (recorded before) are skipped
+    return insert_delivery(session, *rows)
+
+
+def _ended_jobs(session: Session, job_ids: Sequence[str]) -> list[Job]:
+    """The jobs of `job_ids` that have ended, as the caller's transaction has them."""
+    jobs: list[Job] = []
+    for i in range(0, len(job_ids), _IN_BATCH):
+        jobs += session.scalars(
+            sa.select(Job)
+            .where(Job.id.in_(job_ids[i : i + _IN_BATCH]), Job.status.in_(FINAL_STATUSES))
+            .execution_options(populate_existing=True)
+        )
+    return jobs
 
 
 def enqueue_for_job(target: Session | sessionmaker[Session], job_id: str, status: str) -> list[str]:
@@ -146,49 +215,79 @@ def enqueue_for_job(target: Session | sessionmaker[Session], job_id: str, status
     ids created; a second call creates none. Publishing is `publish`'s (or `scan`'s)."""
     if status not in FINAL_STATUSES:
         return []
-    event = f"job.{status}"
     with _transaction(target) as session:
-        job = session.get(Job, job_id)
+        job = session.get(Job, job_id, populate_existing=True)  # as the caller left it
         if job is None or job.status != status:
             return []
-        return _record(
-            session,
-            job.owner,
-            job.id,
-            event,
-            job.finished_at,
-            lambda event_id, now: job_payload(session, job, event, event_id, now),
-        )
+        return _record_jobs(session, [job])
 
 
 def enqueue_for_sweep(target: Session | sessionmaker[Session], sweep_id: str) -> list[str]:
     """As `enqueue_for_job`, for `sweep.finished` (a sweep that ended, whatever its status)."""
     with _transaction(target) as session:
-        sweep = session.get(Sweep, sweep_id)
+        sweep = session.get(Sweep, sweep_id, populate_existing=True)
         if sweep is None or sweep.status not in FINAL_STATUSES:
             return []
-        return _record(
-            session,
-            sweep.owner,
-            sweep.id,
+        hooks = session.scalars(sa.select(Webhook).where(Webhook.owner == sweep.owner)).all()
+        rows = _deliveries(
+            _subscribed(hooks, "sweep.finished", sweep.finished_at),
             "sweep.finished",
-            sweep.finished_at,
+            sweep.id,
             lambda event_id, now: sweep_payload(session, sweep, event_id, now),
         )
+        return insert_delivery(session, *rows)
 
 
 def job_ended(target: Session | sessionmaker[Session], job_id: str) -> list[str]:
-    """Record the deliveries of job `job_id`'s final status and, if its sweep ended with it, of
-    `sweep.finished` (one transaction: the caller's, given a `Session`); the ids created, none
-    if the job has not ended."""
+    """Record the deliveries of job `job_id`'s final status and, if its sweep has ended, of
+    `sweep.finished` (one transaction: the caller's, given a `Session`), unless they exist.
+
+    The lifecycle calls it in the transaction that ends the job; after the commit, whoever
+    ended it calls it again (`workers.webhooks.announce`, which records nothing new then) for
+    what to publish. Returns the ids of the job's (and its sweep's) first attempts not yet
+    published, recorded now or before; none if the job has not ended."""
     with _transaction(target) as session:
-        row = session.execute(sa.select(Job.status, Job.sweep_id).where(Job.id == job_id)).first()
-        if row is None or row.status not in FINAL_STATUSES:
+        jobs = _ended_jobs(session, [job_id])
+        if not jobs:
             return []
-        made = enqueue_for_job(session, job_id, row.status)
-        if row.sweep_id is not None:
-            made += enqueue_for_sweep(session, row.sweep_id)
-        return made
+        _record_jobs(session, jobs)
+        subjects = [job_id]
+        if jobs[0].sweep_id is not None:
+            enqueue_for_sweep(session, jobs[0].sweep_id)
+            subjects.append(jobs[0].sweep_id)
+        return unpublished(session, subjects)
+
+
+def jobs_ended(session: Session, job_ids: Sequence[str]) -> list[str]:
+    """As `job_ended`, for many jobs at once in the caller's transaction (`cancel_trials`: a
+    sweep's cancel ends up to all its trials), in a few queries whatever their number when
+    their owner has no webhook for them. Returns the ids of the deliveries created."""
+    jobs = _ended_jobs(session, job_ids)
+    made = _record_jobs(session, jobs)
+    for sweep_id in sorted({job.sweep_id for job in jobs if job.sweep_id is not None}):
+        made += enqueue_for_sweep(session, sweep_id)
+    session.flush()
+    return made
+
+
+def unpublished(session: Session, subject_ids: Collection[str]) -> list[str]:
+    """The first attempts about these subjects (jobs, sweeps) recorded and not yet published,
+    oldest first."""
+    if not subject_ids:
+        return []
+    D = WebhookDelivery
+    return list(
+        session.scalars(
+            sa.select(D.id)
+            .where(
+                D.subject_id.in_(list(subject_ids)),
+                D.attempt == 1,
+                D.status == "pending",
+                D.published_at.is_(None),
+            )
+            .order_by(D.created_at, D.id)
+        )
+    )
 
 
 # -- publishing ----------------------------------------------------------------------------------
@@ -205,29 +304,48 @@ def _send(celery: Celery, delivery_id: str, countdown: float | None = None) -> N
 
 
 def publish(
-    factory: sessionmaker[Session],
+    target: Session | sessionmaker[Session],
     celery: Celery,
     delivery_ids: Sequence[str],
     countdown: float | None = None,
 ) -> int:
-    """Send the deliveries' messages and record when; stops at the first broker error (logged):
-    the rest stay unpublished for `scan`. Returns how many were sent."""
-    sent = 0
+    """Send the deliveries' messages, then record when (one transaction; given a `Session`, it
+    is committed); stops at the first broker error (logged): the rest stay unpublished for
+    `scan`. Returns how many were sent."""
+    sent: list[str] = []
     for delivery_id in delivery_ids:
         try:
             _send(celery, delivery_id, countdown)
         except Exception:
             log.warning("could not publish webhook delivery %s; scan will", delivery_id)
             break
-        with factory() as session:
-            session.execute(
-                sa.update(WebhookDelivery)
-                .where(WebhookDelivery.id == delivery_id)
-                .values(published_at=utcnow())
-            )
-            session.commit()
-        sent += 1
-    return sent
+        sent.append(delivery_id)
+    if sent:
+        now = utcnow()
+        with _committed(target) as session:
+            for i in range(0, len(sent), _IN_BATCH):
+                session.execute(
+                    sa.update(WebhookDelivery)
+                    .where(WebhookDelivery.id.in_(sent[i : i + _IN_BATCH]))
+                    .values(published_at=now)
+                )
+    return len(sent)
+
+
+def publish_recorded(
+    target: Session | sessionmaker[Session], celery: Celery, subject_ids: Collection[str]
+) -> list[str]:
+    """After the commit that recorded them (a job's or a sweep's end): publish the subjects'
+    first attempts not yet published (`unpublished`). Returns the ids sent. Never raises: the
+    change is committed, and what is left unpublished `scan` publishes."""
+    try:
+        with _committed(target) as session:
+            due = unpublished(session, subject_ids)
+        sent = publish(target, celery, due)
+        return due[:sent]
+    except Exception:
+        log.warning("webhook deliveries of %s left to the scan", list(subject_ids), exc_info=True)
+        return []
 
 
 # -- the safety net ------------------------------------------------------------------------------
@@ -299,9 +417,10 @@ def scan(
     now: datetime | None = None,
 ) -> dict[str, int]:
     """The safety net, run periodically by the workers: record the deliveries of recently
-    finished jobs and sweeps that have none (their worker was lost before it could, or nothing
-    else announces them), then publish every due `pending` attempt whose message was never
-    sent or is long overdue, and whose claim (if any) expired. Returns {"created": n,
+    finished jobs and sweeps that have none (their end recorded none: an older version), then
+    publish every due `pending` attempt whose message was never sent (the broker was down, the
+    process that made the change was lost before it published, the maintenance loop's own
+    changes) or is long overdue, and whose claim (if any) expired. Returns {"created": n,
     "published": m}."""
     created = _record_missing(factory, now or utcnow())
     published = _republish_due(factory, celery, settings, now or utcnow())

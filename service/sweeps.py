@@ -82,7 +82,7 @@ from core.sweep import (
     median_rule,
     median_rule_due,
 )
-from service import lifecycle
+from service import lifecycle, outbox
 from service.config import Limits, Settings
 from service.db import paginate, session_scope, utcnow
 from service.jobs import check_active_jobs, check_spec, dataset_facts, normalized_specs, tag_filters
@@ -278,10 +278,14 @@ def list_sweeps(
     return paginate(session, query, page, page_size)
 
 
-def cancel_sweep(session: Session, sweep_id: str, owner: str) -> Sweep:
+def cancel_sweep(
+    session: Session, sweep_id: str, owner: str, celery: Celery | None = None
+) -> Sweep:
     """Cancel `owner`'s sweep: its held and queued trials never start, its running ones stop at
     their next epoch; the sweep is `cancelled` now if none runs, else once they stopped
-    (`advance`). 409 once final; another owner's sweep is a 404. Commits."""
+    (`advance`). 409 once final; another owner's sweep is a 404. Commits; the webhook
+    deliveries of what ended (recorded in that transaction) are published then, given `celery`
+    (else the workers' scan publishes them)."""
     if not is_id(sweep_id):
         raise ApiError(404, f"No sweep with id {sweep_id!r}.")
     now = utcnow()
@@ -299,14 +303,18 @@ def cancel_sweep(session: Session, sweep_id: str, owner: str) -> Sweep:
             raise ApiError(404, f"No sweep with id {sweep_id!r}.")
         raise ApiError(409, f"Sweep {sweep_id} is already {status}.")
     # the sweep's row is locked until the commit: no `advance` starts a trial meanwhile
-    running = lifecycle.cancel_trials(session, sweep_id, now)
+    running = lifecycle.cancel_trials(session, sweep_id, now)  # records the trials' events
     if not running:
         session.execute(
             sa.update(Sweep)
             .where(Sweep.id == sweep_id, Sweep.status.in_(ACTIVE))
             .values(status="cancelled", finished_at=now)
         )
+        outbox.enqueue_for_sweep(session, sweep_id)  # `sweep.finished`, in this transaction
     session.commit()
+    if celery is not None:
+        trials = session.scalars(sa.select(Job.id).where(Job.sweep_id == sweep_id)).all()
+        outbox.publish_recorded(session, celery, [sweep_id, *trials])
     session.expire_all()
     return get_sweep(session, sweep_id, owner)
 
@@ -333,8 +341,10 @@ def advance(
 ) -> list[str]:
     """Start as many held trials as the sweep's `max_parallel` and the owner's
     `max_active_jobs` allow (published; a publish that fails leaves the trial to `reconcile`),
-    and end the sweep once every trial has ended. Returns the ids of the trials started."""
+    and end the sweep once every trial has ended (its `sweep.finished` deliveries recorded in
+    that transaction, published after it). Returns the ids of the trials started."""
     now = utcnow()
+    ids: list[str] = []
     with session_scope(factory) as session:
         # The lock: concurrent advances of this sweep wait here for each other's commit.
         row = session.execute(
@@ -357,7 +367,8 @@ def advance(
         active = counts.get(("queued", False), 0) + sum(
             n for (status, _), n in counts.items() if status == "running"
         )
-        if held == 0 and active == 0:
+        ended = held == 0 and active == 0
+        if ended:
             succeeded = sum(n for (status, _), n in counts.items() if status == "succeeded")
             final = final_status(succeeded, bool(row.cancel_requested))
             session.execute(
@@ -369,31 +380,39 @@ def advance(
                     started_at=sa.func.coalesce(Sweep.started_at, now),
                 )
             )
+            outbox.enqueue_for_sweep(session, sweep_id)  # `sweep.finished`, in this transaction
             log.info("sweep %s: %s", sweep_id, final)
-            return []
-        started_any = active or any(s in FINAL_STATUSES for s, _ in counts)
-        if row.status == "queued" and started_any:
-            session.execute(
-                sa.update(Sweep)
-                .where(Sweep.id == sweep_id, Sweep.status == "queued")
-                .values(status="running", started_at=now)
-            )
-        if row.cancel_requested or held == 0:
-            return []
-        owner_active = session.scalar(
-            sa.select(sa.func.count())
-            .select_from(Job)
-            .where(Job.owner == row.owner, Job.status.in_(ACTIVE), Job.held.is_(False))
-        )
-        free = free_slots(
-            held, active, row.max_parallel, limits.max_active_jobs - int(owner_active or 0)
-        )
-        if free <= 0:
-            return []
-        ids = lifecycle.start_trials(session, sweep_id, free, now)
-    # the broker may be down: `reconcile` publishes the trials it could not once it is back
-    lifecycle.send_trials(factory, celery, sweep_id, ids, now)
+        else:
+            started_any = active or any(s in FINAL_STATUSES for s, _ in counts)
+            if row.status == "queued" and started_any:
+                session.execute(
+                    sa.update(Sweep)
+                    .where(Sweep.id == sweep_id, Sweep.status == "queued")
+                    .values(status="running", started_at=now)
+                )
+            if not row.cancel_requested and held > 0:
+                free = _free_slots(session, row.owner, held, active, row.max_parallel, limits)
+                if free > 0:
+                    ids = lifecycle.start_trials(session, sweep_id, free, now)
+    if ended:
+        outbox.publish_recorded(factory, celery, [sweep_id])
+    elif ids:
+        # the broker may be down: `reconcile` publishes the trials it could not once it is back
+        lifecycle.send_trials(factory, celery, sweep_id, ids, now)
     return ids
+
+
+def _free_slots(
+    session: Session, owner: str, held: int, active: int, max_parallel: int | None, limits: Limits
+) -> int:
+    """How many held trials may start now: within `max_parallel` and the owner's
+    `max_active_jobs`."""
+    owner_active = session.scalar(
+        sa.select(sa.func.count())
+        .select_from(Job)
+        .where(Job.owner == owner, Job.status.in_(ACTIVE), Job.held.is_(False))
+    )
+    return free_slots(held, active, max_parallel, limits.max_active_jobs - int(owner_active or 0))
 
 
 def advance_all(factory: sessionmaker[Session], celery: Celery, settings: Settings) -> None:

@@ -5,8 +5,8 @@ A **delivery** is one row per attempt, written `pending` before anything is sent
 lost mid-delivery drops nothing. The modules around it, one concern each:
 
 - `service.outbox` records the first attempt of each event (one per webhook of the subject's
-  owner subscribed to it) and publishes the messages that send them; every event leaves from
-  there.
+  owner subscribed to it) in the transaction of the change it reports, and publishes the
+  messages that send them after its commit; every event leaves from there.
 - `service.webhook_delivery` sends one attempt (claim, `POST`, record, the retry after a
   backoff), from a worker.
 - `service.webhook_signing` signs it; `service.webhook_urls` decides where it may go.
@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,8 +31,8 @@ from sqlalchemy.orm import Session
 
 from service.config import Settings
 from service.db import iso_utc, paginate
-from service.tables import Job, Sweep, is_id
-from service.views import serialize_job, serialize_sweep
+from service.tables import Sweep, is_id
+from service.views import serialize_sweep
 from service.webhook_models import WEBHOOK_EVENTS, Webhook, WebhookDelivery
 from service.webhook_urls import allow_private, check_url
 
@@ -162,11 +162,10 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def job_payload(session: Session, job: Job, event: str, event_id: str, now: datetime) -> str:
-    """The body of a job event: the job as `GET /jobs/{id}` gives it, less its histories."""
-    data = serialize_job(session, job)
-    for key in ("loss_history", "val_loss_history"):
-        data.pop(key, None)
+def job_payload(view: Mapping[str, Any], event: str, event_id: str, now: datetime) -> str:
+    """The body of a job event: the job's view (`service.views.serialize_jobs`, as `GET
+    /jobs/{id}` gives it) less its histories."""
+    data = {k: v for k, v in view.items() if k not in ("loss_history", "val_loss_history")}
     body = {
         "id": event_id,
         "type": event,
@@ -188,11 +187,15 @@ def sweep_payload(session: Session, sweep: Sweep, event_id: str, now: datetime) 
     return json.dumps(body, separators=(",", ":"), allow_nan=False)
 
 
-def insert_delivery(session: Session, values: dict[str, Any]) -> bool:
-    """INSERT a delivery unless its (webhook, event, subject, attempt) exists; True if new."""
+def insert_delivery(session: Session, *rows: Mapping[str, Any]) -> list[str]:
+    """INSERT deliveries (each a row's values; one statement, executed for many rows in
+    batches), skipping those whose (webhook, event, subject, attempt) exists; the ids
+    inserted."""
+    if not rows:
+        return []
     if session.get_bind().dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert
-    statement = insert(WebhookDelivery).values(**values).on_conflict_do_nothing()
-    return session.execute(statement.returning(WebhookDelivery.id)).first() is not None
+    statement = insert(WebhookDelivery).on_conflict_do_nothing().returning(WebhookDelivery.id)
+    return list(session.scalars(statement, [dict(row) for row in rows]))

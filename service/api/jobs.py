@@ -115,5 +115,5 @@ def cancel(job_id: str) -> dict[str, Any]:
     A queued job is `cancelled` at once and never starts. A running one gets
     `cancel_requested: true` and stops at its next epoch boundary, ending `cancelled`.
     """
-    session = db()
-    return jobs.serialize_job(session, jobs.cancel_job(session, job_id, current_owner()))
+    session, celery = db(), current_app.extensions["celery"]
+    return jobs.serialize_job(session, jobs.cancel_job(session, job_id, current_owner(), celery))

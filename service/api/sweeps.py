@@ -110,8 +110,9 @@ class SweepById(MethodView):
 def cancel(sweep_id: str) -> dict[str, Any]:
     """Cancel a sweep: trials not started never start, running ones stop at their next epoch
     (`cancelled`); the sweep is `cancelled` once none runs."""
-    session = db()
-    return sweeps.serialize_sweep(session, sweeps.cancel_sweep(session, sweep_id, current_owner()))
+    session, celery = db(), current_app.extensions["celery"]
+    sweep = sweeps.cancel_sweep(session, sweep_id, current_owner(), celery)
+    return sweeps.serialize_sweep(session, sweep)
 
 
 SWEEP_STREAM_DOC = (

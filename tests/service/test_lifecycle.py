@@ -2,14 +2,18 @@
 
 The task and the maintenance loop are tested around them in tests/workers (a whole attempt,
 re-delivery, the reaper, the reconciler); here: the fencing of each write of an attempt, the
-outcomes of `claim`, `succeed` and `cancel`, publishing, and the messages.
+outcomes of `claim`, `succeed` and `cancel`, publishing, the messages, and the webhook
+deliveries every final transition records in its own transaction (`outbox.job_ended`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -21,7 +25,8 @@ from service.celery import celery_config
 from service.config import Settings
 from service.db import session_scope, utcnow
 from service.lifecycle import CancelResult, Claim
-from service.tables import Job, JobEpoch, Sweep, TrainedModel
+from service.tables import DEFAULT_OWNER, Job, JobEpoch, Sweep, TrainedModel
+from service.webhook_models import WEBHOOK_EVENTS, Webhook, WebhookDelivery
 from tests.workers.test_tasks import add_job, job_row
 
 SETTINGS = dataclasses.replace(
@@ -340,6 +345,186 @@ def test_fail_timed_out(factory: sessionmaker[Session]) -> None:
     job = job_row(factory, claim.job_id)
     assert job.error == "time limit exceeded (hard limit 7 s); partial history kept"
     assert not lifecycle.fail_timed_out(factory, claim.job_id, SETTINGS)
+
+
+# -- webhooks: every final transition records its deliveries in its own transaction -----------
+
+
+def subscribe(factory: sessionmaker[Session], owner: str = DEFAULT_OWNER) -> str:
+    """A webhook of `owner`'s subscribed to every event, made before any job here ends."""
+    with session_scope(factory) as session:
+        hook = Webhook(
+            owner=owner,
+            url="http://hooks.example/trainyard",
+            events=sorted(WEBHOOK_EVENTS),
+            secret="s" * 24,
+            created_at=utcnow() - timedelta(minutes=1),
+        )
+        session.add(hook)
+        session.flush()
+        return hook.id
+
+
+def recorded(factory: sessionmaker[Session], subject_id: str) -> list[WebhookDelivery]:
+    """The deliveries recorded about a job (or sweep)."""
+    with session_scope(factory) as session:
+        query = sa.select(WebhookDelivery).where(WebhookDelivery.subject_id == subject_id)
+        rows = list(session.scalars(query))
+        session.expunge_all()
+        return rows
+
+
+def events_of(factory: sessionmaker[Session], subject_id: str) -> list[str]:
+    """The events recorded about the subject: each a first attempt, `pending`, unpublished (the
+    outbox: whoever made the change publishes them after its commit)."""
+    rows = recorded(factory, subject_id)
+    assert all((r.attempt, r.status, r.published_at) == (1, "pending", None) for r in rows)
+    return sorted(r.event for r in rows)
+
+
+def model_of(factory: sessionmaker[Session], job_id: str) -> dict[str, Any]:
+    return {"dataset_id": job_row(factory, job_id).dataset_id, "architecture": {},
+            "weights": b"", "graph_svg": "", "metrics": {}}  # fmt: skip
+
+
+def test_an_attempts_end_records_its_deliveries(factory: sessionmaker[Session]) -> None:
+    """`succeed`, `fail`, `cancel_attempt`: the job's final status and its `job.<status>`
+    deliveries commit together; no announce or scan is needed for them to exist."""
+    subscribe(factory)
+    subscribe(factory, owner="someone else")  # not the jobs' owner: nothing for it
+    done, broken, stopped, late = (running(factory) for _ in range(4))
+    model = model_of(factory, done.job_id)
+    assert lifecycle.succeed(factory, done, results={"epoch": 1}, model=model) == "succeeded"
+    lifecycle.fail(factory, broken, "it broke")
+    lifecycle.cancel_attempt(factory, stopped, "early_termination", 1)
+    assert events_of(factory, done.job_id) == ["job.succeeded"]
+    assert events_of(factory, broken.job_id) == ["job.failed"]
+    assert events_of(factory, stopped.job_id) == ["job.cancelled"]
+    # the body is the job as it ended, its model (inserted in the same transaction) named
+    (row,) = recorded(factory, done.job_id)
+    event = json.loads(row.payload)
+    assert event["type"] == "job.succeeded" and event["data"]["job"]["status"] == "succeeded"
+    assert event["data"]["job"]["model_id"] is not None
+    (row,) = recorded(factory, broken.job_id)
+    assert json.loads(row.payload)["data"]["job"]["error"] == "it broke"
+
+    # a write that no longer owns the job ends nothing, and records nothing
+    set_fields(factory, late.job_id, heartbeat_at=utcnow() - STALE)
+    assert lifecycle.claim(factory, late.job_id, SETTINGS) == Claim(late.job_id, 2)
+    lifecycle.fail(factory, late, "too late")
+    model = model_of(factory, late.job_id)
+    assert lifecycle.succeed(factory, late, results={}, model=model) == "lost"
+    assert events_of(factory, late.job_id) == []
+    # ending it twice records it once
+    lifecycle.fail(factory, broken, "again")
+    assert events_of(factory, broken.job_id) == ["job.failed"]
+
+
+def test_the_api_cancel_records_job_cancelled_in_its_transaction(
+    factory: sessionmaker[Session],
+) -> None:
+    subscribe(factory, owner="alice")
+    queued = add_job(factory, owner="alice")
+    claim = running(factory, owner="alice")
+    with factory() as session:
+        assert lifecycle.cancel(session, queued, "alice") == CancelResult(True)
+        assert lifecycle.cancel(session, claim.job_id, "alice") == CancelResult(True)
+    assert events_of(factory, queued) == ["job.cancelled"]
+    assert events_of(factory, claim.job_id) == []  # still running: asked to stop
+    assert lifecycle.cancel_attempt(factory, claim) == "cancelled"
+    assert events_of(factory, claim.job_id) == ["job.cancelled"]
+    # a cancelled job whose flag a delivery sees before it ever ran (`claim`)
+    flagged = add_job(factory, owner="alice", cancel_requested=True)
+    assert lifecycle.claim(factory, flagged, SETTINGS) == "cancelled"
+    assert events_of(factory, flagged) == ["job.cancelled"]
+
+
+def test_lost_and_timed_out_jobs_record_theirs_when_they_end(
+    factory: sessionmaker[Session],
+) -> None:
+    """The reaper, a delivery that finds a lost worker's job (`claim`) and the hard time limit
+    (`fail_timed_out`) end jobs in the maintenance loop or a new delivery: their deliveries are
+    recorded in that transaction, not left for the scan."""
+    subscribe(factory)
+    stale = utcnow() - STALE
+    lost = add_job(factory, status="running", attempts=3, heartbeat_at=stale)
+    flagged = add_job(
+        factory, status="running", attempts=1, heartbeat_at=stale, cancel_requested=True
+    )
+    requeued = add_job(factory, status="running", attempts=1, heartbeat_at=stale)
+    outcomes = lifecycle.reap(factory, SETTINGS)
+    assert [outcomes[i] for i in (lost, flagged, requeued)] == ["failed", "cancelled", "requeued"]
+    assert events_of(factory, lost) == ["job.failed"]
+    assert events_of(factory, flagged) == ["job.cancelled"]
+    assert events_of(factory, requeued) == []  # back in the queue: it has not ended
+
+    taken_over = add_job(factory, status="running", attempts=3, heartbeat_at=stale)
+    assert lifecycle.claim(factory, taken_over, SETTINGS) == "failed"
+    assert events_of(factory, taken_over) == ["job.failed"]
+
+    timed_out = running(factory)
+    assert lifecycle.fail_timed_out(factory, timed_out.job_id, SETTINGS)
+    (row,) = recorded(factory, timed_out.job_id)
+    assert row.event == "job.failed"
+    assert json.loads(row.payload)["data"]["job"]["error"].startswith("time limit exceeded")
+
+
+def test_cancel_trials_records_each_cancelled_trial(factory: sessionmaker[Session]) -> None:
+    subscribe(factory, owner="dana")
+    sweep_id, ids = held_trials(factory, 3)
+    with session_scope(factory) as session:
+        lifecycle.start_trials(session, sweep_id, 1, utcnow())
+    assert isinstance(lifecycle.claim(factory, ids[0], SETTINGS), Claim)
+    with factory() as session:
+        assert lifecycle.cancel_trials(session, sweep_id, utcnow()) == 1
+        session.rollback()  # the caller's transaction: nothing of it stays
+    assert [events_of(factory, i) for i in ids] == [[], [], []]
+    assert all(job_row(factory, i).status != "cancelled" for i in ids)
+    with session_scope(factory) as session:
+        assert lifecycle.cancel_trials(session, sweep_id, utcnow()) == 1
+    assert [events_of(factory, i) for i in ids] == [[], ["job.cancelled"], ["job.cancelled"]]
+
+
+def _fail_after(real: Callable[..., Any]) -> Callable[..., Any]:
+    """`real`, then an error: the transaction fails after the deliveries were written."""
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        real(*args, **kwargs)
+        raise RuntimeError("the database went away before the commit")
+
+    return broken
+
+
+def test_a_final_transition_rolled_back_leaves_no_delivery(
+    factory: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The deliveries are written in the transaction of the change: when it rolls back, so do
+    they (and a retry, or the scan, records them once the change is made)."""
+    subscribe(factory)
+    subscribe(factory, owner="alice")
+    claim = running(factory)
+    stale = running(factory)
+    set_fields(factory, stale.job_id, heartbeat_at=utcnow() - STALE, attempts=3)
+    queued = add_job(factory, owner="alice")
+    monkeypatch.setattr(lifecycle, "job_ended", _fail_after(lifecycle.job_ended))
+
+    with pytest.raises(RuntimeError):
+        lifecycle.fail(factory, claim, "it broke")
+    with pytest.raises(RuntimeError):
+        lifecycle.fail_timed_out(factory, claim.job_id, SETTINGS)
+    with pytest.raises(RuntimeError):
+        lifecycle.reap(factory, SETTINGS)
+    with factory() as session, pytest.raises(RuntimeError):
+        lifecycle.cancel(session, queued, "alice")
+    assert [job_row(factory, i).status for i in (claim.job_id, stale.job_id, queued)] == [
+        "running", "running", "queued",
+    ]  # fmt: skip
+    with session_scope(factory) as session:
+        assert session.scalar(sa.select(sa.func.count()).select_from(WebhookDelivery)) == 0
+
+    monkeypatch.undo()  # the retry: ends it, and records its deliveries with it
+    lifecycle.fail(factory, claim, "it broke")
+    assert events_of(factory, claim.job_id) == ["job.failed"]
 
 
 # -- messages and settings ----------------------------------------------------------------------

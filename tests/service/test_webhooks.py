@@ -1,7 +1,8 @@
 """Webhooks on SQLite and PostgreSQL: the API (create, list, get, delete, deliveries), the
 refused URLs, and deliveries against a real HTTP server on 127.0.0.1 (private addresses allowed
-for these): the signature, retries with backoff, the timeout, the address check at delivery
-time, idempotent creation, the scan that catches what a lost worker left.
+for these): the deliveries recorded in the transaction that ends a job (or a sweep) and
+published after its commit, the signature, retries with backoff, the timeout, the address check
+at delivery time, idempotent creation, the scan that catches what a lost worker or broker left.
 
 Deliveries are sent by calling `service.webhook_delivery.deliver` as the Celery task does; the
 task itself runs in tests/e2e/test_events.py.
@@ -151,6 +152,18 @@ def deliveries(app: Flask, **where: Any) -> list[WebhookDelivery]:
     with factory_of(app)() as session:
         query = sa.select(WebhookDelivery).filter_by(**where)
         return list(session.scalars(query.order_by(WebhookDelivery.attempt)))
+
+
+def recorded(app: Flask, subject_id: str) -> list[str]:
+    """The first attempts recorded about a job (or sweep): the transaction that ended it wrote
+    them."""
+    return [d.id for d in deliveries(app, subject_id=subject_id, attempt=1)]
+
+
+def forget_deliveries(app: Flask) -> None:
+    """Delete every delivery (the webhooks stay): as if the jobs had ended without them."""
+    with app.extensions["db_engine"].begin() as conn:
+        conn.execute(sa.delete(WebhookDelivery))
 
 
 # -- the API --------------------------------------------------------------------------------------
@@ -304,8 +317,7 @@ def test_a_finished_job_makes_one_delivery_per_subscribed_webhook(
     job_id = finished_job(app, client)
     factory = factory_of(app)
 
-    made = outbox.enqueue_for_job(factory, job_id, "succeeded")
-    assert len(made) == 1
+    assert len(recorded(app, job_id)) == 1  # by `lifecycle.succeed`, as it ended the job
     assert outbox.enqueue_for_job(factory, job_id, "succeeded") == []  # once only
     assert outbox.enqueue_for_job(factory, job_id, "failed") == []  # not its status
     (row,) = deliveries(app)
@@ -322,7 +334,7 @@ def test_a_finished_job_makes_one_delivery_per_subscribed_webhook(
     assert job == {k: v for k, v in expected.items() if not k.endswith("loss_history")}
 
     failed = finished_job(app, client, end="failed")
-    assert len(outbox.enqueue_for_job(factory, failed, "failed")) == 2
+    assert len(recorded(app, failed)) == 2
     assert {d.webhook_id for d in deliveries(app, subject_id=failed)} == {
         both["id"],
         only_failed["id"],
@@ -339,6 +351,7 @@ def test_enqueue_inside_a_callers_session(
 ) -> None:
     create(client, receiver.url)
     job_id = finished_job(app, client)
+    forget_deliveries(app)
     with factory_of(app)() as session:
         made = outbox.enqueue_for_job(session, job_id, "succeeded")
         assert len(made) == 1
@@ -348,7 +361,7 @@ def test_enqueue_inside_a_callers_session(
 
 @ALLOW
 def test_a_finished_sweep_announces_sweep_finished(
-    app: Flask, client: FlaskClient, receiver: Receiver
+    app: Flask, client: FlaskClient, receiver: Receiver, queued_messages: Callable[[], int]
 ) -> None:
     hook = create(client, receiver.url, ["sweep.finished"], secret=SECRET).get_json()
     body = {
@@ -361,14 +374,16 @@ def test_a_finished_sweep_announces_sweep_finished(
     sweep_id = r.get_json()["id"]
     factory = factory_of(app)
     assert outbox.enqueue_for_sweep(factory, sweep_id) == []  # not finished
-    # its trials cancelled and the sweep with them
+    # its trials cancelled and the sweep with them: `sweep.finished` recorded in the cancel's
+    # transaction and published after it
+    before = queued_messages()
     assert client.post(f"/api/v1/sweeps/{sweep_id}/cancel").status_code == 200
     assert client.get(f"/api/v1/sweeps/{sweep_id}").get_json()["status"] == "cancelled"
-
-    done = outbox.scan(factory, app.extensions["celery"], settings_of(app))
-    assert done == {"created": 1, "published": 1}
     (row,) = deliveries(app)
     assert (row.webhook_id, row.event, row.subject_id) == (hook["id"], "sweep.finished", sweep_id)
+    assert row.published_at is not None and queued_messages() == before + 1
+    done = outbox.scan(factory, app.extensions["celery"], settings_of(app))
+    assert done == {"created": 0, "published": 0}  # nothing left for the safety net
     assert outbox.enqueue_for_sweep(factory, sweep_id) == []  # once only
     assert webhook_delivery.deliver(factory, row.id, settings_of(app)).status == "succeeded"
     (request,) = receiver.requests
@@ -376,6 +391,64 @@ def test_a_finished_sweep_announces_sweep_finished(
     event = json.loads(request["body"])
     assert event["type"] == "sweep.finished"
     assert event["data"]["sweep"] == client.get(f"/api/v1/sweeps/{sweep_id}").get_json()
+
+
+@ALLOW
+def test_a_sweep_cancelled_through_the_api_publishes_its_trials_and_its_end(
+    app: Flask, client: FlaskClient, receiver: Receiver, queued_messages: Callable[[], int]
+) -> None:
+    create(client, receiver.url, ["job.cancelled", "sweep.finished"])
+    body = {"dataset_id": post_dataset(client), "base": SPEC, "max_parallel": 1,
+            "parameters": {"training.learning_rate": {"values": [0.01, 0.1, 0.2]}}}  # fmt: skip
+    sweep_id = client.post("/api/v1/sweeps", json=body).get_json()["id"]
+    before = queued_messages()
+    assert client.post(f"/api/v1/sweeps/{sweep_id}/cancel").status_code == 200
+    rows = deliveries(app)
+    assert sorted(r.event for r in rows) == ["job.cancelled"] * 3 + ["sweep.finished"]
+    assert all(r.published_at is not None for r in rows)
+    assert queued_messages() == before + 4
+    assert outbox.scan(factory_of(app), app.extensions["celery"], settings_of(app)) == {
+        "created": 0,
+        "published": 0,
+    }
+
+
+@ALLOW
+def test_a_sweep_ended_by_its_last_trial_records_and_publishes_sweep_finished(
+    app: Flask, client: FlaskClient, receiver: Receiver, queued_messages: Callable[[], int]
+) -> None:
+    """The last trial ends (its `job.succeeded` recorded with it); the advance that follows
+    ends the sweep, records `sweep.finished` in that transaction and publishes it after."""
+    from service import sweeps
+    from workers.webhooks import announce
+
+    create(client, receiver.url, ["job.succeeded", "sweep.finished"])
+    body = {"dataset_id": post_dataset(client), "base": SPEC,
+            "parameters": {"training.learning_rate": {"values": [0.1]}}}  # fmt: skip
+    sweep_id = client.post("/api/v1/sweeps", json=body).get_json()["id"]
+    factory, celery = factory_of(app), app.extensions["celery"]
+    (trial,) = [
+        j["id"] for j in client.get(f"/api/v1/jobs?sweep_id={sweep_id}").get_json()["items"]
+    ]
+    attempt = lifecycle.claim(factory, trial, dataclasses.replace(Settings(), stale_after=30))
+    assert isinstance(attempt, Claim)
+    with factory() as session:
+        dataset_id = session.get(Job, trial).dataset_id  # type: ignore[union-attr]
+    model = {"dataset_id": dataset_id, "architecture": {}, "weights": b"", "graph_svg": "",
+             "metrics": {"loss": 0.5}}  # fmt: skip
+    assert lifecycle.succeed(factory, attempt, results={"epoch": 1}, model=model) == "succeeded"
+    assert [(d.event, d.published_at) for d in deliveries(app)] == [("job.succeeded", None)]
+
+    before = queued_messages()
+    assert sweeps.advance(factory, celery, sweep_id, settings_of(app).limits) == []
+    (ended,) = deliveries(app, event="sweep.finished")
+    assert ended.subject_id == sweep_id and ended.published_at is not None
+    assert queued_messages() == before + 1
+    assert json.loads(ended.payload)["data"]["sweep"]["status"] == "succeeded"
+    # the trial's worker then publishes the job's (the sweep's is published already)
+    (job_delivery,) = deliveries(app, event="job.succeeded")
+    assert announce(factory, celery, trial) == [job_delivery.id]
+    assert outbox.scan(factory, celery, settings_of(app)) == {"created": 0, "published": 0}
 
 
 @ALLOW
@@ -389,16 +462,89 @@ def test_the_worker_that_ended_a_job_announces_it_at_once(
     running = client.post("/api/v1/jobs", json={"dataset_id": post_dataset(client), **SPEC})
     assert announce(factory_of(app), celery, running.get_json()["id"]) == []  # not ended
     job_id = finished_job(app, client)
+    (recorded_with_it,) = deliveries(app)  # by `lifecycle.succeed`, in its transaction
+    assert recorded_with_it.published_at is None
     before = queued_messages()
-    (made,) = announce(factory_of(app), celery, job_id)
+    (made,) = announce(factory_of(app), celery, job_id)  # publishes it
     assert queued_messages() == before + 1
     (row,) = deliveries(app)
-    assert row.id == made and row.published_at is not None
+    assert row.id == made == recorded_with_it.id and row.published_at is not None
     assert announce(factory_of(app), celery, job_id) == []  # once
     assert outbox.scan(factory_of(app), celery, settings_of(app)) == {
         "created": 0,
         "published": 0,
     }
+
+
+@ALLOW
+def test_a_job_cancelled_through_the_api_is_announced_by_the_cancel(
+    app: Flask, client: FlaskClient, receiver: Receiver, queued_messages: Callable[[], int]
+) -> None:
+    """No worker ever runs a queued job that is cancelled: the cancel records its `job.cancelled`
+    deliveries in its own transaction and publishes them once it is committed; no scan needed."""
+    hook = create(client, receiver.url, ["job.cancelled"], secret=SECRET).get_json()
+    r = client.post("/api/v1/jobs", json={"dataset_id": post_dataset(client), **SPEC})
+    job_id = r.get_json()["id"]
+    before = queued_messages()
+    assert client.post(f"/api/v1/jobs/{job_id}/cancel").status_code == 200
+    (row,) = deliveries(app)
+    assert (row.webhook_id, row.event, row.subject_id, row.attempt, row.status) == (
+        hook["id"], "job.cancelled", job_id, 1, "pending",
+    )  # fmt: skip
+    assert row.published_at is not None and queued_messages() == before + 1
+    assert outbox.scan(factory_of(app), app.extensions["celery"], settings_of(app)) == {
+        "created": 0,
+        "published": 0,
+    }
+    # the message sends it: the job as the cancel left it
+    assert webhook_delivery.deliver(factory_of(app), row.id, settings_of(app)).status == (
+        "succeeded"
+    )
+    (request,) = receiver.requests
+    check_signature(request, SECRET)
+    event = json.loads(request["body"])
+    assert event["type"] == "job.cancelled"
+    assert event["data"]["job"]["status"] == "cancelled" and event["data"]["job"]["id"] == job_id
+    # a second cancel is a 409 and records nothing
+    assert client.post(f"/api/v1/jobs/{job_id}/cancel").status_code == 409
+    assert len(deliveries(app)) == 1
+
+
+@ALLOW
+def test_a_running_job_cancelled_through_the_api_is_announced_when_it_stops(
+    app: Flask, client: FlaskClient, receiver: Receiver
+) -> None:
+    create(client, receiver.url, ["job.cancelled"])
+    r = client.post("/api/v1/jobs", json={"dataset_id": post_dataset(client), **SPEC})
+    job_id = r.get_json()["id"]
+    factory = factory_of(app)
+    attempt = lifecycle.claim(factory, job_id, dataclasses.replace(Settings(), stale_after=30))
+    assert isinstance(attempt, Claim)
+    assert client.post(f"/api/v1/jobs/{job_id}/cancel").get_json()["cancel_requested"] is True
+    assert deliveries(app) == []  # asked to stop: it has not ended
+    assert lifecycle.record_epoch(factory, attempt, 1, 0.5, None) is True
+    assert lifecycle.cancel_attempt(factory, attempt) == "cancelled"
+    (row,) = deliveries(app)  # recorded as the attempt ended it; its worker announces it
+    assert (row.event, row.subject_id, row.published_at) == ("job.cancelled", job_id, None)
+
+
+@pytest.mark.app_config(
+    {"WEBHOOKS_ALLOW_PRIVATE": "true", "CELERY_BROKER_URL": "redis://127.0.0.1:1/0"}
+)
+def test_a_cancel_with_the_broker_down_leaves_its_delivery_to_the_scan(
+    app: Flask, client: FlaskClient, receiver: Receiver
+) -> None:
+    """The cancel is committed whatever happens to the publish: its delivery stays recorded,
+    unpublished, and the scan publishes it once the broker is back."""
+    create(client, receiver.url, ["job.cancelled"])
+    r = client.post("/api/v1/jobs", json={"dataset_id": post_dataset(client), **SPEC})
+    job_id = r.get_json()["id"]
+    started = time.monotonic()
+    r = client.post(f"/api/v1/jobs/{job_id}/cancel")
+    assert r.status_code == 200 and r.get_json()["status"] == "cancelled"
+    assert time.monotonic() - started < 5
+    (row,) = deliveries(app)
+    assert (row.event, row.subject_id, row.published_at) == ("job.cancelled", job_id, None)
 
 
 # -- sending --------------------------------------------------------------------------------------
@@ -420,7 +566,7 @@ def test_a_delivery_is_signed_and_recorded(
 ) -> None:
     hook = create(client, receiver.url, secret=SECRET).get_json()
     job_id = finished_job(app, client)
-    (delivery_id,) = outbox.enqueue_for_job(factory_of(app), job_id, "succeeded")
+    (delivery_id,) = recorded(app, job_id)
 
     outcome = webhook_delivery.deliver(factory_of(app), delivery_id, settings_of(app))
     assert outcome == webhook_delivery.DeliveryOutcome("succeeded")
@@ -455,7 +601,7 @@ def test_failures_are_retried_with_backoff_until_the_limit(
 ) -> None:
     hook = create(client, receiver.url, secret=SECRET).get_json()
     job_id = finished_job(app, client, end="failed")
-    (first,) = outbox.enqueue_for_job(factory_of(app), job_id, "failed")
+    (first,) = recorded(app, job_id)
     receiver.answers = [500, 302, 200]
     settings = settings_of(app, webhook_retry_base=0.4, webhook_max_attempts=5)
 
@@ -497,7 +643,7 @@ def test_the_last_attempt_records_no_next_one(
 ) -> None:
     create(client, receiver.url)
     job_id = finished_job(app, client)
-    (first,) = outbox.enqueue_for_job(factory_of(app), job_id, "succeeded")
+    (first,) = recorded(app, job_id)
     receiver.answers = [503]
     settings = settings_of(app, webhook_retry_base=0.01, webhook_max_attempts=2)
     one = webhook_delivery.deliver(factory_of(app), first, settings)
@@ -518,7 +664,7 @@ def test_a_receiver_that_hangs_costs_one_timeout(
 ) -> None:
     create(client, receiver.url)
     job_id = finished_job(app, client)
-    (first,) = outbox.enqueue_for_job(factory_of(app), job_id, "succeeded")
+    (first,) = recorded(app, job_id)
     receiver.delay = 3.0
     started = time.monotonic()
     outcome = webhook_delivery.deliver(
@@ -535,7 +681,7 @@ def test_a_receiver_that_hangs_costs_one_timeout(
 def test_a_closed_port_fails_the_attempt(app: Flask, client: FlaskClient) -> None:
     create(client, "http://127.0.0.1:9/hook")  # discard: nothing listens
     job_id = finished_job(app, client)
-    (first,) = outbox.enqueue_for_job(factory_of(app), job_id, "succeeded")
+    (first,) = recorded(app, job_id)
     assert webhook_delivery.deliver(factory_of(app), first, settings_of(app)).status == "failed"
     assert "refused" in (deliveries(app)[0].error or "").lower()
 
@@ -548,7 +694,7 @@ def test_the_address_is_checked_again_at_delivery(
     DNS answer changed) is checked again when it is called: no request reaches the address."""
     create(client, receiver.url.replace("127.0.0.1", "localhost"))
     job_id = finished_job(app, client)
-    (first,) = outbox.enqueue_for_job(factory_of(app), job_id, "succeeded")
+    (first,) = recorded(app, job_id)
     strict = settings_of(app, webhooks_allow_private="false", webhook_retry_base=0.01)
     outcome = webhook_delivery.deliver(factory_of(app), first, strict)
     assert outcome.status == "failed"
@@ -565,18 +711,31 @@ def test_scan_records_and_publishes_what_is_missing(
     app: Flask, client: FlaskClient, receiver: Receiver, queued_messages: Callable[[], int]
 ) -> None:
     create(client, receiver.url, ["job.succeeded", "job.failed", "job.cancelled"])
-    done = [finished_job(app, client), finished_job(app, client, end="cancelled")]
-    finished_job(app, client, end="failed")
+    done = [finished_job(app, client), finished_job(app, client, end="failed")]
+    cancelled = finished_job(app, client, end="cancelled")
     celery = app.extensions["celery"]
     settings = settings_of(app)
+    # recorded as they ended; the API published its cancel's, while the other two were never
+    # announced (their worker was lost after the commit, or the broker was down)
+    assert {r.subject_id: r.published_at is None for r in deliveries(app)} == {
+        done[0]: True, done[1]: True, cancelled: False,
+    }  # fmt: skip
     before = queued_messages()
+    assert outbox.scan(factory_of(app), celery, settings) == {"created": 0, "published": 2}
+    assert queued_messages() - before == 2
+    assert all(r.published_at is not None for r in deliveries(app))
+    # a second scan finds nothing to do
+    assert outbox.scan(factory_of(app), celery, settings) == {"created": 0, "published": 0}
 
+    # jobs that ended without their deliveries (ended before they were recorded with the job):
+    # recorded and published
+    forget_deliveries(app)
+    before = queued_messages()
     assert outbox.scan(factory_of(app), celery, settings) == {"created": 3, "published": 3}
     assert queued_messages() - before == 3
     rows = deliveries(app)
-    assert {r.subject_id for r in rows} >= set(done)
+    assert {r.subject_id for r in rows} == {*done, cancelled}
     assert all(r.published_at is not None for r in rows)
-    # a second scan finds nothing to do
     assert outbox.scan(factory_of(app), celery, settings) == {"created": 0, "published": 0}
 
     # a message lost (broker restart), long ago: published again
@@ -600,7 +759,7 @@ def test_a_worker_lost_mid_delivery_leaves_it_for_another(
     id lets it tell)."""
     create(client, receiver.url)
     job_id = finished_job(app, client)
-    (first,) = outbox.enqueue_for_job(factory_of(app), job_id, "succeeded")
+    (first,) = recorded(app, job_id)
     long_ago = utcnow() - timedelta(hours=1)
     with factory_of(app)() as session:
         session.execute(
@@ -641,10 +800,7 @@ def test_attempts_waiting_behind_busy_workers_are_sent_by_a_main_process(
     from workers.webhooks import WaitingSender
 
     create(client, receiver.url, secret=SECRET)
-    fresh, waited, held, lost = (
-        outbox.enqueue_for_job(factory_of(app), finished_job(app, client), "succeeded")[0]
-        for _ in range(4)
-    )
+    fresh, waited, held, lost = (recorded(app, finished_job(app, client))[0] for _ in range(4))
     settings = settings_of(app)
     slack = webhook_delivery.WAITING_AFTER_S
     set_due(app, fresh, slack / 2)  # a free worker is about to take it
@@ -681,7 +837,7 @@ def test_deleting_a_webhook_drops_its_pending_deliveries(
 ) -> None:
     hook = create(client, receiver.url).get_json()
     job_id = finished_job(app, client)
-    (first,) = outbox.enqueue_for_job(factory_of(app), job_id, "succeeded")
+    (first,) = recorded(app, job_id)
     assert client.delete(f"{URL}/{hook['id']}").status_code == 204
     assert deliveries(app) == []
     assert webhook_delivery.deliver(factory_of(app), first, settings_of(app)).status == "skipped"
