@@ -16,8 +16,9 @@ time limit: the early-stopped model is kept; a cancel).
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -137,25 +138,184 @@ def split_indices(
     strata: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Seeded (train, validation, test) index arrays, sorted; stratified by `strata` (class
-    indices) when given, so each split keeps the class proportions as far as counts allow."""
+    indices) when given, so each split keeps the class proportions as far as counts allow.
+    They are views of one array laid out train | validation | test (`split_order`)."""
+    order, (n_train, n_val, _) = split_order(
+        n, validation_split, rng, test_split=test_split, strata=strata
+    )
+    return order[:n_train], order[n_train : n_train + n_val], order[n_train + n_val :]
+
+
+def split_order(
+    n: int,
+    validation_split: float,
+    rng: np.random.Generator,
+    *,
+    test_split: float = 0.0,
+    strata: np.ndarray | None = None,
+) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """Every row index once, train | validation | test, each split sorted, and the three
+    sizes: `split_indices`'s splits in one `core.rows.allocate_rows` array, made without a
+    whole-length temporary beside it.
+
+    The rows are dealt as ever: a seeded permutation (int32 where it fits); with `strata`,
+    each class's rows in that order spread evenly over [0, 1) from a seeded offset, and the
+    classes interleaved by those positions (a stable sort of them), test first, then
+    validation, training last. Here the interleaving is not sorted out row by row: only where
+    the two cuts fall in each class is found (`_merge_cut`), and one pass over the permutation
+    deals each row by its rank within its class. The same draws, the same splits.
+    """
     n_train, n_val, n_test = split_sizes(n, validation_split, test_split)
-    index_type = np.int32 if n < 2**31 else np.int64  # 4 bytes a row (the same draws)
-    order = rng.permutation(np.arange(n, dtype=index_type))
+    index_type = rows_mod.index_dtype(n)
+    permutation = rows_mod.shuffled_range(rows_mod.allocate_rows((n,), index_type), rng)
+    order = rows_mod.allocate_rows((n,), index_type)
     if strata is not None and (n_val or n_test):
-        # Interleave the classes: rows of each class in random order, each class spread evenly
-        # over [0, 1); sorting by that position deals the classes out in proportion.
-        position = np.empty(n)
-        labels = strata[order]
-        for label in np.unique(labels):
-            members = np.nonzero(labels == label)[0]
-            offset = rng.uniform(0, 1 / len(members))
-            position[members] = offset + np.arange(len(members)) / len(members)
-        order = order[np.argsort(position, kind="stable")]
-    test = order[:n_test]
-    val = order[n_test : n_test + n_val]
-    train = order[n_test + n_val :]
-    assert len(train) == n_train
-    return np.sort(train), np.sort(val), np.sort(test)
+        _deal_stratified(permutation, strata, rng, (n_train, n_val, n_test), order)
+    else:
+        order[:n_train] = permutation[n_test + n_val :]
+        order[n_train : n_train + n_val] = permutation[n_test : n_test + n_val]
+        order[n_train + n_val :] = permutation[:n_test]
+    del permutation
+    for part in (slice(0, n_train), slice(n_train, n_train + n_val), slice(n_train + n_val, n)):
+        order[part].sort()  # in place
+    return order, (n_train, n_val, n_test)
+
+
+def _codes(strata: np.ndarray, n: int) -> tuple[np.ndarray, int]:
+    """Strata as class codes 0..k-1 in the strata's own order, and k: small non-negative
+    integers as they are (read a piece at a time); anything else through `np.unique`."""
+    flat = strata.reshape(-1)
+    if len(flat) != n:
+        raise ValueError(f"{len(flat)} strata for {n} rows")
+    if np.issubdtype(flat.dtype, np.integer):
+        low, high = 0, -1
+        for rows in rows_mod.pieces(n):
+            piece = flat[rows]
+            if len(piece):
+                low, high = min(low, int(piece.min())), max(high, int(piece.max()))
+        if low >= 0 and high <= n:
+            return flat, high + 1
+    levels, inverse = np.unique(flat, return_inverse=True)
+    return inverse.reshape(-1), len(levels)
+
+
+def _code_dtype(k: int) -> np.dtype:
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if k <= np.iinfo(dtype).max + 1:
+            return np.dtype(dtype)
+    return np.dtype(np.int64)
+
+
+def _deal_stratified(
+    permutation: np.ndarray,
+    strata: np.ndarray,
+    rng: np.random.Generator,
+    sizes: tuple[int, int, int],
+    order: np.ndarray,
+) -> None:
+    """Fill `order` (train | validation | test) with the stratified split of the rows
+    `permutation` lists (see `split_order`)."""
+    n = len(permutation)
+    n_train, n_val, n_test = sizes
+    codes, k = _codes(np.asarray(strata), n)
+    labels = rows_mod.take_into(rows_mod.allocate_rows((n,), _code_dtype(k)), codes, permutation)
+    counts = np.zeros(k, dtype=np.int64)
+    for rows in rows_mod.pieces(n):
+        counts += np.bincount(labels[rows], minlength=k)
+    present = np.flatnonzero(counts)
+    lens = counts[present]
+    # One offset per class present, drawn in the classes' order (as ever).
+    offsets = np.array([rng.uniform(0, 1 / int(size)) for size in lens], dtype=np.float64)
+
+    def position_in_permutation(member: int, rank: int) -> int:
+        """Where the `rank`-th row (0-based) of class `present[member]` is in `permutation`."""
+        label, seen = present[member], 0
+        for rows in rows_mod.pieces(n):
+            hits = np.flatnonzero(labels[rows] == label)
+            if seen + len(hits) > rank:
+                return rows.start + int(hits[rank - seen])
+            seen += len(hits)
+        raise AssertionError("fewer rows of a class than counted")
+
+    # Per class, how many of its rows (in permutation order) go to test, and to test or
+    # validation: the cuts of the classes' interleaving after n_test and n_test + n_val rows.
+    to_test = np.zeros(k, dtype=np.int64)
+    to_front = np.zeros(k, dtype=np.int64)
+    to_test[present] = _merge_cut(lens, offsets, n_test, position_in_permutation)
+    to_front[present] = _merge_cut(lens, offsets, n_test + n_val, position_in_permutation)
+
+    seen = np.zeros(k, dtype=np.int64)
+    at = [0, n_train, n_train + n_val]  # where the next row of train, validation, test goes
+    for rows in rows_mod.pieces(n, 1 << 18):
+        label = labels[rows].astype(np.intp)
+        by_class = np.argsort(label, kind="stable")
+        sorted_label = label[by_class]
+        rank = np.empty(len(label), dtype=np.int64)
+        within = np.arange(len(label)) - np.searchsorted(sorted_label, sorted_label, "left")
+        rank[by_class] = seen[sorted_label] + within
+        seen += np.bincount(label, minlength=k)
+        index = permutation[rows]
+        test = rank < to_test[label]
+        validation = ~test & (rank < to_front[label])
+        for part, mask in enumerate((~(test | validation), validation, test)):
+            taken = index[mask]
+            order[at[part] : at[part] + len(taken)] = taken
+            at[part] += len(taken)
+    assert at == [n_train, n_train + n_val, n], "the stratified split lost rows"
+
+
+def _merge_cut(
+    lens: np.ndarray,
+    offsets: np.ndarray,
+    m: int,
+    position_in_permutation: Callable[[int, int], int],
+) -> np.ndarray:
+    """How many rows of each class are among the first `m` of the classes' interleaving.
+
+    Class c's row j (0-based, in permutation order) sits at `offsets[c] + j / lens[c]`,
+    computed as NumPy computes `offset + np.arange(len) / len` (float64, correctly rounded, so
+    the same bits), strictly increasing in j; the interleaving is the stable sort of those
+    positions over the permutation, so equal positions go by where their rows are in the
+    permutation (`position_in_permutation(c, j)`). Found by bisecting float64 values (by their
+    bit patterns) for the smallest position p with at least m rows at or below it, each
+    class's count at p by bisecting j."""
+    total = int(lens.sum())
+    if m <= 0:
+        return np.zeros(len(lens), dtype=np.int64)
+    if m >= total:
+        return lens.astype(np.int64)
+
+    def count(t: float, strict: bool) -> np.ndarray:
+        """Per class, how many of its rows sit below `t` (at or below unless `strict`)."""
+        lo = np.zeros(len(lens), dtype=np.int64)
+        hi = lens.astype(np.int64)
+        while True:
+            active = lo < hi
+            if not active.any():
+                return lo
+            mid = (lo + hi) // 2
+            position = offsets + mid / lens
+            below = position < t if strict else position <= t
+            lo = np.where(active & below, mid + 1, lo)
+            hi = np.where(active & ~below, mid, hi)
+
+    bits = np.array([0, 2.0], dtype=np.float64).view(np.int64)  # every position is in [0, 2)
+    lo, hi = int(bits[0]), int(bits[1])
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if int(count(float(np.int64(mid).view(np.float64)), False).sum()) >= m:
+            hi = mid
+        else:
+            lo = mid + 1
+    cut = float(np.int64(hi).view(np.float64))
+    below, upto = count(cut, True), count(cut, False)
+    need = m - int(below.sum())
+    tied = np.flatnonzero(upto > below)  # the classes with a row exactly at the cut
+    if need >= len(tied):
+        return upto
+    first = sorted(tied, key=lambda c: position_in_permutation(int(c), int(below[c])))[:need]
+    below[first] += 1
+    return below
 
 
 def loss_function(
@@ -295,49 +455,64 @@ class _Run:
     ) -> None:
         self.spec = spec
         self.on_refit_epoch = on_refit_epoch
-        targets = source.targets()
-        n_targets = 1 if targets.ndim == 1 else int(targets.shape[1])
+        # The targets a chunk at a time where the source reads them so (`target_chunks`).
+        chunks = rows_mod.target_chunks(source)
+        first = next(chunks, None)
+        if first is None:
+            first = np.zeros(0)
+        n_targets = 1 if first.ndim == 1 else int(first.shape[1])
         self.loss = spec["loss"] or default_loss(
             target_kind, n_targets, classes, int(model_spec["layers"][-1])
         )
         self.classes = classes
         self.on_epoch = on_epoch
         self.dtype = np.dtype(spec["dtype"])
-        y_all = encode_targets(self.loss, target_kind, targets, classes)
-        if len(y_all) != source.n_rows:
-            raise ValueError(f"{source.n_rows} feature rows but {len(y_all)} targets")
+        n = source.n_rows
+        # Every per-row array kept from here on is `allocate_rows` storage (a memory map once
+        # large), filled a piece at a time: the worker's own memory does not grow with the rows.
+        # First the targets in the source's row order: class indices in the smallest integer
+        # type, or float64 values.
+        by_row = self._target_values(itertools.chain([first], chunks), n, n_targets, target_kind)
+        del first
         self.rng = np.random.default_rng(spec.get("seed"))
-        strata = class_index(self.loss, y_all)
-        idx = split_indices(
-            source.n_rows,
+        # One index array, train | validation | test, each split sorted; the splits are views.
+        self.order, sizes = split_order(
+            n,
             effective_validation_split(spec),
             self.rng,
             test_split=float(spec["test_split"]),
-            strata=strata,
+            strata=None if self.loss == "mse" else by_row,
         )
-        self.splits = dict(zip(("train", "validation", "test"), idx, strict=True))
+        ends = np.cumsum(sizes)
+        self.bounds = {
+            name: (int(end - size), int(end))
+            for name, size, end in zip(rows_mod.SPLITS, sizes, ends, strict=True)
+        }
+        self.splits = {name: self.order[lo:hi] for name, (lo, hi) in self.bounds.items()}
         fitted_on = rows_mod.fit_rows(self.splits["train"], spec.get("seed"))
         self.preprocessor = Preprocessor.fit(
             rows_mod.gather(source, fitted_on),
             spec.get("preprocessing"),
-            y_all[fitted_on] if self.loss == "mse" else None,
+            by_row[fitted_on] if self.loss == "mse" else None,
         )
         # One encoded matrix, its rows ordered train | validation | test: each split is a view
         # of it, and so are the training and validation rows together (the refit's).
-        order = np.concatenate([self.splits[name] for name in rows_mod.SPLITS])
-        self.matrix = rows_mod.encode(source, self.preprocessor, order, self.dtype)
-        # Raw targets (for metrics in the target's units: a split's are `y_all[rows]`, taken when
-        # scored, not kept), encoded ones per split for the loss.
-        self.x: dict[str, np.ndarray] = {}
-        self.y_all = y_all
-        self.y: dict[str, np.ndarray] = {}
-        start = 0
-        for name in rows_mod.SPLITS:
-            rows = self.splits[name]
-            self.x[name] = self.matrix[start : start + len(rows)]
-            start += len(rows)
-            y = self.preprocessor.encode_targets(y_all[rows]) if self.loss == "mse" else y_all[rows]
-            self.y[name] = y.astype(self.dtype) if self.loss != "cross_entropy" else y
+        self.matrix = rows_mod.encode(source, self.preprocessor, self.order, self.dtype)
+        # The targets in the matrix's order: `values` as given (the metrics'), `target` as the
+        # loss compares (mse's standardized in the model's dtype; else the same class indices,
+        # cast for the loss a minibatch at a time by `_loss_targets`).
+        self.values = rows_mod.allocate_rows(by_row.shape, by_row.dtype)
+        rows_mod.take_into(self.values, by_row, self.order)
+        del by_row
+        if self.loss == "mse":
+            self.target = rows_mod.allocate_rows(self.values.shape, self.dtype)
+            for rows in rows_mod.pieces(n):
+                self.target[rows] = self.preprocessor.encode_targets(self.values[rows])
+        else:
+            self.target = self.values
+        self.x = {name: self.matrix[lo:hi] for name, (lo, hi) in self.bounds.items()}
+        self.y = {name: self.target[lo:hi] for name, (lo, hi) in self.bounds.items()}
+        self.raw = {name: self.values[lo:hi] for name, (lo, hi) in self.bounds.items()}
         self.architecture = {
             "nin": self.preprocessor.n_outputs,
             "layers": [int(w) for w in model_spec["layers"]],
@@ -359,6 +534,42 @@ class _Run:
             weights = class_weights(spec.get("class_weight"), self.y["train"], classes)
         self.loss_fn = loss_function(self.loss, weights)
         self.plain_loss = loss_function(self.loss)
+
+    def _target_values(
+        self, chunks: Iterator[np.ndarray], n: int, n_targets: int, target_kind: str
+    ) -> np.ndarray:
+        """`encode_targets` of the `n` rows' targets, chunk by chunk and a piece at a time,
+        into `allocate_rows` storage: float64 `(n, n_targets)` for mse, else class indices
+        `(n,)` in the smallest integer type that holds `classes`."""
+        k = len(self.classes) if self.classes else None
+        if self.loss == "mse":
+            out = rows_mod.allocate_rows((n, n_targets), np.float64)
+        else:
+            out = rows_mod.allocate_rows((n,), _code_dtype(k) if k else np.int64)
+        filled = 0
+        for chunk in chunks:
+            for rows in rows_mod.pieces(len(chunk)):
+                piece = encode_targets(self.loss, target_kind, chunk[rows], self.classes)
+                if self.loss != "mse":
+                    piece = piece.reshape(-1)
+                    if k and len(piece) and (piece.min() < 0 or piece.max() >= k):
+                        raise ValueError(f"a target is not one of the {k} classes")
+                if filled + len(piece) <= n:
+                    out[filled : filled + len(piece)] = piece
+                filled += len(piece)
+        if filled != n:
+            raise ValueError(f"{n} feature rows but {filled} targets")
+        return out
+
+    def _loss_targets(self, y: np.ndarray) -> np.ndarray:
+        """Stored targets (a minibatch, a batch) as the loss takes them: float `(b, 1)` 0/1 in
+        the model's dtype for binary cross-entropy, int64 indices for cross-entropy (both as
+        `encode_targets` gives them); mse's are stored ready."""
+        if self.loss == "binary_cross_entropy":
+            return y.astype(self.dtype).reshape(-1, 1)
+        if self.loss == "cross_entropy":
+            return y.astype(np.int64)
+        return y
 
     def run(self, graph: bool) -> TrainResult:
         spec = self.spec
@@ -386,8 +597,8 @@ class _Run:
         ):
             # The validation rows chose the number of epochs; now they train too: the same
             # start, training and validation rows together, for the best epoch's count.
-            rows = self.matrix[: len(self.x["train"]) + len(self.x["validation"])]
-            targets = np.concatenate([self.y["train"], self.y["validation"]])
+            rows = self.matrix[: self.bounds["validation"][1]]
+            targets = self.target[: self.bounds["validation"][1]]
             refitted, done = self._fit(rows, targets, result.best_epoch, None, None, False)
             if done == result.best_epoch:
                 model = refitted
@@ -405,7 +616,8 @@ class _Run:
         self._evaluate(model, result, selected)
         if graph:
             model.eval()
-            result.graph_svg = graph_svg(model, self.plain_loss, self.x["train"], self.y["train"])
+            y = self._loss_targets(self.y["train"][:GRAPH_SAMPLES])
+            result.graph_svg = graph_svg(model, self.plain_loss, self.x["train"], y)
         return result
 
     def _fit(
@@ -432,15 +644,20 @@ class _Run:
         batch_size = max(1, min(int(batch_size), n))
         report = result if result is not None else TrainResult(self.architecture, {})
         done = 0
+        # Each epoch's order, filled in place: the permutation `rng.permutation(np.arange(n))`
+        # gives, without a whole-length array made each epoch.
+        order = rows_mod.allocate_rows((n,), rows_mod.index_dtype(n))
+        if batch_size >= n:
+            rows_mod.fill_range(order)
         for epoch in range(1, epochs + 1):
-            index = np.arange(n, dtype=np.int32 if n < 2**31 else np.int64)
-            order = rng.permutation(index) if batch_size < n else index
+            if batch_size < n:
+                rows_mod.shuffled_range(order, rng)
             total = 0.0
             for start in range(0, n, batch_size):
                 idx = order[start : start + batch_size]
                 opt.zero_grad()
                 out = model(engine.Tensor(x_train[idx], requires_grad=False))
-                loss = self.loss_fn(out, y_train[idx])
+                loss = self.loss_fn(out, self._loss_targets(y_train[idx]))
                 value = float(loss.item())
                 if not math.isfinite(value):
                     raise self._diverged("loss", value, epoch, report)
@@ -487,42 +704,46 @@ class _Run:
             with engine.no_grad():
                 for rows in rows_mod.batches(len(x)):
                     out = model(engine.Tensor(np.asarray(x[rows]), requires_grad=False))
-                    value = float(self.plain_loss(out, y[rows]).item())
+                    value = float(self.plain_loss(out, self._loss_targets(y[rows])).item())
                     total += value * (rows.stop - rows.start)
             return total / len(x)
         finally:
             model.train(training)
 
     def _evaluate(self, model: nn.MLP, result: TrainResult, selected: nn.MLP) -> None:
-        """Score each split; the validation rows score the model they selected (after a refit
-        they trained the saved one, so only the selection run's model is held out from them)."""
+        """Score each split, a batch at a time (`core.metrics`' streaming accumulators: no
+        whole split's outputs are held); the validation rows score the model they selected
+        (after a refit they trained the saved one, so only the selection run's model is held
+        out from them)."""
         names = {"train": "", "validation": "val_"}
-        for split, rows in self.splits.items():
-            if not len(rows):
+        labels = list(self.classes or [])
+        for split in rows_mod.SPLITS:
+            x, values = self.x[split], self.raw[split]
+            if not len(x):
                 continue
             scored = selected if split == "validation" else model
             trained = Model(self.architecture, scored.state_dict())
-            x = self.x[split]
-            outputs = np.concatenate(
-                [trained.outputs(np.asarray(x[rows])) for rows in rows_mod.batches(len(x))]
-            )
-            loss = self._loss(scored, split)
+            accumulator: metrics_mod.ClassificationMetrics | metrics_mod.RegressionMetrics
             if self.loss == "mse":
-                report = metrics_mod.regression_metrics(self.y_all[rows], outputs)
-                accuracy = None
+                accumulator = metrics_mod.RegressionMetrics()
             else:
-                probabilities = probabilities_from_logits(self.loss, outputs)
-                truth = self.y_all[rows].reshape(-1).astype(np.int64)
-                report = metrics_mod.classification_metrics(
-                    truth, probabilities, list(self.classes or [])
-                )
-                accuracy = report["accuracy"]
+                counts = metrics_mod.class_counts(values, len(labels))
+                accumulator = metrics_mod.ClassificationMetrics(labels, counts)
+            for rows in rows_mod.batches(len(x)):
+                outputs = trained.outputs(np.asarray(x[rows]))
+                if isinstance(accumulator, metrics_mod.RegressionMetrics):
+                    accumulator.update(values[rows], outputs)
+                else:
+                    probabilities = probabilities_from_logits(self.loss, outputs)
+                    accumulator.update(values[rows].astype(np.int64), probabilities)
+            report = accumulator.result()
+            loss = self._loss(scored, split)
             report["loss"] = loss
             result.evaluation[split] = report
             if split in names:
                 result.metrics[f"{names[split]}loss"] = loss
-                if accuracy is not None:
-                    result.metrics[f"{names[split]}accuracy"] = accuracy
+                if "accuracy" in report:
+                    result.metrics[f"{names[split]}accuracy"] = report["accuracy"]
 
     def _diverged(self, what: str, value: float, epoch: int, result: TrainResult) -> DivergedError:
         return DivergedError(

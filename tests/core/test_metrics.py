@@ -279,3 +279,150 @@ def test_regression_single_row_r2_is_none() -> None:
 def test_regression_rejects_bad_input(y: np.ndarray, pred: np.ndarray, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         regression_metrics(y, pred)
+
+
+# ---- streamed: chunk by chunk, the same numbers ---------------------------------------------
+
+CHUNKINGS = ((1,), (7,), (13, 1, 50), (64,), (1000,))
+
+
+def chunks_of(n: int, sizes: tuple[int, ...]) -> list[slice]:
+    """Consecutive slices covering range(n), of the given sizes in turn (uneven splits)."""
+    out, start, i = [], 0, 0
+    while start < n:
+        stop = min(n, start + sizes[i % len(sizes)])
+        out.append(slice(start, stop))
+        start, i = stop, i + 1
+    return out
+
+
+def streamed_classification(
+    y: np.ndarray, p: np.ndarray, labels: list, sizes: tuple[int, ...], order: np.ndarray | None
+) -> dict:
+    from core.metrics import ClassificationMetrics, class_counts
+
+    accumulator = ClassificationMetrics(labels, class_counts(y, len(labels)))
+    index = np.arange(len(y)) if order is None else order
+    for rows in chunks_of(len(y), sizes):
+        accumulator.update(y[index[rows]], p[index[rows]])
+    return accumulator.result()
+
+
+def same_classification(streamed: dict, whole: dict) -> None:
+    """Equal: exactly where counted in integers, to rounding for the log loss."""
+    assert streamed["log_loss"] == pytest.approx(whole["log_loss"], rel=1e-12, abs=1e-15)
+    assert {**streamed, "log_loss": None} == {**whole, "log_loss": None}
+
+
+@pytest.mark.parametrize("k", [2, 3, 5])
+@pytest.mark.parametrize("scenario", ["random", "ties", "missing", "confident", "uniform"])
+def test_streamed_classification_equals_the_whole_arrays(k: int, scenario: str) -> None:
+    rng = np.random.default_rng([k, len(scenario), 21])
+    for n, dtype in ((1, np.float64), (97, np.float64), (500, np.float32)):
+        y, p = make_case(rng, scenario, n, k)
+        p = p.astype(dtype)
+        labels = [f"c{c}" for c in range(k)]
+        whole = check_classification(y, p, labels)
+        for sizes in CHUNKINGS:
+            same_classification(streamed_classification(y, p, labels, sizes, None), whole)
+        # rows in any order: every integer count, and so ROC AUC, is the same
+        shuffled = streamed_classification(y, p, labels, (13,), rng.permutation(n))
+        same_classification(shuffled, whole)
+
+
+def test_streamed_roc_auc_over_many_chunks_and_mapped_scores(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from core import rows
+
+    rng = np.random.default_rng(4)
+    n = 150_000  # several of classification_metrics' own chunks
+    y = rng.integers(0, 3, n)
+    p = np.round(rng.dirichlet(np.ones(3), size=n), 2)  # coarse: many tied scores
+    p /= p.sum(axis=1, keepdims=True)
+    y2, p2 = (y > 0).astype(int), np.stack([p[:, 0], 1 - p[:, 0]], axis=1)
+    whole = check_classification(y, p, ["a", "b", "c"])
+    binary = check_classification(y2, p2, [0, 1])
+    monkeypatch.setattr(rows, "ARRAY_IN_MEMORY_BYTES", 0)  # the scores in a memory map
+    same_classification(streamed_classification(y, p, ["a", "b", "c"], (40_000, 7), None), whole)
+    assert classification_metrics(y, p, ["a", "b", "c"]) == whole
+    assert classification_metrics(y2, p2, [0, 1]) == binary
+
+
+def test_streamed_classification_checks_its_rows() -> None:
+    from core.metrics import ClassificationMetrics
+
+    p = np.array([[0.5, 0.5], [0.2, 0.8]])
+    too_few = ClassificationMetrics([0, 1], [1, 2])
+    too_few.update(np.array([0, 1]), p)
+    with pytest.raises(ValueError, match="class_counts"):
+        too_few.result()
+    wrong = ClassificationMetrics([0, 1], [2, 0])
+    with pytest.raises(ValueError, match="class"):
+        wrong.update(np.array([0, 1]), p)
+    with pytest.raises(ValueError, match="empty"):
+        ClassificationMetrics([0, 1], [0, 0]).result()
+    with pytest.raises(ValueError, match="class_counts"):
+        ClassificationMetrics([0, 1], [1, 2, 3])
+    with pytest.raises(ValueError, match="sum to one"):
+        ClassificationMetrics([0, 1], [1, 1]).update(np.array([0, 1]), p * 0.5)
+
+
+def streamed_regression(y: np.ndarray, pred: np.ndarray, sizes: tuple[int, ...]) -> dict:
+    from core.metrics import RegressionMetrics
+
+    accumulator = RegressionMetrics()
+    for rows in chunks_of(len(y), sizes):
+        accumulator.update(y[rows], pred[rows])
+    return accumulator.result()
+
+
+def same_regression(streamed: dict, whole: dict) -> None:
+    assert streamed["n"] == whole["n"]
+    for key in ("mse", "rmse", "mae", "r2"):
+        if whole[key] is None:
+            assert streamed[key] is None
+        else:
+            assert streamed[key] == pytest.approx(whole[key], rel=1e-12, abs=1e-15)
+
+
+@pytest.mark.parametrize("scenario", REGRESSION_SCENARIOS)
+def test_streamed_regression_equals_the_whole_arrays(scenario: str) -> None:
+    rng = np.random.default_rng([REGRESSION_SCENARIOS.index(scenario), 21])
+    for n, m in ((1, 1), (2, 3), (97, 1), (500, 4)):
+        # far from zero with a small spread: a naive one-pass variance would lose it
+        y = 1e6 + rng.normal(scale=rng.uniform(0.1, 3), size=(n, m))
+        pred = y + rng.normal(scale=0.5, size=(n, m))
+        if scenario == "perfect":
+            pred = y.copy()
+        elif scenario == "constant_perfect":
+            y[:] = 0.1
+            pred = y.copy()
+        elif scenario == "constant":
+            y[:] = 3.5
+        elif scenario == "partly_constant":
+            y[:, 0] = -2.5
+        whole = check_regression(y, pred)
+        for sizes in CHUNKINGS:
+            same_regression(streamed_regression(y, pred, sizes), whole)
+        if m == 1:
+            same_regression(streamed_regression(y[:, 0], pred[:, 0], (13, 1)), whole)
+        if scenario == "constant":  # a constant whose float mean is inexact: still constant
+            y[:] = 3.7
+            whole = regression_metrics(y, pred)
+            assert n < 2 or whole["r2"] == 0.0
+            for sizes in CHUNKINGS:
+                same_regression(streamed_regression(y, pred, sizes), whole)
+
+
+def test_streamed_regression_checks_its_chunks() -> None:
+    from core.metrics import RegressionMetrics
+
+    accumulator = RegressionMetrics()
+    accumulator.update(np.zeros((2, 2)), np.ones((2, 2)))
+    with pytest.raises(ValueError, match="outputs"):
+        accumulator.update(np.zeros((2, 3)), np.ones((2, 3)))
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        accumulator.update(np.array([[0.0, np.nan]]), np.ones((1, 2)))
+    with pytest.raises(ValueError, match="empty"):
+        RegressionMetrics().result()

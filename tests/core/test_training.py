@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from typing import Any
 
 import numpy as np
 import pytest
@@ -462,3 +463,88 @@ def test_adamw_decays_the_weights_apart_from_the_gradient() -> None:
     norm = lambda r: sum(float(np.sum(v**2)) for v in r.state_dict.values())  # noqa: E731
     assert norm(decayed) < norm(plain)
     assert decayed.metrics["accuracy"] > 0.8
+
+
+# ---- issue 21: the split made in bounded memory deals the rows as ever ---------------------
+
+
+def reference_split(
+    n: int, validation_split: float, rng: Any, test_split: float, strata: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`split_indices` as it was written before it was made in pieces: whole-length arrays
+    and a stable sort of every row's position."""
+    from core.spec import split_sizes
+
+    _, n_val, n_test = split_sizes(n, validation_split, test_split)
+    order = rng.permutation(np.arange(n, dtype=np.int32))
+    if strata is not None and (n_val or n_test):
+        position = np.empty(n)
+        labels = strata[order]
+        for label in np.unique(labels):
+            members = np.nonzero(labels == label)[0]
+            offset = rng.uniform(0, 1 / len(members))
+            position[members] = offset + np.arange(len(members)) / len(members)
+        order = order[np.argsort(position, kind="stable")]
+    test = order[:n_test]
+    val = order[n_test : n_test + n_val]
+    return np.sort(order[n_test + n_val :]), np.sort(val), np.sort(test)
+
+
+class TiedOffsets:
+    """A generator whose class offsets are all 0 (its draws still taken): the classes'
+    positions tie often, so the ties go by the rows' places in the permutation."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+
+    def shuffle(self, x: np.ndarray) -> None:
+        self.rng.shuffle(x)
+
+    def permutation(self, x: np.ndarray) -> np.ndarray:
+        return self.rng.permutation(x)
+
+    def uniform(self, low: float, high: float) -> float:
+        self.rng.uniform(low, high)
+        return 0.0
+
+
+@pytest.mark.parametrize("make_rng", [np.random.default_rng, TiedOffsets])
+def test_split_indices_deal_the_rows_as_the_whole_array_sort_did(make_rng: Any) -> None:
+    for case in range(150):
+        r = np.random.default_rng(case)
+        n = int(r.integers(1, 400))
+        k = int(r.integers(1, 7))
+        strata = r.choice(k, size=n, p=r.dirichlet(np.ones(k)))
+        strata = strata.astype(r.choice([np.int64, np.int8, np.uint16]))
+        validation, test = float(r.choice([0.0, 0.1, 0.3])), float(r.choice([0.0, 0.15, 0.4]))
+        for given in (strata, None):
+            rng_a, rng_b = make_rng(case), make_rng(case)
+            expected = reference_split(n, validation, rng_a, test, given)
+            got = split_indices(n, validation, rng_b, test_split=test, strata=given)
+            for a, b in zip(expected, got, strict=True):
+                assert a.dtype == b.dtype
+                np.testing.assert_array_equal(a, b)
+            # the generator is left where it was (the epochs' shuffles draw from it next)
+            inner_a, inner_b = getattr(rng_a, "rng", rng_a), getattr(rng_b, "rng", rng_b)
+            assert inner_a.random() == inner_b.random()
+
+
+def test_split_indices_take_any_strata_and_mapped_arrays(monkeypatch: pytest.MonkeyPatch) -> None:
+    from core import rows
+
+    r = np.random.default_rng(9)
+    n = 5000
+    kinds = {
+        "many classes": r.integers(0, 300, n),
+        "negative": r.integers(-3, 3, n),
+        "floats": r.choice([0.5, -1.25, 7.0], n),
+        "labels as text": r.choice(np.array(["b", "a", "c"]), n),
+        "one class": np.zeros(n, dtype=np.int64),
+    }
+    for strata in kinds.values():
+        expected = reference_split(n, 0.2, np.random.default_rng(1), 0.1, strata)
+        for limit in (rows.ARRAY_IN_MEMORY_BYTES, 0):
+            monkeypatch.setattr(rows, "ARRAY_IN_MEMORY_BYTES", limit)
+            got = split_indices(n, 0.2, np.random.default_rng(1), test_split=0.1, strata=strata)
+            for a, b in zip(expected, got, strict=True):
+                np.testing.assert_array_equal(a, b)
