@@ -64,8 +64,13 @@ format: setup-dev
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+# Tests that start no cluster run in TEST_PROCESSES processes (pytest-xdist); the `slow` ones
+# (real worker processes, timed faults) run after them one at a time. Exit code 5 is "no test
+# selected" (PYTEST_ARGS naming only the other kind).
+TEST_PROCESSES ?= 2
 test: lint test-deps
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow" -n $(TEST_PROCESSES) $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(PY) -m pytest -m slow $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 bench: setup
 	$(PY) -m pip install -q -r bench/requirements.txt

@@ -18,8 +18,10 @@ def test_message_delivered_twice_runs_once(cluster: Cluster) -> None:
     short = {"TRAINYARD_VISIBILITY_TIMEOUT": "3", "TRAINYARD_STALE_AFTER": "5"}
     workers = [cluster.worker(name, **short) for name in ("w1", "w2")]
     # long enough to outlast the visibility timeout and Redis' restore of the unacknowledged
-    # message however fast the machine (2,000 epochs took 3.9 s on an idle one: too short)
-    job_id = cluster.add_job(epochs=8000)
+    # message however fast the machine (2,000 epochs of the tiny job took 3.9 s on an idle one:
+    # too short): about 10 s of training on an idle 2-core machine, in 250 epochs of 128
+    # minibatches rather than 8,000 tiny epochs, whose commits took 54 s on a busy one
+    job_id = cluster.add_job(epochs=250, n=2048, layers=[32, 32, 1], batch_size=16)
     cluster.wait(job_id, ("running",), timeout=60)
     started = cluster.job(job_id).started_at
 

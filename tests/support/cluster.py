@@ -85,8 +85,11 @@ class Cluster:
         x: np.ndarray | None = None,
         y: np.ndarray | None = None,
         publish: bool = True,
+        batch_size: int | None = None,
     ) -> str:
-        """A regression job on a tiny dataset (a few ms per epoch), published."""
+        """A regression job on a tiny dataset (a few ms per epoch), published. More rows, wider
+        `layers` and a small `batch_size` make each epoch longer (the time goes to training
+        rather than to the epochs' commits)."""
         dataset_id = self.add_dataset(n, x, y)
         with session_scope(self.factory) as session:
             job = Job(
@@ -95,7 +98,7 @@ class Cluster:
                             "output_activation": None},
                 training_spec={
                     "loss": "mse", "optimizer": "sgd", "learning_rate": 0.01, "momentum": 0.0,
-                    "weight_decay": 0.0, "epochs": epochs, "batch_size": None, "seed": 0,
+                    "weight_decay": 0.0, "epochs": epochs, "batch_size": batch_size, "seed": 0,
                     "validation_split": 0.0,
                 },
                 epochs=epochs,

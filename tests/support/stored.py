@@ -2,7 +2,8 @@
 
 Every process of the session (the API apps, the workers and servers the tests start) stores
 datasets in one temporary folder: `TRAINYARD_STORE_URL` is set here, before any `Settings` is
-read, unless the environment already names a store; `base_env` passes it on.
+read, unless the environment already names a store; `base_env` passes it on. Each
+pytest-xdist worker has a folder of its own.
 """
 
 from __future__ import annotations
@@ -23,10 +24,15 @@ from service.datasets import new_dataset
 from service.ingest import ParsedDataset
 from service.tables import DEFAULT_OWNER, Dataset
 
-if not os.environ.get("TRAINYARD_STORE_URL"):
+# pytest-xdist's workers are sessions of their own but inherit the controller's environment:
+# the folder made here is marked with the session's worker name, and a worker makes its own.
+_SESSION = os.environ.get("PYTEST_XDIST_WORKER", "")
+_MADE_FOR = os.environ.get("TRAINYARD_TEST_STORE_OF", _SESSION)
+if not os.environ.get("TRAINYARD_STORE_URL") or _MADE_FOR != _SESSION:
     _folder = Path(tempfile.mkdtemp(prefix="trainyard-test-store-"))
     atexit.register(shutil.rmtree, _folder, True)
     os.environ["TRAINYARD_STORE_URL"] = _folder.as_uri()
+    os.environ["TRAINYARD_TEST_STORE_OF"] = _SESSION
 
 STORE_URL = os.environ["TRAINYARD_STORE_URL"]
 
