@@ -20,7 +20,7 @@ import sqlalchemy as sa
 
 from service.db import session_scope
 from service.tables import Job
-from tests.support import Api, Cluster, Processes, RedisServer
+from tests.support import STEADY, Api, Cluster, Processes, RedisServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
 
@@ -43,9 +43,9 @@ def test_redis_restart_loses_queued_messages_and_the_reconciler_publishes_them(
     """Fault 4: `redis-cli shutdown nosave` while one job trains and two wait in the queue."""
     cluster = cluster_on_own_redis
     worker = cluster.worker("w1", TRAINYARD_REPUBLISH_AFTER="4")
-    running = cluster.add_job(epochs=1200)
+    running = cluster.add_job(epochs=60, **STEADY)
     waiting = [cluster.add_job(epochs=30), cluster.add_job(epochs=30)]
-    cluster.wait(running, ("running",), min_epoch=10, timeout=60)
+    cluster.wait(running, ("running",), min_epoch=2, timeout=60)
     broker = redis.Redis.from_url(cluster.broker_url)
     assert broker.llen("celery") == 2
     redis_server.stop()

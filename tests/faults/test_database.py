@@ -10,7 +10,7 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from tests.support import Cluster
+from tests.support import STEADY, Cluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
 
@@ -30,8 +30,8 @@ def terminate_backends(cluster: Cluster) -> int:
 
 def test_connections_cut_while_a_job_trains(cluster: Cluster) -> None:
     worker = cluster.worker("w1")
-    job_id = cluster.add_job(epochs=1500)
-    cluster.wait(job_id, ("running",), min_epoch=20, timeout=60)
+    job_id = cluster.add_job(epochs=75, **STEADY)
+    cluster.wait(job_id, ("running",), min_epoch=3, timeout=60)
     killed = 0
     for _ in range(8):
         killed += terminate_backends(cluster)

@@ -17,20 +17,20 @@ from service.db import session_scope
 from service.schemas import SweepInSchema
 from service.tables import Job, Sweep
 from tests.faults.test_broker import cluster_on_own_redis  # noqa: F401 (a fixture)
-from tests.support import Cluster, RedisServer, kill_group
+from tests.support import STEADY, Cluster, RedisServer, kill_group
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
 
 
 def submit(cluster: Cluster, epochs: int, n_trials: int, max_parallel: int) -> str:
     """A sweep made as the API makes it (validated, trials held), then advanced."""
-    dataset_id = cluster.add_dataset()
+    dataset_id = cluster.add_dataset(STEADY["n"])
     body = {
         "dataset_id": dataset_id,
         "base": {
-            "model": {"layers": [4, 1], "activation": "tanh"},
+            "model": {"layers": STEADY["layers"], "activation": "tanh"},
             "training": {"loss": "mse", "optimizer": "sgd", "learning_rate": 0.01,
-                         "epochs": epochs, "batch_size": None},
+                         "epochs": epochs, "batch_size": STEADY["batch_size"]},
         },
         "parameters": {"training.seed": {"values": list(range(n_trials))}},
         "max_parallel": max_parallel,
@@ -100,9 +100,9 @@ def test_a_worker_killed_mid_trial(cluster: Cluster) -> None:
     hands the trial back, the reconciler publishes it, and the sweep goes on to its end."""
     doomed = cluster.worker("doomed")
     cluster.worker("survivor")
-    sweep_id = submit(cluster, epochs=600, n_trials=4, max_parallel=2)
+    sweep_id = submit(cluster, epochs=30, n_trials=4, max_parallel=2)
     # each worker trains one trial (prefetch one): killing one kills a running trial
-    running_trials(cluster, sweep_id, n=2, min_epoch=20, timeout=60)
+    running_trials(cluster, sweep_id, n=2, min_epoch=2, timeout=60)
     kill_group(doomed)
     rows = wait_sweep(cluster, sweep_id, timeout=180)
     assert sweep_status(cluster, sweep_id) == "succeeded"
@@ -119,8 +119,8 @@ def test_a_redis_restart_loses_a_started_trials_message(
     held trials (in SQL only) start as the others end."""
     cluster = cluster_on_own_redis
     worker = cluster.worker("w1", TRAINYARD_REPUBLISH_AFTER="4")
-    sweep_id = submit(cluster, epochs=400, n_trials=4, max_parallel=2)
-    running_trials(cluster, sweep_id, n=1, min_epoch=10, timeout=60)
+    sweep_id = submit(cluster, epochs=20, n_trials=4, max_parallel=2)
+    running_trials(cluster, sweep_id, n=1, min_epoch=2, timeout=60)
     redis_server.stop()
     time.sleep(1.0)
     redis_server.start()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import Cluster, Processes, kill_group, pool_children
+from tests.support import STEADY, Cluster, Processes, kill_group, pool_children
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
 
@@ -21,8 +21,8 @@ def test_sigkill_of_the_pool_process_mid_epoch(cluster: Cluster) -> None:
     """Fault 1: the message comes back (reject_on_worker_lost), waits for the dead attempt's
     heartbeat to go stale, and a second attempt runs the job to the end."""
     worker = cluster.worker("w1")
-    job_id = cluster.add_job(epochs=1500)
-    cluster.wait(job_id, ("running",), min_epoch=20, timeout=60)
+    job_id = cluster.add_job(epochs=75, **STEADY)
+    cluster.wait(job_id, ("running",), min_epoch=3, timeout=60)
     children = pool_children(worker)
     assert len(children) == 1
     os.kill(children[0], signal.SIGKILL)
@@ -48,8 +48,8 @@ def test_kill_9_of_the_whole_worker_then_a_fresh_one(
         cluster = Cluster(db, f"filesystem://{(tmp_path / 'broker').as_posix()}", procs)
     try:
         first = cluster.worker("doomed")
-        job_id = cluster.add_job(epochs=800)
-        cluster.wait(job_id, ("running",), min_epoch=20, timeout=60)
+        job_id = cluster.add_job(epochs=40, **STEADY)
+        cluster.wait(job_id, ("running",), min_epoch=3, timeout=60)
         kill_group(first)
         assert cluster.job(job_id).status == "running"
         cluster.worker("fresh")
@@ -63,8 +63,8 @@ def test_kill_9_of_the_whole_worker_then_a_fresh_one(
 def test_sigterm_mid_job_waits_for_the_job(cluster: Cluster) -> None:
     """Fault 9 (warm shutdown): SIGTERM lets the running job finish, then the worker exits."""
     worker = cluster.worker("w1")
-    job_id = cluster.add_job(epochs=300)
-    cluster.wait(job_id, ("running",), min_epoch=10, timeout=60)
+    job_id = cluster.add_job(epochs=15, **STEADY)
+    cluster.wait(job_id, ("running",), min_epoch=2, timeout=60)
     worker.popen.send_signal(signal.SIGTERM)
     assert worker.popen.wait(timeout=90) == 0
     cluster.assert_succeeded_once(job_id, attempts=1)
@@ -75,8 +75,8 @@ def test_cold_shutdown_mid_job_hands_the_job_back(cluster: Cluster) -> None:
     grace period): the pool process is stopped mid-job; the job is not left `running`: the
     next worker runs it to the end as a second attempt."""
     worker = cluster.worker("w1")
-    job_id = cluster.add_job(epochs=3000)
-    cluster.wait(job_id, ("running",), min_epoch=10, timeout=60)
+    job_id = cluster.add_job(epochs=150, **STEADY)
+    cluster.wait(job_id, ("running",), min_epoch=2, timeout=60)
     worker.popen.send_signal(signal.SIGTERM)
     time.sleep(1.0)
     worker.popen.send_signal(signal.SIGQUIT)

@@ -12,6 +12,7 @@ from tests.support.api import Api, check_model, new_api_key
 from tests.support.cluster import (
     FAST,
     FINAL,
+    STEADY,
     Cluster,
     RedisServer,
     api_key,
@@ -47,6 +48,7 @@ __all__ = [
     "PG_ADMIN_URL",
     "REDIS_URL",
     "ROOT",
+    "STEADY",
     "STORE_URL",
     "VENV_BIN",
     "Api",
