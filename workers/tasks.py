@@ -22,6 +22,8 @@ id and:
    message (`lifecycle.fail`); the task itself never raises. The one exception: a pool process
    told to stop (a cold shutdown's SIGTERM) fails nothing, since the error may be the stop
    itself; it exits, and the job's message goes back to the queue (`runtime.stopping`).
+   The attempt also exits at its next epoch (or refit step) once the process was told to stop:
+   a library can swallow the stop's `SystemExit` (pyarrow's lazy import of pandas did).
 4. Retries every store write whose database connection broke (`workers.runtime.with_db_retry`),
    so a cut connection costs a pause, not the job.
 5. For a sweep's trial (`service.sweeps`): marks the sweep running when it starts, applies the
@@ -211,6 +213,7 @@ def _run_claimed(factory: sessionmaker[Session], claim: Claim, soft_limit: SoftL
 
     def on_epoch(epoch: int, loss: float, val_loss: float | None) -> bool:
         nonlocal lost, terminated
+        _exit_if_stopping(claim)
         soft_limit.check()
         cancel = with_db_retry(
             lambda: lifecycle.record_epoch(factory, claim, epoch, loss, val_loss),
@@ -234,6 +237,7 @@ def _run_claimed(factory: sessionmaker[Session], claim: Claim, soft_limit: SoftL
 
     def on_refit_epoch(epoch: int) -> bool:
         nonlocal lost, refit_cancelled, looked
+        _exit_if_stopping(claim)
         # The soft time limit during a refit: the model early stopping selected is complete
         # and evaluated; keep it rather than fail the job (or reach the hard limit: the refit
         # records no epoch, so nothing else checks the limit).
@@ -278,6 +282,17 @@ def _run_claimed(factory: sessionmaker[Session], claim: Claim, soft_limit: SoftL
         lambda: lifecycle.succeed(factory, claim, results=results, model=model),
         f"job {claim.job_id} save",
     )
+
+
+def _exit_if_stopping(claim: Claim) -> None:
+    """Exit if this pool process was told to stop (a cold shutdown's terminate signal) and
+    is still training: the signal's `SystemExit` was swallowed on its way (by a library).
+    The job stays the running attempt of a lost worker, for the next delivery or the reaper."""
+    if stopping():
+        log.warning(
+            "job %s: the worker is stopping; leaving the job to the next attempt", claim.job_id
+        )
+        raise SystemExit(1)
 
 
 def _fail(factory: sessionmaker[Session], claim: Claim, message: str) -> str:

@@ -351,3 +351,26 @@ def test_a_cancel_during_a_refit_ends_the_job_cancelled(factory: sessionmaker[Se
     job = job_row(factory, refit)
     assert job.status == "cancelled" and job.epoch == selected.stopped_epoch
     assert model_weights(factory, refit) == []
+
+
+def test_an_attempt_whose_stop_was_swallowed_exits_at_its_next_epoch(
+    factory: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pool process told to stop whose `SystemExit` a library swallowed (pyarrow's lazy
+    import of pandas did) is still `stopping()`: the attempt exits at its next epoch, and the
+    job stays its running attempt, neither finished nor failed."""
+    job_id = add_job(factory, epochs=50)
+    looks = 0
+
+    def stopping() -> bool:  # told to stop during the third epoch
+        nonlocal looks
+        looks += 1
+        return looks > 2
+
+    monkeypatch.setattr("workers.tasks.stopping", stopping)
+    with pytest.raises(SystemExit):
+        run_job(factory, job_id, SETTINGS)
+    job = job_row(factory, job_id)
+    assert (job.status, job.attempts, job.error, job.epoch) == ("running", 1, None, 2)
+    assert epochs_of(factory, job_id) == [1, 2]
+    assert model_weights(factory, job_id) == []
