@@ -1,4 +1,6 @@
-"""Celery bound to the Flask app (Flask's recommended pattern: `celery_init_app`).
+"""Celery's configuration (`celery_config`, from `service.config.Settings`) and its apps: the
+worker's (`make_celery`, made by `workers.app` with no web framework) and the API's
+(`celery_init_app`, bound to the Flask app, which only publishes).
 
 The API never imports task code: it publishes by task name (`TRAIN_TASK`, defined with the rest of
 the job's life in `service.lifecycle`) with the job id as the only argument, so `service` does not
@@ -13,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from celery import Celery, Task
+from celery import Celery
 
 from service.config import Settings
 from service.lifecycle import TRAIN_TASK as TRAIN_TASK
@@ -82,16 +84,19 @@ def filesystem_broker_options(broker_url: str) -> dict[str, str]:
     }
 
 
-def celery_init_app(app: Flask) -> Celery:
-    """Create the Celery app for `app`; tasks run inside the Flask app context."""
-
-    class FlaskTask(Task):
-        def __call__(self, *args: object, **kwargs: object) -> object:
-            with app.app_context():
-                return self.run(*args, **kwargs)
-
-    celery_app = Celery(app.name, task_cls=FlaskTask)
-    celery_app.config_from_object(app.config["CELERY"])
+def make_celery(name: str, config: dict[str, Any]) -> Celery:
+    """A Celery app with `config` (`celery_config(settings)`), made the default app (Celery's
+    `current_app` where no other is current)."""
+    celery_app = Celery(name)
+    celery_app.config_from_object(config)
     celery_app.set_default()
+    return celery_app
+
+
+def celery_init_app(app: Flask) -> Celery:
+    """The API's Celery app, from `app.config["CELERY"]`, at `app.extensions["celery"]`: it
+    publishes tasks by name (no task runs in the API's processes, so its tasks need no Flask
+    app context)."""
+    celery_app = make_celery(app.name, app.config["CELERY"])
     app.extensions["celery"] = celery_app
     return celery_app

@@ -7,12 +7,13 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 
 from service.tables import Job, JobEpoch
-from tests.support import ROOT
+from tests.support import ROOT, base_env
 
 FORBIDDEN = {
     "engine": {"service", "workers", "flask", "celery", "sqlalchemy"},
@@ -436,18 +437,37 @@ def test_no_upward_imports_in_the_service() -> None:
     assert graph["service"] == {"service.app"}
 
 
-def loaded_frameworks(modules: list[str]) -> list[str]:
+#: Flask and the web stack it brings
+FLASK_STACK = ("flask", "flask_smorest", "werkzeug", "webargs")
+
+
+def loaded_frameworks(modules: list[str], env: dict[str, str] | None = None) -> list[str]:
     """Which of Flask and its stack a fresh interpreter holds after importing `modules`."""
     code = (
         f"import sys, {', '.join(modules)}\n"
-        "print(sorted(m for m in ('flask', 'flask_smorest', 'werkzeug', 'webargs') "
-        "if m in sys.modules))"
+        f"print(sorted(m for m in {FLASK_STACK!r} if m in sys.modules))"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert out.returncode == 0, out.stderr
     return ast.literal_eval(out.stdout.strip())
+
+
+def worker_env(tmp_path: Path) -> dict[str, str]:
+    """A worker's environment of its own: a SQLite file and a filesystem broker under
+    `tmp_path` (importing `workers.app` makes the broker's folders), no maintenance loop."""
+    return base_env(
+        DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        CELERY_BROKER_URL=f"filesystem://{(tmp_path / 'broker').as_posix()}",
+        TRAINYARD_VAR_DIR=str(tmp_path / "var"),
+        TRAINYARD_MAINTENANCE_INTERVAL="0",
+    )
 
 
 def test_the_service_and_the_workers_runtime_load_no_flask() -> None:
@@ -476,14 +496,75 @@ def test_the_service_and_the_workers_runtime_load_no_flask() -> None:
     assert "flask" in loaded_frameworks(["service.app"])  # the check sees Flask when it is there
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not yet: workers/tasks.py and workers/webhooks.py read their settings from "
-    "flask.current_app and workers/maintenance.install takes the Flask app (a worker built "
-    "without Flask lost the cold shutdown's hand-back of a running job: "
-    "tests/e2e/test_runner.py's SIGKILL test). Strict: once they load no Flask this fails, and "
-    "the modules join the test above.",
-)
-def test_what_the_tasks_import_loads_no_flask() -> None:
-    modules = ["workers.tasks", "workers.maintenance"]
-    assert loaded_frameworks(modules) == []
+def test_the_workers_import_nothing_of_the_web_layer() -> None:
+    """The worker's modules never import the API's Flask app, views or dashboard; the
+    embedded runner, which starts gunicorn, reads API keys through `service.auth`."""
+    graph = import_graph()
+    offenders = {
+        module: sorted(t for t in targets if t.startswith(WEB))
+        for module, targets in graph.items()
+        if module.startswith("workers") and any(t.startswith(WEB) for t in targets)
+    }
+    assert offenders == {}
+
+
+#: what `celery -A workers.app worker` imports: its entry module, its tasks and maintenance loop
+WORKER_MODULES = [
+    "workers.app",
+    "workers.context",
+    "workers.tasks",
+    "workers.maintenance",
+    "workers.webhooks",
+    "workers.parent_watch",
+]
+
+
+def test_what_the_tasks_import_loads_no_flask(tmp_path: Path) -> None:
+    """The worker builds its Celery app from `service.config.Settings` (no Flask app); its tasks
+    and maintenance loop read their settings from a `workers.context.WorkerContext`."""
+    assert loaded_frameworks(WORKER_MODULES, worker_env(tmp_path)) == []
+
+
+def test_the_celery_worker_runs_without_flask(tmp_path: Path) -> None:
+    """`celery -A workers.app worker`, as every mode starts it (prefork pool), up to the point
+    where it consumes: its tasks are registered with the app, the pool has started, and no
+    process of it has loaded Flask. Then a warm shutdown, which it takes."""
+    code = textwrap.dedent(f"""
+        import os, signal, sys
+        from celery import signals
+        from celery.bin.celery import celery
+
+        def frameworks():
+            return sorted(m for m in {FLASK_STACK!r} if m in sys.modules)
+
+        def say(*words):  # the worker sends sys.stdout to its log
+            os.write(1, (" ".join(map(str, words)) + "\\n").encode())
+
+        @signals.worker_process_init.connect
+        def child(**_):
+            say("CHILD", frameworks())
+
+        @signals.worker_ready.connect
+        def ready(sender=None, **_):
+            app = sender.app
+            names = sorted(t for t in app.tasks if t.startswith("trainyard."))
+            say("READY", app.main, names, frameworks())
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        celery(["-A", "workers.app", "worker", "--concurrency", "1", "--without-gossip",
+                "--without-mingle", "--loglevel", "WARNING"])
+    """)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=worker_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = [line for line in out.stdout.splitlines() if line.startswith(("READY", "CHILD"))]
+    assert sorted(lines) == [
+        "CHILD []",
+        "READY trainyard ['trainyard.deliver_webhook', 'trainyard.train_job'] []",
+    ], out.stdout + out.stderr
+    assert out.returncode == 0, out.stdout + out.stderr

@@ -1,24 +1,32 @@
-"""Entry module for `celery -A workers.app worker`: the Flask app factory binds Celery.
+"""Entry module for `celery -A workers.app worker`: the worker's Celery app, with no web stack.
 
-Importing `workers.tasks` registers the `shared_task`s with the app's Celery instance;
-`workers.maintenance.install` starts the reaper and reconciler in the worker's main process.
+Settings come from the environment (`service.config.Settings`), Celery's configuration from
+them (`service.celery.celery_config`, as the API's Celery app has it); the tasks and the
+maintenance loop read the settings, and the tasks their database sessions, from the
+`workers.context.WorkerContext` bound to this app. Importing `workers.tasks` and
+`workers.webhooks` registers their `shared_task`s (`trainyard.train_job`, the webhook
+delivery task) with it; `workers.maintenance.install` starts the reaper and reconciler in the
+worker's main process and handles hard time limits. Nothing here imports Flask.
 
-The worker still builds the Flask app, for its configuration only: the tasks read their
-settings from `flask.current_app` inside the app context `service.celery`'s task class pushes,
-and `maintenance.install` takes the app. Nothing else of the web stack runs here; the modules
-underneath (`service.tables`, `service.lifecycle`, `service.celery`, `workers.runtime`) load no
-Flask.
+`workers.runtime.preload` imports, here in the main process before the prefork pool forks,
+what the first task of a pool process would otherwise import while it runs: a cold shutdown's
+terminate signal that lands in such an import can be lost (see its docstring).
 """
 
 from __future__ import annotations
 
-from service.app import create_app
+from service.celery import celery_config, make_celery
+from service.config import Settings
 from workers import (
     maintenance,
+    runtime,
     tasks,  # noqa: F401  (registers the tasks)
     webhooks,  # noqa: F401  (registers the webhook delivery task)
 )
+from workers.context import WorkerContext, bind
 
-flask_app = create_app()
-celery_app = flask_app.extensions["celery"]
-maintenance.install(flask_app, celery_app)
+context = WorkerContext(Settings())
+runtime.preload(context.settings.database_url)
+celery_app = make_celery("trainyard", celery_config(context.settings))
+bind(celery_app, context)
+maintenance.install(context, celery_app)

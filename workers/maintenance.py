@@ -47,7 +47,6 @@ from typing import Any
 from celery import Celery
 from celery.exceptions import TimeLimitExceeded
 from celery.signals import task_failure, worker_ready, worker_shutdown
-from flask import Flask
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import datasets, lifecycle, outbox, sweeps
@@ -55,6 +54,7 @@ from service.config import Settings
 from service.db import make_engine, make_sessionmaker
 from service.idempotency import purge_expired
 from service.lifecycle import TRAIN_TASK
+from workers.context import WorkerContext
 from workers.webhooks import WaitingSender
 
 log = logging.getLogger(__name__)
@@ -90,8 +90,8 @@ def sweep(factory: sessionmaker[Session], celery: Celery, settings: Settings) ->
 class Maintenance:
     """The periodic sweep of one worker's main process (a daemon thread)."""
 
-    def __init__(self, flask_app: Flask, celery: Celery) -> None:
-        self.settings = Settings.from_flask_config(flask_app.config)
+    def __init__(self, context: WorkerContext, celery: Celery) -> None:
+        self.settings = context.settings
         self.celery = celery
         self._factory: sessionmaker[Session] | None = None
         self._lock = threading.Lock()
@@ -144,9 +144,9 @@ class Maintenance:
             wait = interval * random.uniform(0.8, 1.2)
 
 
-def install(flask_app: Flask, celery: Celery) -> Maintenance:
+def install(context: WorkerContext, celery: Celery) -> Maintenance:
     """Run the sweep in this worker's main process once it is ready; handle hard time limits."""
-    maintenance = Maintenance(flask_app, celery)
+    maintenance = Maintenance(context, celery)
 
     def on_ready(**_: Any) -> None:
         maintenance.start()

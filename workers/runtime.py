@@ -1,5 +1,6 @@
 """What a running attempt needs around it in a worker process: its database sessions, retries of
-writes whose connection broke, the heartbeat thread and Celery's soft time limit.
+writes whose connection broke, the heartbeat thread and Celery's soft time limit; and what the
+worker's main process imports for it before the pool forks (`preload`).
 
 None of this decides a job's state; the writes themselves are `service.lifecycle`'s.
 """
@@ -127,3 +128,24 @@ class Heartbeat:
                 lifecycle.heartbeat(self._factory, self._claim)
             except Exception:
                 log.warning("job %s: heartbeat failed", self._claim.job_id, exc_info=True)
+
+
+def preload(database_url: str) -> None:
+    """Import, in the worker's main process before the prefork pool forks, what a pool
+    process's first task would otherwise import while it runs: pandas (pyarrow imports it the
+    first time it builds or converts an array), NumPy's random generators, the database's
+    dialect and driver.
+
+    Besides sparing every pool process the time of those imports, this keeps a cold
+    shutdown's terminate signal from being lost: billiard's handler raises `SystemExit`
+    wherever the pool process is, and pyarrow runs its lazy import of pandas inside a Cython
+    function that discards any exception. A signal that landed in that import was swallowed,
+    and the attempt it was meant to stop trained on to the end while the shutdown waited for
+    it. (A worker built through the Flask app imported all this by chance.) `stopping`,
+    checked at every epoch, catches what still slips through.
+    """
+    import numpy.random  # noqa: F401
+    import pyarrow as pa
+
+    pa.array([0.0]).to_numpy(zero_copy_only=False)  # pyarrow's pandas shim imports pandas
+    make_engine(database_url).dispose()  # no connection: the dialect and its driver

@@ -48,7 +48,6 @@ from typing import Any
 
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
-from flask import current_app
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.model import weights_to_npz
@@ -60,7 +59,8 @@ from service.db import session_scope
 from service.lifecycle import TRAIN_TASK, Claim
 from service.tables import Dataset, Job, Sweep
 from workers import webhooks
-from workers.runtime import Heartbeat, SoftLimit, session_factory, stopping, with_db_retry
+from workers.context import context_of
+from workers.runtime import Heartbeat, SoftLimit, stopping, with_db_retry
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +75,8 @@ class _Busy(Exception):
 @shared_task(name=TRAIN_TASK, bind=True, ignore_result=True, max_retries=None)
 def train_job(self: Any, job_id: str) -> str:
     """Train job `job_id`; the outcome is in the store (the return value is for logs)."""
-    settings = Settings.from_flask_config(current_app.config)
-    factory = session_factory(settings.database_url)
+    context = context_of(self.app)
+    settings, factory = context.settings, context.factory
     try:
         outcome = run_job(factory, job_id, settings)
     except _Busy:
@@ -286,7 +286,7 @@ def _run_claimed(factory: sessionmaker[Session], claim: Claim, soft_limit: SoftL
 
 def _exit_if_stopping(claim: Claim) -> None:
     """Exit if this pool process was told to stop (a cold shutdown's terminate signal) and
-    is still training: the signal's `SystemExit` was swallowed on its way (by a library).
+    is still training: the signal's `SystemExit` was swallowed on its way (`runtime.preload`).
     The job stays the running attempt of a lost worker, for the next delivery or the reaper."""
     if stopping():
         log.warning(

@@ -23,13 +23,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from celery import Celery, shared_task
-from flask import current_app
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import outbox, webhook_delivery
 from service.config import Settings
 from service.webhook_delivery import DELIVER_TASK
-from workers.runtime import session_factory, with_db_retry
+from workers.context import context_of
+from workers.runtime import with_db_retry
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +40,8 @@ SENDER_THREADS = 4
 @shared_task(name=DELIVER_TASK, bind=True, ignore_result=True)
 def deliver_webhook(self: Any, delivery_id: str) -> str:
     """Send delivery attempt `delivery_id`; the outcome is in the store."""
-    settings = Settings.from_flask_config(current_app.config)
-    return send(session_factory(settings.database_url), self.app, delivery_id, settings)
+    context = context_of(self.app)
+    return send(context.factory, self.app, delivery_id, context.settings)
 
 
 def send(

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,10 +25,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from core.model import predict, weights_from_npz
 from engine.nn import MLP
 from service.config import Settings
-from service.db import session_scope, utcnow
+from service.db import make_engine, make_sessionmaker, session_scope, utcnow
 from service.lifecycle import Claim
 from service.tables import Job, JobEpoch, TrainedModel
-from tests.support import ROOT, spoil_rows, store_dataset
+from tests.support import ROOT, base_env, spoil_rows, store_dataset
 from tests.workers.datasets import moons
 from workers.tasks import _Busy, claim_job, run_job
 
@@ -357,8 +358,8 @@ def test_an_attempt_whose_stop_was_swallowed_exits_at_its_next_epoch(
     factory: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A pool process told to stop whose `SystemExit` a library swallowed (pyarrow's lazy
-    import of pandas did) is still `stopping()`: the attempt exits at its next epoch, and the
-    job stays its running attempt, neither finished nor failed."""
+    import of pandas did: `workers.runtime.preload`) is still `stopping()`: the attempt exits
+    at its next epoch, and the job stays its running attempt, neither finished nor failed."""
     job_id = add_job(factory, epochs=50)
     looks = 0
 
@@ -374,3 +375,78 @@ def test_an_attempt_whose_stop_was_swallowed_exits_at_its_next_epoch(
     assert (job.status, job.attempts, job.error, job.epoch) == ("running", 1, None, 2)
     assert epochs_of(factory, job_id) == [1, 2]
     assert model_weights(factory, job_id) == []
+
+
+def in_a_worker_process(database_url: str, tmp_path: Path, code: str) -> str:
+    """Run `code` in a fresh interpreter that first imports `workers.app`, as a worker's main
+    process does before its pool forks (its settings: `database_url`, a broker of its own);
+    the last line it printed."""
+    env = base_env(
+        DATABASE_URL=database_url,
+        CELERY_BROKER_URL=f"filesystem://{(tmp_path / 'broker').as_posix()}",
+        TRAINYARD_VAR_DIR=str(tmp_path / "var"),
+    )
+    program = "import workers.app as app\n" + textwrap.dedent(code)
+    out = subprocess.run(
+        [sys.executable, "-c", program],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout.strip().splitlines()[-1]
+
+
+def test_a_task_imports_nothing_in_a_worker_process(
+    sqlite_database_url: str, tmp_path: Path
+) -> None:
+    """`workers.app` preloads, in the worker's main process, what a pool process's first task
+    would import while it runs (`workers.runtime.preload`): a whole job imports no module."""
+    factory = make_sessionmaker(make_engine(sqlite_database_url))
+    job_id = add_job(factory)
+    printed = in_a_worker_process(
+        sqlite_database_url,
+        tmp_path,
+        f"""
+        import sys
+        from workers.tasks import run_job
+        before = set(sys.modules)
+        outcome = run_job(app.context.factory, {job_id!r}, app.context.settings)
+        print(outcome, sorted(set(sys.modules) - before))
+        """,
+    )
+    assert printed == "succeeded []"
+
+
+def test_a_stop_swallowed_in_a_pool_process_ends_the_attempt(
+    sqlite_database_url: str, tmp_path: Path
+) -> None:
+    """Billiard's own terminate handler, its `SystemExit` swallowed as pyarrow's import of
+    pandas swallowed it: the attempt exits at its next epoch, the job stays `running`."""
+    factory = make_sessionmaker(make_engine(sqlite_database_url))
+    job_id = add_job(factory, epochs=50)
+    printed = in_a_worker_process(
+        sqlite_database_url,
+        tmp_path,
+        f"""
+        import os, signal
+        from billiard.common import reset_signals
+        from workers.tasks import run_job
+        reset_signals()  # as in a pool process
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            signal.pause()
+        except SystemExit:
+            pass  # a library that swallows it
+        try:
+            run_job(app.context.factory, {job_id!r}, app.context.settings)
+            print("ran")
+        except SystemExit:
+            print("exited")
+        """,
+    )
+    assert printed == "exited"
+    job = job_row(factory, job_id)
+    assert (job.status, job.attempts, job.error, job.epoch) == ("running", 1, None, 0)
