@@ -63,7 +63,8 @@ def test_no_create_all_in_application_code() -> None:
 def test_lifecycle_knows_no_framework_and_no_worker() -> None:
     """The job lifecycle takes the Celery app as an argument (its type under TYPE_CHECKING
     only) and its settings from `service.config`: it imports no web or task framework and
-    nothing from `workers` (which would close a circle: the workers call it)."""
+    nothing from `workers` (which would close a circle: the workers call it). Of the service
+    it reads the store and records the outbox's deliveries (in the ending transaction)."""
     path = ROOT / "service" / "lifecycle.py"
     assert imported_packages(path, runtime_only=True) & {"workers", "flask", "celery"} == set()
     tree = ast.parse(path.read_text())
@@ -72,7 +73,7 @@ def test_lifecycle_knows_no_framework_and_no_worker() -> None:
         for node in ast.walk(tree)
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("service")
     }
-    assert local <= {"service.config", "service.db", "service.tables"}, local
+    assert local <= {"service.config", "service.db", "service.tables", "service.outbox"}, local
 
 
 #: Job's columns, and the models whose rows are a job's state

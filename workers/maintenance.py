@@ -18,10 +18,11 @@ two workers sweeping at the same time never act twice on one job:
 - **Sweeps** (`service.sweeps.advance_all`). Every unfinished sweep starts the trials it has
   room for and ends once its trials have: the step a worker normally takes right after a trial
   ends, taken here when that worker was lost first (or its publish failed).
-- **Webhooks** (`service.outbox.scan`). Jobs and sweeps that ended in the last day without
-  their webhook deliveries get them (the worker that ended a job records them at once; this
-  catches a lost one, a cancel from the API, a sweep's end), and due attempts whose message
-  was never sent, was lost, or whose worker was lost mid-delivery are published again.
+- **Webhooks** (`service.outbox.scan`). Every job's and sweep's end records its webhook
+  deliveries in its own transaction (`service.lifecycle`) and whoever ended it publishes them;
+  the scan publishes those whose publish was lost (a broker down, a process lost after the
+  commit), records any missing, and publishes again due attempts whose message was never
+  sent, was lost, or whose worker was lost mid-delivery.
   Attempts that still wait a few seconds after they were due (queued behind training jobs,
   with every worker busy) are sent from this process's own threads
   (`workers.webhooks.WaitingSender`).
@@ -168,6 +169,8 @@ def install(context: WorkerContext, celery: Celery) -> Maintenance:
             try:
                 if lifecycle.fail_timed_out(maintenance.factory, job_id, maintenance.settings):
                     log.warning("job %s: hard time limit exceeded; failed", job_id)
+                    # its deliveries were recorded with the failure: send them now
+                    outbox.publish_recorded(maintenance.factory, celery, [job_id])
             except Exception:
                 # the reaper fails it later (stale heartbeat, then max attempts)
                 log.exception("job %s: could not record the hard time limit", job_id)

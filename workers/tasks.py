@@ -31,8 +31,9 @@ id and:
    with `stop_reason` `early_termination`), and once the trial has ended starts the sweep's
    next trials at once (`sweeps.advance`, published from this process); a worker lost before
    that step leaves it to every worker's maintenance loop.
-6. Once the job (and perhaps its sweep) has ended, records its webhook deliveries and publishes
-   them (`workers.webhooks.announce`; the maintenance loop's scan catches any it could not).
+6. Once the job (and perhaps its sweep) has ended, publishes the webhook deliveries its end
+   recorded in the same transaction (`workers.webhooks.announce`; the maintenance loop's scan
+   catches any it could not).
 
 Lost workers whose message never comes back, hard time limits and lost messages are handled by
 `workers.maintenance` (reaper, reconciler) in the worker's main process.

@@ -4,11 +4,13 @@
 - The task `trainyard.deliver_webhook` (its only argument a delivery id) sends one attempt
   (`webhook_delivery.deliver`: claim, POST with a deadline, record) and, when it failed with
   attempts left, publishes the next one with the backoff as its countdown.
-- `announce`, called by the training task once its job has ended: records the deliveries of
-  the job's final status (and of its sweep's end) and publishes them at once.
-- The safety net is the maintenance loop's `outbox.scan` (`workers.maintenance`): jobs and
-  sweeps that ended without deliveries (a lost worker, a cancel from the API, a sweep's end)
-  get them, and due attempts whose message was lost are published again. A job's final status
+- `announce`, called by the training task once its job has ended: publishes the deliveries
+  that the job's end recorded in its own transaction (`service.lifecycle`; and its sweep's
+  end's), recording any that are missing (`outbox.job_ended`).
+- The safety net is the maintenance loop's `outbox.scan` (`workers.maintenance`): deliveries
+  whose publish was lost (a broker down, a process lost between the commit and the publish)
+  are published, any that were never recorded are, and due attempts whose message was lost
+  are published again. A job's final status
   reaches its webhooks however it ended and whichever process was lost on the way.
 - `WaitingSender`, also driven by the maintenance loop: attempts still waiting a few seconds
   after they were due (their message is queued behind training jobs, and no worker is free)
