@@ -176,6 +176,16 @@ class StoredSource:
             raise LookupError(f"dataset {self.dataset.id} has no rows in the store")
         return np.concatenate(parts)
 
+    def target_chunks(self) -> Iterator[np.ndarray]:
+        """The targets one row group at a time, so that training keeps them in its own (mapped)
+        storage rather than a whole float64 array built beside the parts."""
+        empty = True
+        for part in read_targets(self.dataset):
+            empty = False
+            yield part
+        if empty:
+            raise LookupError(f"dataset {self.dataset.id} has no rows in the store")
+
 
 def load_data(session: Session, dataset_id: str) -> tuple[Table, np.ndarray]:
     """A stored dataset's whole feature table and targets array (for tables that fit in

@@ -52,6 +52,10 @@ def test_a_stored_dataset_reads_back_as_it_was_given(
         table, targets = datasets.load_data(session, dataset_id)
         source = datasets.StoredSource(row)
         np.testing.assert_array_equal(source.targets(), given.targets)
+        # training takes them a row group at a time (core.rows.target_chunks)
+        chunks = list(source.target_chunks())
+        assert len(chunks) == 1 and chunks[0].dtype == given.targets.dtype
+        np.testing.assert_array_equal(np.concatenate(chunks), given.targets)
     assert table.rows() == given.table.rows()
     np.testing.assert_array_equal(targets, given.targets)
     # the labels are stored as their text, the description keeps their order
