@@ -10,7 +10,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PORT ?= 8000
 WORKERS ?= 2
 
-.PHONY: setup setup-dev system-deps test-deps run run-distributed migrate test lint format bench bench-service bench-load bench-sweep bench-events bench-quality bench-ingest bench-scale screenshots clean
+.PHONY: setup setup-dev system-deps test-deps run run-distributed migrate test lint format bench bench-service bench-load bench-sweep bench-events bench-quality bench-ingest bench-scale bench-worker-memory screenshots clean
 
 setup: system-deps $(RUN_STAMP)
 
@@ -107,6 +107,10 @@ bench-quality: setup-dev
 bench-scale: setup-dev
 	$(PY) -m pip install -q $$(grep -E '^(torch|lightgbm)==' bench/requirements.txt)
 	$(PY) bench/scale.py $(BENCH_ARGS)
+
+# A training job's own peak RssAnon as the rows grow (no service; BENCH_ARGS="--rows ...").
+bench-worker-memory: setup
+	$(PY) bench/worker_memory.py --target-chunks $(BENCH_ARGS)
 
 # Regenerates the README's dashboard screenshots (docs/screenshots/) from a real browser run.
 screenshots: setup-dev test-deps

@@ -6,8 +6,9 @@ cells, a binary target; `[64, 32, 1]`, batch 256, Adam, `test_split` 0.1, seed 0
 the training process's RssAnon (anonymous memory, page cache not counted; `/proc/PID/status`)
 every 10 ms from this process, in a thread. The rows are generated chunk by chunk (131,072 rows
 a chunk, each chunk from its own seed), never held whole, so what grows with them is training's
-own per-row state. The targets come as `service.datasets.StoredSource` gives them, one whole
-array (float64, read in parts and concatenated), unless `--target-chunks`. Reports the peak
+own per-row state. With `--target-chunks` the targets come as `service.datasets.StoredSource`
+gives them now, a chunk at a time (`target_chunks`); without, as one whole float64 array (as
+it gave them before, and as a source without `target_chunks` does). Reports the peak
 before the first epoch, during the epochs and after the last one (evaluation), and seconds per
 epoch (the mean of epochs 2.., the first is warm-up).
 
