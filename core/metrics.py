@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from core.rows import allocate_rows
+from core.rows import EVAL_BATCH_ROWS, allocate_rows
 
 __all__ = [
     "CHUNK_ROWS",
@@ -36,8 +36,8 @@ __all__ = [
     "regression_metrics",
 ]
 
-#: rows per chunk when a whole array is scored (`core.rows.EVAL_BATCH_ROWS`, training's own)
-CHUNK_ROWS = 65_536
+#: rows per chunk when a whole array is scored (training's own evaluation batch)
+CHUNK_ROWS = EVAL_BATCH_ROWS
 #: positive scores per `np.searchsorted` call when ROC AUC is counted
 _AUC_CHUNK = 1 << 20
 
@@ -176,6 +176,15 @@ class ClassificationMetrics:
         if self.n + b > self.n_expected:
             raise ValueError(f"more rows than class_counts holds ({self.n_expected})")
         y = y_true.astype(np.int64)
+        # checked before anything is added, so that a refused chunk leaves the sums as they were
+        in_chunk = np.bincount(y, minlength=k)
+        for row, c in enumerate(self._auc_classes):
+            positives, negatives = int(in_chunk[c]), b - int(in_chunk[c])
+            if (
+                int(self._pos_at[row]) + positives > self.counts[c]
+                or int(self._neg_at[row]) + negatives > self.n_expected
+            ):
+                raise ValueError(f"y_true holds more rows of class {c} than class_counts says")
 
         y_pred = probabilities.argmax(axis=1)
         self.matrix += np.bincount(y * k + y_pred, minlength=k * k).reshape(k, k)
@@ -190,8 +199,6 @@ class ClassificationMetrics:
             pos = probabilities[positive, c]
             neg = probabilities[~positive, c]
             p0, n0 = int(self._pos_at[row]), int(self._neg_at[row])
-            if p0 + len(pos) > self.counts[c] or n0 + len(neg) > self.n_expected:
-                raise ValueError(f"y_true holds more rows of class {c} than class_counts says")
             self._scores[row, p0 : p0 + len(pos)] = pos
             self._scores[row, n0 : n0 + len(neg)] = neg
             self._pos_at[row] += len(pos)

@@ -139,8 +139,13 @@ def allocate(shape: tuple[int, ...], dtype: Any, limit: int | None = None) -> np
     if math.prod(shape) * dtype.itemsize <= limit:
         return np.empty(shape, dtype=dtype)
     with tempfile.NamedTemporaryFile(prefix="trainyard-rows-", suffix=".f") as f:
+        if hasattr(os, "posix_fallocate"):
+            # the file's blocks now, so that a full disk is an OSError here rather than a
+            # SIGBUS that kills the process when a page of a sparse file is first written
+            os.posix_fallocate(f.fileno(), 0, max(1, math.prod(shape) * dtype.itemsize))
         matrix = np.memmap(f, dtype=dtype, mode="w+", shape=shape)
-        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_RANDOM)
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_RANDOM)
     return matrix
 
 

@@ -122,13 +122,6 @@ def encode_targets(
     return index
 
 
-def class_index(loss: str, y: np.ndarray) -> np.ndarray | None:
-    """Class indices `(n,)` of encoded targets, None for regression."""
-    if loss == "mse":
-        return None
-    return y.reshape(-1).astype(np.int64)
-
-
 def split_indices(
     n: int,
     validation_split: float,

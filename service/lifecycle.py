@@ -85,7 +85,8 @@ store (`config`, `db`, `tables`) and the outbox, which imports nothing that call
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -270,7 +271,8 @@ def cancel(session: Session, job_id: str, owner: str, tries: int = 3) -> CancelR
             .values(status="cancelled", finished_at=utcnow(), cancel_requested=True)
         )
         if queued.rowcount == 1:
-            job_ended(session, job_id)  # its webhooks' deliveries, in this transaction
+            with _recording(session, f"job {job_id}"):  # in this transaction
+                job_ended(session, job_id)
         else:
             running = session.execute(
                 sa.update(Job)
@@ -325,7 +327,8 @@ def cancel_trials(session: Session, sweep_id: str, now: datetime) -> int:
         .values(status="cancelled", finished_at=now, cancel_requested=True)
         .returning(Job.id)
     ).all()
-    jobs_ended(session, cancelled)  # their webhooks' deliveries, in the caller's transaction
+    with _recording(session, f"sweep {sweep_id}'s trials"):  # in the caller's transaction
+        jobs_ended(session, cancelled)
     session.execute(
         sa.update(Job)
         .where(Job.sweep_id == sweep_id, Job.status == "running")
@@ -408,9 +411,26 @@ def _end(session: Session, job_id: str, *where: Any, **values: Any) -> bool:
     and record its webhooks' deliveries in the same transaction (`outbox.job_ended`); False
     if it did not match."""
     if session.execute(sa.update(Job).where(Job.id == job_id, *where).values(**values)).rowcount:
-        job_ended(session, job_id)
+        with _recording(session, f"job {job_id}"):
+            job_ended(session, job_id)
         return True
     return False
+
+
+@contextmanager
+def _recording(session: Session, subject: str) -> Iterator[None]:
+    """Record an end's webhook deliveries in a savepoint of the ending transaction. A database
+    error propagates (the whole transaction, the end with it, rolls back: a retry or the reaper
+    makes it again); any other failure of the recording is logged and undone alone, and the end
+    commits without its deliveries, which `outbox.scan` records later: a fault in the webhooks'
+    code never keeps a job from ending or stops the reaper."""
+    try:
+        with session.begin_nested():
+            yield
+    except sa.exc.DBAPIError:
+        raise
+    except Exception:
+        log.exception("webhook deliveries of %s not recorded; left to the outbox scan", subject)
 
 
 def _start(session: Session, job_id: str, now: datetime, *where: Any) -> Claim | None:
@@ -568,7 +588,8 @@ def succeed(
                 return cancel_attempt(factory, claim)
             return "lost"
         session.add(TrainedModel(job_id=claim.job_id, **model))
-        job_ended(session, claim.job_id)  # with the model: the event names it
+        with _recording(session, f"job {claim.job_id}"):  # with the model: the event names it
+            job_ended(session, claim.job_id)
     return "succeeded"
 
 
@@ -644,7 +665,8 @@ def reap(
         with session_scope(factory) as session:
             if session.execute(sa.update(Job).where(seen).values(**values)).rowcount == 1:
                 if outcome != "requeued":
-                    job_ended(session, row.id)
+                    with _recording(session, f"job {row.id}"):
+                        job_ended(session, row.id)
                 outcomes[row.id] = outcome
                 log.warning(
                     "reaper: job %s (attempt %s) has had no heartbeat for %ss: %s",

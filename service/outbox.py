@@ -345,6 +345,8 @@ def publish_recorded(
         return due[:sent]
     except Exception:
         log.warning("webhook deliveries of %s left to the scan", list(subject_ids), exc_info=True)
+        if isinstance(target, Session):
+            target.rollback()  # the caller's session stays usable (its change was committed)
         return []
 
 

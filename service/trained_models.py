@@ -17,7 +17,7 @@ from core.table import NUMERIC, Table, TableError
 from core.training import encode_targets
 from service import ingest
 from service.config import Limits
-from service.datasets import get_dataset, read_chunks
+from service.datasets import get_dataset, read_chunks, read_targets
 from service.db import iso_utc, paginate
 from service.problems import ApiError, InputError
 from service.tables import Dataset, TrainedModel, is_id
@@ -221,7 +221,8 @@ def _check_targets(dataset: Dataset, loss: str, classes: list[Any] | None, width
 
 def evaluate(session: Session, model: TrainedModel, dataset_id: str, owner: str) -> dict[str, Any]:
     """Score a model on one of the owner's datasets with its columns: the job's metrics. The
-    rows stream from the store a row group at a time; only the outputs are kept."""
+    rows stream from the store a row group at a time, and so do the metrics (`core.metrics`'
+    accumulators): nothing the size of the dataset is held."""
     dataset = get_dataset(session, dataset_id, owner)
     arch = model.architecture
     wanted = [c["name"] for c in columns_of(arch)]
@@ -242,30 +243,42 @@ def evaluate(session: Session, model: TrainedModel, dataset_id: str, owner: str)
     classes = arch.get("classes")
     _check_targets(dataset, loss, classes, arch["layers"][-1])
     trained = loaded(model)
-    outputs_parts, target_parts = [], []
+    if loss != "mse" and dataset.target_kind == "labels":
+        # the dataset's class indices -> the model's
+        remap = np.asarray([(classes or []).index(v) for v in dataset.classes or []], np.int64)
+
+        def encoded(targets: np.ndarray) -> np.ndarray:
+            return encode_targets(loss, "labels", remap[targets.reshape(-1)], classes)
+    else:
+
+        def encoded(targets: np.ndarray) -> np.ndarray:
+            return encode_targets(loss, "numeric", targets, classes if loss != "mse" else None)
+
+    # Metrics accumulate a row group at a time (as a job's evaluation does): the class counts
+    # first, from the targets' columns alone, then the outputs of each row group.
+    scores: metrics.ClassificationMetrics | metrics.RegressionMetrics
+    if loss == "mse":
+        scores = metrics.RegressionMetrics()
+    else:
+        k = len(classes or [])
+        counts = np.zeros(k, dtype=np.int64)
+        for part in read_targets(dataset):
+            counts += metrics.class_counts(encoded(part).reshape(-1), k)
+        scores = metrics.ClassificationMetrics(list(classes or []), counts)
     try:
         for chunk, chunk_targets in read_chunks(dataset):
             table = Table([chunk.columns[names.index(n)] for n in wanted])
-            outputs_parts.append(trained.outputs(trained.encode(table)))
-            target_parts.append(chunk_targets)
+            outputs = trained.outputs(trained.encode(table))
+            y = encoded(chunk_targets)
+            if isinstance(scores, metrics.RegressionMetrics):
+                scores.update(y, outputs)
+            else:
+                scores.update(
+                    y.reshape(-1).astype(np.int64), probabilities_from_logits(loss, outputs)
+                )
     except MissingValueError as exc:
         raise InputError("dataset_id", str(exc)) from None
     except TableError as exc:
         raise ingest.table_error(exc, "dataset_id") from None
-    outputs = np.concatenate(outputs_parts)
-    targets = np.concatenate(target_parts)
-    if loss != "mse" and dataset.target_kind == "labels":
-        # the dataset's class indices -> the model's
-        remap = np.asarray([(classes or []).index(v) for v in dataset.classes or []], np.int64)
-        y = encode_targets(loss, "labels", remap[targets.reshape(-1)], classes)
-    else:
-        y = encode_targets(loss, "numeric", targets, classes if loss != "mse" else None)
-    if loss == "mse":
-        report = metrics.regression_metrics(y, outputs)
-    else:
-        report = metrics.classification_metrics(
-            y.reshape(-1).astype(np.int64),
-            probabilities_from_logits(loss, outputs),
-            list(classes or []),
-        )
+    report = scores.result()
     return {"model_id": model.id, "dataset_id": dataset.id, "evaluation": report}

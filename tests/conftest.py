@@ -48,10 +48,14 @@ def redis_url() -> Iterator[str]:
     """A Redis database number of its own for one test, flushed before and after."""
     import redis
 
-    # keep parallel runs apart (pytest-xdist's workers by their number, other runs by pid);
-    # db 0 is left to the developer
+    # keep parallel runs apart: pytest-xdist's workers of one run by their number, from a start
+    # drawn per run (its run id), other runs by pid; db 0 is left to the developer
     worker = os.environ.get("PYTEST_XDIST_WORKER", "")
-    db = 8 + (int(worker[2:]) if worker.startswith("gw") else os.getpid()) % 7
+    if worker.startswith("gw"):
+        run = int(os.environ.get("PYTEST_XDIST_TESTRUNUID", "0")[:8] or "0", 16)
+        db = 8 + (run + int(worker[2:])) % 7
+    else:
+        db = 8 + os.getpid() % 7
     url = f"{REDIS_URL}/{db}"
     client = redis.Redis.from_url(url)
     client.flushdb()

@@ -526,6 +526,7 @@ def test_what_the_tasks_import_loads_no_flask(tmp_path: Path) -> None:
     assert loaded_frameworks(WORKER_MODULES, worker_env(tmp_path)) == []
 
 
+@pytest.mark.slow  # a real prefork worker: in the one-at-a-time phase
 def test_the_celery_worker_runs_without_flask(tmp_path: Path) -> None:
     """`celery -A workers.app worker`, as every mode starts it (prefork pool), up to the point
     where it consumes: its tasks are registered with the app, the pool has started, and no

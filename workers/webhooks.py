@@ -112,8 +112,8 @@ def announce(factory: sessionmaker[Session], celery: Celery, job_id: str) -> lis
     fails here, the maintenance loop's scan does later. Returns the delivery ids published."""
     try:
         made = with_db_retry(lambda: outbox.job_ended(factory, job_id), f"job {job_id} hooks")
-        outbox.publish(factory, celery, made)
-        return made
+        sent = outbox.publish(factory, celery, made)
+        return made[:sent]
     except Exception:
         log.warning("job %s: webhook deliveries left to the scan", job_id, exc_info=True)
         return []

@@ -30,7 +30,6 @@ def test_worker_memory_benchmark_runs_on_a_tiny_source(tmp_path: Path) -> None:
     assert report["rows"] == ROWS and report["target_chunks"] is True
     # a training process's own memory: more than an idle interpreter's, far less than a GiB
     assert 20 < report["peak_mib"] < 1024
-    assert report["peak_mib"] >= max(report["before_first_epoch_mib"], report["epochs_mib"])
     assert report["s_per_epoch"] is not None and report["s_per_epoch"] > 0
     assert len(report["loss_history"]) == 2
     test = report["evaluation"]["test"]

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import lifecycle
+from service import lifecycle, outbox
 from service.celery import celery_config
 from service.config import Settings
 from service.db import session_scope, utcnow
@@ -486,11 +486,11 @@ def test_cancel_trials_records_each_cancelled_trial(factory: sessionmaker[Sessio
 
 
 def _fail_after(real: Callable[..., Any]) -> Callable[..., Any]:
-    """`real`, then an error: the transaction fails after the deliveries were written."""
+    """`real`, then a database error: the transaction fails after the deliveries were written."""
 
     def broken(*args: Any, **kwargs: Any) -> Any:
         real(*args, **kwargs)
-        raise RuntimeError("the database went away before the commit")
+        raise sa.exc.OperationalError("COMMIT", {}, Exception("the database went away"))
 
     return broken
 
@@ -508,13 +508,13 @@ def test_a_final_transition_rolled_back_leaves_no_delivery(
     queued = add_job(factory, owner="alice")
     monkeypatch.setattr(lifecycle, "job_ended", _fail_after(lifecycle.job_ended))
 
-    with pytest.raises(RuntimeError):
+    with pytest.raises(sa.exc.OperationalError):
         lifecycle.fail(factory, claim, "it broke")
-    with pytest.raises(RuntimeError):
+    with pytest.raises(sa.exc.OperationalError):
         lifecycle.fail_timed_out(factory, claim.job_id, SETTINGS)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(sa.exc.OperationalError):
         lifecycle.reap(factory, SETTINGS)
-    with factory() as session, pytest.raises(RuntimeError):
+    with factory() as session, pytest.raises(sa.exc.OperationalError):
         lifecycle.cancel(session, queued, "alice")
     assert [job_row(factory, i).status for i in (claim.job_id, stale.job_id, queued)] == [
         "running", "running", "queued",
@@ -525,6 +525,44 @@ def test_a_final_transition_rolled_back_leaves_no_delivery(
     monkeypatch.undo()  # the retry: ends it, and records its deliveries with it
     lifecycle.fail(factory, claim, "it broke")
     assert events_of(factory, claim.job_id) == ["job.failed"]
+
+
+def test_a_fault_in_the_recording_never_keeps_a_job_from_ending(
+    factory: sessionmaker[Session],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Not the database but the webhooks' own code fails (a bug, a row it cannot render): the
+    recording alone is undone (a savepoint), the jobs end, the reaper finishes its pass, and
+    the outbox's scan records the deliveries later."""
+    subscribe(factory)
+    subscribe(factory, owner="alice")
+    claim = running(factory)
+    stale = [running(factory) for _ in range(2)]
+    for lost in stale:
+        set_fields(factory, lost.job_id, heartbeat_at=utcnow() - STALE, attempts=3)
+    queued = add_job(factory, owner="alice")
+
+    def broken(session: Session, job_id: str) -> list[str]:
+        outbox.job_ended(session, job_id)  # writes its rows, then fails: they are undone
+        raise ValueError("cannot render the event")
+
+    monkeypatch.setattr(lifecycle, "job_ended", broken)
+    lifecycle.fail(factory, claim, "it broke")
+    assert lifecycle.reap(factory, SETTINGS) == {lost.job_id: "failed" for lost in stale}
+    with factory() as session:
+        assert lifecycle.cancel(session, queued, "alice").done
+        session.commit()
+    ids = [claim.job_id, *(lost.job_id for lost in stale), queued]
+    assert [job_row(factory, i).status for i in ids] == ["failed", "failed", "failed", "cancelled"]
+    assert [events_of(factory, i) for i in ids] == [[], [], [], []]
+    assert caplog.text.count("left to the outbox scan") == 4
+
+    monkeypatch.undo()
+    assert outbox.scan(factory, Celery("t", broker="memory://"), SETTINGS)["created"] == 4
+    assert [sorted(r.event for r in recorded(factory, i)) for i in ids] == [
+        ["job.failed"], ["job.failed"], ["job.failed"], ["job.cancelled"],
+    ]  # fmt: skip
 
 
 # -- messages and settings ----------------------------------------------------------------------
