@@ -43,7 +43,7 @@ def test_redis_restart_loses_queued_messages_and_the_reconciler_publishes_them(
     """Fault 4: `redis-cli shutdown nosave` while one job trains and two wait in the queue."""
     cluster = cluster_on_own_redis
     worker = cluster.worker("w1", TRAINYARD_REPUBLISH_AFTER="4")
-    running = cluster.add_job(epochs=60, **STEADY)
+    running = cluster.add_job(epochs=120, **STEADY)  # still training when Redis goes
     waiting = [cluster.add_job(epochs=30), cluster.add_job(epochs=30)]
     cluster.wait(running, ("running",), min_epoch=2, timeout=60)
     broker = redis.Redis.from_url(cluster.broker_url)

@@ -30,7 +30,8 @@ def terminate_backends(cluster: Cluster) -> int:
 
 def test_connections_cut_while_a_job_trains(cluster: Cluster) -> None:
     worker = cluster.worker("w1")
-    job_id = cluster.add_job(epochs=75, **STEADY)
+    # long enough to outlast the 2 s of cuts below however fast the machine (about 8 s idle)
+    job_id = cluster.add_job(epochs=200, **STEADY)
     cluster.wait(job_id, ("running",), min_epoch=3, timeout=60)
     killed = 0
     for _ in range(8):

@@ -119,7 +119,7 @@ def test_a_redis_restart_loses_a_started_trials_message(
     held trials (in SQL only) start as the others end."""
     cluster = cluster_on_own_redis
     worker = cluster.worker("w1", TRAINYARD_REPUBLISH_AFTER="4")
-    sweep_id = submit(cluster, epochs=20, n_trials=4, max_parallel=2)
+    sweep_id = submit(cluster, epochs=60, n_trials=4, max_parallel=2)  # outlasts the restart
     running_trials(cluster, sweep_id, n=1, min_epoch=2, timeout=60)
     redis_server.stop()
     time.sleep(1.0)
