@@ -323,9 +323,13 @@ def class_weights(class_weight: Any, y: Any, classes: list[Any]) -> list[float] 
         return None
     k = len(classes)
     if class_weight == "balanced":
-        counts = np.bincount(np.asarray(y, dtype=np.int64).reshape(-1), minlength=k)
+        flat = np.asarray(y).reshape(-1)  # a view of the (maybe mapped) training targets
+        counts = np.zeros(k, dtype=np.int64)
+        step = 1 << 20  # counted a piece at a time: no whole int64 copy of the targets
+        for start in range(0, len(flat), step):
+            counts += np.bincount(flat[start : start + step].astype(np.int64), minlength=k)
         counts = np.maximum(counts, 1)
-        return (len(np.asarray(y).reshape(-1)) / (k * counts)).tolist()
+        return (len(flat) / (k * counts)).tolist()
     given = {str(key): float(w) for key, w in class_weight.items()}
     return [given.get(str(c), 1.0) for c in classes]
 

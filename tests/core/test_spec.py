@@ -76,3 +76,16 @@ def test_defaults_is_plain_json() -> None:
     d = spec.defaults()
     assert json.loads(json.dumps(d)) == d
     assert d["choices"]["optimizer"] == list(spec.OPTIMIZERS)
+
+
+def test_balanced_class_weights_match_scikit_learn_over_many_rows() -> None:
+    """Counted a piece at a time (no whole int64 copy of the targets): the same weights as
+    scikit-learn's `compute_class_weight("balanced")`, over more rows than one piece."""
+    from sklearn.utils.class_weight import compute_class_weight
+
+    rng = np.random.default_rng(0)
+    y = rng.choice(3, size=(1 << 20) + 12_345, p=[0.7, 0.2, 0.1]).astype(np.uint8)
+    expected = compute_class_weight("balanced", classes=np.arange(3), y=y)
+    got = spec.class_weights("balanced", y, ["a", "b", "c"])
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
+    assert spec.class_weights({"b": 2.0}, y, ["a", "b", "c"]) == [1.0, 2.0, 1.0]
