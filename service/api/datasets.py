@@ -169,10 +169,13 @@ def _store_csv(
 
 class _StreamedFingerprint:
     """An `Idempotency-Key` fingerprint of a raw body, hashed as it streams past (the body is
-    never held): method, path, query, content type, then the bytes."""
+    never held): method, path, query, content type, then the bytes. Without the header nothing
+    reads it, so the bytes are not hashed (`hashing` False): SHA-256 of a large upload costs
+    about a second of CPU per 1.5 GB, taken from the parsing on the same cores."""
 
-    def __init__(self, raw: BinaryIO) -> None:
+    def __init__(self, raw: BinaryIO, hashing: bool = True) -> None:
         self.raw = raw
+        self.hashing = hashing
         self.hash = hashlib.sha256()
         self.hash.update(
             f"{request.method} {request.path}?{request.query_string.decode('latin-1')} "
@@ -181,7 +184,8 @@ class _StreamedFingerprint:
 
     def read(self, size: int = -1) -> bytes:
         data = self.raw.read(size)
-        self.hash.update(data)
+        if self.hashing:
+            self.hash.update(data)
         return data
 
     def drain(self) -> str:
@@ -315,7 +319,7 @@ class Datasets(MethodView):
         else:
             request.max_content_length = _upload_limit()
             stream, options = _raw_upload(query)
-            body_stream = _StreamedFingerprint(stream)
+            body_stream = _StreamedFingerprint(stream, hashing=request_key() is not None)
             idempotency = _StreamedIdempotency(session, owner, body_stream)
             replayed = idempotency.replay()
             if replayed is not None:
