@@ -44,18 +44,6 @@ SAMPLE_EVERY = 0.01
 MiB = 1 << 20
 
 
-def rss_anon(pid: int) -> int:
-    """A process's RssAnon in bytes (0 once it is gone)."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("RssAnon:"):
-                    return int(line.split()[1]) * 1024
-    except (FileNotFoundError, ProcessLookupError):
-        pass
-    return 0
-
-
 # -- the child: one training job -------------------------------------------------------------
 
 
@@ -164,6 +152,10 @@ def child(rows: int, epochs: int, out: Path, target_chunks: bool) -> None:
 
 
 def measure(rows: int, epochs: int, root: Path, target_chunks: bool) -> dict[str, Any]:
+    # bench/scale.py's reading of /proc (here, not at the top: the child runs with -P, and
+    # bench/ is not on its path)
+    from scale import rss_anon
+
     env = dict(os.environ)
     for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         env[name] = "1"

@@ -136,13 +136,14 @@ def allocate(shape: tuple[int, ...], dtype: Any, limit: int | None = None) -> np
     than `limit` bytes (`IN_MEMORY_BYTES` unless given)."""
     dtype = np.dtype(dtype)
     limit = IN_MEMORY_BYTES if limit is None else limit
-    if math.prod(shape) * dtype.itemsize <= limit:
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes <= limit:
         return np.empty(shape, dtype=dtype)
     with tempfile.NamedTemporaryFile(prefix="trainyard-rows-", suffix=".f") as f:
         if hasattr(os, "posix_fallocate"):
             # the file's blocks now, so that a full disk is an OSError here rather than a
             # SIGBUS that kills the process when a page of a sparse file is first written
-            os.posix_fallocate(f.fileno(), 0, max(1, math.prod(shape) * dtype.itemsize))
+            os.posix_fallocate(f.fileno(), 0, max(1, nbytes))
         matrix = np.memmap(f, dtype=dtype, mode="w+", shape=shape)
         if hasattr(os, "posix_fadvise"):
             os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_RANDOM)

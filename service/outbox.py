@@ -104,24 +104,17 @@ __all__ = [
 
 
 @contextmanager
-def _transaction(target: Session | sessionmaker[Session]) -> Iterator[Session]:
+def _transaction(
+    target: Session | sessionmaker[Session], commit: bool = False
+) -> Iterator[Session]:
     """A sessionmaker: a transaction of its own, committed; a Session: it, flushed only (its
-    caller commits)."""
+    caller commits) or, with `commit` (publishing, after the change was committed), committed."""
     if isinstance(target, Session):
         yield target
-        target.flush()
-        return
-    with session_scope(target) as session:
-        yield session
-
-
-@contextmanager
-def _committed(target: Session | sessionmaker[Session]) -> Iterator[Session]:
-    """A sessionmaker: a transaction of its own; a Session: it. Committed either way (for
-    publishing, after the change was committed)."""
-    if isinstance(target, Session):
-        yield target
-        target.commit()
+        if commit:
+            target.commit()
+        else:
+            target.flush()
         return
     with session_scope(target) as session:
         yield session
@@ -322,7 +315,7 @@ def publish(
         sent.append(delivery_id)
     if sent:
         now = utcnow()
-        with _committed(target) as session:
+        with _transaction(target, commit=True) as session:
             for i in range(0, len(sent), _IN_BATCH):
                 session.execute(
                     sa.update(WebhookDelivery)
@@ -339,7 +332,7 @@ def publish_recorded(
     first attempts not yet published (`unpublished`). Returns the ids sent. Never raises: the
     change is committed, and what is left unpublished `scan` publishes."""
     try:
-        with _committed(target) as session:
+        with _transaction(target, commit=True) as session:
             due = unpublished(session, subject_ids)
         sent = publish(target, celery, due)
         return due[:sent]

@@ -202,6 +202,20 @@ def check_regression(y: np.ndarray, pred: np.ndarray) -> dict:
 REGRESSION_SCENARIOS = ("random", "perfect", "constant_perfect", "constant", "partly_constant")
 
 
+def shaped(scenario: str, y: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Targets `(n, m)` and predictions as the scenario wants them (`y` changed in place)."""
+    if scenario == "perfect":
+        pred = y.copy()
+    elif scenario == "constant_perfect":
+        y[:] = 0.1
+        pred = y.copy()
+    elif scenario == "constant":
+        y[:] = 3.5
+    elif scenario == "partly_constant":
+        y[:, 0] = -2.5
+    return y, pred
+
+
 @pytest.mark.parametrize("shape", ["1d", "column", "multi"])
 @pytest.mark.parametrize("scenario", REGRESSION_SCENARIOS)
 def test_regression_matches_sklearn(shape: str, scenario: str) -> None:
@@ -210,15 +224,7 @@ def test_regression_matches_sklearn(shape: str, scenario: str) -> None:
         m = {"1d": 1, "column": 1, "multi": int(rng.integers(2, 5))}[shape]
         y = rng.normal(scale=rng.uniform(0.1, 100), size=(n, m)) + rng.normal(size=m)
         pred = y + rng.normal(scale=rng.uniform(0.01, 10), size=(n, m))
-        if scenario == "perfect":
-            pred = y.copy()
-        elif scenario == "constant_perfect":
-            y[:] = 0.1
-            pred = y.copy()
-        elif scenario == "constant":
-            y[:] = 3.5
-        elif scenario == "partly_constant":
-            y[:, 0] = -2.5
+        y, pred = shaped(scenario, y, pred)
         if shape == "1d":
             y, pred = y[:, 0], pred[:, 0]
         result = check_regression(y, pred)
@@ -393,15 +399,7 @@ def test_streamed_regression_equals_the_whole_arrays(scenario: str) -> None:
         # far from zero with a small spread: a naive one-pass variance would lose it
         y = 1e6 + rng.normal(scale=rng.uniform(0.1, 3), size=(n, m))
         pred = y + rng.normal(scale=0.5, size=(n, m))
-        if scenario == "perfect":
-            pred = y.copy()
-        elif scenario == "constant_perfect":
-            y[:] = 0.1
-            pred = y.copy()
-        elif scenario == "constant":
-            y[:] = 3.5
-        elif scenario == "partly_constant":
-            y[:, 0] = -2.5
+        y, pred = shaped(scenario, y, pred)
         whole = check_regression(y, pred)
         for sizes in CHUNKINGS:
             same_regression(streamed_regression(y, pred, sizes), whole)
