@@ -45,6 +45,7 @@ import threading
 import time
 from typing import Any
 
+import sqlalchemy as sa
 from celery import Celery
 from celery.exceptions import TimeLimitExceeded
 from celery.signals import task_failure, worker_ready, worker_shutdown
@@ -140,6 +141,9 @@ class Maintenance:
         while not self._stop.wait(wait):
             try:
                 self.sweep()
+            except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+                # a cut or unreachable database: expected, and the next sweep retries
+                log.warning("maintenance sweep: database error, trying again later: %s", exc)
             except Exception:
                 log.warning("maintenance sweep failed; trying again later", exc_info=True)
             wait = interval * random.uniform(0.8, 1.2)
