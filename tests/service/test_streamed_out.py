@@ -243,7 +243,7 @@ def test_many_row_groups_come_out_in_order(client: FlaskClient) -> None:
     dataset_id = r.get_json()["id"]
     text = download(client, dataset_id, CSV_TYPE).get_data(as_text=True)
     lines = text.splitlines()
-    assert lines[0] == '"x","y"' and len(lines) == n + 1
+    assert lines[0] == "x,y" and len(lines) == n + 1
     assert [int(line.split(",")[0]) for line in lines[1:]] == list(range(n))
     table = pq.read_table(io.BytesIO(download(client, dataset_id, PARQUET_TYPE).data))
     assert table.column("x").to_pylist() == [float(i) for i in range(n)]
