@@ -218,8 +218,10 @@ def _plain(array: pa.Array) -> pa.Array:
 
 
 def _json_text(array: pa.Array) -> pa.Array:
-    """Each cell of a column as JSON text (`null` for a missing one), as a string array."""
-    array = _plain(array)
+    """Each cell of a column as JSON text (`null` for a missing one), as a string array. A text
+    column with few distinct values (a category) escapes each value once."""
+    if pa.types.is_dictionary(array.type):
+        return pc.take(_json_text(array.dictionary), array.indices).fill_null("null")
     if pa.types.is_null(array.type):
         return pa.array(["null"] * len(array), type=pa.string())
     if (
@@ -230,6 +232,14 @@ def _json_text(array: pa.Array) -> pa.Array:
         return _finite_or_null(array).cast(pa.string()).fill_null("null")
     if not (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)):
         array = array.cast(pa.string())  # dates, times, decimals: as their text
+    if len(array) >= 1024:
+        encoded = array.dictionary_encode()
+        if 2 * len(encoded.dictionary) <= len(array):
+            return _json_text(encoded)
+    return _json_strings(array)
+
+
+def _json_strings(array: pa.Array) -> pa.Array:
     if pc.any(pc.match_substring_regex(array, _CONTROL.pattern)).as_py():
         # control characters need \\u escapes: json.dumps each distinct text once
         distinct = pc.unique(array).drop_null()

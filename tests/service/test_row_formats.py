@@ -177,6 +177,17 @@ def test_json_lines_write_infinities_and_booleans_as_json_has_them() -> None:
     assert rows == [{"f": None, "b": True}, {"f": None, "b": None}, {"f": 1.5, "b": False}]
 
 
+def test_json_lines_of_a_category_escape_each_level_once_and_alike() -> None:
+    """A text column with few distinct values goes through its dictionary: the same lines."""
+    levels = ['say "hi"', "back\\slash", "tab\tx", "naïve", None]
+    many = pa.array([levels[i % 5] for i in range(5000)])
+    unique = pa.array([f"{levels[i % 4]}-{i}" if i % 5 else None for i in range(5000)])
+    batch = pa.record_batch({"many": many, "unique": unique})
+    rows = [json.loads(line) for line in joined(rf.encode([batch], rf.JSONL)).splitlines()]
+    assert [r["many"] for r in rows] == many.to_pylist()
+    assert [r["unique"] for r in rows] == unique.to_pylist()
+
+
 def test_json_is_one_array_of_the_same_objects() -> None:
     batches = [sample(), sample(4)]
     body = json.loads(joined(rf.encode(batches, rf.JSON)))
