@@ -247,20 +247,25 @@ def prediction_schema(model: TrainedModel) -> pa.Schema:
 
 
 def prediction_batches(model: TrainedModel, outputs: np.ndarray) -> Iterator[pa.RecordBatch]:
-    """Predictions from `prediction_outputs`, `PREDICT_ROWS` rows a batch, made as they are
-    read (the answer's text is never whole)."""
-    arch = model.architecture
+    """Predictions from `prediction_outputs`, `PREDICT_ROWS` rows a batch, each made as it is
+    read (the answer's text is never whole). What the model says is taken now: the batches are
+    read after the view has returned, its session closed."""
+    loss = str(model.architecture["loss"])
     schema = prediction_schema(model)
-    labels = pa.array([str(c) for c in arch.get("classes") or []], type=pa.string())
-    for start in range(0, len(outputs), PREDICT_ROWS):
-        values = outputs[start : start + PREDICT_ROWS]
-        if arch["loss"] == "mse":
-            arrays = [pa.array(values[:, j]) for j in range(values.shape[1])]
-        else:
-            probabilities = probabilities_from_logits(arch["loss"], values).astype(np.float64)
-            predicted = pc.take(labels, pa.array(probabilities.argmax(axis=1)))
-            arrays = [predicted, *(pa.array(probabilities[:, j]) for j in range(len(labels)))]
-        yield pa.record_batch(arrays, schema=schema)
+    labels = pa.array([str(c) for c in model.architecture.get("classes") or []], pa.string())
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for start in range(0, len(outputs), PREDICT_ROWS):
+            values = outputs[start : start + PREDICT_ROWS]
+            if loss == "mse":
+                arrays = [pa.array(values[:, j]) for j in range(values.shape[1])]
+            else:
+                probabilities = probabilities_from_logits(loss, values).astype(np.float64)
+                predicted = pc.take(labels, pa.array(probabilities.argmax(axis=1)))
+                arrays = [predicted, *(pa.array(probabilities[:, j]) for j in range(len(labels)))]
+            yield pa.record_batch(arrays, schema=schema)
+
+    return batches()
 
 
 def _check_targets(dataset: Dataset, loss: str, classes: list[Any] | None, width: int) -> None:

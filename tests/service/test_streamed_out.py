@@ -354,3 +354,19 @@ def test_a_multi_output_model_streams_one_column_per_output(
     )
     (line,) = b"".join(streamed_chunks(r)).decode().splitlines()
     assert list(json.loads(line)) == ["prediction_0", "prediction_1"]
+
+
+def test_a_binary_model_streams_both_classes_probabilities(app: Flask, client: FlaskClient) -> None:
+    lines = ["a,b,label"] + [f"{i},{'xy'[i % 2]},{'yes' if i % 3 else 'no'}" for i in range(30)]
+    r = upload(client, ("\n".join(lines) + "\n").encode())
+    dataset_id = r.get_json()["id"]
+    model_id, _ = store_trained_model(app, dataset_id, [4, 1], "binary_cross_entropy", epochs=5)
+    labelled = download(client, dataset_id, CSV_TYPE).data
+    plain = predict_file(client, model_id, labelled, None).get_json()
+    r = predict_file(client, model_id, labelled, "text/csv")
+    rows = csv_records(r.get_data(as_text=True))
+    assert list(rows[0]) == ["prediction", "p_no", "p_yes"]
+    assert [row["prediction"] for row in rows] == plain["predictions"]
+    np.testing.assert_allclose(
+        [[float(row["p_no"]), float(row["p_yes"])] for row in rows], plain["probabilities"]
+    )
