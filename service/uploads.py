@@ -20,7 +20,7 @@ byte arrived.
 - **Expiry.** An upload expires `TRAINYARD_UPLOAD_EXPIRE_HOURS` after its creation or its last
   accepted chunk (a finished one, after its completion); an unfinished expired upload answers
   410 until the workers' maintenance sweep (`delete_expired`) deletes its row and chunks, then
-  404.
+  404. Chunk folders without a row are deleted once old (`delete_orphan_chunks`).
 """
 
 from __future__ import annotations
@@ -256,39 +256,42 @@ def terminate(session: Session, upload: Upload) -> None:
     UploadStore(url).delete(upload_id)
 
 
-def delete_expired(
-    factory: Any,
-    store_url: str,
-    now: datetime | None = None,
-    orphans_older_than_s: float = ORPHAN_AFTER_S,
-) -> list[str]:
-    """Delete the uploads whose time ran out, and their chunks; and the chunk folders of
-    `store_url` that have no upload row (an API process killed between writing a chunk and its
-    UPDATE, a sweep cut half way) once `orphans_older_than_s` old. The ids deleted."""
+def delete_expired(factory: Any, now: datetime | None = None) -> list[str]:
+    """Delete the uploads whose time ran out, and their chunks; the ids deleted."""
     now = now or utcnow()
+    deleted: list[str] = []
     with factory() as session:
         expired = session.execute(
             sa.select(Upload.id, Upload.store_url).where(Upload.expires_at < now)
         ).all()
-        deleted: list[str] = []
         for upload_id, url in expired:
             result = session.execute(
                 sa.delete(Upload).where(Upload.id == upload_id, Upload.expires_at < now)
             )
             session.commit()
-            if result.rowcount == 1:  # not extended meanwhile by a chunk
+            if result.rowcount == 1:  # not extended meanwhile by a new chunk
                 UploadStore(url).delete(upload_id)
                 deleted.append(upload_id)
-        store = UploadStore(store_url)
-        cutoff = now.timestamp() - orphans_older_than_s
-        stale = [key for key, mtime in store.upload_ids().items() if mtime < cutoff]
-        if stale:
-            known = set(session.scalars(sa.select(Upload.id).where(Upload.id.in_(stale))))
-            for key in stale:
-                if key not in known:
-                    store.delete(key)
-                    deleted.append(key)
     return deleted
+
+
+def delete_orphan_chunks(
+    factory: Any, store_url: str, older_than_s: float = ORPHAN_AFTER_S, now: float | None = None
+) -> list[str]:
+    """Delete the chunk folders that have no upload row (an API process killed between
+    writing a chunk and recording it, after its upload was deleted) once their newest chunk is
+    `older_than_s` old; the ids deleted."""
+    store = UploadStore(store_url)
+    cutoff = (time.time() if now is None else now) - older_than_s
+    stale = [key for key, mtime in store.upload_ids().items() if mtime < cutoff]
+    if not stale:
+        return []
+    with factory() as session:
+        known = set(session.scalars(sa.select(Upload.id).where(Upload.id.in_(stale))))
+    orphans = [key for key in stale if key not in known]
+    for key in orphans:
+        store.delete(key)
+    return orphans
 
 
 def describe(upload: Upload) -> dict[str, Any]:
