@@ -965,10 +965,11 @@ class UploadSchema(Schema):
         metadata={"description": "The decoded `Upload-Metadata` pairs."},
     )
     status = fields.String(
-        validate=validate.OneOf(("receiving", "completed", "failed")),
+        validate=validate.OneOf(("receiving", "completing", "completed", "failed")),
         metadata={
-            "description": "`receiving` until the last byte; then `completed` (the dataset "
-            "is made: `dataset_id`) or `failed` (the data was refused: `error`)."
+            "description": "`receiving` until the last byte; `completing` while the dataset "
+            "is made; then `completed` (`dataset_id`) or `failed` (the data was refused: "
+            "`error`)."
         },
     )
     dataset_id = fields.String(allow_none=True)

@@ -299,6 +299,11 @@ class Upload(Base):
     chunks: Mapped[list[list[Any]]] = mapped_column(sa.JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), index=True)
+    # while one request makes the dataset (claimed by a conditional UPDATE, so that a retry
+    # cannot make it twice); cleared when the store could not be reached
+    completing_since: Mapped[datetime | None] = mapped_column(
+        sa.DateTime(timezone=True), nullable=True
+    )
     # set once the last byte made the dataset, or once the data was refused
     dataset_id: Mapped[str | None] = mapped_column(sa.String(32), nullable=True)
     error: Mapped[str | None] = mapped_column(sa.Text, nullable=True)

@@ -46,6 +46,9 @@ from service.tus import CHECKSUM_MISMATCH
 from service.upload_store import UploadStore
 
 #: the metadata keys that are options of the dataset file (as the raw upload's query)
+#: a completion that has not ended after this long was lost (its process killed): another
+#: request may take it over
+COMPLETION_LEASE_S = 3600.0
 OPTION_KEYS = ("name", "target", "column_types", "delimiter", "encoding", "drop_missing_target")
 
 
@@ -194,8 +197,32 @@ def complete(
     session: Session, upload: Upload, completion: Completion, expire_hours: float
 ) -> Upload:
     """Make the dataset of a fully received upload (see the module); its error is recorded and
-    raised when the data cannot be read. The chunks are deleted either way."""
+    raised when the data cannot be read. The chunks are deleted either way. One request at a
+    time: another that asks meanwhile gets 409."""
     upload_id, owner = upload.id, upload.owner
+    now = utcnow()
+    claimed = session.execute(
+        sa.update(Upload)
+        .where(
+            Upload.id == upload_id,
+            Upload.offset == Upload.length,
+            Upload.dataset_id.is_(None),
+            Upload.error.is_(None),
+            sa.or_(
+                Upload.completing_since.is_(None),
+                Upload.completing_since < now - timedelta(seconds=COMPLETION_LEASE_S),
+            ),
+        )
+        .values(completing_since=now)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    if claimed.rowcount != 1:
+        raise ApiError(
+            409,
+            "The upload's dataset is being made; ask again (HEAD) in a while.",
+            code="conflict",
+        )
     store = UploadStore(upload.store_url)
     reader = store.reader(upload_id, [name for _start, _size, name in upload.chunks])
     try:
@@ -213,11 +240,18 @@ def complete(
         )
     except StoreError as exc:  # the chunks stay: a PATCH at the end tries again
         session.rollback()
+        _release(session, upload_id)
         raise ApiError(503, f"The dataset store is unavailable: {exc}") from None
     except ApiError as exc:
         session.rollback()
         if exc.status != 503:
             _fail(session, store, upload_id, exc.message)
+        else:
+            _release(session, upload_id)
+        raise
+    except BaseException:
+        session.rollback()
+        _release(session, upload_id)
         raise
     finally:
         reader.close()
@@ -234,6 +268,16 @@ def complete(
         store.delete(upload_id)
     session.refresh(upload)
     return upload
+
+
+def _release(session: Session, upload_id: str) -> None:
+    session.execute(
+        sa.update(Upload)
+        .where(Upload.id == upload_id)
+        .values(completing_since=None)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
 
 
 def _fail(session: Session, store: UploadStore, upload_id: str, message: str) -> None:

@@ -31,6 +31,7 @@ def upgrade() -> None:
         sa.Column("chunks", sa.JSON(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("completing_since", sa.DateTime(timezone=True), nullable=True),
         sa.Column("dataset_id", sa.String(length=32), nullable=True),
         sa.Column("error", sa.Text(), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_uploads")),
