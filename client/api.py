@@ -443,6 +443,34 @@ class Client:
         with path.open("rb") as f:
             return self._post_csv(path.name, f, target, name, column_types)
 
+    def upload_resumable(
+        self,
+        path: str | Path,
+        *,
+        target: str | None = None,
+        name: str | None = None,
+        column_types: Mapping[str, str] | None = None,
+        chunk_size: int | None = None,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> Dataset:
+        """Upload a dataset file (CSV, Parquet or JSON lines, by its name) in chunks with the
+        tus protocol (`client.resumable`): a connection error or a timeout waits and goes on
+        from the server's offset, and calling this again for the same unchanged file after an
+        interruption resumes it. `on_progress(sent, total)` follows the bytes."""
+        # imported here: client.resumable builds on this module's Client and errors
+        from client.resumable import CHUNK_SIZE, ResumableUpload
+
+        path = Path(path)
+        metadata = {"filename": path.name, "name": name or path.stem}
+        if target:
+            metadata["target"] = target
+        if column_types:
+            metadata["column_types"] = json.dumps(dict(column_types))
+        upload = ResumableUpload(
+            self, path, metadata, chunk_size=chunk_size or CHUNK_SIZE, on_progress=on_progress
+        )
+        return self.get_dataset(upload.run())
+
     def upload_dataframe(
         self,
         frame: Any,
