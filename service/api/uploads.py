@@ -265,6 +265,8 @@ class UploadById(MethodView):
             raise ApiError(415, f"Content-Type must be {tus.OFFSET_CONTENT_TYPE}.")
         checksum = tus.parse_checksum(request.headers.get("Upload-Checksum"))
         expire_hours, max_size = _settings()
+        if start == upload.offset == upload.length and upload.dataset_id:
+            return _upload_headers(upload, Response(status=204, mimetype="text/plain"))
         if start == upload.offset == upload.length and not uploads.is_finished(upload):
             # the completion failed for want of the store: try again
             return self._complete(upload, expire_hours, max_size)
