@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import io
 import itertools
+import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -20,9 +21,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
+from celery import Celery
 from flask import Flask
 from flask.testing import FlaskClient
 
+from service import uploads
 from service.celery import celery_config
 from service.config import Settings
 from service.dataset_store import DatasetStore
@@ -238,8 +241,6 @@ def test_expired_uploads_are_gone_and_the_sweep_frees_their_bytes(
         Settings(), database_url=app.config["DATABASE_URL"], store_url=store_url
     )
     broker = f"filesystem://{(tmp_path / 'sweep-broker').as_posix()}"
-    from celery import Celery
-
     celery = Celery("t")
     celery.config_from_object(celery_config(dataclasses.replace(settings, broker_url=broker)))
     sweep(factory, celery, settings)  # the workers' maintenance pass
@@ -291,3 +292,18 @@ def test_metadata_picks_the_format(client: FlaskClient, store_url: str) -> None:
     response = patch(client, location, 0, lines)
     dataset = client.get(f"/api/v1/datasets/{response.headers['Upload-Dataset-Id']}").get_json()
     assert dataset["name"] == "lines" and dataset["n_samples"] == 2
+
+
+def test_chunks_without_an_upload_row_are_deleted_once_old(
+    client: FlaskClient, app: Flask, store_url: str
+) -> None:
+    kept = create(client, len(CSV), target="y")
+    assert patch(client, kept, 0, CSV[:10]).status_code == 204
+    store = UploadStore(store_url)
+    written = store.write("e" * 32, 0, io.BytesIO(b"lost bytes"), 100, None)  # no row
+    assert written.size == 10 and store.names("e" * 32) == [written.name]
+    factory = app.extensions["db_sessionmaker"]
+    assert uploads.delete_orphan_chunks(factory, store_url) == []  # fresh: perhaps in flight
+    later = time.time() + 7 * 3600
+    assert uploads.delete_orphan_chunks(factory, store_url, now=later) == ["e" * 32]
+    assert store.names("e" * 32) == [] and len(chunk_names(store_url, kept)) == 1
