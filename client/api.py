@@ -20,6 +20,15 @@ import numpy as np
 import requests
 
 import engine
+
+# the errors live in their own module (client.resumable raises them too); imported from here
+from client.errors import (  # noqa: F401 (re-exported)
+    ApiError,
+    ConnectionFailed,
+    NotFoundError,
+    TrainyardError,
+    WaitTimeout,
+)
 from core.model import Model as CoreModel
 from core.paths import user_data_dir
 
@@ -30,35 +39,6 @@ FINISHED: Final = ("succeeded", "failed", "cancelled")
 MAX_STREAM_BREAKS: Final = 3
 #: The server sends a keep-alive comment every 15 s: a stream silent this long is broken.
 STREAM_READ_TIMEOUT: Final = 60.0
-
-
-class TrainyardError(Exception):
-    """Base of the client's errors."""
-
-
-class ApiError(TrainyardError):
-    """An error answer: `{"error": {"code", "message", "fields"?}}` and its HTTP status."""
-
-    def __init__(
-        self, status: int, code: str, message: str, fields: Mapping[str, str] | None = None
-    ) -> None:
-        super().__init__(f"{status} {code}: {message}")
-        self.status = status
-        self.code = code
-        self.message = message
-        self.fields: dict[str, str] = dict(fields or {})
-
-
-class NotFoundError(ApiError):
-    """404: no such dataset, job or model (or route)."""
-
-
-class ConnectionFailed(TrainyardError):
-    """The server could not be reached (refused, DNS, timeout)."""
-
-
-class WaitTimeout(TrainyardError):
-    """`Client.wait` gave up before the job finished."""
 
 
 class Pagination(TypedDict):
@@ -457,7 +437,7 @@ class Client:
         tus protocol (`client.resumable`): a connection error or a timeout waits and goes on
         from the server's offset, and calling this again for the same unchanged file after an
         interruption resumes it. `on_progress(sent, total)` follows the bytes."""
-        # imported here: client.resumable builds on this module's Client and errors
+        # imported here: client.resumable is used only by this method
         from client.resumable import CHUNK_SIZE, ResumableUpload
 
         path = Path(path)

@@ -21,9 +21,12 @@ import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from client.api import ApiError, Client, ConnectionFailed, NotFoundError
+from client.errors import ApiError, ConnectionFailed, NotFoundError
+
+if TYPE_CHECKING:
+    from client.api import Client
 
 TUS: Final = {"Tus-Resumable": "1.0.0"}
 CHUNK_SIZE: Final = 16 << 20
