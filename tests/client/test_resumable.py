@@ -24,6 +24,7 @@ from tusclient import client as tus_client
 from client import Client
 from client.resumable import UploadStates
 from tests.support import VENV_BIN, LiveService
+from tests.support.flaky_link import flaky_link
 
 pytestmark = pytest.mark.slow
 
@@ -209,3 +210,31 @@ def test_an_interrupted_upload_resumes_from_the_client_and_the_command(
     plain = plain_upload(service, path, "big")
     assert dataset["name"] == "big" and dataset["n_samples"] == plain["n_samples"] == 20_000
     assert dataset["storage"]["checksum"] == plain["storage"]["checksum"]
+
+
+def test_uploads_through_a_link_that_is_cut_complete_with_the_same_dataset(
+    service: LiveService, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The issue's flaky link, small: cut every 300 kB, with tuspy (its retries ask the offset)
+    and with the client (backoff, then HEAD)."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    path = tmp_path / "flaky.csv"
+    data = write_table(path, 40_000, seed=4)  # about 1.2 MB
+    plain = plain_upload(service, path, "flaky")
+    with flaky_link(service.url, cut_every=300_000) as link:
+        tus = tus_client.TusClient(f"{link.url}/api/v1/uploads", headers=auth(service))
+        uploader = tus.uploader(
+            str(path), chunk_size=128_000, metadata={"filename": path.name, "target": "label"},
+            upload_checksum=True, retries=20, retry_delay=0.1,
+        )  # fmt: skip
+        uploader.upload()
+        assert uploader.offset == len(data) and link.cuts >= 3
+        by_tuspy = head(service, uploader.url.replace(link.url, service.url))
+        client = Client(link.url, service.api_key, timeout=30)
+        cuts = link.cuts
+        by_client = client.upload_resumable(path, target="label", chunk_size=128_000)
+        assert link.cuts >= cuts + 3
+    for dataset_id in (by_tuspy.headers["Upload-Dataset-Id"], by_client["id"]):
+        made = service.client().get_dataset(dataset_id)
+        assert made["name"] == "flaky" and made["n_samples"] == plain["n_samples"] == 40_000
+        assert made["storage"]["checksum"] == plain["storage"]["checksum"]
