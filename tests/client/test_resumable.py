@@ -9,12 +9,10 @@ import base64
 import hashlib
 import json
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import numpy as np
 import pytest
@@ -24,7 +22,7 @@ from tusclient import client as tus_client
 from client import Client
 from client.resumable import UploadStates
 from tests.support import VENV_BIN, LiveService
-from tests.support.flaky_link import flaky_link
+from tests.support.flaky_link import cut_patch, flaky_link
 
 pytestmark = pytest.mark.slow
 
@@ -72,28 +70,6 @@ def create(service: LiveService, length: int, **meta: str) -> str:
     )
     assert response.status_code == 201, response.text
     return f"{service.url}{response.headers['Location']}"
-
-
-def cut_patch(url: str, key: str | None, offset: int, body: bytes, announced: int,
-              checksum: str | None = None) -> None:  # fmt: skip
-    """A PATCH that announces `announced` bytes, sends `body` (fewer) and drops the
-    connection."""
-    parsed = urlparse(url)
-    headers = [
-        f"PATCH {parsed.path} HTTP/1.1",
-        f"Host: {parsed.netloc}",
-        f"Authorization: Bearer {key}",
-        "Tus-Resumable: 1.0.0",
-        f"Upload-Offset: {offset}",
-        "Content-Type: application/offset+octet-stream",
-        f"Content-Length: {announced}",
-    ]
-    if checksum:
-        headers.append(f"Upload-Checksum: {checksum}")
-    with socket.create_connection((parsed.hostname, parsed.port), timeout=10) as sock:
-        sock.sendall(("\r\n".join(headers) + "\r\n\r\n").encode() + body)
-        time.sleep(0.2)
-        sock.shutdown(socket.SHUT_RDWR)
 
 
 def offset_once_settled(service: LiveService, url: str, expected: int) -> int:

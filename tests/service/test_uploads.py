@@ -1,8 +1,9 @@
 """Resumable uploads (tus 1.0, `/api/v1/uploads`) through the app: chunks, offsets, checksums,
 termination, expiry, owners, and the dataset a completed upload makes, which is the one a plain
 `POST /api/v1/datasets` makes of the same file. On SQLite with a `file://` store and on
-PostgreSQL with the real S3 server (SeaweedFS). Cuts of a live connection and real tus clients
-are in tests/client/test_resumable.py."""
+PostgreSQL with the real S3 server (SeaweedFS); PATCHes cut mid-body on a real socket
+(werkzeug's server). The live service (gunicorn) with real tus clients and a flaky link is
+tests/client/test_resumable.py's."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ import dataclasses
 import hashlib
 import io
 import itertools
+import threading
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,7 @@ import sqlalchemy as sa
 from celery import Celery
 from flask import Flask
 from flask.testing import FlaskClient
+from werkzeug.serving import make_server
 
 from service import uploads
 from service.celery import celery_config
@@ -34,6 +38,7 @@ from service.tables import Dataset, Upload
 from service.tus import encode_metadata
 from service.upload_store import UploadStore
 from tests.service.helpers import assert_error
+from tests.support.flaky_link import cut_patch
 from workers.maintenance import sweep
 
 URL = "/api/v1/uploads"
@@ -307,3 +312,45 @@ def test_chunks_without_an_upload_row_are_deleted_once_old(
     later = time.time() + 7 * 3600
     assert uploads.delete_orphan_chunks(factory, store_url, now=later) == ["e" * 32]
     assert store.names("e" * 32) == [] and len(chunk_names(store_url, kept)) == 1
+
+
+@pytest.fixture
+def served(app: Flask) -> Iterator[str]:
+    """The app behind a real socket (werkzeug's threaded server), for cut connections."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(10)
+
+
+def test_a_patch_cut_at_any_byte_keeps_what_arrived_then_goes_on(
+    client: FlaskClient, api_key: str, served: str, store_url: str
+) -> None:
+    location = create(client, len(CSV), name="cut", target="y")
+    offset = 0
+    for cut in (1, 2_345, 5_000):  # arbitrary bytes, mid-line
+        cut_patch(f"{served}{location}", api_key, offset, CSV[offset:cut], len(CSV) - offset)
+        deadline = time.monotonic() + 10
+        while offset_of(client, location) != cut and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert offset_of(client, location) == cut
+        offset = cut
+    assert len(chunk_names(store_url, location)) == 3
+    # a cut chunk with a checksum is not kept: the part cannot be checked
+    digest = base64.b64encode(hashlib.sha1(CSV[offset:]).digest()).decode()
+    cut_patch(f"{served}{location}", api_key, offset, CSV[offset : offset + 999],
+              len(CSV) - offset, f"sha1 {digest}")  # fmt: skip
+    time.sleep(0.5)
+    assert offset_of(client, location) == offset and len(chunk_names(store_url, location)) == 3
+    response = patch(client, location, offset, CSV[offset:], "sha1")
+    assert response.status_code == 204, response.data
+    made = client.get(f"/api/v1/datasets/{response.headers['Upload-Dataset-Id']}").get_json()
+    plain = client.post(
+        "/api/v1/datasets?name=cut&target=y", data=CSV, content_type="text/csv"
+    ).get_json()
+    assert made["n_samples"] == 500 and made["storage"]["checksum"] == plain["storage"]["checksum"]
+    assert chunk_names(store_url, location) == []

@@ -1,13 +1,15 @@
-"""A TCP proxy that cuts its connections: a real flaky link between a client and a live service
-(no mock of either side). Every `cut_every` bytes sent towards the server, the connection that
-carries them is closed half way through what it was sending (the bytes up to the cut are
-delivered first)."""
+"""Cut connections, for resumable uploads: `FlakyLink`, a TCP proxy that cuts its connections (a
+real flaky link between a client and a live service, no mock of either side: every `cut_every`
+bytes sent towards the server, the connection that carries them is closed half way through what
+it was sending, the bytes up to the cut delivered first); `cut_patch`, a tus PATCH whose
+connection is dropped mid-body."""
 
 from __future__ import annotations
 
 import contextlib
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from urllib.parse import urlparse
 
@@ -88,3 +90,25 @@ def flaky_link(upstream: str, cut_every: int) -> Iterator[FlakyLink]:
         yield link
     finally:
         link.close()
+
+
+def cut_patch(url: str, key: str | None, offset: int, body: bytes, announced: int,
+              checksum: str | None = None) -> None:  # fmt: skip
+    """A PATCH that announces `announced` bytes, sends `body` (fewer) and drops the
+    connection."""
+    parsed = urlparse(url)
+    headers = [
+        f"PATCH {parsed.path} HTTP/1.1",
+        f"Host: {parsed.netloc}",
+        f"Authorization: Bearer {key}",
+        "Tus-Resumable: 1.0.0",
+        f"Upload-Offset: {offset}",
+        "Content-Type: application/offset+octet-stream",
+        f"Content-Length: {announced}",
+    ]
+    if checksum:
+        headers.append(f"Upload-Checksum: {checksum}")
+    with socket.create_connection((parsed.hostname, parsed.port), timeout=10) as sock:
+        sock.sendall(("\r\n".join(headers) + "\r\n\r\n").encode() + body)
+        time.sleep(0.2)
+        sock.shutdown(socket.SHUT_RDWR)
