@@ -171,6 +171,8 @@ def accept_chunk(
     session.commit()
     if result.rowcount != 1:
         store.delete_chunk(upload_id, written.name)
+        if session.get(Upload, upload_id) is None:  # terminated or swept meanwhile
+            raise ApiError(404, f"No upload {upload_id}.")
         raise ApiError(
             409,
             "Another request took this offset first; ask for the offset (HEAD).",

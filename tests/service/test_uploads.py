@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import io
 import itertools
+import socket
 import threading
 import time
 import uuid
@@ -354,3 +355,38 @@ def test_a_patch_cut_at_any_byte_keeps_what_arrived_then_goes_on(
     ).get_json()
     assert made["n_samples"] == 500 and made["storage"]["checksum"] == plain["storage"]["checksum"]
     assert chunk_names(store_url, location) == []
+
+
+def raw_patch_start(base: str, location: str, key: str, offset: int, length: int
+                    ) -> socket.socket:  # fmt: skip
+    """Open a PATCH announcing `length` bytes; its body is sent later."""
+    sock = socket.create_connection(("127.0.0.1", int(base.rsplit(":", 1)[1])), timeout=10)
+    head = (
+        f"PATCH {location} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
+        f"Tus-Resumable: 1.0.0\r\nUpload-Offset: {offset}\r\n"
+        f"Content-Type: {OCTETS}\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n"
+    )
+    sock.sendall(head.encode())
+    return sock
+
+
+def test_two_requests_at_one_offset_one_wins(
+    client: FlaskClient, api_key: str, served: str, store_url: str
+) -> None:
+    """Both pass the offset check and stream their chunks; the conditional UPDATE takes one,
+    the other answers 409 and deletes its chunk."""
+    location = create(client, len(CSV), target="y")
+    short, long = CSV[:1000], CSV[:3000]
+    first = raw_patch_start(served, location, api_key, 0, len(short))
+    second = raw_patch_start(served, location, api_key, 0, len(long))
+    first.sendall(short[:10])
+    second.sendall(long[:10])
+    time.sleep(0.3)  # both are past the offset check, streaming
+    second.sendall(long[10:])
+    status_second = second.recv(100).split(b" ")[1]
+    first.sendall(short[10:])
+    status_first = first.recv(100).split(b" ")[1]
+    first.close()
+    second.close()
+    assert (status_first, status_second) == (b"409", b"204")
+    assert offset_of(client, location) == 3000 and len(chunk_names(store_url, location)) == 1
