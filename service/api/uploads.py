@@ -74,6 +74,7 @@ UPLOAD_HEADERS = {
     "Upload-Length": {"schema": _INTEGER},
     "Upload-Expires": {"schema": _STRING, "description": "Unfinished uploads: when it expires."},
     "Upload-Dataset-Id": {"schema": _STRING, "description": "Once the dataset is made."},
+    "Upload-Metadata": {"schema": _STRING, "description": "As the upload was created with."},
 }
 SERVER_HEADERS = {
     "Tus-Resumable": {"schema": _STRING},
@@ -132,6 +133,8 @@ def _dataset_name(meta: dict[str, str]) -> str:
 def _upload_headers(upload: Upload, response: Response) -> Response:
     response.headers["Upload-Offset"] = str(upload.offset)
     response.headers["Upload-Length"] = str(upload.length)
+    if upload.meta:
+        response.headers["Upload-Metadata"] = tus.encode_metadata(upload.meta)
     if upload.dataset_id:
         response.headers["Upload-Dataset-Id"] = upload.dataset_id
     elif not uploads.is_finished(upload):
@@ -181,6 +184,8 @@ class Uploads(MethodView):
         tus.check_version(request.headers.get("Tus-Resumable"))
         if "Upload-Defer-Length" in request.headers:
             raise ApiError(400, "Upload-Defer-Length is not supported: send Upload-Length.")
+        if "Upload-Concat" in request.headers:
+            raise ApiError(400, "Upload-Concat is not supported: send the file as one upload.")
         length = tus.non_negative("Upload-Length", request.headers.get("Upload-Length"))
         expire_hours, max_size = _settings()
         if length > max_size:

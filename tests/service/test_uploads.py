@@ -108,6 +108,9 @@ def test_chunks_make_the_dataset_a_plain_upload_makes(client: FlaskClient, store
     dataset_id = response.headers["Upload-Dataset-Id"]
     head = client.head(location, headers=TUS)
     assert head.headers["Upload-Dataset-Id"] == dataset_id and "Upload-Expires" not in head.headers
+    assert head.headers["Upload-Metadata"] == encode_metadata(
+        {"name": "colours", "target": "y", "filename": "c.csv"}
+    )
     described = client.get(location).get_json()
     assert described["status"] == "completed" and described["dataset_id"] == dataset_id
     assert described["metadata"] == {"name": "colours", "target": "y", "filename": "c.csv"}
@@ -173,6 +176,8 @@ def test_the_protocols_answers(client: FlaskClient, anonymous: FlaskClient, app:
     assert_error(client.post(URL, headers=TUS), 400)  # no Upload-Length
     assert_error(client.post(URL, headers={**TUS, "Upload-Length": "-3"}), 400)
     assert_error(client.post(URL, headers={**TUS, "Upload-Defer-Length": "1"}), 400)
+    concat = {**TUS, "Upload-Length": "10", "Upload-Concat": "partial"}
+    assert_error(client.post(URL, headers=concat), 400)
     too_big = str(app.config["MAX_UPLOAD_BYTES"] + 1)
     assert_error(client.post(URL, headers={**TUS, "Upload-Length": too_big}), 413)
     bad_meta = {**TUS, "Upload-Length": "10", "Upload-Metadata": "name %%%"}
