@@ -20,6 +20,15 @@ import numpy as np
 import requests
 
 import engine
+
+# the errors live in their own module (client.resumable raises them too); imported from here
+from client.errors import (  # noqa: F401 (re-exported)
+    ApiError,
+    ConnectionFailed,
+    NotFoundError,
+    TrainyardError,
+    WaitTimeout,
+)
 from core.model import Model as CoreModel
 from core.paths import user_data_dir
 
@@ -30,35 +39,6 @@ FINISHED: Final = ("succeeded", "failed", "cancelled")
 MAX_STREAM_BREAKS: Final = 3
 #: The server sends a keep-alive comment every 15 s: a stream silent this long is broken.
 STREAM_READ_TIMEOUT: Final = 60.0
-
-
-class TrainyardError(Exception):
-    """Base of the client's errors."""
-
-
-class ApiError(TrainyardError):
-    """An error answer: `{"error": {"code", "message", "fields"?}}` and its HTTP status."""
-
-    def __init__(
-        self, status: int, code: str, message: str, fields: Mapping[str, str] | None = None
-    ) -> None:
-        super().__init__(f"{status} {code}: {message}")
-        self.status = status
-        self.code = code
-        self.message = message
-        self.fields: dict[str, str] = dict(fields or {})
-
-
-class NotFoundError(ApiError):
-    """404: no such dataset, job or model (or route)."""
-
-
-class ConnectionFailed(TrainyardError):
-    """The server could not be reached (refused, DNS, timeout)."""
-
-
-class WaitTimeout(TrainyardError):
-    """`Client.wait` gave up before the job finished."""
 
 
 class Pagination(TypedDict):
@@ -493,6 +473,34 @@ class Client:
         path = Path(path)
         with path.open("rb") as f:
             return self._post_csv(path.name, f, target, name, column_types)
+
+    def upload_resumable(
+        self,
+        path: str | Path,
+        *,
+        target: str | None = None,
+        name: str | None = None,
+        column_types: Mapping[str, str] | None = None,
+        chunk_size: int | None = None,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> Dataset:
+        """Upload a dataset file (CSV, Parquet or JSON lines, by its name) in chunks with the
+        tus protocol (`client.resumable`): a connection error or a timeout waits and goes on
+        from the server's offset, and calling this again for the same unchanged file after an
+        interruption resumes it. `on_progress(sent, total)` follows the bytes."""
+        # imported here: client.resumable is used only by this method
+        from client.resumable import CHUNK_SIZE, ResumableUpload
+
+        path = Path(path)
+        metadata = {"filename": path.name, "name": name or path.stem}
+        if target:
+            metadata["target"] = target
+        if column_types:
+            metadata["column_types"] = json.dumps(dict(column_types))
+        upload = ResumableUpload(
+            self, path, metadata, chunk_size=chunk_size or CHUNK_SIZE, on_progress=on_progress
+        )
+        return self.get_dataset(upload.run())
 
     def upload_dataframe(
         self,

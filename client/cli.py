@@ -1,6 +1,6 @@
 """The `trainyard` command: datasets, jobs, models and predictions from a shell.
 
-    trainyard datasets upload penguins.csv --target species [--name penguins]
+    trainyard datasets upload penguins.csv --target species [--name penguins] [--resumable]
     trainyard datasets list | datasets show ID   (its columns: types, missing cells, stats)
     trainyard jobs submit --dataset ID --layers 16,16,3 --early-stopping --test-split 0.2 --watch
     trainyard jobs watch ID | jobs list [--status running] | jobs show ID | jobs cancel ID
@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -47,11 +48,14 @@ from rich.console import Console
 from rich.live import Live
 from rich.progress import (
     BarColumn,
+    DownloadColumn,
     MofNCompleteColumn,
     Progress,
     SpinnerColumn,
     TextColumn,
     TimeElapsedColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
 )
 from rich.table import Table
 
@@ -61,6 +65,7 @@ from client.api import (
     ApiError,
     Client,
     ConnectionFailed,
+    Dataset,
     Job,
     NotFoundError,
     Sweep,
@@ -400,15 +405,66 @@ def watch(api: Client, job_id: str, as_json: bool, poll_interval: float) -> int:
 # -- commands ---------------------------------------------------------------------------------
 
 
+#: files larger than this are uploaded in chunks, resumably (tus); smaller ones in one request,
+#: which is one round trip and leaves nothing behind to resume
+RESUMABLE_OVER = 32 << 20
+
+
 def cmd_datasets_upload(api: Client, args: argparse.Namespace) -> int:
     column_types = dict(args.column_type or [])
     try:
-        dataset = api.upload_csv(
-            args.file, target=args.target, name=args.name, column_types=column_types or None
-        )
+        size = os.path.getsize(args.file)
+        if args.resumable or size > RESUMABLE_OVER:
+            dataset = upload_resumable(api, args, column_types, quiet=args.json)
+        else:
+            dataset = api.upload_csv(
+                args.file, target=args.target, name=args.name, column_types=column_types or None
+            )
     except OSError as exc:
         raise UsageError(f"cannot read {args.file}: {exc.strerror or exc}") from exc
     return show_dataset(dataset, args.json)
+
+
+def upload_resumable(
+    api: Client, args: argparse.Namespace, column_types: dict[str, str], quiet: bool
+) -> Dataset:
+    """A resumable upload with a progress bar on stderr (run again to resume)."""
+    options: dict[str, Any] = {
+        "target": args.target,
+        "name": args.name,
+        "column_types": column_types or None,
+        "chunk_size": args.chunk_size,
+    }
+    if quiet:
+        return api.upload_resumable(args.file, **options)
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=False,
+    ) as progress:
+        task = progress.add_task(f"upload {os.path.basename(args.file)}", total=None)
+
+        def update(sent: int, total: int) -> None:
+            progress.update(task, completed=sent, total=total)
+
+        return api.upload_resumable(args.file, on_progress=update, **options)
+
+
+def byte_size(text: str) -> int:
+    """`16M`, `512K`, `1048576`: a positive number of bytes."""
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    scale = units.get(text[-1:].lower(), 1)
+    try:
+        value = int(float(text[:-1] if scale > 1 else text) * scale)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 16M)") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("a size is positive")
+    return value
 
 
 def show_dataset(dataset: dict[str, Any], as_json: bool) -> int:
@@ -1117,6 +1173,14 @@ COMMANDS: tuple[Command, ...] = (
             help="override the inferred type: numeric or categorical (repeatable), "
             "e.g. --column-type zip=categorical",
         ),
+        arg(
+            "--resumable", action="store_true",
+            help=f"upload in chunks that survive a broken connection (always for files over "
+            f"{RESUMABLE_OVER >> 20} MiB); running the command again resumes an interrupted "
+            "upload",
+        ),
+        arg("--chunk-size", type=byte_size, metavar="SIZE",
+            help="bytes per chunk of a resumable upload, e.g. 4M (default: 16M)"),
     )),
     Command("datasets", "list", cmd_datasets_list, "list datasets, newest first", paged=True),
     Command("datasets", "get", cmd_datasets_get, "show a dataset and its columns", (ID,),

@@ -951,3 +951,30 @@ class ErrorBodySchema(Schema):
 
 class ErrorSchema(Schema):
     error = fields.Nested(ErrorBodySchema)
+
+
+class UploadSchema(Schema):
+    """A resumable (tus) upload, as `GET /api/v1/uploads/{id}` shows it."""
+
+    id = fields.String()
+    length = fields.Integer(metadata={"description": "The file's size in bytes."})
+    offset = fields.Integer(metadata={"description": "How many bytes were received."})
+    metadata = fields.Dict(
+        keys=fields.String(),
+        values=fields.String(),
+        metadata={"description": "The decoded `Upload-Metadata` pairs."},
+    )
+    status = fields.String(
+        validate=validate.OneOf(("receiving", "completing", "completed", "failed")),
+        metadata={
+            "description": "`receiving` until the last byte; `completing` while the dataset "
+            "is made; then `completed` (`dataset_id`) or `failed` (the data was refused: "
+            "`error`)."
+        },
+    )
+    dataset_id = fields.String(allow_none=True)
+    error = fields.String(allow_none=True)
+    created_at = fields.String()
+    expires_at = fields.String(
+        metadata={"description": "When the upload and its bytes are deleted (ISO 8601)."}
+    )

@@ -278,3 +278,32 @@ class IdempotentRequest(Base):
     created_at: Mapped[datetime] = mapped_column(
         sa.DateTime(timezone=True), default=utcnow, index=True
     )
+
+
+class Upload(Base):
+    """A resumable (tus) upload: its bytes are chunk objects in the dataset store
+    (`service.upload_store`), listed in `chunks` in order; `offset` is how many bytes were
+    accepted, advanced only by a conditional UPDATE (`service.uploads`)."""
+
+    __tablename__ = "uploads"
+
+    id: Mapped[str] = mapped_column(sa.String(32), primary_key=True, default=new_id)
+    owner: Mapped[str] = mapped_column(sa.String(200), index=True, default=DEFAULT_OWNER)
+    length: Mapped[int] = mapped_column(sa.BigInteger)
+    offset: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    # the decoded `Upload-Metadata` pairs (`name`, `target`, `column_types`, ...)
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", sa.JSON)
+    # the store the chunks are written to (`TRAINYARD_STORE_URL` when the upload was created)
+    store_url: Mapped[str] = mapped_column(sa.String(1024))
+    # the accepted chunks in order: [start offset, bytes, object name]
+    chunks: Mapped[list[list[Any]]] = mapped_column(sa.JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), index=True)
+    # while one request makes the dataset (claimed by a conditional UPDATE, so that a retry
+    # cannot make it twice); cleared when the store could not be reached
+    completing_since: Mapped[datetime | None] = mapped_column(
+        sa.DateTime(timezone=True), nullable=True
+    )
+    # set once the last byte made the dataset, or once the data was refused
+    dataset_id: Mapped[str | None] = mapped_column(sa.String(32), nullable=True)
+    error: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
