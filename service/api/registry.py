@@ -67,7 +67,9 @@ class RegistryAliasSchema(Schema):
     version = fields.Integer()
     model_id = fields.String()
     updated_at = fields.DateTime()
-    history = fields.List(fields.Nested(RegistryMoveSchema), metadata={"description": "Oldest first."})
+    history = fields.List(
+        fields.Nested(RegistryMoveSchema), metadata={"description": "Oldest first."}
+    )
 
 
 class RegisteredSummarySchema(Schema):

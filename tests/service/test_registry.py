@@ -5,6 +5,7 @@ concurrent registrations and alias moves under concurrent predicts (PostgreSQL).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import threading
 from typing import Any
@@ -252,7 +253,7 @@ def test_alias_moves_make_registry_alias_moved_events(
     assert (events[2]["data"]["move"]["to"], events[2]["data"]["move"]["model_id"]) == (None, None)
 
 
-# -- register_as -----------------------------------------------------------------------------------
+# -- register_as ---------------------------------------------------------------------------------
 
 SPEC = {
     "model": {"layers": [4, 1], "activation": "tanh"},
@@ -298,9 +299,7 @@ def test_a_job_with_register_as_registers_its_model_when_it_succeeds(
     ]  # fmt: skip
 
 
-def test_a_sweep_with_register_as_registers_its_best_model(
-    app: Flask, client: FlaskClient
-) -> None:
+def test_a_sweep_with_register_as_registers_its_best_model(app: Flask, client: FlaskClient) -> None:
     body = {
         "dataset_id": post_dataset(client, binary_dataset(40)),
         "base": SPEC,
@@ -317,7 +316,9 @@ def test_a_sweep_with_register_as_registers_its_best_model(
     sweep = r.get_json()
     assert sweep["register_as"] == "swept"
     trials = [t["job_id"] for t in sweep["trials"]]
-    models = [finish(app, job_id, value) for job_id, value in zip(trials, [0.4, 0.2, 0.3])]
+    models = [
+        finish(app, job_id, value) for job_id, value in zip(trials, [0.4, 0.2, 0.3], strict=True)
+    ]
     assert_error(client.get(f"{URL}/swept"), 404)  # trials register nothing themselves
     factory = app.extensions["db_sessionmaker"]
     sweeps.advance(factory, app.extensions["celery"], sweep["id"], app.config["LIMITS"])
@@ -328,7 +329,7 @@ def test_a_sweep_with_register_as_registers_its_best_model(
     assert client.get(f"{URL}/swept").get_json()["latest_version"] == 1  # once
 
 
-# -- concurrency (PostgreSQL) -----------------------------------------------------------------------
+# -- concurrency (PostgreSQL) ---------------------------------------------------------------------
 
 
 def in_threads(n: int, work: Any) -> list[Any]:
@@ -379,9 +380,7 @@ def test_alias_moves_are_atomic_under_concurrent_predicts(
     register(client, "churn", m2)
     client.put(f"{URL}/churn/aliases/champion", json={"version": 1})
     rows = {"features": [[0.5, 1.0], [-1.0, 2.0]]}
-    expected = [
-        client.post(f"/api/v1/models/{m}/predict", json=rows).get_json() for m in (m1, m2)
-    ]
+    expected = [client.post(f"/api/v1/models/{m}/predict", json=rows).get_json() for m in (m1, m2)]
     assert expected[0] != expected[1]
     moving = threading.Event()
     moving.set()
@@ -405,4 +404,4 @@ def test_alias_moves_are_atomic_under_concurrent_predicts(
     assert len(seen) >= 20 and set(seen) == {0, 1}
     history = client.get(f"{URL}/churn").get_json()["aliases"][0]["history"]
     assert len(history) == 41
-    assert all(h["from"] == prev["to"] for prev, h in zip(history, history[1:]))
+    assert all(h["from"] == prev["to"] for prev, h in itertools.pairwise(history))
