@@ -290,13 +290,16 @@ def list_registered(
 
 
 def describe(session: Session, owner: str, name: str) -> dict[str, Any]:
-    """`owner`'s registered model `name`: its versions (with their model ids) and its aliases,
+    """`owner`'s registered model `name`: its versions (their model and job ids) and aliases,
     each with its history of moves, oldest first."""
     registered = get_registered(session, owner, name)
-    versions = session.scalars(
-        sa.select(V).where(V.registered_model_id == registered.id).order_by(V.version)
+    versions = session.execute(
+        sa.select(V, TrainedModel.job_id)
+        .join(TrainedModel, TrainedModel.id == V.model_id)
+        .where(V.registered_model_id == registered.id)
+        .order_by(V.version)
     ).all()
-    model_of = {v.version: v.model_id for v in versions}
+    model_of = {v.version: v.model_id for v, _ in versions}
     history: dict[str, list[dict[str, Any]]] = {}
     for move in session.scalars(
         sa.select(M).where(M.registered_model_id == registered.id).order_by(M.seq)
@@ -313,10 +316,11 @@ def describe(session: Session, owner: str, name: str) -> dict[str, Any]:
             {
                 "version": v.version,
                 "model_id": v.model_id,
+                "job_id": job_id,
                 "created_at": iso_utc(v.created_at),
                 "key_id": v.key_id,
             }
-            for v in versions
+            for v, job_id in versions
         ],
         "aliases": [
             {

@@ -45,6 +45,10 @@ class RegistryVersionSchema(Schema):
     )
 
 
+class RegistryVersionEntrySchema(RegistryVersionSchema):
+    job_id = fields.String(metadata={"description": "The job that trained the model."})
+
+
 class RegistryVersionCreatedSchema(RegistryVersionSchema):
     name = fields.String()
 
@@ -85,7 +89,7 @@ class RegisteredSchema(Schema):
     name = fields.String()
     latest_version = fields.Integer()
     created_at = fields.DateTime()
-    versions = fields.List(fields.Nested(RegistryVersionSchema))
+    versions = fields.List(fields.Nested(RegistryVersionEntrySchema))
     aliases = fields.List(fields.Nested(RegistryAliasSchema))
 
 
