@@ -24,8 +24,20 @@ blp = Blueprint(
     "(`NAME@vN`, `NAME@ALIAS` wherever a model id is taken).",
 )
 
-NAME_DOC = f"The registered model's name: {registry.NAME_RULE}."
-ALIAS_DOC = f"The alias: {registry.ALIAS_RULE}; `v<digits>` is reserved (`NAME@v3`)."
+NAME_PARAM = {
+    "in": "path",
+    "name": "name",
+    "required": True,
+    "description": f"The registered model's name: {registry.NAME_RULE}.",
+    "schema": {"type": "string", "pattern": f"^{registry.NAME_PATTERN.pattern}$"},
+}
+ALIAS_PARAM = {
+    "in": "path",
+    "name": "alias",
+    "required": True,
+    "description": f"The alias: {registry.ALIAS_RULE}; `v<digits>` is reserved (`NAME@v3`).",
+    "schema": {"type": "string", "pattern": f"^{registry.ALIAS_PATTERN.pattern}$"},
+}
 
 
 class RegistryVersionInSchema(Schema):
@@ -119,7 +131,7 @@ def list_registered(query: dict[str, Any]) -> dict[str, Any]:
 
 
 @blp.route("/<name>")
-@blp.doc(parameters=[{"in": "path", "name": "name", "description": NAME_DOC}])
+@blp.doc(parameters=[NAME_PARAM])
 @blp.response(200, RegisteredSchema)
 @blp.alt_response(404, schema=ErrorSchema, description="No registered model by that name.")
 def get_registered(name: str) -> dict[str, Any]:
@@ -130,6 +142,7 @@ def get_registered(name: str) -> dict[str, Any]:
 
 @blp.route("/<name>/versions", methods=["POST"])
 @json_only
+@blp.doc(parameters=[NAME_PARAM])
 @blp.arguments(RegistryVersionInSchema)
 @blp.response(201, RegistryVersionCreatedSchema)
 @blp.alt_response(404, schema=ErrorSchema, description="No such model (`model_id`).")
@@ -148,7 +161,7 @@ def register(data: dict[str, Any], name: str) -> dict[str, Any]:
 @blp.route("/<name>/aliases/<alias>", methods=["PUT"])
 @json_only
 @blp.arguments(RegistryAliasInSchema)
-@blp.doc(parameters=[{"in": "path", "name": "alias", "description": ALIAS_DOC}])
+@blp.doc(parameters=[NAME_PARAM, ALIAS_PARAM])
 @blp.response(200, RegistryAliasSchema, description="Moved (or already there).")
 @blp.alt_response(201, schema=RegistryAliasSchema, description="Created.")
 @blp.alt_response(404, schema=ErrorSchema, description="No registered model by that name.")
@@ -171,6 +184,7 @@ def set_alias(data: dict[str, Any], name: str, alias: str) -> Response:
 
 
 @blp.route("/<name>/aliases/<alias>", methods=["DELETE"])
+@blp.doc(parameters=[NAME_PARAM, ALIAS_PARAM])
 @blp.response(204, description="Deleted (recorded as a move to `null`).")
 @blp.alt_response(404, schema=ErrorSchema, description="No such registered model or alias.")
 def delete_alias(name: str, alias: str) -> Response:

@@ -42,7 +42,6 @@ def test_register_as_aliases_and_references_through_the_client_and_the_cli(
     assert api.get_model("moons-clf@champion")["id"] == by_version[1]
     assert api.bundle("moons-clf@v2") == api.bundle(by_version[2])
     assert api.graph_svg("moons-clf@champion") == api.graph_svg(by_version[1])
-    assert api.evaluate("moons-clf@v2", dataset["id"])["model_id"] == by_version[2]
     api.set_alias("moons-clf", "champion", 2)
     assert api.predict("moons-clf@champion", rows) == api.predict(by_version[2], rows)
     assert api.load_model("moons-clf@champion").predict(rows) == api.predict(by_version[2], rows)
