@@ -52,6 +52,11 @@ API_ROUTES = [
     ("GET", "/api/v1/uploads/x"),
     ("PATCH", "/api/v1/uploads/x"),
     ("DELETE", "/api/v1/uploads/x"),
+    ("GET", "/api/v1/keys"),
+    ("POST", "/api/v1/keys"),
+    ("DELETE", "/api/v1/keys/x"),
+    ("POST", "/api/v1/keys/x/rotate"),
+    ("GET", "/api/v1/audit"),
     ("GET", "/api/v1/nope"),  # unknown routes too: nothing below /api/v1 answers without a key
 ]
 
