@@ -6,7 +6,7 @@ from typing import Any
 
 from marshmallow import RAISE
 
-from service import audit
+from service import audit_log
 from service.api import Blueprint, db, page
 from service.auth import current_owner
 from service.schemas import AuditPageSchema, AuditQuerySchema
@@ -28,7 +28,7 @@ def list_audit(query: dict[str, Any]) -> dict[str, Any]:
     `since` and `until` (ISO 8601). Paginated with `page` and `page_size`. Another owner's
     entries are never shown.
     """
-    rows, total = audit.list_entries(
+    rows, total = audit_log.list_entries(
         db(),
         current_owner(),
         query["page"],
@@ -38,4 +38,4 @@ def list_audit(query: dict[str, Any]) -> dict[str, Any]:
         since=query.get("since"),
         until=query.get("until"),
     )
-    return page([audit.serialize_entry(r) for r in rows], total, query)
+    return page([audit_log.serialize_entry(r) for r in rows], total, query)

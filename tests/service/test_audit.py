@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
 
-from service import audit
+from service import audit, audit_log
 from service.config import Settings
 from service.db import utcnow
 from service.tables import AuditEntry
@@ -182,8 +182,8 @@ def test_retention_sweep_deletes_old_entries_only_when_set(client: FlaskClient, 
         )
     assert Settings().audit_retention_days == 0  # off by default: kept forever
     with app.extensions["db_sessionmaker"]() as session, session.begin():
-        assert audit.purge_expired(session, 0) == 0
-        assert audit.purge_expired(session, 30) == 1
+        assert audit_log.purge_expired(session, 0) == 0
+        assert audit_log.purge_expired(session, 30) == 1
     assert len(entries(client)) == 1
 
 
@@ -191,7 +191,7 @@ WRITES = ("update", "delete")
 
 
 def test_the_audit_log_is_append_only() -> None:
-    """No module updates an audit row; only `service.audit.purge_expired` (the retention
+    """No module updates an audit row; only `service.audit_log.purge_expired` (the retention
     sweep) deletes, and no route reaches it."""
     found = []
     for path in [*(ROOT / "service").rglob("*.py"), *(ROOT / "workers").rglob("*.py")]:
@@ -209,7 +209,7 @@ def test_the_audit_log_is_append_only() -> None:
                     and node.args[0].id == "AuditEntry"
                 ):
                     found.append((str(path.relative_to(ROOT)), fn.name, node.func.attr))
-    assert found == [("service/audit.py", "purge_expired", "delete")]
+    assert found == [("service/audit_log.py", "purge_expired", "delete")]
     api = "\n".join(p.read_text() for p in (ROOT / "service" / "api").rglob("*.py"))
     assert "purge_expired" not in api and "AuditEntry" not in api
 
