@@ -51,7 +51,7 @@ OPENAPI_CONFIG: dict[str, Any] = {
 _ERROR_CONTENT = {"application/json": {"schema": "Error"}}
 _AUTH_RESPONSES = {
     "401": {
-        "description": "No API key, or an unknown or revoked one.",
+        "description": "No API key, or an unknown, revoked or expired one.",
         "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
         "content": _ERROR_CONTENT,
     },

@@ -38,8 +38,10 @@ BEARER_SCHEME = {
     "type": "http",
     "scheme": "bearer",
     "description": "An API key: `Authorization: Bearer ty_...`. Create one with "
-    "`flask --app service keys create --owner NAME`; the embedded mode writes one to "
-    "`var/api-key` on first start.",
+    "`flask --app service keys create --owner NAME` or `POST /api/v1/keys`; the embedded "
+    "mode writes one to `var/api-key` on first start. A key of scope `read` gets `403` on "
+    "every operation that changes something (`POST`, `PUT`, `PATCH`, `DELETE`, but for "
+    "`predict` and `evaluate`); an expired key is a `401`.",
 }
 
 
