@@ -5,21 +5,26 @@ retention sweep."""
 from __future__ import annotations
 
 import ast
+import dataclasses
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from celery import Celery
 from flask import Flask
 from flask.testing import FlaskClient
 
 from service import audit, audit_log
+from service.celery import celery_config
 from service.config import Settings
 from service.db import utcnow
 from service.tables import AuditEntry
 from tests.service.helpers import assert_error, binary_dataset, post_dataset
 from tests.service.test_uploads import CSV, create, patch, store_url  # noqa: F401
 from tests.support import ROOT
+from workers.maintenance import sweep
 
 
 def entries(client: FlaskClient, **query: Any) -> list[dict[str, Any]]:
@@ -170,7 +175,9 @@ def test_a_resumable_upload_logs_creation_completion_and_termination_not_its_chu
     assert entries(client, action="upload.complete")[0]["resource_ids"] == {"upload_id": upload_id}
 
 
-def test_retention_sweep_deletes_old_entries_only_when_set(client: FlaskClient, app: Flask) -> None:
+def test_retention_sweep_deletes_old_entries_only_when_set(
+    client: FlaskClient, app: Flask, tmp_path: Path
+) -> None:
     post_dataset(client)
     post_dataset(client)
     with app.extensions["db_sessionmaker"]() as session, session.begin():
@@ -183,7 +190,16 @@ def test_retention_sweep_deletes_old_entries_only_when_set(client: FlaskClient, 
     assert Settings().audit_retention_days == 0  # off by default: kept forever
     with app.extensions["db_sessionmaker"]() as session, session.begin():
         assert audit_log.purge_expired(session, 0) == 0
-        assert audit_log.purge_expired(session, 30) == 1
+    settings = dataclasses.replace(
+        Settings(),
+        database_url=app.config["DATABASE_URL"],
+        store_url=(tmp_path / "store").as_uri(),
+        audit_retention_days=30,
+    )
+    celery = Celery("t")
+    broker = f"filesystem://{(tmp_path / 'sweep-broker').as_posix()}"
+    celery.config_from_object(celery_config(dataclasses.replace(settings, broker_url=broker)))
+    sweep(app.extensions["db_sessionmaker"], celery, settings)  # the workers' maintenance pass
     assert len(entries(client)) == 1
 
 
