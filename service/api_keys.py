@@ -15,7 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from service.auth import SCOPES, create_api_key, hash_key
+from service.auth import SCOPES, create_api_key, hash_key, is_expired
 from service.db import iso_utc, paginate, utcnow
 from service.problems import ApiError, InputError
 from service.tables import ApiKey, is_id
@@ -81,9 +81,10 @@ def new_key(
 
 def rotate_key(session: Session, key: ApiKey) -> tuple[ApiKey, str]:
     """A new key with `key`'s owner, name, scope and expiry; `key` revoked. One transaction:
-    committed. A revoked (or expired) key cannot be rotated (409)."""
-    if key.revoked_at is not None:
-        raise ApiError(409, "The key is revoked: create a new one.", code="conflict")
+    committed. A revoked or expired key cannot be rotated (409)."""
+    if key.revoked_at is not None or is_expired(key):
+        state = "revoked" if key.revoked_at is not None else "expired"
+        raise ApiError(409, f"The key is {state}: create a new one.", code="conflict")
     updated = session.execute(
         sa.update(ApiKey)
         .where(ApiKey.id == key.id, ApiKey.revoked_at.is_(None))

@@ -64,7 +64,7 @@ class KeyById(MethodView):
 @blp.route("/<key_id>/rotate", methods=["POST"])
 @blp.response(201, NewApiKeySchema)
 @blp.alt_response(404, schema=ErrorSchema, description="No such key (or another owner's).")
-@blp.alt_response(409, schema=ErrorSchema, description="The key is revoked.")
+@blp.alt_response(409, schema=ErrorSchema, description="The key is revoked or expired.")
 def rotate(key_id: str) -> dict[str, Any]:
     """Rotate a key: a new key (a new id and secret, shown this once) with the old one's name,
     scope and expiry, and the old one revoked, in one transaction."""

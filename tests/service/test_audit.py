@@ -10,7 +10,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
 import sqlalchemy as sa
 from celery import Celery
 from flask import Flask
@@ -230,7 +229,6 @@ def test_the_audit_log_is_append_only() -> None:
     assert "purge_expired" not in api and "AuditEntry" not in api
 
 
-@pytest.mark.app_config({"TESTING": True})
 def test_the_openapi_document_lists_the_audit_and_keys_routes(anonymous: FlaskClient) -> None:
     paths = anonymous.get("/api/v1/openapi.json").get_json()["paths"]
     assert {"/api/v1/audit", "/api/v1/keys", "/api/v1/keys/{key_id}/rotate"} <= set(paths)

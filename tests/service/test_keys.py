@@ -122,6 +122,11 @@ def test_create_list_rotate_revoke(app: Flask, client: FlaskClient) -> None:
     assert keyed_client(app, new["key"]).get("/api/v1/datasets").status_code == 200
     assert key_row(app, body["id"]).revoked_at is not None
     assert_error(client.post(f"{URL}/{body['id']}/rotate"), 409)
+    expired = make_key(app, expires_at=utcnow() - timedelta(seconds=1))
+    expired_id = next(
+        k["id"] for k in client.get(URL).get_json()["items"] if k["prefix"] == expired[:11]
+    )
+    assert "expired" in assert_error(client.post(f"{URL}/{expired_id}/rotate"), 409)["message"]
 
     assert client.delete(f"{URL}/{new['id']}").status_code == 204
     first_revoked = key_row(app, new["id"]).revoked_at
@@ -129,7 +134,9 @@ def test_create_list_rotate_revoke(app: Flask, client: FlaskClient) -> None:
     assert key_row(app, new["id"]).revoked_at == first_revoked
     assert_error(keyed_client(app, new["key"]).get("/api/v1/datasets"), 401)
     actions = [e["action"] for e in client.get("/api/v1/audit").get_json()["items"]]
-    assert actions == ["key.revoke", "key.revoke", "key.rotate", "key.rotate", "key.create"]
+    assert actions == [
+        "key.revoke", "key.revoke", "key.rotate", "key.rotate", "key.rotate", "key.create",
+    ]  # fmt: skip
 
 
 def test_other_owners_keys_are_404(client: FlaskClient, bob: FlaskClient) -> None:
