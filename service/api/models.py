@@ -20,6 +20,7 @@ from service.api import (
     require_content_type,
     streamed_content,
 )
+from service.audit import read_only
 from service.auth import current_owner
 from service.problems import InputError
 from service.registry import registrations
@@ -153,6 +154,7 @@ PREDICT_FORMATS = [row_formats.JSON, row_formats.CSV, row_formats.JSONL, row_for
 
 
 @blp.route("/<model_id>/predict", methods=["POST"])
+@read_only  # computes an answer: a `read` key may call it; not audited
 @blp.doc(
     requestBody={
         "required": True,
@@ -212,6 +214,7 @@ def predict(model_id: str) -> Any:
 
 
 @blp.route("/<model_id>/evaluate", methods=["POST"])
+@read_only  # computes an answer: a `read` key may call it; not audited
 @json_only
 @blp.arguments(EvaluateInSchema)
 @blp.response(200, EvaluationSchema)

@@ -52,6 +52,16 @@ API_ROUTES = [
     ("GET", "/api/v1/uploads/x"),
     ("PATCH", "/api/v1/uploads/x"),
     ("DELETE", "/api/v1/uploads/x"),
+    ("GET", "/api/v1/keys"),
+    ("POST", "/api/v1/keys"),
+    ("DELETE", "/api/v1/keys/x"),
+    ("POST", "/api/v1/keys/x/rotate"),
+    ("GET", "/api/v1/audit"),
+    ("GET", "/api/v1/registry"),
+    ("GET", "/api/v1/registry/x"),
+    ("POST", "/api/v1/registry/x/versions"),
+    ("PUT", "/api/v1/registry/x/aliases/x"),
+    ("DELETE", "/api/v1/registry/x/aliases/x"),
     ("GET", "/api/v1/nope"),  # unknown routes too: nothing below /api/v1 answers without a key
 ]
 

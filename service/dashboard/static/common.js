@@ -286,6 +286,7 @@
     setKey: setKey,
     getJson: getJson,
     postJson: postJson,
+    request: request,
     postForm: postForm,
     specDefaults: specDefaults,
     blobUrl: blobUrl,
