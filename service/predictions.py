@@ -9,13 +9,19 @@ a job of kind "predict" on a worker and written to the dataset store.
   (`service.lifecycle`: claim, heartbeats, attempts, cancel, reaper, time limits, events,
   webhooks).
 - **Run** (`workers.predicting`, with what `load` and `read_input` give it): the dataset's rows
-  are read a row group at a time, predicted (`core.predictions`) and written as Parquet parts
+  are read a row group at a time, predicted (`BatchPredictor`) and written as Parquet parts
   under `{store}/predictions/{job_id}/{attempt}/` (`service.dataset_store`, prefix
   `PREDICTIONS`); each attempt starts by deleting what earlier attempts left.
 - **Download** (`output`, `GET /predictions/{job_id}/data`): once the job succeeded, its parts
   stream back a row group at a time; before that, 409 naming the job's status.
 - **Clean-up** (`delete_unused`, the workers' maintenance): the parts of predict jobs that
   ended without success (or no longer exist) are deleted.
+
+The predictions' columns are those of `POST /models/{id}/predict`'s answer, one row per input
+row: for classification `label` (the predicted class, as the classes were given: numbers or
+text), then `probability_<class>` for every class, in the model's class order (the JSON
+answer's `probabilities`); for regression `prediction` (one output) or `prediction_0` ...
+`prediction_{k-1}`. A chunk is computed with NumPy and Arrow alone: no Python per row.
 """
 
 from __future__ import annotations
@@ -29,8 +35,7 @@ import pyarrow as pa
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from core.model import Model, weights_from_npz
-from core.predictions import output_names
+from core.model import Model, probabilities_from_logits, weights_from_npz
 from core.table import NUMERIC, Table
 from service import lifecycle
 from service.columnar import batch_to_table
@@ -41,6 +46,43 @@ from service.jobs import check_active_jobs, get_job
 from service.problems import ApiError, InputError
 from service.tables import Dataset, Job, TrainedModel
 from service.trained_models import columns_of, get_model
+
+
+def output_names(architecture: dict[str, Any]) -> list[str]:
+    """The columns of a model's batch predictions, in order."""
+    if architecture["loss"] == "mse":
+        width = int(architecture["layers"][-1])
+        return ["prediction"] if width == 1 else [f"prediction_{j}" for j in range(width)]
+    return ["label", *(f"probability_{c}" for c in architecture.get("classes") or [])]
+
+
+def _labels(classes: list[Any]) -> pa.Array:
+    try:
+        return pa.array(classes)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):  # labels of mixed kinds: their text
+        return pa.array([str(c) for c in classes], type=pa.string())
+
+
+class BatchPredictor:
+    """A model's predictions for tables of its input columns, as record batches
+    (`output_names`' columns)."""
+
+    def __init__(self, model: Model) -> None:
+        self.model = model
+        self.names = output_names(model.architecture)
+        self._classes = (
+            None if model.loss == "mse" else _labels(model.architecture.get("classes") or [])
+        )
+
+    def __call__(self, table: Table) -> pa.RecordBatch:
+        outputs = self.model.outputs(self.model.encode(table, self.model.dtype))
+        if self._classes is None:
+            columns = [pa.array(outputs[:, j]) for j in range(outputs.shape[1])]
+        else:
+            probabilities = probabilities_from_logits(self.model.loss, outputs)
+            label = self._classes.take(pa.array(probabilities.argmax(axis=1)))
+            columns = [label, *(pa.array(probabilities[:, j]) for j in range(len(self._classes)))]
+        return pa.RecordBatch.from_arrays(columns, names=self.names)
 
 
 def check_columns(model: TrainedModel, dataset: Dataset) -> list[str]:

@@ -1,5 +1,5 @@
 """The Celery task of a predict job (batch predictions): thin glue between the job row, the
-dataset store and `core.predictions`.
+dataset store and `service.predictions` (its `BatchPredictor`).
 
 It runs through `workers.tasks.run_job` like a training job (claim, take-over of a lost
 worker's job, the heartbeat thread, the soft time limit, a failure ending the job `failed`),
@@ -27,7 +27,6 @@ from typing import Any
 from celery import shared_task
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.predictions import BatchPredictor
 from core.preprocessing import MissingValueError
 from core.table import TableError
 from service import lifecycle, predictions
@@ -35,6 +34,7 @@ from service.config import Settings
 from service.dataset_store import PREDICTIONS, store_for
 from service.db import session_scope
 from service.lifecycle import PREDICT_TASK, Claim
+from service.predictions import BatchPredictor
 from workers import tasks, webhooks
 from workers.context import context_of
 from workers.runtime import SoftLimit, with_db_retry
