@@ -134,9 +134,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     api = TrainyardApi(app, spec_kwargs={"extra_plugins": [AuthDocPlugin()]})
     for blp in (datasets.blp, jobs.blp, models.blp, sweeps.blp, spec.blp):
         api.register_blueprint(blp, url_prefix=f"{API_PREFIX}{blp.url_prefix}")
-    from service.api import events, webhooks  # live events and webhooks
+    from service.api import events, predictions, webhooks  # live events, webhooks, downloads
 
-    for blp in (events.blp, webhooks.blp):
+    for blp in (events.blp, webhooks.blp, predictions.blp):
         api.register_blueprint(blp, url_prefix=f"{API_PREFIX}{blp.url_prefix}")
     api.register_blueprint(health.blp)
     app.register_blueprint(docs.bp)

@@ -26,6 +26,7 @@ answer's `probabilities`); for regression `prediction` (one output) or `predicti
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -40,7 +41,13 @@ from core.table import NUMERIC, Table
 from service import lifecycle
 from service.columnar import batch_to_table
 from service.config import Limits
-from service.dataset_store import ORPHAN_AFTER_S, PREDICTIONS, DatasetStore, store_for
+from service.dataset_store import (
+    ORPHAN_AFTER_S,
+    PREDICTIONS,
+    DatasetStore,
+    StoreError,
+    store_for,
+)
 from service.datasets import find_dataset
 from service.jobs import check_active_jobs, get_job
 from service.problems import ApiError, InputError
@@ -203,7 +210,8 @@ def output_key(job_id: str, attempt: int) -> str:
 
 def output(session: Session, job_id: str, owner: str) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
     """The schema of a succeeded predict job's predictions and their rows, a row group at a
-    time (read lazily: the answer streams). 409 naming the status before it succeeded."""
+    time (read lazily: the answer streams; the first row group is read here, so a store that
+    is down is a 503 before the answer starts). 409 naming the status before it succeeded."""
     job = get_predict_job(session, job_id, owner)
     if job.status != "succeeded" or job.output_location is None:
         raise ApiError(
@@ -213,14 +221,18 @@ def output(session: Session, job_id: str, owner: str) -> tuple[pa.Schema, Iterat
             code="job_not_succeeded",
         )
     store, key = DatasetStore.at(job.output_location, PREDICTIONS)
-    parts = store.parts(key, PREDICTIONS)
-    if parts:
+    try:
+        parts = store.parts(key, PREDICTIONS)
+        if not parts:  # a dataset with no rows: no part was written
+            model = session.get(TrainedModel, job.model_id)
+            names = output_names(model.architecture) if model else []
+            return pa.schema([pa.field(n, pa.float64()) for n in names]), iter(())
         schema = store.open_part(parts[0]).schema_arrow
-    else:  # a dataset with no rows: no part was written
-        model = session.get(TrainedModel, job.model_id)
-        names = output_names(model.architecture) if model else []
-        schema = pa.schema([pa.field(n, pa.float64()) for n in names])
-    return schema, store.read_batches(key, prefix=PREDICTIONS)
+        batches = store.read_batches(key, prefix=PREDICTIONS)
+        first = next(batches, None)
+    except StoreError as exc:
+        raise ApiError(503, f"The dataset store is unavailable: {exc}") from None
+    return schema, itertools.chain([] if first is None else [first], batches)
 
 
 # -- clean-up ------------------------------------------------------------------------------------

@@ -772,9 +772,9 @@ class JobPageQuerySchema(PageQuerySchema):
         fields.String(validate=TAG_FILTER),
         metadata={"description": "`key:value`; repeat for several (all must match)."},
     )
-    dataset_id = fields.String(validate=validate.Length(max=64))
+    dataset_id = fields.String(validate=[validate.Length(max=64), NO_NUL])
     sweep_id = fields.String(
-        validate=validate.Length(max=64),
+        validate=[validate.Length(max=64), NO_NUL],
         metadata={"description": "A sweep's trials, in trial order."},
     )
 
