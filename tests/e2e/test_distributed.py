@@ -5,6 +5,8 @@ time; cancellation and divergence through the API.
 
 from __future__ import annotations
 
+import csv
+import io
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -14,7 +16,7 @@ import numpy as np
 import pytest
 import redis
 
-from service.dataset_store import DatasetStore
+from service.dataset_store import PREDICTIONS, DatasetStore
 from tests.support import (
     REDIS_URL,
     STORE_URL,
@@ -204,3 +206,54 @@ def test_hostile_text_never_reaches_the_graph_or_answers_unescaped(api: Api) -> 
     assert b"<" not in model.content and sorted(model.json()["architecture"]["classes"]) == sorted(
         labels
     )
+
+
+def test_batch_predictions_live_in_s3_equal_predict_and_a_failed_job_frees_them(
+    api: Api, store_url: str, database_url: str
+) -> None:
+    """A predict job on a worker reads its dataset from S3 and writes its predictions there
+    (`predictions/{job_id}/{attempt}/`); they download equal to `POST /models/{id}/predict`. A
+    job that fails half way (a missing cell in its second row group, for a model trained with
+    `missing: "error"`) deletes the parts it wrote; another owner sees neither job."""
+    x, y = moons(200, seed=3)
+    trained = api.wait(
+        api.job(api.dataset(x, y, "moons to learn"), [8, 1], loss="binary_cross_entropy",
+                epochs=5, preprocessing={"missing": "error"}),
+        timeout=120,
+    )  # fmt: skip
+    model_id = trained["model_id"]
+    xs, ys = moons(70_000, seed=4)
+    clean = api.dataset(xs[:5000], ys[:5000], "to score")
+    job = api.post(f"/models/{model_id}/predictions", {"dataset_id": clean}, 202)
+    done = api.wait(job["id"], timeout=120)
+    assert done["result"]["rows"] == 5000
+    store = DatasetStore(store_url)
+    parts = store.parts(f"{job['id']}/1", PREDICTIONS)
+    assert parts and all(p.startswith(f"{store.root}/predictions/{job['id']}/1/") for p in parts)
+    assert done["result"]["bytes"] == store.size(f"{job['id']}/1", PREDICTIONS)
+    answer = api.post(f"/models/{model_id}/predict", {"features": xs[:5000].tolist()}, 200)
+    body = api.http.get(f"{api.base}{done['download_url']}", timeout=30)
+    assert body.status_code == 200 and body.headers["Content-Type"].startswith("text/csv")
+    rows = list(csv.reader(io.StringIO(body.text)))
+    assert rows[0] == ["label", "probability_0", "probability_1"]
+    assert [int(r[0]) for r in rows[1:]] == answer["predictions"]
+    np.testing.assert_allclose(
+        [[float(v) for v in r[1:]] for r in rows[1:]], answer["probabilities"], rtol=1e-12
+    )
+
+    features: list[list[float | None]] = xs.round(4).tolist()
+    features[69_000][1] = None  # in the second row group (65,536 rows each)
+    gappy = api.post("/datasets", {"name": "gappy", "features": features,
+                                   "targets": ys.tolist()}, 201)["id"]  # fmt: skip
+    failing = api.post(f"/models/{model_id}/predictions", {"dataset_id": gappy}, 202)
+    failed = api.wait(failing["id"], ("failed",), timeout=120)
+    assert "row 69001" in failed["error"] and "'x1'" in failed["error"], failed["error"]
+    assert store.parts(failing["id"], PREDICTIONS) == []
+    assert store.parts(f"{failing['id']}/1", PREDICTIONS) == []
+    r = api.http.get(f"{api.base}{failed['download_url']}", timeout=30)
+    assert r.status_code == 409 and "failed" in r.json()["error"]["message"]
+
+    other = {"Authorization": f"Bearer {new_api_key(database_url, owner='someone-else')}"}
+    for path in (f"/jobs/{job['id']}", done["download_url"].removeprefix("/api/v1")):
+        r = api.http.get(f"{api.base}/api/v1{path}", headers=other, timeout=30)
+        assert r.status_code == 404, (path, r.text)
