@@ -1,11 +1,13 @@
 """A predict job's worker killed (kill -9 of the whole worker) while it writes predictions: the
 lifecycle gives the take-over, as for training. The fresh worker's reaper hands the job back
 (stale heartbeat), its reconciler publishes it to the predict task, and the fresh worker runs
-a second attempt from the first row; the dead attempt's parts are deleted."""
+a second attempt from the first row; the dead attempt's parts are deleted. And a running
+predict job cancelled through the lifecycle stops between two chunks, its parts deleted."""
 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -27,14 +29,17 @@ ROWS = 200_000
 LAYERS = [512, 512, 1]
 
 
-def test_kill_9_of_a_predicting_worker_then_a_fresh_one_takes_over(cluster: Cluster) -> None:
+def add_predict_job(
+    cluster: Cluster, rows: int = ROWS
+) -> tuple[str, dict[str, Any], MLP, np.ndarray]:
+    """A predict job of a wide model over `rows` rows (seconds of work), not yet published."""
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(ROWS, 2))
+    x = rng.normal(size=(rows, 2))
     mlp = MLP(2, LAYERS, seed=0)
     architecture = {"nin": 2, "layers": LAYERS, "activation": "tanh", "output_activation": None,
                     "loss": "mse", "classes": None}  # fmt: skip
     with session_scope(cluster.factory) as session:
-        dataset = store_dataset(session, x, np.zeros(ROWS), name="to score")
+        dataset = store_dataset(session, x, np.zeros(rows), name="to score")
         trained = Job(dataset_id=dataset.id, model_spec={}, training_spec={}, epochs=0,
                       status="succeeded", finished_at=utcnow())  # fmt: skip
         session.add(trained)
@@ -45,8 +50,13 @@ def test_kill_9_of_a_predicting_worker_then_a_fresh_one_takes_over(cluster: Clus
         session.add(model)
         session.flush()
         job_id = lifecycle.submit_predict(
-            session, owner="local", model_id=model.id, dataset_id=dataset.id, rows_total=ROWS
+            session, owner="local", model_id=model.id, dataset_id=dataset.id, rows_total=rows
         ).id
+    return job_id, architecture, mlp, x
+
+
+def test_kill_9_of_a_predicting_worker_then_a_fresh_one_takes_over(cluster: Cluster) -> None:
+    job_id, architecture, mlp, x = add_predict_job(cluster)
     doomed = cluster.worker("doomed")
     cluster.celery.send_task(PREDICT_TASK, args=[job_id])
     cluster.wait(job_id, ("running",), timeout=60)
@@ -65,3 +75,21 @@ def test_kill_9_of_a_predicting_worker_then_a_fresh_one_takes_over(cluster: Clus
     assert out.column_names == ["prediction"] and out.num_rows == ROWS
     expected = Model(architecture, mlp.state_dict()).predict(x[:1000])["predictions"]
     np.testing.assert_allclose(out.column(0).to_numpy()[:1000], expected, rtol=1e-12)
+
+
+def test_a_running_predict_job_cancelled_stops_between_chunks_and_frees_its_parts(
+    cluster: Cluster,
+) -> None:
+    # three times the rows: the job would run for seconds after the cancel is seen
+    job_id, *_ = add_predict_job(cluster, 3 * ROWS)
+    cluster.worker("w1")
+    cluster.celery.send_task(PREDICT_TASK, args=[job_id])
+    deadline = time.monotonic() + 60
+    while (cluster.job(job_id).rows_done or 0) == 0:  # a first chunk written and recorded
+        assert time.monotonic() < deadline, cluster.logs()
+        time.sleep(0.05)
+    with session_scope(cluster.factory) as session:
+        assert lifecycle.cancel(session, job_id, "local").done
+    job = cluster.wait(job_id, ("cancelled",), timeout=60)
+    assert 0 < (job.rows_done or 0) < 3 * ROWS and job.output_location is None
+    assert store_for(STORE_URL).parts(f"{job_id}/1", PREDICTIONS) == []
