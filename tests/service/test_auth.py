@@ -47,6 +47,8 @@ API_ROUTES = [
     ("GET", "/api/v1/models/x/bundle"),
     ("GET", "/api/v1/models/x/export"),
     ("POST", "/api/v1/models/x/evaluate"),
+    ("POST", "/api/v1/models/x/predictions"),
+    ("GET", "/api/v1/predictions/x/data"),
     ("GET", "/api/v1/spec/defaults"),
     ("GET", "/api/v1/nope"),  # unknown routes too: nothing below /api/v1 answers without a key
 ]
