@@ -10,7 +10,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PORT ?= 8000
 WORKERS ?= 2
 
-.PHONY: setup setup-dev system-deps test-deps run run-distributed migrate test lint format bench bench-service bench-load bench-sweep bench-events bench-quality bench-ingest bench-scale bench-worker-memory screenshots clean
+.PHONY: setup setup-dev system-deps test-deps run run-distributed migrate test lint format bench bench-service bench-load bench-sweep bench-events bench-quality bench-ingest bench-scale bench-large-io bench-worker-memory screenshots clean
 
 setup: system-deps $(RUN_STAMP)
 
@@ -107,6 +107,12 @@ bench-quality: setup-dev
 bench-scale: setup-dev
 	$(PY) -m pip install -q $$(grep -E '^(torch|lightgbm)==' bench/requirements.txt)
 	$(PY) bench/scale.py $(BENCH_ARGS)
+
+# Issue 22's goals: a large CSV through tuspy over a link cut every 200 MB, batch predictions
+# over the whole table and their streamed download, beside PyTorch (BENCH_ARGS="--rows ...").
+bench-large-io: setup-dev
+	$(PY) -m pip install -q $$(grep -E '^torch==' bench/requirements.txt)
+	$(PY) bench/large_io.py $(BENCH_ARGS)
 
 # A training job's own peak RssAnon as the rows grow (no service; BENCH_ARGS="--rows ...").
 bench-worker-memory: setup

@@ -280,6 +280,57 @@ def read_features_csv(path: str | Path) -> list[list[Any]]:
     return [[_parse_cell(cell) for cell in row] for row in rows[1:]]
 
 
+#: the file formats `download_dataset` and `predict_csv(..., out=...)` write, and the media
+#: type each asks the server for
+DOWNLOAD_FORMATS: Final = {
+    "csv": "text/csv",
+    "jsonl": "application/x-ndjson",
+    "parquet": "application/vnd.apache.parquet",
+}
+_FORMAT_OF_SUFFIX: Final = {
+    ".csv": "csv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
+#: bytes read from a streamed answer at a time
+DOWNLOAD_CHUNK: Final = 1 << 20
+
+
+def download_format(path: str | Path, format: str | None = None) -> str:
+    """`format` (csv, jsonl, parquet), else the one `path`'s suffix names, else csv."""
+    if format is not None:
+        if format not in DOWNLOAD_FORMATS:
+            raise ValueError(f"unknown format {format!r}: one of {', '.join(DOWNLOAD_FORMATS)}")
+        return format
+    return _FORMAT_OF_SUFFIX.get(Path(path).suffix.lower(), "csv")
+
+
+def save_stream(response: requests.Response, path: str | Path) -> int:
+    """Write a streamed answer to `path` as it arrives (a MiB at a time, never whole in
+    memory), through `<path>.part` renamed once complete: a download cut off leaves no file
+    that looks whole. The bytes written."""
+    path = Path(path)
+    part = path.with_name(path.name + ".part")
+    written = 0
+    try:
+        with part.open("wb") as f:
+            for chunk in response.iter_content(DOWNLOAD_CHUNK):
+                f.write(chunk)
+                written += len(chunk)
+        os.replace(part, path)
+    except requests.RequestException as exc:
+        part.unlink(missing_ok=True)
+        raise ConnectionFailed(f"the download to {path} was cut off: {exc}") from exc
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    finally:
+        response.close()
+    return written
+
+
 class LocalModel(CoreModel):
     """A trained model to run locally (what `Client.load_model` returns): a
     `core.model.Model`, its weights and its fitted preprocessing (scaling, one-hot, imputing).
@@ -516,6 +567,23 @@ class Client:
 
     def list_datasets(self, page: int = 1, page_size: int = 20) -> Page:
         return self._page("/datasets", page, page_size)
+
+    def download_dataset(
+        self, dataset_id: str, path: str | Path, format: str | None = None
+    ) -> Path:
+        """Stream a dataset's rows to the file `path`, as they were uploaded (the feature
+        columns by name, then the target; a missing cell empty or null): `format` `"csv"`,
+        `"jsonl"` or `"parquet"`, by default the one `path`'s suffix names (`.csv`, `.jsonl`,
+        `.ndjson`, `.parquet`, `.pq`), else CSV. Written as it arrives, never held whole."""
+        fmt = download_format(path, format)
+        response = self.request(
+            "GET",
+            f"/datasets/{dataset_id}/data",
+            headers={"Accept": DOWNLOAD_FORMATS[fmt]},
+            stream=True,
+        )
+        save_stream(response, path)
+        return Path(path)
 
     # -- jobs -------------------------------------------------------------------------------
 
@@ -854,19 +922,48 @@ class Client:
             body = {"features": _matrix(rows_or_features)}
         return self._json("POST", f"/models/{model_id}/predict", json=body)
 
-    def predict_csv(self, model_id: str, path: str | Path, as_csv: bool = False) -> Any:
+    def predict_csv(
+        self,
+        model_id: str,
+        path: str | Path,
+        as_csv: bool = False,
+        *,
+        out: str | Path | None = None,
+        format: str | None = None,
+    ) -> Any:
         """Predictions for a CSV file, posted as it is (`multipart`): its header names the
-        columns (any order; a column left out is all missing cells, an unknown one an
-        `ApiError`). `as_csv=True` returns the server's CSV text (`prediction`, then one
-        `p_<label>` column per class) instead of the `Prediction` JSON."""
+        columns (any order; a column left out is all missing cells; the training target's
+        column, in a labelled file, is left out; another unknown one an `ApiError`).
+        `as_csv=True` returns the server's CSV text (`prediction`, then one `p_<label>` column
+        per class) instead of the `Prediction` JSON. `out` streams the answer to that file
+        instead (never whole in memory) and returns its path: CSV, or `format` `"jsonl"` /
+        `"parquet"` (by default the one `out`'s suffix names)."""
         path = Path(path)
         with path.open("rb") as f:
+            if out is not None:
+                fmt = download_format(out, format)
+                response = self._post_predict_file(
+                    model_id, path.name, f, DOWNLOAD_FORMATS[fmt], stream=True
+                )
+                save_stream(response, out)
+                return Path(out)
             return self._predict_csv(model_id, path.name, f, as_csv)
 
-    def _predict_csv(self, model_id: str, file_name: str, body: Any, as_csv: bool = False) -> Any:
-        headers = {"Accept": "text/csv"} if as_csv else {"Accept": "application/json"}
+    def _post_predict_file(
+        self, model_id: str, file_name: str, body: Any, accept: str, stream: bool = False
+    ) -> requests.Response:
         files = {"file": (file_name, body, "text/csv")}
-        response = self.request("POST", f"/models/{model_id}/predict", files=files, headers=headers)
+        return self.request(
+            "POST",
+            f"/models/{model_id}/predict",
+            files=files,
+            headers={"Accept": accept},
+            stream=stream,
+        )
+
+    def _predict_csv(self, model_id: str, file_name: str, body: Any, as_csv: bool = False) -> Any:
+        accept = "text/csv" if as_csv else "application/json"
+        response = self._post_predict_file(model_id, file_name, body, accept)
         return response.text if as_csv else response.json()
 
     def predict_dataset(

@@ -60,6 +60,7 @@ from rich.table import Table
 
 from client.api import (
     DEFAULT_URL,
+    DOWNLOAD_FORMATS,
     ApiError,
     Client,
     ConnectionFailed,
@@ -67,6 +68,7 @@ from client.api import (
     NotFoundError,
     Sweep,
     api_key_locations,
+    download_format,
     find_api_key,
 )
 from core import preprocessing
@@ -499,6 +501,22 @@ def cmd_datasets_get(api: Client, args: argparse.Namespace) -> int:
     return show_dataset(api.get_dataset(args.id), args.json)
 
 
+def cmd_datasets_download(api: Client, args: argparse.Namespace) -> int:
+    """Stream the dataset's rows to a file (CSV, JSON lines or Parquet)."""
+    fmt = args.format or (download_format(args.output) if args.output else "csv")
+    output = args.output or f"dataset-{args.id}.{fmt}"
+    try:
+        path = api.download_dataset(args.id, output, format=fmt)
+    except OSError as exc:
+        raise UsageError(f"cannot write {output}: {exc.strerror or exc}") from exc
+    size = path.stat().st_size
+    if args.json:
+        emit_json({"id": args.id, "format": fmt, "path": str(path), "bytes": size})
+    else:
+        out.print(f"dataset {args.id} written to {path} ({fmt}, {size:,} bytes)")
+    return EXIT_OK
+
+
 def cmd_datasets_list(api: Client, args: argparse.Namespace) -> int:
     page = api.list_datasets(args.page, args.page_size)
     if args.json:
@@ -813,31 +831,48 @@ def cmd_models_graph(api: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_predict(api: Client, args: argparse.Namespace) -> int:
-    """Post the CSV file as it is; print the predictions (table, JSON or the server's CSV)."""
-    as_csv = args.csv or args.output is not None
+    """Post the CSV file as it is; print the predictions (table, JSON or the server's CSV), or
+    stream them to a file."""
+    if args.output not in (None, "-"):
+        return _predict_to_file(api, args)
     try:
-        answer = api.predict_csv(args.id, args.file, as_csv=as_csv)
+        answer = api.predict_csv(args.id, args.file, as_csv=args.csv or args.output == "-")
     except OSError as exc:
         raise UsageError(f"cannot read {args.file}: {exc.strerror or exc}") from exc
-    if as_csv:
-        if args.output in (None, "-"):
-            sys.stdout.write(answer)
-            return EXIT_OK
-        try:
-            with open(args.output, "w", encoding="utf-8", newline="") as f:
-                f.write(answer)
-        except OSError as exc:
-            raise UsageError(f"cannot write {args.output}: {exc.strerror or exc}") from exc
-        rows = max(answer.count("\n") - 1, 0)
-        if args.json:
-            emit_json({"model_id": args.id, "output": args.output, "rows": rows})
-        else:
-            out.print(f"{rows} predictions written to {args.output}")
+    if isinstance(answer, str):
+        sys.stdout.write(answer)
         return EXIT_OK
     if args.json:
         emit_json(answer)
         return EXIT_OK
     out.print(prediction_table(api, args.id, answer))
+    return EXIT_OK
+
+
+def _predict_to_file(api: Client, args: argparse.Namespace) -> int:
+    """The server's answer streamed to `--output`: CSV, or JSON lines / Parquet by its suffix
+    or `--format`."""
+    fmt = args.format or download_format(args.output)
+    try:
+        path = api.predict_csv(args.id, args.file, out=args.output, format=fmt)
+    except OSError as exc:
+        reading = str(exc.filename) == str(args.file)
+        what = f"read {args.file}" if reading else f"write {args.output}"
+        raise UsageError(f"cannot {what}: {exc.strerror or exc}") from exc
+    size = path.stat().st_size
+    rows = None
+    if fmt != "parquet":  # one line a row (labels hold no line breaks)
+        with path.open("rb") as f:
+            rows = sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+        rows -= fmt == "csv"  # the header
+    if args.json:
+        emit_json(
+            {"model_id": args.id, "output": str(path), "format": fmt, "rows": rows, "bytes": size}
+        )
+    elif rows is not None:
+        out.print(f"{rows} predictions written to {path}")
+    else:
+        out.print(f"predictions written to {path} ({fmt}, {size:,} bytes)")
     return EXIT_OK
 
 
@@ -1178,6 +1213,14 @@ COMMANDS: tuple[Command, ...] = (
     Command("datasets", "list", cmd_datasets_list, "list datasets, newest first", paged=True),
     Command("datasets", "get", cmd_datasets_get, "show a dataset and its columns", (ID,),
             ("show",)),
+    Command("datasets", "download", cmd_datasets_download,
+            "download a dataset's rows as uploaded (streamed to a file)", (
+        ID,
+        arg("-o", "--output", metavar="FILE",
+            help="file to write (default: dataset-ID.csv, or the --format's suffix)"),
+        arg("--format", choices=list(DOWNLOAD_FORMATS),
+            help="csv, jsonl or parquet (default: by the file's suffix, else csv)"),
+    )),
     Command("jobs", "submit", cmd_jobs_submit, "submit a training job", SUBMIT_ARGS),
     Command("jobs", "watch", cmd_jobs_watch, "follow a job with a progress bar to its end", (
         ID, arg("--poll-interval", type=float, default=0.5, help="(default: %(default)s s)"),
@@ -1250,7 +1293,11 @@ COMMANDS: tuple[Command, ...] = (
             "cells and unseen categories are fine), posted as it is",
         ),
         arg("--csv", action="store_true", help="print the server's CSV instead"),
-        arg("-o", "--output", metavar="FILE.csv", help="write the predictions as CSV"),
+        arg("-o", "--output", metavar="FILE",
+            help="stream the predictions to a file: CSV, or JSON lines / Parquet by its suffix "
+            "(.jsonl, .parquet) or --format"),
+        arg("--format", choices=list(DOWNLOAD_FORMATS),
+            help="with --output: csv, jsonl or parquet (default: by the suffix, else csv)"),
     )),
     Command("", "evaluate", cmd_evaluate, "score a model on a dataset with its columns", (
         arg("id", help="model id"),

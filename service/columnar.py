@@ -138,3 +138,40 @@ def batch_targets(
         for n in target_names
     ]
     return np.column_stack(columns).astype(np.float64, copy=False)
+
+
+# ---- as uploaded ---------------------------------------------------------------------------------
+
+
+def uploaded_schema(
+    names: Sequence[str],
+    types: Sequence[str],
+    target_names: Sequence[str],
+    target_type: pa.DataType,
+) -> pa.Schema:
+    """The columns of a dataset as its user uploaded them: numeric features `float64`,
+    categorical ones `string`, then the target column(s) as `target_type`."""
+    fields = [
+        pa.field(name, pa.float64() if kind == NUMERIC else pa.string())
+        for name, kind in zip(names, types, strict=True)
+    ]
+    return pa.schema([*fields, *(pa.field(n, target_type) for n in target_names)])
+
+
+def batch_as_uploaded(
+    batch: pa.RecordBatch | pa.Table,
+    names: Sequence[str],
+    stored_targets: Sequence[str],
+    schema: pa.Schema,
+) -> pa.RecordBatch:
+    """A stored batch with the columns of `uploaded_schema` (the features `names`, then the
+    stored target columns renamed): a categorical column's or a labels target's numbers, as
+    parts written before their first text hold them, become their shortest text."""
+    arrays = []
+    for name, field in zip([*names, *stored_targets], schema, strict=True):
+        array = _plain(batch.column(name))
+        if pa.types.is_string(field.type):
+            arrays.append(_as_text(array))
+        else:
+            arrays.append(array.cast(field.type))
+    return pa.record_batch(arrays, schema=schema)

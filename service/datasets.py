@@ -10,6 +10,7 @@ a time, typed as the row describes them.
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Iterator
@@ -17,16 +18,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from core.model import array_from_bytes
 from core.table import Table, table_from_bytes
-from service.columnar import batch_targets, batch_to_table, table_to_batch
+from service.columnar import (
+    batch_as_uploaded,
+    batch_targets,
+    batch_to_table,
+    table_to_batch,
+    uploaded_schema,
+)
 from service.dataset_store import (
     ORPHAN_AFTER_S,
     DatasetStore,
     StoredRows,
+    StoreError,
     store_for,
     target_columns,
 )
@@ -295,6 +304,42 @@ def target_values(dataset: Dataset, targets: np.ndarray) -> list[Any]:
     if dataset.n_targets == 1:
         return list(targets.reshape(-1).tolist())
     return list(targets.tolist())
+
+
+def uploaded_names(dataset: Dataset) -> tuple[list[str], list[str]]:
+    """The feature column names, and the target's as the dataset's columns out (CSV, JSON
+    lines, Parquet) name it: its own name (`target` when it has none), or `<name>_0`,
+    `<name>_1`, ... for several outputs."""
+    names = dataset.feature_names or [f"x{j}" for j in range(dataset.n_features)]
+    target = dataset.target_name or "target"
+    if dataset.n_targets == 1:
+        return names, [target]
+    return names, [f"{target}_{j}" for j in range(dataset.n_targets)]
+
+
+def uploaded_batches(dataset: Dataset) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+    """The dataset's rows as they were uploaded, one row group at a time: the feature columns
+    by name (numbers `float64`, categories text, null where missing), then the target: labels
+    as text, integer targets `int64`, numbers `float64` (`uploaded_names`). The first row
+    group is read at once, so an unreachable store is a 503 before any answer starts; the rest
+    needs only the store, not this session."""
+    names, out_targets = uploaded_names(dataset)
+    if dataset.target_kind == "labels":
+        target_type = pa.string()
+    else:
+        target_type = pa.int64() if dataset.classes is not None else pa.float64()
+    schema = uploaded_schema(names, _types(dataset), out_targets, target_type)
+    stored_targets = target_columns(dataset.n_targets)
+    store, dataset_id = _stored_at(dataset)
+    batches = (
+        batch_as_uploaded(batch, names, stored_targets, schema)
+        for batch in store.read_batches(dataset_id)
+    )
+    try:
+        first = list(itertools.islice(batches, 1))
+    except StoreError as exc:
+        raise ApiError(503, f"The dataset store is unavailable: {exc}") from None
+    return schema, itertools.chain(first, batches)
 
 
 def dataset_rows(dataset: Dataset) -> Iterator[str]:

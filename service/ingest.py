@@ -18,7 +18,7 @@ import csv
 import io
 import itertools
 import warnings
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from types import NoneType
 from typing import Any
@@ -494,12 +494,19 @@ def column_from_series(name: str, series: Any, kind: str | None, field: str) -> 
         raise table_error(exc, field, "line") from None
 
 
-def table_from_csv(raw: bytes, names: list[str], types: list[str], limits: Limits) -> Table:
+def table_from_csv(
+    raw: bytes,
+    names: list[str],
+    types: list[str],
+    limits: Limits,
+    ignored: Collection[str] = (),
+) -> Table:
     """Rows to predict on from a CSV file with a header naming (some of) the model's columns:
-    a column the model does not take is a 422, a missing one is all missing cells."""
+    a column named in `ignored` (the training target) is left out, another the model does not
+    take is a 422, a missing one is all missing cells."""
     text = [n for n, kind in zip(names, types, strict=True) if kind == CATEGORICAL]
     header, series, _ = read_csv(raw, "file", limits, text_columns=text)
-    unknown = [h for h in header if h not in names]
+    unknown = [h for h in header if h not in names and h not in ignored]
     if unknown and all(as_number(h) is not None for h in header):
         raise InputError(
             "file",

@@ -4,9 +4,9 @@ choice among them by the request's `Accept` header.
 Every format is written a batch at a time, so an answer of any size streams: the first bytes
 leave before the last batch is read, and nothing holds more than one batch (Parquet: one row
 group, `ROW_GROUP_ROWS`). Cells as the formats have them:
-- CSV (`text/csv`): a header row, then one line per row (`\\n`); texts quoted as RFC 4180
-  has it (a quote inside doubled), numbers in their shortest round-trip form (`0.1`, `3`,
-  `1e+20`); a missing cell (null or NaN) is empty. pyarrow's CSV writer writes each piece.
+- CSV (`text/csv`): a header row, then one line per row (`\\n`); a text quoted only where
+  RFC 4180 needs it (a quote, comma or line break in it; a quote inside doubled), numbers in
+  their shortest round-trip form (`0.1`, `3`, `1e+20`); a missing cell (null or NaN) is empty.
 - JSON lines (`application/x-ndjson`): one object per row, keys in column order, `null` for a
   missing cell (and for NaN or an infinity, which JSON lacks). Each line is built by Arrow
   compute functions over whole columns, not by Python per row.
@@ -21,6 +21,8 @@ Framework-light: only `stream_response` touches Flask.
 
 from __future__ import annotations
 
+import csv
+import io
 import itertools
 import json
 import os
@@ -216,8 +218,10 @@ def _plain(array: pa.Array) -> pa.Array:
 
 
 def _json_text(array: pa.Array) -> pa.Array:
-    """Each cell of a column as JSON text (`null` for a missing one), as a string array."""
-    array = _plain(array)
+    """Each cell of a column as JSON text (`null` for a missing one), as a string array. A text
+    column with few distinct values (a category) escapes each value once."""
+    if pa.types.is_dictionary(array.type):
+        return pc.take(_json_text(array.dictionary), array.indices).fill_null("null")
     if pa.types.is_null(array.type):
         return pa.array(["null"] * len(array), type=pa.string())
     if (
@@ -228,6 +232,14 @@ def _json_text(array: pa.Array) -> pa.Array:
         return _finite_or_null(array).cast(pa.string()).fill_null("null")
     if not (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)):
         array = array.cast(pa.string())  # dates, times, decimals: as their text
+    if len(array) >= 1024:
+        encoded = array.dictionary_encode()
+        if 2 * len(encoded.dictionary) <= len(array):
+            return _json_text(encoded)
+    return _json_strings(array)
+
+
+def _json_strings(array: pa.Array) -> pa.Array:
     if pc.any(pc.match_substring_regex(array, _CONTROL.pattern)).as_py():
         # control characters need \\u escapes: json.dumps each distinct text once
         distinct = pc.unique(array).drop_null()
@@ -294,27 +306,49 @@ def _encode_json(batches: Iterable[pa.RecordBatch], schema: pa.Schema | None) ->
     yield b"]\n" if first else b"\n]\n"
 
 
-_CSV_ROWS = pacsv.WriteOptions(include_header=False, batch_size=8192, quoting_style="needed")
+_CSV_ROWS = pacsv.WriteOptions(include_header=False, batch_size=8192, quoting_style="none")
+_CSV_SPECIAL = '[",\r\n]'
 
 
-def _plain_schema(schema: pa.Schema) -> pa.Schema:
-    return pa.schema(
-        [
-            pa.field(f.name, f.type.value_type) if pa.types.is_dictionary(f.type) else f
-            for f in schema
-        ]
-    )
+def _is_text(array: pa.Array) -> bool:
+    return pa.types.is_string(array.type) or pa.types.is_large_string(array.type)
 
 
 def _csv_header(schema: pa.Schema) -> bytes:
-    out = pa.BufferOutputStream()
-    options = pacsv.WriteOptions(include_header=True, quoting_style="needed")
-    pacsv.write_csv(_plain_schema(schema).empty_table(), out, options)
-    return out.getvalue().to_pybytes()
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerow(schema.names)  # quoted only where needed
+    return out.getvalue().encode()
+
+
+def _needs_quotes(array: pa.Array) -> bool:
+    return _is_text(array) and bool(pc.any(pc.match_substring_regex(array, _CSV_SPECIAL)).as_py())
+
+
+def _csv_cells(array: pa.Array) -> pa.Array:
+    """A column's cells as CSV text: a text quoted where it holds a quote, comma or line break
+    (the quotes inside doubled), a missing cell empty."""
+    if not _is_text(array):
+        return array.cast(pa.string()).fill_null("")
+    if _needs_quotes(array):
+        special = pc.match_substring_regex(array, _CSV_SPECIAL)
+        quoted = pc.binary_join_element_wise('"', pc.replace_substring(array, '"', '""'), '"', "")
+        array = pc.if_else(special, quoted, array)
+    return array.fill_null("")
 
 
 def _csv_rows(piece: pa.RecordBatch) -> bytes:
+    """A piece's lines. Texts are quoted only where RFC 4180 needs it (pyarrow's own quoting
+    would quote every text): a piece with such a text is joined here from each column's
+    cells; any other goes through pyarrow's CSV writer unquoted, which is faster."""
     arrays = [_nan_to_null(_plain(column)) for column in piece.columns]
+    if any(
+        _is_text(a) and pc.any(pc.match_substring_regex(a, _CSV_SPECIAL)).as_py() for a in arrays
+    ):
+        parts: list[Any] = []
+        for i, array in enumerate(arrays):
+            parts += [","] if i else []
+            parts.append(_csv_cells(array))
+        return _string_bytes(pc.binary_join_element_wise(*parts, "\n", ""))
     out = pa.BufferOutputStream()
     pacsv.write_csv(pa.record_batch(arrays, names=piece.schema.names), out, _CSV_ROWS)
     return out.getvalue().to_pybytes()

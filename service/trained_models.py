@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import csv
-import io
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, undefer
 
@@ -17,10 +18,13 @@ from core.table import NUMERIC, Table, TableError
 from core.training import encode_targets
 from service import ingest
 from service.config import Limits
-from service.datasets import get_dataset, read_chunks, read_targets
+from service.datasets import get_dataset, read_chunks, read_targets, uploaded_names
 from service.db import iso_utc, paginate
 from service.problems import ApiError, InputError
 from service.tables import Dataset, TrainedModel, is_id
+
+#: rows encoded and predicted at a time for a streamed answer
+PREDICT_ROWS = 1 << 16
 
 
 def _not_found(model_id: str) -> ApiError:
@@ -162,10 +166,29 @@ def input_table(model: TrainedModel, data: dict[str, Any], limits: Limits) -> Ta
     )
 
 
-def csv_table(model: TrainedModel, raw: bytes, limits: Limits) -> Table:
+def target_columns_of(session: Session, model: TrainedModel) -> list[str]:
+    """The names a file may carry the training target under (its name, and the columns a
+    dataset download names it by: `service.datasets.uploaded_names`); [] when the training
+    dataset is gone."""
+    dataset = session.get(Dataset, model.dataset_id) if model.dataset_id else None
+    if dataset is None:
+        return []
+    names = uploaded_names(dataset)[1]
+    if dataset.target_name and dataset.target_name not in names:
+        names.append(dataset.target_name)
+    return [n for n in names if n not in {c["name"] for c in columns_of(model.architecture)}]
+
+
+def csv_table(session: Session, model: TrainedModel, raw: bytes, limits: Limits) -> Table:
+    """The rows of a CSV file to predict on; a target column it carries (a labelled file) is
+    left out."""
     columns = columns_of(model.architecture)
     return ingest.table_from_csv(
-        raw, [c["name"] for c in columns], [c["type"] for c in columns], limits
+        raw,
+        [c["name"] for c in columns],
+        [c["type"] for c in columns],
+        limits,
+        ignored=target_columns_of(session, model),
     )
 
 
@@ -183,25 +206,66 @@ def predict(model: TrainedModel, table: Table, field: str = "features") -> dict[
         raise ingest.table_error(exc, field) from None
 
 
-def predictions_csv(result: dict[str, Any], classes: list[Any] | None) -> str:
-    """The predictions as CSV: `prediction` (one column per output for several), then one
-    `p_<label>` column per class for classification."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    predictions = result["predictions"]
-    probabilities = result.get("probabilities")
-    first = predictions[0] if predictions else None
-    if isinstance(first, list):
-        writer.writerow([f"prediction_{j}" for j in range(len(first))])
-        writer.writerows(predictions)
-        return buf.getvalue()
-    header = ["prediction"]
-    if probabilities is not None:
-        header += [f"p_{label}" for label in classes or []]
-    writer.writerow(header)
-    for i, value in enumerate(predictions):
-        writer.writerow([value, *(probabilities[i] if probabilities is not None else [])])
-    return buf.getvalue()
+def prediction_outputs(model: TrainedModel, table: Table, field: str = "features") -> np.ndarray:
+    """The network's outputs `(n, width)` for every row of `table`, `PREDICT_ROWS` rows
+    encoded at a time; a row that cannot be predicted is a 422 naming it (so that an answer
+    streamed from these outputs never fails half way)."""
+    trained = loaded(model)
+    pieces = []
+    for start in range(0, table.n_rows, PREDICT_ROWS):
+        piece = table.take(np.arange(start, min(start + PREDICT_ROWS, table.n_rows)))
+        try:
+            pieces.append(trained.outputs(trained.encode(piece)))
+        except MissingValueError as exc:
+            raise InputError(
+                field,
+                f"row {exc.row + start}, column {exc.column!r} is missing, and the model was "
+                'trained with preprocessing.missing "error"',
+            ) from None
+        except TableError as exc:
+            if exc.row is not None:
+                exc = TableError(exc.message, column=exc.column, row=exc.row + start)
+            raise ingest.table_error(exc, field) from None
+    if not pieces:
+        return np.empty((0, int(model.architecture["layers"][-1])))
+    return np.concatenate(pieces)
+
+
+def prediction_schema(model: TrainedModel) -> pa.Schema:
+    """The columns of streamed predictions: `prediction` (labels as text, or numbers;
+    `prediction_0`, `prediction_1`, ... for several outputs), then `p_<label>` per class."""
+    arch = model.architecture
+    width = int(arch["layers"][-1])
+    if arch["loss"] == "mse":
+        if width == 1:
+            return pa.schema([("prediction", pa.float64())])
+        return pa.schema([(f"prediction_{j}", pa.float64()) for j in range(width)])
+    classes = arch.get("classes") or []
+    return pa.schema(
+        [("prediction", pa.string()), *((f"p_{label}", pa.float64()) for label in classes)]
+    )
+
+
+def prediction_batches(model: TrainedModel, outputs: np.ndarray) -> Iterator[pa.RecordBatch]:
+    """Predictions from `prediction_outputs`, `PREDICT_ROWS` rows a batch, each made as it is
+    read (the answer's text is never whole). What the model says is taken now: the batches are
+    read after the view has returned, its session closed."""
+    loss = str(model.architecture["loss"])
+    schema = prediction_schema(model)
+    labels = pa.array([str(c) for c in model.architecture.get("classes") or []], pa.string())
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for start in range(0, len(outputs), PREDICT_ROWS):
+            values = outputs[start : start + PREDICT_ROWS]
+            if loss == "mse":
+                arrays = [pa.array(values[:, j]) for j in range(values.shape[1])]
+            else:
+                probabilities = probabilities_from_logits(loss, values).astype(np.float64)
+                predicted = pc.take(labels, pa.array(probabilities.argmax(axis=1)))
+                arrays = [predicted, *(pa.array(probabilities[:, j]) for j in range(len(labels)))]
+            yield pa.record_batch(arrays, schema=schema)
+
+    return batches()
 
 
 def _check_targets(dataset: Dataset, loss: str, classes: list[Any] | None, width: int) -> None:

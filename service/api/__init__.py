@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from webargs import core
 from webargs.flaskparser import FlaskParser, is_json_request
 
+from service import row_formats
 from service.config import Limits
 from service.problems import ApiError
 
@@ -129,3 +130,15 @@ def require_content_type(*types: str) -> Callable[[F], F]:
 
 
 json_only = require_content_type("application/json")
+
+
+def streamed_content(description: str, json_schema: Any, formats: list[str]) -> dict[str, Any]:
+    """An OpenAPI `responses` entry for a 200 answer in JSON (`json_schema`) or, by `Accept`,
+    streamed in `formats`."""
+    content: dict[str, Any] = {"application/json": {"schema": json_schema}}
+    for fmt in formats:
+        binary = fmt == row_formats.PARQUET
+        content[row_formats.MEDIA_TYPES[fmt]] = {
+            "schema": {"type": "string", **({"format": "binary"} if binary else {})}
+        }
+    return {"200": {"description": description, "content": content}}

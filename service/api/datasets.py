@@ -14,8 +14,16 @@ from flask.views import MethodView
 from marshmallow import RAISE
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from service import csv_stream, datasets, ingest, table_stream
-from service.api import Blueprint, db, limits, page, require_content_type, store_url
+from service import csv_stream, datasets, ingest, row_formats, table_stream
+from service.api import (
+    Blueprint,
+    db,
+    limits,
+    page,
+    require_content_type,
+    store_url,
+    streamed_content,
+)
 from service.auth import current_owner
 from service.csv_source import UploadTooLarge
 from service.csv_stream import CsvOptions
@@ -354,12 +362,38 @@ class DatasetById(MethodView):
         return datasets.describe(datasets.get_dataset(db(), dataset_id, current_owner()))
 
 
+#: the formats `GET /datasets/{id}/data` answers in; JSON (`{features, targets}`) by default
+DATA_FORMATS = [row_formats.JSON, row_formats.CSV, row_formats.JSONL, row_formats.PARQUET]
+
+
 @blp.route("/<dataset_id>/data")
 class DatasetRows(MethodView):
+    @blp.doc(
+        responses=streamed_content(
+            "The rows: JSON `{id, features, targets}` by default; streamed CSV, JSON lines or "
+            "Parquet by `Accept`, the columns as uploaded.",
+            DatasetRowsSchema,
+            [row_formats.CSV, row_formats.JSONL, row_formats.PARQUET],
+        )
+    )
     @blp.response(200, DatasetRowsSchema)
     @blp.alt_response(404, schema=ErrorSchema, description="No such dataset.")
+    @blp.alt_response(406, schema=ErrorSchema, description="An `Accept` nothing here matches.")
+    @blp.alt_response(503, schema=ErrorSchema, description="The dataset store is unavailable.")
     def get(self, dataset_id: str) -> Response:
-        """Fetch a dataset's rows: `features` and `targets` as they were submitted (streamed
-        from the store a row group at a time)."""
+        """Fetch a dataset's rows, streamed from the store a row group at a time.
+
+        By `Accept`: `application/json` (also no `Accept`, or `*/*`): `{"id", "features",
+        "targets"}` with the features and targets as they were submitted. `text/csv`,
+        `application/x-ndjson` (or `application/jsonl`), `application/vnd.apache.parquet` (or
+        `application/x-parquet`): the table as it was uploaded, as a file
+        (`<name>.csv`, ...): the feature columns by name, then the target under its own name
+        (`<target>_0`, `<target>_1`, ... for several outputs); a missing cell is empty
+        (CSV) or null. A CSV downloaded this way, uploaded again, gives the same dataset.
+        """
         dataset = datasets.get_dataset(db(), dataset_id, current_owner())
-        return Response(datasets.dataset_rows(dataset), mimetype="application/json")
+        fmt = row_formats.negotiate(request.headers.get("Accept"), DATA_FORMATS, row_formats.JSON)
+        if fmt == row_formats.JSON:
+            return Response(datasets.dataset_rows(dataset), mimetype="application/json")
+        schema, batches = datasets.uploaded_batches(dataset)
+        return row_formats.stream_response(batches, fmt, dataset.name or dataset.id, schema)

@@ -7,8 +7,16 @@ from typing import Any
 from flask import Response, current_app, request, url_for
 from marshmallow import RAISE
 
-from service import jobs, predictions, trained_models
-from service.api import Blueprint, db, json_only, limits, page, require_content_type
+from service import jobs, predictions, row_formats, trained_models
+from service.api import (
+    Blueprint,
+    db,
+    json_only,
+    limits,
+    page,
+    require_content_type,
+    streamed_content,
+)
 from service.auth import current_owner
 from service.idempotency import HEADER_DOC, Idempotency
 from service.problems import InputError
@@ -131,6 +139,10 @@ def export(query: dict[str, Any], model_id: str) -> Response:
     )
 
 
+#: the formats `POST /models/{id}/predict` answers in; JSON by default
+PREDICT_FORMATS = [row_formats.JSON, row_formats.CSV, row_formats.JSONL, row_formats.PARQUET]
+
+
 @blp.route("/<model_id>/predict", methods=["POST"])
 @blp.doc(
     requestBody={
@@ -139,14 +151,17 @@ def export(query: dict[str, Any], model_id: str) -> Response:
             "application/json": {"schema": PredictInSchema},
             "multipart/form-data": {"schema": PredictCsvSchema},
         },
-    }
+    },
+    responses=streamed_content(
+        "JSON; or, by `Accept`, streamed CSV (`prediction`, then `p_<label>` per class; "
+        "`prediction_0`, ... for several outputs), JSON lines or Parquet with those columns.",
+        PredictionSchema,
+        [row_formats.CSV, row_formats.JSONL, row_formats.PARQUET],
+    ),
 )
-@blp.response(
-    200,
-    PredictionSchema,
-    description="JSON; or CSV (`prediction`, then `p_<label>` per class) for `Accept: text/csv`.",
-)
+@blp.response(200, PredictionSchema)
 @blp.alt_response(404, schema=ErrorSchema, description="No such model.")
+@blp.alt_response(406, schema=ErrorSchema, description="An `Accept` nothing here matches.")
 @blp.alt_response(415, schema=ErrorSchema, description="Neither JSON nor a form.")
 @blp.alt_response(422, schema=ErrorSchema, description="Rows that do not fit the model.")
 @require_content_type("application/json", "multipart/form-data")
@@ -155,11 +170,17 @@ def predict(model_id: str) -> Any:
 
     JSON `{"rows": [{"col": value, ...}]}` (a missing key is a missing cell; an unknown key is a
     422) or `{"features": [[...]]}` (cells in the training column order); or a CSV file
-    (`multipart/form-data`, field `file`) with a header naming the columns. Values for
-    regression; labels (as submitted) and probabilities otherwise. A category never seen in
-    training encodes as all zeros; a missing cell is imputed.
+    (`multipart/form-data`, field `file`) with a header naming the columns, in any order (a
+    column the training dataset's target was under is left out, so a labelled file can be
+    scored; another unknown column is a 422). Values for regression; labels (as submitted)
+    and probabilities otherwise. A category never seen in training encodes as all zeros; a
+    missing cell is imputed. `Accept: text/csv` (or `application/x-ndjson`,
+    `application/vnd.apache.parquet`) streams the answer as a file, a piece of 65,536 rows
+    at a time; every row is predicted first, so a row that cannot be is still a 422.
     """
-    model = trained_models.get_model(db(), model_id, current_owner(), with_weights=True)
+    session = db()
+    model = trained_models.get_model(session, model_id, current_owner(), with_weights=True)
+    fmt = row_formats.negotiate(request.headers.get("Accept"), PREDICT_FORMATS, row_formats.JSON)
     if request.mimetype == "application/json":
         data = PredictInSchema().load(request.get_json())
         table = trained_models.input_table(model, data, limits())
@@ -168,13 +189,17 @@ def predict(model_id: str) -> Any:
         upload = request.files.get("file")
         if upload is None:
             raise InputError("file", "a CSV file is needed in the form field 'file'")
-        table = trained_models.csv_table(model, upload.read(), limits())
+        table = trained_models.csv_table(session, model, upload.read(), limits())
         field = "file"
-    result = trained_models.predict(model, table, field)
-    if request.accept_mimetypes.best_match(["application/json", "text/csv"]) == "text/csv":
-        body = trained_models.predictions_csv(result, model.architecture.get("classes"))
-        return Response(body, mimetype="text/csv")
-    return result
+    if fmt == row_formats.JSON:
+        return trained_models.predict(model, table, field)
+    outputs = trained_models.prediction_outputs(model, table, field)
+    return row_formats.stream_response(
+        trained_models.prediction_batches(model, outputs),
+        fmt,
+        f"predictions-{model.id}",
+        trained_models.prediction_schema(model),
+    )
 
 
 @blp.route("/<model_id>/evaluate", methods=["POST"])

@@ -101,6 +101,8 @@ def test_negotiate_rejects_unknown_formats() -> None:
 
 def test_csv_quotes_as_rfc_4180_and_leaves_missing_cells_empty() -> None:
     batch = sample()
+    names = pa.record_batch({'a "b", c': pa.array([1])})
+    assert joined(rf.encode([names], rf.CSV)) == b'"a ""b"", c"\n1\n'
     text = joined(rf.encode([batch], rf.CSV)).decode()
     rows = list(csv.reader(io.StringIO(text, newline="")))
     assert rows[0] == ["x", "label text", "k"]
@@ -113,7 +115,25 @@ def test_csv_quotes_as_rfc_4180_and_leaves_missing_cells_empty() -> None:
         if cell:  # every number reads back exactly
             assert float(cell) == value
     assert numbers[5] == "3"
-    assert '"say ""hi"""' in text and '"two\nlines"' in text
+    assert '"say ""hi"""' in text and '"two\nlines"' in text and '"a,b"' in text
+    assert text.startswith("x,label text,k\n0.1,plain,0\n")  # quotes only where needed
+
+
+def test_csv_pieces_with_and_without_quotes_write_numbers_alike() -> None:
+    """A piece with a text to quote is joined by compute functions, another written by
+    pyarrow's CSV writer: their cells are the same."""
+    rng = np.random.default_rng(2)
+    values = pa.array(rng.normal(size=300) * 10.0 ** rng.integers(-8, 8, 300))
+    flags = pa.array(rng.random(300) < 0.5)
+    ints = pa.array(rng.integers(-5, 5, 300))
+    plain = pa.record_batch({"v": values, "f": flags, "i": ints, "t": pa.array(["x"] * 300)})
+    quoted = pa.record_batch({"v": values, "f": flags, "i": ints, "t": pa.array(["x,"] * 300)})
+    lines_plain = joined(rf.encode([plain], rf.CSV)).decode().splitlines()
+    lines_quoted = joined(rf.encode([quoted], rf.CSV)).decode().splitlines()
+    assert [line.rsplit(",", 1)[0] for line in lines_plain[1:]] == [
+        line.rsplit(",", 2)[0] for line in lines_quoted[1:]
+    ]
+    assert lines_quoted[1].endswith(',"x,"') and lines_plain[1].endswith(",x")
 
 
 def test_csv_numbers_round_trip_through_pyarrows_reader() -> None:
@@ -127,7 +147,7 @@ def test_csv_numbers_round_trip_through_pyarrows_reader() -> None:
 
 def test_csv_without_rows_is_its_header() -> None:
     schema = sample().schema
-    assert joined(rf.encode([], rf.CSV, schema)) == b'"x","label text","k"\n'
+    assert joined(rf.encode([], rf.CSV, schema)) == b"x,label text,k\n"
     assert joined(rf.encode([], rf.CSV)) == b""
 
 
@@ -157,6 +177,17 @@ def test_json_lines_write_infinities_and_booleans_as_json_has_them() -> None:
     assert rows == [{"f": None, "b": True}, {"f": None, "b": None}, {"f": 1.5, "b": False}]
 
 
+def test_json_lines_of_a_category_escape_each_level_once_and_alike() -> None:
+    """A text column with few distinct values goes through its dictionary: the same lines."""
+    levels = ['say "hi"', "back\\slash", "tab\tx", "naïve", None]
+    many = pa.array([levels[i % 5] for i in range(5000)])
+    unique = pa.array([f"{levels[i % 4]}-{i}" if i % 5 else None for i in range(5000)])
+    batch = pa.record_batch({"many": many, "unique": unique})
+    rows = [json.loads(line) for line in joined(rf.encode([batch], rf.JSONL)).splitlines()]
+    assert [r["many"] for r in rows] == many.to_pylist()
+    assert [r["unique"] for r in rows] == unique.to_pylist()
+
+
 def test_json_is_one_array_of_the_same_objects() -> None:
     batches = [sample(), sample(4)]
     body = json.loads(joined(rf.encode(batches, rf.JSON)))
@@ -168,7 +199,7 @@ def test_json_is_one_array_of_the_same_objects() -> None:
 def test_dictionary_columns_are_written_as_their_values() -> None:
     column = pa.array(["a", "b", None, "a"]).dictionary_encode()
     batch = pa.record_batch({"d": column})
-    assert joined(rf.encode([batch], rf.CSV)) == b'"d"\n"a"\n"b"\n\n"a"\n'
+    assert joined(rf.encode([batch], rf.CSV)) == b"d\na\nb\n\na\n"
     rows = [json.loads(line) for line in joined(rf.encode([batch], rf.JSONL)).splitlines()]
     assert [r["d"] for r in rows] == ["a", "b", None, "a"]
 

@@ -17,7 +17,10 @@ from service import datasets
 from service.dataset_store import TARGET, DatasetStore, store_for
 from service.db import session_scope
 from service.ingest import ParsedDataset
+from service.problems import ApiError
 from service.tables import Dataset
+from tests.support import free_port
+from tests.support.s3 import S3Server
 
 
 @pytest.fixture(params=["file", "s3"])
@@ -86,3 +89,33 @@ def test_a_location_names_its_store_and_dataset(tmp_path: Path) -> None:
     assert store.url == url and dataset_id == "a" * 32
     with pytest.raises(ValueError, match="not a dataset's location"):
         DatasetStore.at(url)
+
+
+def test_rows_as_uploaded_read_back_from_either_store(
+    factory: sessionmaker[Session], store_url: str
+) -> None:
+    """`uploaded_batches`: the columns a download has, the first row group read at once."""
+    with session_scope(factory) as session:
+        dataset = datasets.new_dataset(session, parsed(), "alice", store_url)
+        schema, batches = datasets.uploaded_batches(dataset)
+    assert schema.names == ["x", "colour", "y"]
+    assert [f.type for f in schema] == [pa.float64(), pa.string(), pa.string()]
+    table = pa.Table.from_batches(list(batches), schema=schema)
+    assert table.column("x").to_pylist()[:5] == [0.0, 1.0, 2.0, None, 4.0]
+    assert table.column("colour").to_pylist()[:3] == ["red", "green", None]
+    assert table.column("y").to_pylist()[:3] == ["no", "yes", "no"]
+
+
+def test_an_unreachable_store_is_a_503_before_a_download_starts(
+    factory: sessionmaker[Session], s3_server: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with session_scope(factory) as session:
+        dataset = datasets.new_dataset(session, parsed(), "alice", s3_server.url())
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    store_for.cache_clear()  # a store (its filesystem) made with the closed port
+    try:
+        with pytest.raises(ApiError) as caught:
+            datasets.uploaded_batches(dataset)
+        assert caught.value.status == 503
+    finally:
+        store_for.cache_clear()
