@@ -986,7 +986,8 @@ class Client:
     ) -> Path:
         """Write a succeeded predict job's predictions to `path`, streamed: `format` "csv",
         "parquet" or "jsonl" (by default from the file's extension, else CSV). For
-        classification `label` and one `probability_<class>` per class; for regression
+        classification `prediction` (the class, as text) and one `p_<class>` per class (as
+        `predict_csv(..., as_csv=True)` answers); for regression
         `prediction` (or `prediction_0`, ...). An `ApiError` (409) if the job has not
         succeeded."""
         path = Path(path)

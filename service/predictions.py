@@ -17,11 +17,11 @@ a job of kind "predict" on a worker and written to the dataset store.
 - **Clean-up** (`delete_unused`, the workers' maintenance): the parts of predict jobs that
   ended without success (or no longer exist) are deleted.
 
-The predictions' columns are those of `POST /models/{id}/predict`'s answer, one row per input
-row: for classification `label` (the predicted class, as the classes were given: numbers or
-text), then `probability_<class>` for every class, in the model's class order (the JSON
-answer's `probabilities`); for regression `prediction` (one output) or `prediction_0` ...
-`prediction_{k-1}`. A chunk is computed with NumPy and Arrow alone: no Python per row.
+The predictions' columns are those of `POST /models/{id}/predict`'s streamed answer (CSV,
+JSON lines, Parquet), one row per input row: for classification `prediction` (the predicted
+class, as text) then `p_<class>` for every class, in the model's class order; for regression
+`prediction` (one output) or `prediction_0` ... `prediction_{k-1}`. A chunk is computed with
+NumPy and Arrow alone: no Python per row.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import pyarrow as pa
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from core.model import Model, probabilities_from_logits, weights_from_npz
+from core.model import Model, weights_from_npz
 from core.table import NUMERIC, Table
 from service import lifecycle
 from service.columnar import batch_to_table
@@ -52,44 +52,20 @@ from service.datasets import find_dataset
 from service.jobs import check_active_jobs, get_job
 from service.problems import ApiError, InputError
 from service.tables import Dataset, Job, TrainedModel
-from service.trained_models import columns_of, get_model
-
-
-def output_names(architecture: dict[str, Any]) -> list[str]:
-    """The columns of a model's batch predictions, in order."""
-    if architecture["loss"] == "mse":
-        width = int(architecture["layers"][-1])
-        return ["prediction"] if width == 1 else [f"prediction_{j}" for j in range(width)]
-    return ["label", *(f"probability_{c}" for c in architecture.get("classes") or [])]
-
-
-def _labels(classes: list[Any]) -> pa.Array:
-    try:
-        return pa.array(classes)
-    except (pa.ArrowInvalid, pa.ArrowTypeError):  # labels of mixed kinds: their text
-        return pa.array([str(c) for c in classes], type=pa.string())
+from service.trained_models import BatchOf, columns_of, get_model, schema_of
 
 
 class BatchPredictor:
-    """A model's predictions for tables of its input columns, as record batches
-    (`output_names`' columns)."""
+    """A model's predictions for tables of its input columns, as record batches: the columns
+    and values of `POST /models/{id}/predict`'s streamed answer (`trained_models.BatchOf`),
+    the input encoded straight into the network's dtype."""
 
     def __init__(self, model: Model) -> None:
         self.model = model
-        self.names = output_names(model.architecture)
-        self._classes = (
-            None if model.loss == "mse" else _labels(model.architecture.get("classes") or [])
-        )
+        self.to_batch = BatchOf(model.architecture)
 
     def __call__(self, table: Table) -> pa.RecordBatch:
-        outputs = self.model.outputs(self.model.encode(table, self.model.dtype))
-        if self._classes is None:
-            columns = [pa.array(outputs[:, j]) for j in range(outputs.shape[1])]
-        else:
-            probabilities = probabilities_from_logits(self.model.loss, outputs)
-            label = self._classes.take(pa.array(probabilities.argmax(axis=1)))
-            columns = [label, *(pa.array(probabilities[:, j]) for j in range(len(self._classes)))]
-        return pa.RecordBatch.from_arrays(columns, names=self.names)
+        return self.to_batch(self.model.outputs(self.model.encode(table, self.model.dtype)))
 
 
 def check_columns(model: TrainedModel, dataset: Dataset) -> list[str]:
@@ -225,8 +201,8 @@ def output(session: Session, job_id: str, owner: str) -> tuple[pa.Schema, Iterat
         parts = store.parts(key, PREDICTIONS)
         if not parts:  # a dataset with no rows: no part was written
             model = session.get(TrainedModel, job.model_id)
-            names = output_names(model.architecture) if model else []
-            return pa.schema([pa.field(n, pa.float64()) for n in names]), iter(())
+            schema = schema_of(model.architecture) if model else pa.schema([])
+            return schema, iter(())
         schema = store.open_part(parts[0]).schema_arrow
         batches = store.read_batches(key, prefix=PREDICTIONS)
         first = next(batches, None)

@@ -237,10 +237,11 @@ def predict_dataset(data: dict[str, Any], model_id: str) -> Response:
     missing one); its target and other columns are ignored. The answer is the job (`Location`:
     `/api/v1/jobs/{job_id}`), which runs like any job: poll it, stream its events (`progress`
     events carry `rows_done`), cancel it. Once it has `succeeded`, its `download_url`
-    (`/api/v1/predictions/{job_id}/data`) streams the predictions: for classification `label`
-    and one `probability_<class>` per class, for regression `prediction` (or `prediction_0`,
-    ...), one row per dataset row, in order. With an `Idempotency-Key`, a retry gets the first
-    answer and makes no second job.
+    (`/api/v1/predictions/{job_id}/data`) streams the predictions, one row per dataset row,
+    in order, with the columns of this model's `POST .../predict` streamed answer: for
+    classification `prediction` (the class, as text) and one `p_<class>` per class, for
+    regression `prediction` (or `prediction_0`, ...). With an `Idempotency-Key`, a retry gets
+    the first answer and makes no second job.
     """
     session, owner = db(), current_owner()
     idempotency = Idempotency(session, owner)

@@ -33,8 +33,9 @@ OFFERED = (row_formats.CSV, row_formats.PARQUET, row_formats.JSONL)
 @blp.alt_response(503, schema=ErrorSchema, description="The dataset store is unavailable.")
 def download(job_id: str) -> Response:
     """Download a predict job's predictions once it has succeeded: one row per row of its
-    dataset, in order; for classification `label` and one `probability_<class>` per class,
-    for regression `prediction` (or `prediction_0`, ...). The rows stream from the store a
+    dataset, in order, the columns of `POST /models/{id}/predict`'s streamed answer: for
+    classification `prediction` (the class, as text) and one `p_<class>` per class, for
+    regression `prediction` (or `prediction_0`, ...). The rows stream from the store a
     row group at a time (the answer has no `Content-Length`). Before the job has succeeded the
     answer is `409`, naming its status."""
     fmt = row_formats.negotiate(request.headers.get("Accept"), OFFERED, row_formats.CSV)

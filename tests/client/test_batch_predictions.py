@@ -62,24 +62,24 @@ def test_the_client_predicts_a_dataset_and_downloads_what_predict_answers(
     assert done["result"]["rows"] == 300 and done["attempts"] == 1
 
     answer = api.predict_csv(penguins["model_id"], penguins["csv"])
-    labels = [f"probability_{s}" for s in SPECIES]
+    labels = [f"p_{s}" for s in SPECIES]
     csv_path = api.download_predictions(job["id"], tmp_path / "out.csv")
     table = pacsv.read_csv(csv_path)
-    assert table.column_names == ["label", *labels]
-    assert table.column("label").to_pylist() == answer["predictions"]
+    assert table.column_names == ["prediction", *labels]
+    assert table.column("prediction").to_pylist() == answer["predictions"]
     np.testing.assert_allclose(
         np.column_stack([table.column(n).to_numpy() for n in labels]),
         answer["probabilities"],
         rtol=1e-12,
     )
     parquet = pq.read_table(api.download_predictions(job["id"], tmp_path / "out.parquet"))
-    assert parquet.column("label").to_pylist() == answer["predictions"]
+    assert parquet.column("prediction").to_pylist() == answer["predictions"]
     assert (
         np.column_stack([parquet.column(n).to_numpy() for n in labels]).tolist()
         == (answer["probabilities"])
     )
     lines = (api.download_predictions(job["id"], tmp_path / "x.txt", "jsonl")).read_text()
-    assert [json.loads(line)["label"] for line in lines.splitlines()] == answer["predictions"]
+    assert [json.loads(line)["prediction"] for line in lines.splitlines()] == answer["predictions"]
     listed = api.list_jobs(kind="predict", page_size=100)["items"]
     assert job["id"] in [j["id"] for j in listed]
     assert all(j["kind"] == "predict" for j in listed)
@@ -116,7 +116,7 @@ def test_the_command_predicts_a_dataset_waits_and_writes_the_file(
     assert "300/300" in waited.stderr
     table = pq.read_table(tmp_path / "predictions.parquet")
     answer = service.client().predict_csv(penguins["model_id"], penguins["csv"])
-    assert table.column("label").to_pylist() == answer["predictions"]
+    assert table.column("prediction").to_pylist() == answer["predictions"]
 
     submitted = as_json(
         run("--json", "models", "predict-dataset", penguins["model_id"],

@@ -235,7 +235,7 @@ def test_batch_predictions_live_in_s3_equal_predict_and_a_failed_job_frees_them(
     body = api.http.get(f"{api.base}{done['download_url']}", timeout=30)
     assert body.status_code == 200 and body.headers["Content-Type"].startswith("text/csv")
     rows = list(csv.reader(io.StringIO(body.text)))
-    assert rows[0] == ["label", "probability_0", "probability_1"]
+    assert rows[0] == ["prediction", "p_0", "p_1"]
     assert [int(r[0]) for r in rows[1:]] == answer["predictions"]
     np.testing.assert_allclose(
         [[float(v) for v in r[1:]] for r in rows[1:]], answer["probabilities"], rtol=1e-12

@@ -94,19 +94,26 @@ def test_a_batch_prediction_runs_as_a_job_and_downloads_as_predict_answers(
     assert r.status_code == 200 and r.mimetype == "text/csv"
     assert f"predictions-{job['id']}.csv" in r.headers["Content-Disposition"]
     table = pacsv.read_csv(io.BytesIO(r.data))
-    assert table.column_names == ["label", "probability_no", "probability_yes"]
-    assert table.column("label").to_pylist() == answer["predictions"]
+    assert table.column_names == ["prediction", "p_no", "p_yes"]
+    assert table.column("prediction").to_pylist() == answer["predictions"]
     probabilities = np.column_stack([table.column(1), table.column(2)])
     np.testing.assert_allclose(probabilities, answer["probabilities"], rtol=1e-12)
 
     parquet = client.get(done["download_url"], headers={"Accept": "application/vnd.apache.parquet"})
     out = pq.read_table(io.BytesIO(parquet.data))
-    assert out.column("label").to_pylist() == answer["predictions"]
-    assert out.column("probability_yes").to_pylist() == [p[1] for p in answer["probabilities"]]
+    assert out.column("prediction").to_pylist() == answer["predictions"]
+    assert out.column("p_yes").to_pylist() == [p[1] for p in answer["probabilities"]]
     lines = client.get(done["download_url"], headers={"Accept": "application/x-ndjson"})
     first = json.loads(lines.data.decode().splitlines()[0])
-    assert list(first) == ["label", "probability_no", "probability_yes"]
-    assert first["label"] == answer["predictions"][0]
+    assert list(first) == ["prediction", "p_no", "p_yes"]
+    assert first["prediction"] == answer["predictions"][0]
+    # the streamed answer of POST /predict for the same rows: the same bytes
+    streamed = client.post(
+        f"{URL}/models/{model_id}/predict",
+        json={"features": body["features"]},
+        headers={"Accept": "text/csv"},
+    )
+    assert streamed.data == r.data
     assert_error(client.get(done["download_url"], headers={"Accept": "image/png"}), 406)
 
 

@@ -100,12 +100,10 @@ def test_predictions_equal_the_models_answer_row_for_row(factory: sessionmaker[S
     assert job.output_location == STORE.location(f"{job_id}/1", PREDICTIONS)
     assert job.output_bytes == STORE.size(f"{job_id}/1", PREDICTIONS) > 0
     out = output_of(job)
-    assert out.column_names == ["label", "probability_0", "probability_1"]
+    assert out.column_names == ["prediction", "p_0", "p_1"]
     expected = stored_model(factory, model_id).predict(as_table(x))
-    assert out.column("label").to_pylist() == expected["predictions"]
-    probabilities = np.column_stack(
-        [out.column("probability_0").to_numpy(), out.column("probability_1").to_numpy()]
-    )
+    assert out.column("prediction").to_pylist() == [str(v) for v in expected["predictions"]]
+    probabilities = np.column_stack([out.column("p_0").to_numpy(), out.column("p_1").to_numpy()])
     np.testing.assert_array_equal(probabilities, np.asarray(expected["probabilities"]))
 
 
