@@ -966,6 +966,23 @@ class Client:
         response = self._post_predict_file(model_id, file_name, body, accept)
         return response.text if as_csv else response.json()
 
+    def import_dataset(
+        self,
+        source: str,
+        *,
+        name: str | None = None,
+        target: str | None = None,
+        column_types: Mapping[str, str] | None = None,
+    ) -> Job:
+        """Import a dataset by reference: an object already in the object store
+        (`s3://bucket/key.csv`, `.parquet`, or a folder of Parquet parts ending in `/`) under a
+        prefix the server allows (`TRAINYARD_IMPORT_PREFIXES`; else an `ApiError` 403). Returns
+        the import job; `wait` for it, then its `dataset_id` names the dataset."""
+        body: dict[str, Any] = {"source": source}
+        fields = (("name", name), ("target", target), ("column_types", column_types))
+        body.update({k: v for k, v in fields if v is not None})
+        return self._json("POST", "/datasets", json=body)
+
     def predict_dataset(
         self,
         model_id: str,

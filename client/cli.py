@@ -161,10 +161,11 @@ def final_loss(job: Job) -> float | None:
 
 def progress_text(job: Job) -> str:
     """`epoch/epochs` of a training job, `rows_done/rows_total rows` of a predict job."""
-    p = job.get("progress") or {}
     if job.get("kind") == "predict":
-        return f"{p.get('rows_done') or 0}/{p.get('rows_total') or '?'} rows"
-    return f"{p.get('epoch', 0)}/{p.get('epochs', 0)}"
+        rows = job.get("progress") or {}
+        return f"{rows.get('rows_done') or 0}/{rows.get('rows_total') or '?'} rows"
+    p = job.get("progress") or {"epoch": 0, "epochs": 0}
+    return f"{p['epoch']}/{p['epochs']}"
 
 
 def show_predict_job(job: Job) -> None:

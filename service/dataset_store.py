@@ -122,7 +122,8 @@ class DatasetStore:
         reader needs only the dataset's row, not the settings of the API that stored it."""
         root, sep, dataset_id = location.rstrip("/").rpartition(f"/{prefix}/")
         if not sep or not dataset_id:
-            raise ValueError(f"{location!r} is not a location under {prefix!r} in a store")
+            what = "a dataset's location" if prefix == DATASETS else f"a location under {prefix!r}"
+            raise ValueError(f"{location!r} is not {what} in a store")
         return store_for(root), dataset_id
 
     def _dir(self, dataset_id: str, prefix: str = _PREFIX) -> str:

@@ -25,6 +25,7 @@ function                transition                       who calls it
 ======================  ===============================  ======================================
 `submit`                (new) -> queued                  API (`service.jobs.create_job`)
 `submit_predict`        (new) -> queued (kind predict)   API (`service.predictions`)
+`submit_import`         (new) -> queued (kind import)    API (`service.imports`)
 `publish`               queued: `published_at` set       API, after the commit
 `cancel`                queued -> cancelled, or running  API (`POST /jobs/{id}/cancel`)
                         gets `cancel_requested`
@@ -33,8 +34,8 @@ function                transition                       who calls it
                         -> cancelled / failed
 `heartbeat`,            running: `heartbeat_at`,         the task (heartbeat thread, per epoch)
 `record_epoch`          `epoch`, one `job_epochs` row
-`record_progress`       running: `rows_done`,            the predict task (between chunks)
-                        `heartbeat_at`
+`record_progress`       running: `rows_done`,            the predict and import tasks
+                        (`rows_total`), `heartbeat_at`   (between chunks)
 `succeed`               running -> succeeded (and the    the task
                         `models` row)
 `cancel_attempt`        running -> cancelled             the task (cancel flag seen)
@@ -92,7 +93,7 @@ store (`config`, `db`, `tables`) and the outbox, which imports nothing that call
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -137,6 +138,7 @@ __all__ = [
     "send_trials",
     "start_trials",
     "submit",
+    "submit_import",
     "submit_predict",
     "succeed",
     "time_limit_error",
@@ -149,8 +151,10 @@ log = logging.getLogger(__name__)
 TRAIN_TASK = "trainyard.train_job"
 #: The Celery task that runs a predict job (batch predictions), by its id too.
 PREDICT_TASK = "trainyard.predict_job"
+#: The Celery task that runs an import job (a dataset by reference), by its id too.
+IMPORT_TASK = "trainyard.import_dataset"
 #: The task of each kind of job.
-TASKS = {"train": TRAIN_TASK, "predict": PREDICT_TASK}
+TASKS = {"train": TRAIN_TASK, "predict": PREDICT_TASK, "import": IMPORT_TASK}
 
 #: A job that is queued or running counts against its owner's `max_active_jobs`.
 ACTIVE_STATUSES = ("queued", "running")
@@ -275,6 +279,36 @@ def submit_predict(
         training_spec={},
         epochs=0,
         rows_total=rows_total,
+        rows_done=0,
+        name=name,
+        tags=dict(tags) if tags else None,
+    )
+    session.add(job)
+    session.flush()
+    return job
+
+
+def submit_import(
+    session: Session,
+    *,
+    owner: str,
+    source: str,
+    options: Mapping[str, Any],
+    name: str | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> Job:
+    """A new `queued` import job of `owner`: the dataset to be made from `source` with
+    `options` (flushed; the caller commits, then `publish` with kind "import")."""
+    job = Job(
+        owner=owner,
+        kind="import",
+        status="queued",
+        dataset_id=None,
+        source=source,
+        import_options=dict(options),
+        model_spec={},
+        training_spec={},
+        epochs=0,
         rows_done=0,
         name=name,
         tags=dict(tags) if tags else None,
@@ -496,7 +530,7 @@ def _start(session: Session, job_id: str, now: datetime, *where: Any) -> Claim |
             error=None,
             metrics=None,
             # a predict attempt starts again from its first row
-            rows_done=sa.case((Job.kind == "predict", 0), else_=None),
+            rows_done=sa.case((Job.kind == "train", None), else_=0),
             output_location=None,
             output_bytes=None,
         )
@@ -611,16 +645,19 @@ def record_epoch(
         return bool(row.cancel_requested)
 
 
-def record_progress(factory: sessionmaker[Session], claim: Claim, rows_done: int) -> bool | None:
-    """A predict attempt wrote `rows_done` rows: record them and move `heartbeat_at` forward.
-    Returns the job's cancel flag (True: stop now), or None when the attempt no longer owns the
-    job (as `record_epoch`)."""
+def record_progress(
+    factory: sessionmaker[Session], claim: Claim, rows_done: int, rows_total: int | None = None
+) -> bool | None:
+    """A predict attempt wrote `rows_done` rows (an import attempt read so many bytes or rows
+    of its `rows_total`): record them and move `heartbeat_at` forward. Returns the job's cancel
+    flag (True: stop now), or None when the attempt no longer owns the job (as
+    `record_epoch`)."""
+    values: dict[str, Any] = {"rows_done": rows_done, "heartbeat_at": utcnow()}
+    if rows_total is not None:
+        values["rows_total"] = rows_total
     with session_scope(factory) as session:
         row = session.execute(
-            sa.update(Job)
-            .where(_owned(claim))
-            .values(rows_done=rows_done, heartbeat_at=utcnow())
-            .returning(Job.cancel_requested)
+            sa.update(Job).where(_owned(claim)).values(**values).returning(Job.cancel_requested)
         ).first()
         return None if row is None else bool(row.cancel_requested)
 
@@ -631,16 +668,22 @@ def succeed(
     *,
     results: Mapping[str, Any],
     model: Mapping[str, Any] | None = None,
+    made: Callable[[Session], None] | None = None,
 ) -> str:
     """End the attempt `succeeded` with `results` (the job's result columns: `epoch`,
     `metrics`, ...; a predict job's `rows_done`, `output_location`, ...) and insert a training
     job's model (the `models` row: `model`'s fields, besides `job_id`) in the same
     transaction, only while the attempt owns the job and no cancel was asked for. Returns
-    "succeeded", "cancelled" (asked for meanwhile) or "lost"."""
+    "succeeded", "cancelled" (asked for meanwhile) or "lost". `made(session)` adds, first and
+    in the same transaction, the rows that the job's results refer to (an import job's dataset:
+    committed with its success, or not at all)."""
     if STATE_COLUMNS & set(results):
         raise ValueError(f"only the lifecycle writes {sorted(STATE_COLUMNS & set(results))}")
     now = utcnow()
     with session_scope(factory) as session:
+        if made is not None:
+            made(session)
+            session.flush()
         done = session.execute(
             sa.update(Job)
             .where(_owned(claim), Job.cancel_requested.is_(False))

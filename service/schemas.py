@@ -581,10 +581,60 @@ class PredictJobSchema(Schema):
     finished_at = fields.DateTime(allow_none=True)
 
 
+class ImportProgressSchema(Schema):
+    done = fields.Integer(metadata={"description": "Bytes (CSV) or rows (Parquet) read."})
+    total = fields.Integer(allow_none=True, metadata={"description": "Of the source's."})
+    unit = fields.String(metadata={"enum": ["bytes", "rows"]})
+
+
+class ImportJobSchema(Schema):
+    """A job of kind `import` (a dataset by reference; `POST /datasets` with a `source`)."""
+
+    id = fields.String()
+    kind = fields.String(metadata={"enum": ["import"]})
+    name = fields.String(allow_none=True)
+    tags = fields.Dict(keys=fields.String(), values=fields.String())
+    status = fields.String(metadata={"enum": list(JOB_STATUSES)})
+    source = fields.String(metadata={"description": "The source URL, normalised."})
+    options = fields.Dict(
+        metadata={"description": "`name`, `target`, `column_types`, `format` (csv, parquet)."}
+    )
+    dataset_id = fields.String(
+        allow_none=True, metadata={"description": "The dataset it made, once succeeded."}
+    )
+    progress = fields.Nested(ImportProgressSchema)
+    stop_reason = fields.String(allow_none=True, metadata={"enum": ["cancelled", "failed", None]})
+    error = fields.String(allow_none=True)
+    attempts = fields.Integer()
+    cancel_requested = fields.Boolean()
+    created_at = fields.DateTime()
+    started_at = fields.DateTime(allow_none=True)
+    finished_at = fields.DateTime(allow_none=True)
+
+
+class ImportInSchema(Schema):
+    """`POST /datasets` by reference: the source's URL and the upload's options."""
+
+    source = fields.String(
+        required=True,
+        validate=validate.Length(min=1, max=2000),
+        metadata={
+            "description": "`s3://bucket/key.csv`, `.parquet`, a folder of Parquet parts "
+            "(`s3://bucket/folder/`), or `file:///path...`; under a prefix that "
+            "`TRAINYARD_IMPORT_PREFIXES` lists."
+        },
+    )
+    name = fields.String(validate=[validate.Length(min=1, max=200), NO_NUL])
+    target = fields.String(validate=[validate.Length(min=1, max=200), NO_NUL])
+    column_types = fields.Dict(keys=fields.String(), values=fields.String())
+    tags = tags_field()
+
+
 class JobSchema(Schema):
     """A job. Every job has `kind`; this is a training job (`train`). A predict job
     (`predict`) has the fields of `PredictJobSchema` instead: no training fields, the
-    `model_id` it uses, `progress.rows_done`/`rows_total`, `result` and `download_url`."""
+    `model_id` it uses, `progress.rows_done`/`rows_total`, `result` and `download_url`; an
+    import job (`import`) those of `ImportJobSchema`."""
 
     id = fields.String()
     kind = fields.String(metadata={"enum": list(JOB_KINDS)})

@@ -37,6 +37,31 @@ def download_url(job_id: str) -> str:
     return PREDICTIONS_DATA.format(job_id=job_id)
 
 
+def _import_view(job: Job) -> dict[str, Any]:
+    """An import job: its source and options, its progress (bytes or rows), the dataset it made
+    once succeeded (`dataset_id`; no training fields)."""
+    options = dict(job.import_options or {})
+    unit = options.pop("unit", "bytes")
+    return {
+        "id": job.id,
+        "kind": job.kind,
+        "name": job.name,
+        "tags": job.tags or {},
+        "status": job.status,
+        "source": job.source,
+        "options": options,
+        "dataset_id": job.dataset_id,
+        "progress": {"done": job.rows_done or 0, "total": job.rows_total, "unit": unit},
+        "stop_reason": job.status if job.status in ("cancelled", "failed") else None,
+        "error": job.error,
+        "attempts": job.attempts,
+        "cancel_requested": job.cancel_requested,
+        "created_at": iso_utc(job.created_at),
+        "started_at": iso_utc(job.started_at),
+        "finished_at": iso_utc(job.finished_at),
+    }
+
+
 def _predict_view(job: Job) -> dict[str, Any]:
     """A predict job: its model and dataset, its rows done, its output once succeeded (no
     training fields)."""
@@ -130,6 +155,9 @@ def serialize_jobs(
     for job in jobs:
         if job.kind == "predict":
             out.append(_predict_view(job))
+            continue
+        if job.kind == "import":
+            out.append(_import_view(job))
             continue
         item: dict[str, Any] = {
             "id": job.id,

@@ -1,4 +1,5 @@
-"""job kinds: batch predictions (a predict job's model, progress in rows and output)
+"""job kinds: batch predictions (a predict job's model, progress in rows and output) and
+imports (an import job's source and options; its dataset, `dataset_id`, made when it succeeds)
 
 Every existing job is a training job (`kind` 'train'). On PostgreSQL the jobs' notification
 trigger also fires when `rows_done` moves, so a predict job's live stream sends its progress.
@@ -46,17 +47,24 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("rows_done", sa.BigInteger(), nullable=True))
         batch_op.add_column(sa.Column("output_location", sa.String(length=1024), nullable=True))
         batch_op.add_column(sa.Column("output_bytes", sa.BigInteger(), nullable=True))
+        batch_op.add_column(sa.Column("source", sa.String(length=2048), nullable=True))
+        batch_op.add_column(sa.Column("import_options", sa.JSON(), nullable=True))
+        batch_op.alter_column("dataset_id", existing_type=sa.String(length=32), nullable=True)
         batch_op.create_index(batch_op.f("ix_jobs_kind"), ["kind"], unique=False)
         batch_op.create_index(batch_op.f("ix_jobs_model_id"), ["model_id"], unique=False)
     _jobs_trigger(["status", "attempts", "rows_done"])
 
 
 def downgrade() -> None:
-    """Downgrade schema (predict jobs become rows no code reads: delete them first)."""
+    """Downgrade schema (predict and import jobs become rows no code reads: delete them
+    first; an import job without a dataset keeps the column from being made NOT NULL)."""
     _jobs_trigger(["status", "attempts"])
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_jobs_model_id"))
         batch_op.drop_index(batch_op.f("ix_jobs_kind"))
+        batch_op.alter_column("dataset_id", existing_type=sa.String(length=32), nullable=False)
+        batch_op.drop_column("import_options")
+        batch_op.drop_column("source")
         batch_op.drop_column("output_bytes")
         batch_op.drop_column("output_location")
         batch_op.drop_column("rows_done")
