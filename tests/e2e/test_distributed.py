@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import redis
 
-from service.dataset_store import PREDICTIONS, DatasetStore
+from service.dataset_store import PREDICTIONS, DatasetStore, s3_filesystem
 from tests.support import (
     REDIS_URL,
     STORE_URL,
@@ -36,6 +36,7 @@ from tests.workers.datasets import blobs, moons, regression
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
 
 REDIS_DB = 15  # the shared fixture uses 8..14
+IMPORTS = "e2e-imports"  # the folder of the bucket that the API lets import from
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +66,7 @@ def api(
         DATABASE_URL=database_url,
         CELERY_BROKER_URL=broker,
         TRAINYARD_STORE_URL=store_url,
+        TRAINYARD_IMPORT_PREFIXES=f"s3://{s3_server.bucket}/{IMPORTS}/",
         **s3_server.env(),
     )
     procs = Processes(tmp_path_factory.mktemp("distributed"))
@@ -257,3 +259,35 @@ def test_batch_predictions_live_in_s3_equal_predict_and_a_failed_job_frees_them(
     for path in (f"/jobs/{job['id']}", done["download_url"].removeprefix("/api/v1")):
         r = api.http.get(f"{api.base}/api/v1{path}", headers=other, timeout=30)
         assert r.status_code == 404, (path, r.text)
+
+
+def test_a_csv_in_s3_imported_by_reference_on_a_worker_is_the_uploads_dataset(
+    api: Api, s3_server: S3Server
+) -> None:
+    """`POST /datasets` with a `source`: a worker reads the object from S3 (its bytes never
+    pass through the API) and makes the dataset an upload of the same file makes."""
+    x, y = moons(3000, seed=5)
+    text = "a,b,label\n" + "".join(
+        f"{u:.5f},{v:.5f},{'up' if k else 'down'}\n" for (u, v), k in zip(x, y, strict=True)
+    )
+    key = f"{s3_server.bucket}/{IMPORTS}/moons.csv"
+    with s3_filesystem().open_output_stream(key) as out:
+        out.write(text.encode())
+    job = api.post("/datasets", {"source": f"s3://{key}", "name": "moons", "target": "label"}, 202)
+    assert job["kind"] == "import" and job["dataset_id"] is None
+    done = api.wait(job["id"], timeout=120)
+    assert done["progress"] == {"done": len(text), "total": len(text), "unit": "bytes"}
+    imported = api.get(f"/datasets/{done['dataset_id']}").json()
+    r = api.http.post(
+        f"{api.base}/api/v1/datasets",
+        files={"file": ("moons.csv", text.encode(), "text/csv")},
+        data={"target": "label", "name": "moons"},
+        timeout=60,
+    )
+    assert r.status_code == 201, r.text
+    uploaded = r.json()
+    assert imported["storage"]["checksum"] == uploaded["storage"]["checksum"]
+    assert imported["columns"] == uploaded["columns"] and imported["n_samples"] == 3000
+    outside = {"source": f"s3://{s3_server.bucket}/elsewhere/moons.csv"}
+    r = api.http.post(f"{api.base}/api/v1/datasets", json=outside, timeout=30)
+    assert r.status_code == 403 and "TRAINYARD_IMPORT_PREFIXES" in r.json()["error"]["message"]
