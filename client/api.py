@@ -20,6 +20,15 @@ import numpy as np
 import requests
 
 import engine
+
+# the errors live in their own module (client.resumable raises them too); imported from here
+from client.errors import (  # noqa: F401 (re-exported)
+    ApiError,
+    ConnectionFailed,
+    NotFoundError,
+    TrainyardError,
+    WaitTimeout,
+)
 from core.model import Model as CoreModel
 from core.paths import user_data_dir
 
@@ -30,35 +39,6 @@ FINISHED: Final = ("succeeded", "failed", "cancelled")
 MAX_STREAM_BREAKS: Final = 3
 #: The server sends a keep-alive comment every 15 s: a stream silent this long is broken.
 STREAM_READ_TIMEOUT: Final = 60.0
-
-
-class TrainyardError(Exception):
-    """Base of the client's errors."""
-
-
-class ApiError(TrainyardError):
-    """An error answer: `{"error": {"code", "message", "fields"?}}` and its HTTP status."""
-
-    def __init__(
-        self, status: int, code: str, message: str, fields: Mapping[str, str] | None = None
-    ) -> None:
-        super().__init__(f"{status} {code}: {message}")
-        self.status = status
-        self.code = code
-        self.message = message
-        self.fields: dict[str, str] = dict(fields or {})
-
-
-class NotFoundError(ApiError):
-    """404: no such dataset, job or model (or route)."""
-
-
-class ConnectionFailed(TrainyardError):
-    """The server could not be reached (refused, DNS, timeout)."""
-
-
-class WaitTimeout(TrainyardError):
-    """`Client.wait` gave up before the job finished."""
 
 
 class Pagination(TypedDict):
@@ -511,6 +491,34 @@ class Client:
         with path.open("rb") as f:
             return self._post_csv(path.name, f, target, name, column_types)
 
+    def upload_resumable(
+        self,
+        path: str | Path,
+        *,
+        target: str | None = None,
+        name: str | None = None,
+        column_types: Mapping[str, str] | None = None,
+        chunk_size: int | None = None,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> Dataset:
+        """Upload a dataset file (CSV, Parquet or JSON lines, by its name) in chunks with the
+        tus protocol (`client.resumable`): a connection error or a timeout waits and goes on
+        from the server's offset, and calling this again for the same unchanged file after an
+        interruption resumes it. `on_progress(sent, total)` follows the bytes."""
+        # imported here: client.resumable is used only by this method
+        from client.resumable import CHUNK_SIZE, ResumableUpload
+
+        path = Path(path)
+        metadata = {"filename": path.name, "name": name or path.stem}
+        if target:
+            metadata["target"] = target
+        if column_types:
+            metadata["column_types"] = json.dumps(dict(column_types))
+        upload = ResumableUpload(
+            self, path, metadata, chunk_size=chunk_size or CHUNK_SIZE, on_progress=on_progress
+        )
+        return self.get_dataset(upload.run())
+
     def upload_dataframe(
         self,
         frame: Any,
@@ -609,6 +617,7 @@ class Client:
         class_weight: str | Mapping[Any, float] | None = None,
         dtype: str | None = None,
         preprocessing: Mapping[str, str] | None = None,
+        register_as: str | None = None,
     ) -> Job:
         """Submit a training job on a dataset id (or an inline dataset: `{"name", "features",
         "targets"}` or `{"name", "rows", "target"}`).
@@ -624,6 +633,8 @@ class Client:
         `class_weight`: "balanced" or `{label: weight}`. `dtype`: "float32" or "float64".
         `preprocessing`: `{"numeric": ..., "categorical": ..., "missing": ..., "target": ...}`,
         every key optional (`spec_defaults()["choices"]["preprocessing"]` lists the values).
+        `register_as`: a registered model's name; the model becomes its next version when the
+        job succeeds.
         """
         training: dict[str, Any] = {
             key: value
@@ -678,6 +689,8 @@ class Client:
             }
         if not isinstance(dataset, str) and dataset.get("column_types"):
             body["dataset"]["column_types"] = dict(dataset["column_types"])
+        if register_as is not None:
+            body["register_as"] = register_as
         return self._json("POST", "/jobs", json=body)
 
     def spec_defaults(self) -> dict[str, Any]:
@@ -852,6 +865,8 @@ class Client:
             time.sleep(poll_interval)
 
     # -- models -----------------------------------------------------------------------------
+    # Every `model_id` below is a reference: a model id, `NAME@vN` or `NAME@ALIAS` (the
+    # registry's), resolved by the server at each request.
 
     def get_model(self, model_id: str) -> Model:
         return self._json("GET", f"/models/{model_id}")
@@ -1026,3 +1041,28 @@ class Client:
         `per_class`), log_loss, roc_auc, confusion_matrix; regression: mse, rmse, mae, r2)."""
         body = {"dataset_id": dataset_id}
         return self._json("POST", f"/models/{model_id}/evaluate", json=body)
+
+    # -- the model registry -----------------------------------------------------------------
+
+    def register_model(self, name: str, model_id: str) -> dict[str, Any]:
+        """Register a model (an id or a reference) as the next version of `name` (created if
+        new): `{"name", "version", "model_id", "created_at", "key_id"}`."""
+        body = {"model_id": model_id}
+        return self._json("POST", f"/registry/{name}/versions", json=body)
+
+    def set_alias(self, name: str, alias: str, version: int) -> dict[str, Any]:
+        """Point `name@alias` at `version` (created or moved): the alias with its `history`."""
+        body = {"version": int(version)}
+        return self._json("PUT", f"/registry/{name}/aliases/{alias}", json=body)
+
+    def delete_alias(self, name: str, alias: str) -> None:
+        """Delete `name@alias` (its history is kept)."""
+        self.request("DELETE", f"/registry/{name}/aliases/{alias}")
+
+    def get_registered(self, name: str) -> dict[str, Any]:
+        """A registered model: its `versions` and `aliases` (each with its `history`)."""
+        return self._json("GET", f"/registry/{name}")
+
+    def list_registry(self, page: int = 1, page_size: int = 20) -> Page:
+        """A page of registered models: `name`, `latest_version`, `aliases`."""
+        return self._page("/registry", page, page_size)

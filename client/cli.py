@@ -1,6 +1,6 @@
 """The `trainyard` command: datasets, jobs, models and predictions from a shell.
 
-    trainyard datasets upload penguins.csv --target species [--name penguins]
+    trainyard datasets upload penguins.csv --target species [--name penguins] [--resumable]
     trainyard datasets list | datasets show ID   (its columns: types, missing cells, stats)
     trainyard jobs submit --dataset ID --layers 16,16,3 --early-stopping --test-split 0.2 --watch
     trainyard jobs watch ID | jobs list [--status running] | jobs show ID | jobs cancel ID
@@ -13,6 +13,9 @@
     trainyard predictions download JOB_ID -o predictions.csv|.parquet|.jsonl
     trainyard sweeps submit sweep.json [--watch] | sweeps watch ID | sweeps list | sweeps get ID
     trainyard sweeps cancel ID   (sweep.json: the body of POST /api/v1/sweeps)
+    trainyard registry register NAME MODEL_ID | registry alias NAME ALIAS VERSION [--delete]
+    trainyard registry show NAME | registry list
+    (every MODEL_ID above may be a model id, NAME@ALIAS or NAME@vN)
 
 `get` and `show` are the same command.
 
@@ -50,11 +53,14 @@ from rich.console import Console
 from rich.live import Live
 from rich.progress import (
     BarColumn,
+    DownloadColumn,
     MofNCompleteColumn,
     Progress,
     SpinnerColumn,
     TextColumn,
     TimeElapsedColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
 )
 from rich.table import Table
 
@@ -64,6 +70,7 @@ from client.api import (
     ApiError,
     Client,
     ConnectionFailed,
+    Dataset,
     Job,
     NotFoundError,
     Sweep,
@@ -447,15 +454,66 @@ def watch(api: Client, job_id: str, as_json: bool, poll_interval: float) -> int:
 # -- commands ---------------------------------------------------------------------------------
 
 
+#: files larger than this are uploaded in chunks, resumably (tus); smaller ones in one request,
+#: which is one round trip and leaves nothing behind to resume
+RESUMABLE_OVER = 32 << 20
+
+
 def cmd_datasets_upload(api: Client, args: argparse.Namespace) -> int:
     column_types = dict(args.column_type or [])
     try:
-        dataset = api.upload_csv(
-            args.file, target=args.target, name=args.name, column_types=column_types or None
-        )
+        size = os.path.getsize(args.file)
+        if args.resumable or size > RESUMABLE_OVER:
+            dataset = upload_resumable(api, args, column_types, quiet=args.json)
+        else:
+            dataset = api.upload_csv(
+                args.file, target=args.target, name=args.name, column_types=column_types or None
+            )
     except OSError as exc:
         raise UsageError(f"cannot read {args.file}: {exc.strerror or exc}") from exc
     return show_dataset(dataset, args.json)
+
+
+def upload_resumable(
+    api: Client, args: argparse.Namespace, column_types: dict[str, str], quiet: bool
+) -> Dataset:
+    """A resumable upload with a progress bar on stderr (run again to resume)."""
+    options: dict[str, Any] = {
+        "target": args.target,
+        "name": args.name,
+        "column_types": column_types or None,
+        "chunk_size": args.chunk_size,
+    }
+    if quiet:
+        return api.upload_resumable(args.file, **options)
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=False,
+    ) as progress:
+        task = progress.add_task(f"upload {os.path.basename(args.file)}", total=None)
+
+        def update(sent: int, total: int) -> None:
+            progress.update(task, completed=sent, total=total)
+
+        return api.upload_resumable(args.file, on_progress=update, **options)
+
+
+def byte_size(text: str) -> int:
+    """`16M`, `512K`, `1048576`: a positive number of bytes."""
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    scale = units.get(text[-1:].lower(), 1)
+    try:
+        value = int(float(text[:-1] if scale > 1 else text) * scale)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 16M)") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("a size is positive")
+    return value
 
 
 def show_dataset(dataset: dict[str, Any], as_json: bool) -> int:
@@ -560,7 +618,7 @@ def cmd_jobs_submit(api: Client, args: argparse.Namespace) -> int:
     }
     if "batch_size" in vars(args):  # absent: the server's default; None: full batch
         options["batch_size"] = args.batch_size
-    job = api.submit_job(args.dataset, args.layers, **options)
+    job = api.submit_job(args.dataset, args.layers, register_as=args.register_as, **options)
     if args.watch:
         if not args.json:
             err.print(f"submitted job {job['id']}")
@@ -771,6 +829,7 @@ def cmd_models_get(api: Client, args: argparse.Namespace) -> int:
         ("parameters", sum(_count(v) for v in (model.get("parameters") or {}).values())),
         ("columns", ", ".join(f"{c['name']} ({c['type']})" for c in model.get("columns") or [])),
         ("created", short_time(model.get("created_at"))),
+        ("registered", registered_as(model.get("registered") or [])),
     ]
     out.print(key_values(f"Model {model['id']}", pairs))
     show_results(model)
@@ -811,6 +870,90 @@ def cmd_models_list(api: Client, args: argparse.Namespace) -> int:
     ]  # fmt: skip
     columns = ["id", "layers", "loss", "accuracy", "created"]
     out.print(table(page_title("Models", page), columns, rows))
+    return EXIT_OK
+
+
+def registered_as(entries: Sequence[dict[str, Any]]) -> str:
+    """`churn@v2 (champion), other@v1`, or `-`."""
+    return (
+        ", ".join(
+            f"{e['name']}@v{e['version']}"
+            + (f" ({', '.join(e['aliases'])})" if e["aliases"] else "")
+            for e in entries
+        )
+        or "-"
+    )
+
+
+def cmd_registry_register(api: Client, args: argparse.Namespace) -> int:
+    version = api.register_model(args.name, args.model_id)
+    if args.json:
+        emit_json(version)
+    else:
+        out.print(f"{version['name']}@v{version['version']} is model {version['model_id']}")
+    return EXIT_OK
+
+
+def cmd_registry_alias(api: Client, args: argparse.Namespace) -> int:
+    if args.delete:
+        api.delete_alias(args.name, args.alias)
+        if args.json:
+            emit_json({"name": args.name, "alias": args.alias, "deleted": True})
+        else:
+            out.print(f"{args.name}@{args.alias} deleted")
+        return EXIT_OK
+    if args.version is None:
+        raise UsageError("give the VERSION to point the alias at (or --delete)")
+    alias = api.set_alias(args.name, args.alias, args.version)
+    if args.json:
+        emit_json(alias)
+    else:
+        out.print(
+            f"{args.name}@{alias['alias']} -> v{alias['version']} (model {alias['model_id']})"
+        )
+    return EXIT_OK
+
+
+def cmd_registry_get(api: Client, args: argparse.Namespace) -> int:
+    got = api.get_registered(args.name)
+    if args.json:
+        emit_json(got)
+        return EXIT_OK
+    aliases_of: dict[int, list[str]] = {}
+    for a in got["aliases"]:
+        aliases_of.setdefault(a["version"], []).append(a["alias"])
+    rows = [
+        [f"v{v['version']}", v["model_id"], ", ".join(aliases_of.get(v["version"], [])) or "-",
+         short_time(v["created_at"])]
+        for v in got["versions"]
+    ]  # fmt: skip
+    out.print(
+        table(f"Registered model {got['name']}", ["version", "model", "aliases", "created"], rows)
+    )
+    moves = [
+        [a["alias"], fmt(h["from"]), fmt(h["to"]), short_time(h["at"]), fmt(h["key_id"])]
+        for a in got["aliases"]
+        for h in a["history"]
+    ]
+    if moves:
+        out.print(table("Alias moves", ["alias", "from", "to", "at", "key"], moves))
+    return EXIT_OK
+
+
+def cmd_registry_list(api: Client, args: argparse.Namespace) -> int:
+    page = api.list_registry(args.page, args.page_size)
+    if args.json:
+        emit_json(page)
+        return EXIT_OK
+    rows = [
+        [r["name"], f"v{r['latest_version']}",
+         ", ".join(f"{a}->v{v}" for a, v in r["aliases"].items()) or "-",
+         short_time(r["created_at"])]
+        for r in page["items"]
+    ]  # fmt: skip
+    out.print(
+        table(page_title("Registered models", page), ["name", "latest", "aliases", "created"], rows)
+    )
     return EXIT_OK
 
 
@@ -1085,6 +1228,7 @@ GROUPS = {
     "sweeps": "hyperparameter sweeps: many trials, one request",
     "models": "fetch trained models, batch predictions",
     "predictions": "download batch predictions",
+    "registry": "named models: numbered versions, movable aliases (NAME@ALIAS, NAME@vN)",
 }
 PREDICTION_FORMAT = arg(
     "--format", choices=["csv", "parquet", "jsonl"],
@@ -1196,6 +1340,11 @@ SUBMIT_ARGS = (
         metavar="KEY=VALUE",
         help=_preprocessing_help(),
     ),
+    arg(
+        "--register-as",
+        metavar="NAME",
+        help="register the model as NAME's next version when the job succeeds",
+    ),
     arg("--watch", action="store_true", help="follow the job to its end"),
     arg("--poll-interval", type=float, default=0.5, help=argparse.SUPPRESS),
 )
@@ -1210,6 +1359,14 @@ COMMANDS: tuple[Command, ...] = (
             help="override the inferred type: numeric or categorical (repeatable), "
             "e.g. --column-type zip=categorical",
         ),
+        arg(
+            "--resumable", action="store_true",
+            help=f"upload in chunks that survive a broken connection (always for files over "
+            f"{RESUMABLE_OVER >> 20} MiB); running the command again resumes an interrupted "
+            "upload",
+        ),
+        arg("--chunk-size", type=byte_size, metavar="SIZE",
+            help="bytes per chunk of a resumable upload, e.g. 4M (default: 16M)"),
     )),
     Command("datasets", "list", cmd_datasets_list, "list datasets, newest first", paged=True),
     Command("datasets", "get", cmd_datasets_get, "show a dataset and its columns", (ID,),
@@ -1286,8 +1443,21 @@ COMMANDS: tuple[Command, ...] = (
         arg("-o", "--output", required=True, metavar="FILE", help="file to write"),
         PREDICTION_FORMAT,
     )),
+    Command("registry", "register", cmd_registry_register,
+            "register a model as a name's next version (the first one creates the name)", (
+        arg("name", help="the registered model's name"),
+        arg("model_id", help="model id (or NAME@ALIAS, NAME@vN)"),
+    )),
+    Command("registry", "alias", cmd_registry_alias, "point an alias at a version (or delete it)", (
+        arg("name"), arg("alias", help="e.g. champion (v<digits> is reserved)"),
+        arg("version", nargs="?", type=int, help="the version number"),
+        arg("--delete", action="store_true", help="delete the alias instead"),
+    )),
+    Command("registry", "get", cmd_registry_get, "show a name's versions, aliases and moves",
+            (arg("name"),), ("show",)),
+    Command("registry", "list", cmd_registry_list, "list registered models", paged=True),
     Command("", "predict", cmd_predict, "predict with a model on a CSV file", (
-        arg("id", help="model id"),
+        arg("id", help="model id, NAME@ALIAS or NAME@vN"),
         arg(
             "file",
             help="CSV file with a header naming the model's columns (any order; text, missing "
@@ -1301,7 +1471,7 @@ COMMANDS: tuple[Command, ...] = (
             help="with --output: csv, jsonl or parquet (default: by the suffix, else csv)"),
     )),
     Command("", "evaluate", cmd_evaluate, "score a model on a dataset with its columns", (
-        arg("id", help="model id"),
+        arg("id", help="model id, NAME@ALIAS or NAME@vN"),
         arg("--dataset", required=True, help="dataset id (same columns and target)"),
     )),
 )  # fmt: skip

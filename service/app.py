@@ -21,6 +21,7 @@ from service.celery import celery_config, celery_init_app
 from service.config import Settings
 from service.db import make_engine, make_sessionmaker
 from service.schemas import ErrorSchema
+from service.tus import MethodOverride
 
 API_PREFIX = "/api/v1"
 
@@ -82,8 +83,8 @@ class AuthDocPlugin(BasePlugin):
     def operation_helper(
         self, path: str | None = None, operations: dict[str, Any] | None = None, **_: Any
     ) -> None:
-        for operation in (operations or {}).values():
-            if auth.is_public(path or ""):
+        for method, operation in (operations or {}).items():
+            if auth.is_public(path or "", method.upper()):
                 operation["security"] = []
             else:
                 responses = operation.setdefault("responses", {})
@@ -134,12 +135,19 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     api = TrainyardApi(app, spec_kwargs={"extra_plugins": [AuthDocPlugin()]})
     for blp in (datasets.blp, jobs.blp, models.blp, sweeps.blp, spec.blp):
         api.register_blueprint(blp, url_prefix=f"{API_PREFIX}{blp.url_prefix}")
-    from service.api import events, predictions, webhooks  # live events, webhooks, downloads
+    from service.api import (  # live events, webhooks, tus uploads, the registry, downloads
+        events,
+        predictions,
+        registry,
+        uploads,
+        webhooks,
+    )
 
-    for blp in (events.blp, webhooks.blp, predictions.blp):
+    for blp in (events.blp, webhooks.blp, uploads.blp, registry.blp, predictions.blp):
         api.register_blueprint(blp, url_prefix=f"{API_PREFIX}{blp.url_prefix}")
     api.register_blueprint(health.blp)
     app.register_blueprint(docs.bp)
     app.register_blueprint(dashboard.bp)
     errors.init_app(app)
+    app.wsgi_app = MethodOverride(app.wsgi_app, f"{API_PREFIX}{uploads.blp.url_prefix}")  # type: ignore[method-assign]
     return app

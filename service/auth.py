@@ -111,7 +111,17 @@ class Unauthorized(ApiError):
         super().__init__(401, message, code="unauthorized")
 
 
-def is_public(path: str) -> bool:
+# tus clients (and browsers' preflights, which carry no key) ask these for the server's
+# capabilities with OPTIONS: nothing private is in the answer.
+PUBLIC_OPTIONS_PATHS = ("/api/v1/uploads",)
+
+
+def is_public(path: str, method: str = "GET") -> bool:
+    if method == "OPTIONS" and any(
+        path == p or path.startswith(p + "/") for p in PUBLIC_OPTIONS_PATHS
+    ):
+        return True
+
     if not (path == "/api/v1" or path.startswith("/api/v1/")):
         return True
     return any(path == p or path.startswith(p + "/") for p in PUBLIC_API_PATHS)
@@ -119,7 +129,7 @@ def is_public(path: str) -> bool:
 
 def authenticate() -> None:
     """`before_request`: set `g.owner` and `g.api_key_id` from the bearer key, or answer 401."""
-    if is_public(request.path):
+    if is_public(request.path, request.method):
         return
     header = request.headers.get("Authorization", "")
     scheme, _, key = header.partition(" ")
@@ -136,6 +146,11 @@ def authenticate() -> None:
 
 def current_owner() -> str:
     return str(g.owner)
+
+
+def current_key_id() -> str | None:
+    """The id of the API key the request came with (None outside a keyed request)."""
+    return g.get("api_key_id")
 
 
 def add_www_authenticate(response: Any) -> Any:

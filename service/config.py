@@ -102,6 +102,12 @@ class Settings:
     max_upload_bytes: int = field(
         default_factory=lambda: _env_int("TRAINYARD_MAX_UPLOAD_BYTES", 20 * 1024**3)
     )
+    # A resumable (tus) upload that is not finished this many hours after its last chunk (or
+    # its creation) expires: its row and its chunks in the store are deleted by the
+    # maintenance sweep (service.uploads).
+    upload_expire_hours: float = field(
+        default_factory=lambda: _env_float("TRAINYARD_UPLOAD_EXPIRE_HOURS", 24.0)
+    )
     task_soft_time_limit: float = field(
         default_factory=lambda: _env_float("TRAINYARD_TASK_SOFT_TIME_LIMIT", 3600.0)
     )

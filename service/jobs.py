@@ -194,6 +194,7 @@ def create_job(
         training_spec=training,
         name=data.get("name"),
         tags=data.get("tags"),
+        register_as=data.get("register_as"),
     )
 
 

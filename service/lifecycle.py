@@ -37,7 +37,8 @@ function                transition                       who calls it
 `record_progress`       running: `rows_done`,            the predict and import tasks
                         (`rows_total`), `heartbeat_at`   (between chunks)
 `succeed`               running -> succeeded (and the    the task
-                        `models` row)
+                        `models` row; its registry
+                        version under `register_as`)
 `cancel_attempt`        running -> cancelled             the task (cancel flag seen)
 `fail`                  running -> failed                the task (any error, soft time limit)
 `reap`                  stale running -> queued (hand    maintenance loop (every worker)
@@ -87,7 +88,8 @@ Functions called by the API take its request `Session`; the worker-side ones tak
 `sessionmaker` and run whole transactions (so a caller may retry one when the connection broke).
 Settings come from `service.config.Settings`; this module imports nothing from Flask, Celery
 (publishing takes the Celery app as an argument) or `workers`, and of the service only the
-store (`config`, `db`, `tables`) and the outbox, which imports nothing that calls this module.
+store (`config`, `db`, `tables`), the outbox and the registry (`register_as`), which import
+nothing that calls this module.
 """
 
 from __future__ import annotations
@@ -105,6 +107,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.config import Settings
 from service.db import session_scope, utcnow
 from service.outbox import job_ended, jobs_ended
+from service.registry import register_version
 from service.tables import FINAL_STATUSES, JOB_STATUSES, Job, JobEpoch, TrainedModel
 
 if TYPE_CHECKING:
@@ -235,6 +238,7 @@ def submit(
     name: str | None = None,
     tags: Mapping[str, str] | None = None,
     trial: Mapping[str, Any] | None = None,
+    register_as: str | None = None,
 ) -> Job:
     """A new `queued` job of `owner` (flushed; the caller commits, then calls `publish`).
 
@@ -249,6 +253,7 @@ def submit(
         epochs=training_spec["epochs"],
         name=name,
         tags=dict(tags) if tags else None,
+        register_as=register_as,
         **({**trial, "held": True} if trial else {}),
     )
     session.add(job)
@@ -673,10 +678,11 @@ def succeed(
     """End the attempt `succeeded` with `results` (the job's result columns: `epoch`,
     `metrics`, ...; a predict job's `rows_done`, `output_location`, ...) and insert a training
     job's model (the `models` row: `model`'s fields, besides `job_id`) in the same
-    transaction, only while the attempt owns the job and no cancel was asked for. Returns
-    "succeeded", "cancelled" (asked for meanwhile) or "lost". `made(session)` adds, first and
-    in the same transaction, the rows that the job's results refer to (an import job's dataset:
-    committed with its success, or not at all)."""
+    transaction, only while the attempt owns the job and no cancel was asked for; a job with
+    `register_as` registers the model as that name's next version in that transaction too
+    (`service.registry`). Returns "succeeded", "cancelled" (asked for meanwhile) or "lost".
+    `made(session)` adds, first and in the same transaction, the rows that the job's results
+    refer to (an import job's dataset: committed with its success, or not at all)."""
     if STATE_COLUMNS & set(results):
         raise ValueError(f"only the lifecycle writes {sorted(STATE_COLUMNS & set(results))}")
     now = utcnow()
@@ -688,8 +694,9 @@ def succeed(
             sa.update(Job)
             .where(_owned(claim), Job.cancel_requested.is_(False))
             .values(**results, status="succeeded", finished_at=now, heartbeat_at=now)
-        )
-        if done.rowcount != 1:
+            .returning(Job.owner, Job.register_as)
+        ).first()
+        if done is None:
             session.rollback()
             cancelled = session.execute(
                 sa.select(Job.cancel_requested).where(_owned(claim))
@@ -698,7 +705,11 @@ def succeed(
                 return cancel_attempt(factory, claim)
             return "lost"
         if model is not None:
-            session.add(TrainedModel(job_id=claim.job_id, **model))
+            trained = TrainedModel(job_id=claim.job_id, **model)
+            session.add(trained)
+            session.flush()
+            if done.register_as:  # the model's version is committed with the success, or neither
+                register_version(session, done.owner, done.register_as, trained.id)
         with _recording(session, f"job {claim.job_id}"):  # with the model: the event names it
             job_ended(session, claim.job_id)
     return "succeeded"

@@ -27,6 +27,7 @@ from core.spec import (
     TRAINING_DEFAULTS,
     learning_rate,
 )
+from service.registry import NAME_PATTERN, NAME_RULE
 from service.tables import JOB_KINDS, JOB_STATUSES, SWEEP_STATUSES
 
 CELL_MATRIX = {
@@ -106,6 +107,17 @@ def tags_field(**kwargs: Any) -> fields.Dict:
             "example": {"project": "penguins"},
         },
         **kwargs,
+    )
+
+
+def register_as_field() -> fields.String:
+    return fields.String(
+        allow_none=True,
+        validate=validate.Regexp(rf"\A{NAME_PATTERN.pattern}\Z", error=f"must be {NAME_RULE}"),
+        metadata={
+            "description": "A registered model's name (created if new): the trained (best) "
+            "model becomes its next version when this succeeds (`/registry`)."
+        },
     )
 
 
@@ -517,6 +529,7 @@ class SpecDefaultsSchema(Schema):
 class JobInSchema(Schema):
     name = name_field()
     tags = tags_field()
+    register_as = register_as_field()
     dataset_id = fields.String(metadata={"description": "An existing dataset; or `dataset`."})
     dataset = fields.Nested(DatasetInSchema, metadata={"description": "The data inline."})
     model = fields.Nested(ModelSpecSchema, required=True)
@@ -640,6 +653,7 @@ class JobSchema(Schema):
     kind = fields.String(metadata={"enum": list(JOB_KINDS)})
     name = fields.String(allow_none=True)
     tags = fields.Dict(keys=fields.String(), values=fields.String())
+    register_as = fields.String(allow_none=True)
     status = fields.String(metadata={"enum": list(JOB_STATUSES)})
     dataset_id = fields.String()
     sweep_id = fields.String(
@@ -730,11 +744,17 @@ class ModelSchema(Schema):
         },
     )
     created_at = fields.DateTime()
+    registered = fields.List(
+        fields.Dict(),
+        metadata={
+            "description": "Where it is registered: `{name, version, aliases}` each (`/registry`)."
+        },
+    )
 
 
 class ModelSummarySchema(ModelSchema):
     class Meta:
-        exclude = ("parameters",)
+        exclude = ("parameters", "registered")
 
 
 class PredictInSchema(Schema):
@@ -923,6 +943,7 @@ class EarlyTerminationSchema(Schema):
 class SweepInSchema(Schema):
     name = name_field()
     tags = tags_field()
+    register_as = register_as_field()
     dataset_id = fields.String(required=True, validate=validate.Length(max=64))
     base = fields.Dict(
         required=True,
@@ -1000,6 +1021,7 @@ class SweepSchema(Schema):
     id = fields.String()
     name = fields.String(allow_none=True)
     tags = fields.Dict(keys=fields.String(), values=fields.String())
+    register_as = fields.String(allow_none=True)
     status = fields.String(metadata={"enum": list(SWEEP_STATUSES)})
     dataset_id = fields.String()
     method = fields.String()
@@ -1063,3 +1085,30 @@ class ErrorBodySchema(Schema):
 
 class ErrorSchema(Schema):
     error = fields.Nested(ErrorBodySchema)
+
+
+class UploadSchema(Schema):
+    """A resumable (tus) upload, as `GET /api/v1/uploads/{id}` shows it."""
+
+    id = fields.String()
+    length = fields.Integer(metadata={"description": "The file's size in bytes."})
+    offset = fields.Integer(metadata={"description": "How many bytes were received."})
+    metadata = fields.Dict(
+        keys=fields.String(),
+        values=fields.String(),
+        metadata={"description": "The decoded `Upload-Metadata` pairs."},
+    )
+    status = fields.String(
+        validate=validate.OneOf(("receiving", "completing", "completed", "failed")),
+        metadata={
+            "description": "`receiving` until the last byte; `completing` while the dataset "
+            "is made; then `completed` (`dataset_id`) or `failed` (the data was refused: "
+            "`error`)."
+        },
+    )
+    dataset_id = fields.String(allow_none=True)
+    error = fields.String(allow_none=True)
+    created_at = fields.String()
+    expires_at = fields.String(
+        metadata={"description": "When the upload and its bytes are deleted (ISO 8601)."}
+    )

@@ -27,6 +27,8 @@ two workers sweeping at the same time never act twice on one job:
   with every worker busy) are sent from this process's own threads
   (`workers.webhooks.WaitingSender`).
 - Stored `Idempotency-Key` answers older than a day are forgotten.
+- **Expired resumable uploads** (`service.uploads.delete_expired`): unfinished uploads past
+  `TRAINYARD_UPLOAD_EXPIRE_HOURS` lose their row and their chunks in the store.
 - **Orphaned dataset parts** (`service.datasets.delete_orphans`, every `ORPHAN_SWEEP_EVERY_S`).
   The parts of an upload whose API process died before the dataset's row was added are
   deleted once they are `service.dataset_store.ORPHAN_AFTER_S` old; so are the prediction
@@ -53,7 +55,7 @@ from celery.exceptions import TimeLimitExceeded
 from celery.signals import task_failure, worker_ready, worker_shutdown
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import datasets, lifecycle, outbox, predictions, sweeps
+from service import datasets, lifecycle, outbox, predictions, sweeps, uploads
 from service.config import Settings
 from service.db import make_engine, make_sessionmaker
 from service.idempotency import purge_expired
@@ -74,8 +76,9 @@ _last_orphan_sweep = -math.inf
 
 def sweep(factory: sessionmaker[Session], celery: Celery, settings: Settings) -> None:
     """One pass: reap lost jobs, advance sweeps, publish lost messages, announce ended jobs and
-    sweeps to their webhooks, forget expired idempotent answers; every `ORPHAN_SWEEP_EVERY_S`,
-    delete dataset parts whose upload never finished."""
+    sweeps to their webhooks, forget expired idempotent answers, delete expired resumable
+    uploads and their chunks; every `ORPHAN_SWEEP_EVERY_S`, delete dataset parts whose upload
+    never finished and chunks whose upload row is gone."""
     global _last_orphan_sweep
     lifecycle.reap(factory, settings)
     sweeps.advance_all(factory, celery, settings)
@@ -83,6 +86,9 @@ def sweep(factory: sessionmaker[Session], celery: Celery, settings: Settings) ->
     outbox.scan(factory, celery, settings)
     with factory() as session:
         purge_expired(session, settings.idempotency_ttl)
+    expired = uploads.delete_expired(factory)
+    if expired:
+        log.info("deleted %d expired resumable upload(s): %s", len(expired), expired)
     if time.monotonic() - _last_orphan_sweep >= ORPHAN_SWEEP_EVERY_S:
         _last_orphan_sweep = time.monotonic()
         orphans = datasets.delete_orphans(factory, settings.store_url)
@@ -91,6 +97,9 @@ def sweep(factory: sessionmaker[Session], celery: Celery, settings: Settings) ->
         unused = predictions.delete_unused(factory, settings.store_url)
         if unused:
             log.info("deleted the predictions of %d unsuccessful job(s): %s", len(unused), unused)
+        chunks = uploads.delete_orphan_chunks(factory, settings.store_url)
+        if chunks:
+            log.info("deleted the chunks of %d lost resumable upload(s): %s", len(chunks), chunks)
 
 
 class Maintenance:

@@ -5,7 +5,7 @@ Every existing job is a training job (`kind` 'train'). On PostgreSQL the jobs' n
 trigger also fires when `rows_done` moves, so a predict job's live stream sends its progress.
 
 Revision ID: 6b2c3d4e5f6a
-Revises: 4c1d2e3f5a6b
+Revises: 7c3d4e5f6a7b
 Create Date: 2026-12-08 02:40:00.000000
 
 """
@@ -17,7 +17,7 @@ from alembic import op
 
 # revision identifiers, used by Alembic.
 revision: str = "6b2c3d4e5f6a"
-down_revision: str | Sequence[str] | None = "4c1d2e3f5a6b"
+down_revision: str | Sequence[str] | None = "7c3d4e5f6a7b"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
-from dataclasses import asdict
 from pathlib import PurePath
 from typing import Any, BinaryIO
 
@@ -14,7 +12,15 @@ from flask.views import MethodView
 from marshmallow import RAISE
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from service import csv_stream, datasets, imports, ingest, jobs, row_formats, table_stream
+from service import (
+    dataset_files,
+    datasets,
+    imports,
+    ingest,
+    jobs,
+    row_formats,
+    table_stream,
+)
 from service.api import (
     Blueprint,
     db,
@@ -27,9 +33,10 @@ from service.api import (
 from service.auth import current_owner
 from service.csv_source import UploadTooLarge
 from service.csv_stream import CsvOptions
-from service.dataset_store import StoreError, store_for
+from service.dataset_files import FORMAT_OF_TYPE, RAW_TYPES
+from service.dataset_store import store_for
 from service.idempotency import HEADER_DOC, Idempotency, request_key
-from service.problems import ApiError, InputError
+from service.problems import InputError
 from service.schemas import (
     DatasetCsvQuerySchema,
     DatasetCsvSchema,
@@ -42,36 +49,9 @@ from service.schemas import (
     ImportJobSchema,
     PageQuerySchema,
 )
-from service.tables import Dataset, IdempotentRequest, new_id
-
-CSV_TYPES = ("text/csv", "text/tab-separated-values", "application/gzip", "application/x-gzip")
-PARQUET_TYPES = ("application/vnd.apache.parquet", "application/x-parquet")
-JSONL_TYPES = ("application/x-ndjson", "application/jsonl")
-RAW_TYPES = CSV_TYPES + PARQUET_TYPES + JSONL_TYPES
-FORMAT_OF_TYPE = {
-    **dict.fromkeys(CSV_TYPES, table_stream.CSV),
-    **dict.fromkeys(PARQUET_TYPES, table_stream.PARQUET),
-    **dict.fromkeys(JSONL_TYPES, table_stream.JSONL),
-}
-FORMAT_OF_SUFFIX = {
-    ".parquet": table_stream.PARQUET,
-    ".pq": table_stream.PARQUET,
-    ".jsonl": table_stream.JSONL,
-    ".ndjson": table_stream.JSONL,
-}
+from service.tables import Dataset, IdempotentRequest
 
 blp = Blueprint("datasets", __name__, url_prefix="/datasets", description="Training data.")
-
-
-def _column_types(raw: str | None) -> Any:
-    if raw is None or raw == "":
-        return None
-    try:
-        return json.loads(raw)
-    except ValueError:
-        raise InputError(
-            "column_types", 'must be a JSON object such as {"zip": "categorical"}'
-        ) from None
 
 
 def _json_too_large() -> UploadTooLarge:
@@ -119,11 +99,9 @@ FORM_SLACK = 1 << 20
 def _form_format(filename: str, stream: BinaryIO) -> str:
     """The file's format: by its name's suffix (`.parquet`, `.jsonl`, `.ndjson`, also
     gzipped), else Parquet by its first bytes (`PAR1`), else CSV."""
-    suffixes = [s.lower() for s in PurePath(filename).suffixes]
-    if suffixes and suffixes[-1] == ".gz":
-        suffixes.pop()
-    if suffixes and suffixes[-1] in FORMAT_OF_SUFFIX:
-        return FORMAT_OF_SUFFIX[suffixes[-1]]
+    named = dataset_files.format_of_name(filename)
+    if named is not None:
+        return named
     if stream.seekable():
         head = stream.read(4)
         stream.seek(0)
@@ -152,15 +130,7 @@ def _form_upload() -> tuple[BinaryIO, CsvOptions, str]:
 
 
 def _options(form: dict[str, Any], name: str) -> CsvOptions:
-    return CsvOptions(
-        name=name[:200],
-        target=form.get("target"),
-        column_types=_column_types(form.get("column_types")),
-        delimiter=form.get("delimiter"),
-        encoding=form.get("encoding"),
-        drop_missing_target=bool(form.get("drop_missing_target", False)),
-        block_size=int(current_app.config.get("CSV_BLOCK_SIZE") or csv_stream.BLOCK_SIZE),
-    )
+    return dataset_files.file_options(form, name, current_app.config.get("CSV_BLOCK_SIZE"))
 
 
 def _store_csv(
@@ -171,31 +141,17 @@ def _store_csv(
     expected: int | None = None,
     fmt: str = table_stream.CSV,
 ) -> tuple[Dataset, list[dict[str, Any]]]:
-    """Stream the file (CSV, Parquet or JSON lines) into the store, then add its row; on any
-    failure nothing stays."""
-    dataset_id = new_id()
-    try:
-        store = store_for(store_url())
-        facts, stored = table_stream.ingest_upload(
-            fmt,
-            stream,
-            options,
-            limits(),
-            store,
-            dataset_id,
-            max_bytes=_upload_limit(),
-            expected_bytes=expected,
-        )
-    except (StoreError, OSError) as exc:  # OSError: the store's root could not be made
-        raise ApiError(503, f"The dataset store is unavailable: {exc}") from None
-    try:
-        dataset = datasets.create_dataset(
-            session, datasets.DatasetFacts(**asdict(facts)), stored, owner, dataset_id
-        )
-    except BaseException:
-        store.delete(dataset_id)
-        raise
-    return dataset, facts.warnings
+    return dataset_files.store_file(
+        session,
+        owner,
+        stream,
+        options,
+        limits=limits(),
+        store_url=store_url(),
+        max_bytes=_upload_limit(),
+        expected=expected,
+        fmt=fmt,
+    )
 
 
 class _StreamedFingerprint:

@@ -1,5 +1,6 @@
-// The datasets pages. `/datasets`: the table of datasets and a form to upload a CSV file
-// (multipart/form-data to POST /api/v1/datasets). `/datasets/<id>`: one dataset's target and
+// The datasets pages. `/datasets`: the table of datasets and a form to upload a CSV, Parquet or
+// JSON-lines file, resumably (tus.js: chunks to /api/v1/uploads, with a progress bar; the same
+// file picked again after an interruption goes on where it stopped). `/datasets/<id>`: one dataset's target and
 // columns (type, missing cells, stats or most frequent levels).
 "use strict";
 
@@ -97,7 +98,7 @@
       list.replaceChildren();
       hint.hidden = true;
       const file = fileInput.files[0];
-      if (!file) return;
+      if (!file || /\.(parquet|pq|jsonl|ndjson)(\.gz)?$/i.test(file.name)) return;
       const names = headerNames(await file.slice(0, 65536).text());
       names.forEach(function (name) {
         const option = document.createElement("option");
@@ -117,12 +118,11 @@
       errorBox.hidden = true;
       const file = fileInput.files[0];
       if (!file) return;
-      const form = new FormData();
-      form.append("file", file, file.name);
+      const metadata = { filename: file.name };
       const target = targetInput.value.trim();
-      if (target) form.append("target", target);
+      if (target) metadata.target = target;
       const name = document.getElementById("upload-name").value.trim();
-      if (name) form.append("name", name);
+      if (name) metadata.name = name;
       const categorical = document.getElementById("upload-categorical").value.split(",").map(function (c) {
         return c.trim();
       }).filter(Boolean);
@@ -131,19 +131,50 @@
         categorical.forEach(function (c) {
           types[c] = "categorical";
         });
-        form.append("column_types", JSON.stringify(types));
+        metadata.column_types = JSON.stringify(types);
       }
       const button = document.getElementById("upload-submit");
+      const stop = document.getElementById("upload-stop");
+      const row = document.getElementById("upload-progress-row");
+      const bar = document.getElementById("upload-progress");
+      const text = document.getElementById("upload-progress-text");
+      const controller = new AbortController();
+      function onStop() {
+        controller.abort();
+      }
+      stop.addEventListener("click", onStop);
       button.disabled = true;
+      stop.hidden = false;
+      row.hidden = false;
       try {
-        const dataset = await T.postForm("/datasets", form);
-        window.location.assign("/datasets/" + encodeURIComponent(dataset.id));
+        const datasetId = await window.TrainyardTus.upload(file, metadata, {
+          signal: controller.signal,
+          onProgress: function (sent, total, resumedAt) {
+            bar.max = total;
+            bar.value = sent;
+            const percent = total ? Math.floor((100 * sent) / total) : 100;
+            text.textContent = megabytes(sent) + " of " + megabytes(total) + " MB (" + percent + "%)" +
+              (resumedAt ? " · resumed at " + megabytes(resumedAt) + " MB" : "") +
+              (sent >= total ? " · making the dataset…" : "");
+          },
+        });
+        window.location.assign("/datasets/" + encodeURIComponent(datasetId));
       } catch (e) {
-        T.showError(errorBox, e);
+        if (e.name === "AbortError") {
+          text.textContent += " · stopped: pick the same file and upload again to resume";
+        } else {
+          T.showError(errorBox, e);
+        }
       } finally {
         button.disabled = false;
+        stop.hidden = true;
+        stop.removeEventListener("click", onStop);
       }
     });
+  }
+
+  function megabytes(bytes) {
+    return (bytes / (1024 * 1024)).toFixed(1);
   }
 
   // -- /datasets/<id> ------------------------------------------------------------------------
