@@ -9,7 +9,8 @@ the `job_epochs` rows after the last epoch it sent whenever it is woken, and sen
   attempt: a lost worker's job taken over starts again from epoch 1) differs from the one it
   last sent (the first read always sends one); a state that lasted less than one read (queued
   to running to succeeded in a blink) may be skipped, the final one never is;
-- `event: progress`, `data: {"rows_done", "rows_total"}` (a predict job) whenever its rows
+- `event: progress`, `data: {"rows_done", "rows_total"}` (a predict job; an import job's is
+  `{"done", "total"}`, bytes or rows as its `progress.unit` says) whenever its rows
   done moved since the last one sent (at most one per read: the worker records them about
   once a second);
 - after the final status, nothing: the stream ends. A job that is already finished replays its
@@ -278,8 +279,10 @@ class Snapshot:
     attempts: int
     epochs: list[tuple[int, float, float | None]]
     job: dict[str, Any] | None
-    #: a predict job's (rows_done, rows_total); None for a training job
+    #: a predict job's (rows_done, rows_total), an import job's (done, total); None for a
+    #: training job
     rows: tuple[int, int | None] | None = None
+    kind: str = "train"
 
 
 def read(
@@ -295,7 +298,7 @@ def read(
     when they changed."""
     with factory() as session:
         row = session.execute(
-            sa.select(Job.status, Job.attempts, Job.rows_done, Job.rows_total).where(
+            sa.select(Job.status, Job.attempts, Job.kind, Job.rows_done, Job.rows_total).where(
                 Job.id == job_id
             )
         ).first()
@@ -315,7 +318,8 @@ def read(
             .limit(EPOCH_BATCH)
         ).all()
         view = None if job is None else job_view(session, job)
-        return Snapshot(row.status, row.attempts, [(e[0], e[1], e[2]) for e in epochs], view, rows)
+        epoch_rows = [(e[0], e[1], e[2]) for e in epochs]
+        return Snapshot(row.status, row.attempts, epoch_rows, view, rows, row.kind)
 
 
 def job_stream(
@@ -357,7 +361,8 @@ def job_stream(
                 last_epoch = epoch
             if snap.rows is not None and snap.rows[0] != sent_rows and not final:
                 done, total = snap.rows
-                chunks.append(format_event("progress", {"rows_done": done, "rows_total": total}))
+                keys = ("done", "total") if snap.kind == "import" else ("rows_done", "rows_total")
+                chunks.append(format_event("progress", dict(zip(keys, (done, total), strict=True))))
                 sent_rows = done
             more = len(snap.epochs) >= EPOCH_BATCH
             if final and not more:

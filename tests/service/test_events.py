@@ -450,3 +450,33 @@ def test_a_predict_jobs_rows_stream_as_progress_events(app: Flask, client: Flask
         assert item == {"event": "progress", "data": {"rows_done": 6, "rows_total": 10}}
     finally:
         stream.close()
+
+
+def test_an_import_jobs_progress_events_say_done_and_total(app: Flask, client: FlaskClient) -> None:
+    with factory_of(app)() as session:
+        job_id = lifecycle.submit_import(
+            session,
+            owner="alice",
+            source="s3://bucket/folder/data.csv",
+            options={"name": "data", "format": "csv", "unit": "bytes"},
+        ).id
+        session.commit()
+    attempt = claim(app, job_id)
+    assert lifecycle.record_progress(factory_of(app), attempt, 10, 100) is False
+    stream = Stream(client, job_id)
+    try:
+        item = stream.next()
+        seen = []
+        while item is not None and len(seen) < 2:
+            if "event" in item:
+                seen.append(item)
+            if len(seen) < 2:
+                item = stream.next()
+        assert seen[0]["data"]["kind"] == "import" and seen[0]["data"]["progress"] == {
+            "done": 10,
+            "total": 100,
+            "unit": "bytes",
+        }
+        assert seen[1] == {"event": "progress", "data": {"done": 10, "total": 100}}
+    finally:
+        stream.close()
