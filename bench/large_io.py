@@ -16,7 +16,9 @@ service (`--mode embedded`: `python -m workers.embedded`, SQLite, a `file://` st
    count falls); tuspy asks the server for its offset (`HEAD`) and goes on. Reported: seconds,
    MB/s, cuts, the API's peak RssAnon above idle, and whether the dataset it made has the same
    rows and the same store checksum (SHA-256 over the Parquet parts) as the plain upload's.
-3. **training**: a small job (`[64, 32, 1]`, `--epochs` epochs) on the dataset, to have a model.
+3. **training**: a small job (`[64, 32, 1]`, `--epochs` epochs) to have a model, on the table's
+   first `--train-rows` rows uploaded as a dataset of their own (the same columns; training on
+   the whole table is `make bench-scale`'s subject).
 4. **batch predictions**: `POST /api/v1/models/{id}/predictions` over the whole dataset: rows/s
    from the job's `started_at` to `finished_at`, the worker's peak RssAnon (main process and
    pool children), then the CSV download (`GET download_url`): seconds to the first byte,
@@ -29,7 +31,8 @@ service (`--mode embedded`: `python -m workers.embedded`, SQLite, a `file://` st
 Threads: one for every process (`OPENBLAS_NUM_THREADS` etc.; `torch.set_num_threads(1)`).
 
     .venv/bin/python bench/large_io.py [--rows 1000000] [--mode embedded|distributed]
-        [--cut-mb 200] [--chunk-mb 32] [--epochs 1] [--no-torch] [--json PATH] [--folder DIR]
+        [--cut-mb 200] [--chunk-mb 32] [--epochs 1] [--train-rows 200000] [--no-torch]
+        [--json PATH] [--folder DIR]
 """
 
 from __future__ import annotations
@@ -148,6 +151,15 @@ def tus_upload(
         "forwarded_bytes": proxy.forwarded,
         "dataset_id": dataset_id,
     }
+
+
+def head(source: Path, out: Path, rows: int) -> None:
+    """The header and the first `rows` rows of a CSV file."""
+    with open(source, "rb") as src, open(out, "wb") as dst:
+        for i, line in enumerate(src):
+            if i > rows:
+                break
+            dst.write(line)
 
 
 def predict(service: scale.Service, model_id: str, dataset_id: str) -> dict[str, Any]:
@@ -301,7 +313,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         report["tus"] = tus
 
-        job = scale.train_job(service, plain["id"], args.epochs)
+        train_csv = folder / "train.csv"
+        head(csv_path, train_csv, args.train_rows)
+        train, _ = scale.upload(service, train_csv, "train")
+        job = scale.train_job(service, train["id"], args.epochs)
         model_id = job["model_id"]
         worker_idle = scale.idle(service.worker_memory)
         with scale.Sampler(service.worker_memory) as wmem:
@@ -334,6 +349,7 @@ def main() -> None:
     parser.add_argument("--cut-mb", type=float, default=200)
     parser.add_argument("--chunk-mb", type=float, default=32)
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--train-rows", type=int, default=200_000)
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--json", default=None)
     parser.add_argument("--folder", default=None)
