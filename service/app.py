@@ -139,6 +139,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     for blp in (events.blp, webhooks.blp, uploads.blp):
         api.register_blueprint(blp, url_prefix=f"{API_PREFIX}{blp.url_prefix}")
+    from service.api import usage  # usage against quotas (deletes are in each resource's module)
+
+    api.register_blueprint(usage.blp, url_prefix=f"{API_PREFIX}{usage.blp.url_prefix}")
     api.register_blueprint(health.blp)
     app.register_blueprint(docs.bp)
     app.register_blueprint(dashboard.bp)

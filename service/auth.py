@@ -44,14 +44,27 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
-def create_api_key(session: Session, owner: str, name: str = "") -> str:
-    """Add a key for `owner` (flushed, not committed); return the plaintext key, shown once."""
+def create_api_key(
+    session: Session,
+    owner: str,
+    name: str = "",
+    *,
+    quota_bytes: int | None = None,
+    max_active_jobs: int | None = None,
+) -> str:
+    """Add a key for `owner` (flushed, not committed); return the plaintext key, shown once.
+    `quota_bytes` and `max_active_jobs`: the key's own quotas (`service.quotas`)."""
     if not owner or len(owner) > 200:
         raise ValueError("owner must be 1 to 200 characters")
     key = KEY_PREFIX + secrets.token_urlsafe(32)
     session.add(
         ApiKey(
-            owner=owner, name=name[:200], key_hash=hash_key(key), prefix=key[:DISPLAY_PREFIX_LENGTH]
+            owner=owner,
+            name=name[:200],
+            key_hash=hash_key(key),
+            prefix=key[:DISPLAY_PREFIX_LENGTH],
+            quota_bytes=quota_bytes,
+            max_active_jobs=max_active_jobs,
         )
     )
     session.flush()
@@ -142,6 +155,7 @@ def authenticate() -> None:
         raise Unauthorized("The API key is not valid (unknown or revoked).")
     g.owner = row.owner
     g.api_key_id = row.id
+    g.key_quotas = (row.quota_bytes, row.max_active_jobs)  # service.quotas.for_key
 
 
 def current_owner() -> str:
@@ -165,10 +179,26 @@ def _sessions() -> Any:
 @keys_cli.command("create")
 @click.option("--owner", required=True, help="Who the key's datasets, jobs and models belong to.")
 @click.option("--name", default="", help="A note to tell keys apart, e.g. 'laptop'.")
-def create_command(owner: str, name: str) -> None:
+@click.option(
+    "--quota-bytes", default=None, help="Bytes its owner may store through it: 10GB, 500MB, ..."
+)
+@click.option(
+    "--max-active-jobs", type=click.IntRange(min=0), default=None, help="Queued + running jobs."
+)
+def create_command(
+    owner: str, name: str, quota_bytes: str | None, max_active_jobs: int | None
+) -> None:
     """Create a key and print it (it is shown this once; only its hash is stored)."""
+    from service.quotas import parse_size
+
+    try:
+        size = None if quota_bytes is None else parse_size(quota_bytes)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--quota-bytes") from None
     with session_scope(_sessions()) as session:
-        key = create_api_key(session, owner, name)
+        key = create_api_key(
+            session, owner, name, quota_bytes=size, max_active_jobs=max_active_jobs
+        )
     click.echo(key)
     click.echo(
         f"Created an API key for owner {owner!r}. Store it now: it cannot be shown again.",

@@ -300,6 +300,7 @@ def label(
     name: str | None = None,
     tags: Mapping[str, str] | None = None,
     fields: frozenset[str] = frozenset({"name", "tags"}),
+    expires_at: datetime | None = None,
 ) -> bool:
     """Set `owner`'s job's `name` and/or `tags` (those in `fields`), whatever its state;
     False if there is no such job. Touches no state column. Commits."""
@@ -308,8 +309,12 @@ def label(
         values["name"] = name
     if "tags" in fields:
         values["tags"] = dict(tags) if tags else None
+    if "expires_at" in fields:
+        values["expires_at"] = expires_at
     done = session.execute(
-        sa.update(Job).where(Job.id == job_id, Job.owner == owner).values(**values)
+        sa.update(Job)
+        .where(Job.id == job_id, Job.owner == owner, Job.deleted_at.is_(None))
+        .values(**values)
     )
     session.commit()
     return done.rowcount == 1

@@ -256,7 +256,9 @@ def get_sweep(session: Session, sweep_id: str, owner: str) -> Sweep:
     sweep = None
     if is_id(sweep_id):
         sweep = session.scalars(
-            sa.select(Sweep).where(Sweep.id == sweep_id, Sweep.owner == owner)
+            sa.select(Sweep).where(
+                Sweep.id == sweep_id, Sweep.owner == owner, Sweep.deleted_at.is_(None)
+            )
         ).one_or_none()
     if sweep is None:
         raise ApiError(404, f"No sweep with id {sweep_id!r}.")
@@ -271,7 +273,7 @@ def list_sweeps(
     status: str | None = None,
     tags: list[str] | None = None,
 ) -> tuple[list[Sweep], int]:
-    where = [Sweep.owner == owner, *tag_filters(Sweep.tags, tags or [])]
+    where = [Sweep.owner == owner, Sweep.deleted_at.is_(None), *tag_filters(Sweep.tags, tags or [])]
     if status:
         where.append(Sweep.status == status)
     query = sa.select(Sweep).where(*where).order_by(Sweep.created_at.desc(), Sweep.id.desc())

@@ -35,7 +35,9 @@ def _owned(model_id: str, owner: str) -> Any:
     """The WHERE clause for the owner's model with this id (404 for an id that cannot exist)."""
     if not is_id(model_id):
         raise _not_found(model_id)
-    return sa.and_(TrainedModel.id == model_id, TrainedModel.owner == owner)
+    return sa.and_(
+        TrainedModel.id == model_id, TrainedModel.owner == owner, TrainedModel.deleted_at.is_(None)
+    )
 
 
 def get_model(
@@ -89,6 +91,9 @@ def serialize_model(model: TrainedModel, *, parameters: bool = True) -> dict[str
         "evaluation": model.evaluation,
         "columns": columns_of(model.architecture),
         "created_at": iso_utc(model.created_at),
+        "expires_at": iso_utc(model.expires_at),
+        # the training dataset was deleted (the model keeps its preprocessing and still works)
+        "dataset_deleted": bool(model.dataset_gone),
     }
     if parameters:
         state = weights_from_npz(model.weights)
@@ -102,7 +107,7 @@ def list_models(
     return paginate(
         session,
         sa.select(TrainedModel)
-        .where(TrainedModel.owner == owner)
+        .where(TrainedModel.owner == owner, TrainedModel.deleted_at.is_(None))
         .order_by(TrainedModel.created_at.desc(), TrainedModel.id.desc()),
         page,
         page_size,

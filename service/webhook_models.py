@@ -17,7 +17,14 @@ from service.db import Base, utcnow
 from service.tables import DEFAULT_OWNER, new_id
 
 #: the events a webhook may subscribe to
-WEBHOOK_EVENTS = ("job.succeeded", "job.failed", "job.cancelled", "sweep.finished")
+WEBHOOK_EVENTS = (
+    "job.succeeded",
+    "job.failed",
+    "job.cancelled",
+    "sweep.finished",
+    "dataset.deleted",
+    "model.deleted",
+)
 DELIVERY_STATUSES = ("pending", "succeeded", "failed")
 
 
