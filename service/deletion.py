@@ -37,13 +37,13 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import outbox
+from service import lifecycle, outbox, sweeps
 from service.dataset_store import DatasetStore, StoreError
 from service.datasets import get_dataset
 from service.db import session_scope, utcnow
 from service.lifecycle import ACTIVE_STATUSES
 from service.problems import ApiError
-from service.tables import Dataset, DatasetData, Job, JobEpoch, Sweep, TrainedModel
+from service.tables import Dataset, DatasetData, Job, Sweep, TrainedModel
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -164,9 +164,7 @@ def delete_job(session: Session, job_id: str, owner: str) -> list[str]:
     models = _live_model_ids(session, [job.id])
     _refuse_registered(session, models, f"Job {job.id}")
     now = utcnow()
-    session.execute(
-        sa.update(Job).where(Job.id == job.id, Job.deleted_at.is_(None)).values(deleted_at=now)
-    )
+    lifecycle.tombstone(session, now, job_id=job.id)
     subjects = _tombstone_models(session, models, now)
     session.flush()
     return subjects
@@ -187,24 +185,14 @@ def delete_model(session: Session, model_id: str, owner: str) -> list[str]:
 def delete_sweep(session: Session, sweep_id: str, owner: str) -> list[str]:
     """Tombstone `owner`'s sweep, its trials and their models. 404 if none; 409 while it is
     queued or running, or when a trial's model is registered."""
-    from service.sweeps import get_sweep
-
-    sweep = get_sweep(session, sweep_id, owner)
+    sweep = sweeps.get_sweep(session, sweep_id, owner)
     _refuse_active("Sweep", sweep.id, sweep.status)
     trials = list(session.scalars(sa.select(Job.id).where(Job.sweep_id == sweep.id)))
     models = _live_model_ids(session, trials)
     _refuse_registered(session, models, f"Sweep {sweep.id}")
     now = utcnow()
-    session.execute(
-        sa.update(Sweep)
-        .where(Sweep.id == sweep.id, Sweep.deleted_at.is_(None))
-        .values(deleted_at=now)
-    )
-    session.execute(
-        sa.update(Job)
-        .where(Job.sweep_id == sweep.id, Job.deleted_at.is_(None))
-        .values(deleted_at=now)
-    )
+    sweeps.tombstone_sweep(session, sweep.id, now)
+    lifecycle.tombstone(session, now, sweep_id=sweep.id)
     subjects = _tombstone_models(session, models, now)
     session.flush()
     return subjects
@@ -289,16 +277,12 @@ def purge(factory: sessionmaker[Session]) -> dict[str, int]:
     while True:
         with session_scope(factory) as session:
             gone = _ids(session, sa.select(Job.id).where(Job.deleted_at.is_not(None)))
-            session.execute(sa.delete(JobEpoch).where(JobEpoch.job_id.in_(gone)))
-            session.execute(sa.delete(Job).where(Job.id.in_(gone)))
+            lifecycle.purge(session, gone)
         counts["jobs"] += len(gone)
         if len(gone) < PURGE_BATCH:
             break
     with session_scope(factory) as session:
-        trials = sa.select(Job.id).where(Job.sweep_id == Sweep.id).exists()
-        gone = _ids(session, sa.select(Sweep.id).where(Sweep.deleted_at.is_not(None), ~trials))
-        session.execute(sa.delete(Sweep).where(Sweep.id.in_(gone)))
-        counts["sweeps"] += len(gone)
+        counts["sweeps"] += sweeps.purge_sweeps(session, PURGE_BATCH)
     with factory() as session:
         stored = session.execute(
             sa.select(Dataset.id, Dataset.location)

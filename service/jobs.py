@@ -179,8 +179,8 @@ def create_job(
         training_spec=training,
         name=data.get("name"),
         tags=data.get("tags"),
+        expires_at=data.get("expires_at"),
     )
-    job.expires_at = data.get("expires_at")
     return job
 
 

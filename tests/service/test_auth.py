@@ -52,6 +52,13 @@ API_ROUTES = [
     ("GET", "/api/v1/uploads/x"),
     ("PATCH", "/api/v1/uploads/x"),
     ("DELETE", "/api/v1/uploads/x"),
+    ("DELETE", "/api/v1/datasets/x"),
+    ("PATCH", "/api/v1/datasets/x"),
+    ("DELETE", "/api/v1/jobs/x"),
+    ("DELETE", "/api/v1/models/x"),
+    ("PATCH", "/api/v1/models/x"),
+    ("DELETE", "/api/v1/sweeps/x"),
+    ("GET", "/api/v1/usage"),
     ("GET", "/api/v1/nope"),  # unknown routes too: nothing below /api/v1 answers without a key
 ]
 
