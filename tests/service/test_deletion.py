@@ -358,3 +358,18 @@ def test_keys_create_takes_quotas(app: Flask) -> None:
     assert (key.quota_bytes, key.max_active_jobs) == (10 * 10**9, 20)
     bad = runner.invoke(args=["keys", "create", "--owner", "dave", "--quota-bytes", "ten"])
     assert bad.exit_code != 0 and "10GB" in bad.output
+
+
+@pytest.mark.slow
+def test_the_bytes_are_freed_in_an_s3_store(
+    app: Flask, client: FlaskClient, request: pytest.FixtureRequest
+) -> None:
+    if "sqlite" not in request.node.callspec.id:
+        pytest.skip("the store is the same whatever the database")
+    app.config["STORE_URL"] = request.getfixturevalue("s3_server").url()
+    dataset_id = post_dataset(client)
+    s3 = store(app)
+    assert s3.size(dataset_id) > 0
+    assert client.delete(f"/api/v1/datasets/{dataset_id}").status_code == 204
+    sweep_once(app)
+    assert s3.parts(dataset_id) == [] and dataset_id not in s3.dataset_ids()
