@@ -373,3 +373,24 @@ def test_the_bytes_are_freed_in_an_s3_store(
     assert client.delete(f"/api/v1/datasets/{dataset_id}").status_code == 204
     sweep_once(app)
     assert s3.parts(dataset_id) == [] and dataset_id not in s3.dataset_ids()
+
+
+def test_sqlite_gives_freed_pages_back_with_incremental_auto_vacuum(
+    sqlite_database_url: str,
+) -> None:
+    from service.db import make_engine, make_sessionmaker
+
+    engine = make_engine(sqlite_database_url)
+    with engine.connect() as conn:
+        conn.exec_driver_sql("PRAGMA auto_vacuum=INCREMENTAL")
+        conn.exec_driver_sql("VACUUM")
+        conn.exec_driver_sql("CREATE TABLE filler (b BLOB)")
+        conn.exec_driver_sql("INSERT INTO filler VALUES (zeroblob(2000000))")
+        conn.commit()
+        conn.exec_driver_sql("DELETE FROM filler")
+        conn.commit()
+        assert conn.exec_driver_sql("PRAGMA freelist_count").scalar() > 400
+    deletion.vacuum(make_sessionmaker(engine))
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA freelist_count").scalar() == 0
+    engine.dispose()
