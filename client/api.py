@@ -600,6 +600,7 @@ class Client:
         class_weight: str | Mapping[Any, float] | None = None,
         dtype: str | None = None,
         preprocessing: Mapping[str, str] | None = None,
+        register_as: str | None = None,
     ) -> Job:
         """Submit a training job on a dataset id (or an inline dataset: `{"name", "features",
         "targets"}` or `{"name", "rows", "target"}`).
@@ -615,6 +616,8 @@ class Client:
         `class_weight`: "balanced" or `{label: weight}`. `dtype`: "float32" or "float64".
         `preprocessing`: `{"numeric": ..., "categorical": ..., "missing": ..., "target": ...}`,
         every key optional (`spec_defaults()["choices"]["preprocessing"]` lists the values).
+        `register_as`: a registered model's name; the model becomes its next version when the
+        job succeeds.
         """
         training: dict[str, Any] = {
             key: value
@@ -669,6 +672,8 @@ class Client:
             }
         if not isinstance(dataset, str) and dataset.get("column_types"):
             body["dataset"]["column_types"] = dict(dataset["column_types"])
+        if register_as is not None:
+            body["register_as"] = register_as
         return self._json("POST", "/jobs", json=body)
 
     def spec_defaults(self) -> dict[str, Any]:
@@ -839,6 +844,8 @@ class Client:
             time.sleep(poll_interval)
 
     # -- models -----------------------------------------------------------------------------
+    # Every `model_id` below is a reference: a model id, `NAME@vN` or `NAME@ALIAS` (the
+    # registry's), resolved by the server at each request.
 
     def get_model(self, model_id: str) -> Model:
         return self._json("GET", f"/models/{model_id}")
@@ -989,3 +996,27 @@ class Client:
         """Stored bytes and queued + running jobs against their quotas: `{"owner", "bytes":
         {"used", "quota", "datasets", "models", "uploads"}, "active_jobs": {"used", "quota"}}`."""
         return self._json("GET", "/usage")  # type: ignore[no-any-return]
+    # -- the model registry -----------------------------------------------------------------
+
+    def register_model(self, name: str, model_id: str) -> dict[str, Any]:
+        """Register a model (an id or a reference) as the next version of `name` (created if
+        new): `{"name", "version", "model_id", "created_at", "key_id"}`."""
+        body = {"model_id": model_id}
+        return self._json("POST", f"/registry/{name}/versions", json=body)
+
+    def set_alias(self, name: str, alias: str, version: int) -> dict[str, Any]:
+        """Point `name@alias` at `version` (created or moved): the alias with its `history`."""
+        body = {"version": int(version)}
+        return self._json("PUT", f"/registry/{name}/aliases/{alias}", json=body)
+
+    def delete_alias(self, name: str, alias: str) -> None:
+        """Delete `name@alias` (its history is kept)."""
+        self.request("DELETE", f"/registry/{name}/aliases/{alias}")
+
+    def get_registered(self, name: str) -> dict[str, Any]:
+        """A registered model: its `versions` and `aliases` (each with its `history`)."""
+        return self._json("GET", f"/registry/{name}")
+
+    def list_registry(self, page: int = 1, page_size: int = 20) -> Page:
+        """A page of registered models: `name`, `latest_version`, `aliases`."""
+        return self._page("/registry", page, page_size)

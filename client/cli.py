@@ -11,6 +11,9 @@
     trainyard evaluate MODEL_ID --dataset ID
     trainyard sweeps submit sweep.json [--watch] | sweeps watch ID | sweeps list | sweeps get ID
     trainyard sweeps cancel ID   (sweep.json: the body of POST /api/v1/sweeps)
+    trainyard registry register NAME MODEL_ID | registry alias NAME ALIAS VERSION [--delete]
+    trainyard registry show NAME | registry list
+    (every MODEL_ID above may be a model id, NAME@ALIAS or NAME@vN)
 
 `get` and `show` are the same command.
 
@@ -569,7 +572,7 @@ def cmd_jobs_submit(api: Client, args: argparse.Namespace) -> int:
     }
     if "batch_size" in vars(args):  # absent: the server's default; None: full batch
         options["batch_size"] = args.batch_size
-    job = api.submit_job(args.dataset, args.layers, **options)
+    job = api.submit_job(args.dataset, args.layers, register_as=args.register_as, **options)
     if args.watch:
         if not args.json:
             err.print(f"submitted job {job['id']}")
@@ -817,6 +820,7 @@ def cmd_models_get(api: Client, args: argparse.Namespace) -> int:
         ("parameters", sum(_count(v) for v in (model.get("parameters") or {}).values())),
         ("columns", ", ".join(f"{c['name']} ({c['type']})" for c in model.get("columns") or [])),
         ("created", short_time(model.get("created_at"))),
+        ("registered", registered_as(model.get("registered") or [])),
     ]
     out.print(key_values(f"Model {model['id']}", pairs))
     show_results(model)
@@ -857,6 +861,90 @@ def cmd_models_list(api: Client, args: argparse.Namespace) -> int:
     ]  # fmt: skip
     columns = ["id", "layers", "loss", "accuracy", "created"]
     out.print(table(page_title("Models", page), columns, rows))
+    return EXIT_OK
+
+
+def registered_as(entries: Sequence[dict[str, Any]]) -> str:
+    """`churn@v2 (champion), other@v1`, or `-`."""
+    return (
+        ", ".join(
+            f"{e['name']}@v{e['version']}"
+            + (f" ({', '.join(e['aliases'])})" if e["aliases"] else "")
+            for e in entries
+        )
+        or "-"
+    )
+
+
+def cmd_registry_register(api: Client, args: argparse.Namespace) -> int:
+    version = api.register_model(args.name, args.model_id)
+    if args.json:
+        emit_json(version)
+    else:
+        out.print(f"{version['name']}@v{version['version']} is model {version['model_id']}")
+    return EXIT_OK
+
+
+def cmd_registry_alias(api: Client, args: argparse.Namespace) -> int:
+    if args.delete:
+        api.delete_alias(args.name, args.alias)
+        if args.json:
+            emit_json({"name": args.name, "alias": args.alias, "deleted": True})
+        else:
+            out.print(f"{args.name}@{args.alias} deleted")
+        return EXIT_OK
+    if args.version is None:
+        raise UsageError("give the VERSION to point the alias at (or --delete)")
+    alias = api.set_alias(args.name, args.alias, args.version)
+    if args.json:
+        emit_json(alias)
+    else:
+        out.print(
+            f"{args.name}@{alias['alias']} -> v{alias['version']} (model {alias['model_id']})"
+        )
+    return EXIT_OK
+
+
+def cmd_registry_get(api: Client, args: argparse.Namespace) -> int:
+    got = api.get_registered(args.name)
+    if args.json:
+        emit_json(got)
+        return EXIT_OK
+    aliases_of: dict[int, list[str]] = {}
+    for a in got["aliases"]:
+        aliases_of.setdefault(a["version"], []).append(a["alias"])
+    rows = [
+        [f"v{v['version']}", v["model_id"], ", ".join(aliases_of.get(v["version"], [])) or "-",
+         short_time(v["created_at"])]
+        for v in got["versions"]
+    ]  # fmt: skip
+    out.print(
+        table(f"Registered model {got['name']}", ["version", "model", "aliases", "created"], rows)
+    )
+    moves = [
+        [a["alias"], fmt(h["from"]), fmt(h["to"]), short_time(h["at"]), fmt(h["key_id"])]
+        for a in got["aliases"]
+        for h in a["history"]
+    ]
+    if moves:
+        out.print(table("Alias moves", ["alias", "from", "to", "at", "key"], moves))
+    return EXIT_OK
+
+
+def cmd_registry_list(api: Client, args: argparse.Namespace) -> int:
+    page = api.list_registry(args.page, args.page_size)
+    if args.json:
+        emit_json(page)
+        return EXIT_OK
+    rows = [
+        [r["name"], f"v{r['latest_version']}",
+         ", ".join(f"{a}->v{v}" for a, v in r["aliases"].items()) or "-",
+         short_time(r["created_at"])]
+        for r in page["items"]
+    ]  # fmt: skip
+    out.print(
+        table(page_title("Registered models", page), ["name", "latest", "aliases", "created"], rows)
+    )
     return EXIT_OK
 
 
@@ -1089,6 +1177,7 @@ GROUPS = {
     "jobs": "submit, follow and cancel training jobs",
     "sweeps": "hyperparameter sweeps: many trials, one request",
     "models": "fetch trained models",
+    "registry": "named models: numbered versions, movable aliases (NAME@ALIAS, NAME@vN)",
 }
 STATUSES = ["queued", "running", "succeeded", "failed", "cancelled"]
 #: the global options, before the command or after it
@@ -1196,6 +1285,11 @@ SUBMIT_ARGS = (
         metavar="KEY=VALUE",
         help=_preprocessing_help(),
     ),
+    arg(
+        "--register-as",
+        metavar="NAME",
+        help="register the model as NAME's next version when the job succeeds",
+    ),
     arg("--watch", action="store_true", help="follow the job to its end"),
     arg("--poll-interval", type=float, default=0.5, help=argparse.SUPPRESS),
 )
@@ -1285,8 +1379,21 @@ COMMANDS: tuple[Command, ...] = (
     Command("models", "graph", cmd_models_graph, "download the computational graph (SVG)", (
         ID, arg("-o", "--output", help="file to write (default: stdout)"),
     )),
+    Command("registry", "register", cmd_registry_register,
+            "register a model as a name's next version (the first one creates the name)", (
+        arg("name", help="the registered model's name"),
+        arg("model_id", help="model id (or NAME@ALIAS, NAME@vN)"),
+    )),
+    Command("registry", "alias", cmd_registry_alias, "point an alias at a version (or delete it)", (
+        arg("name"), arg("alias", help="e.g. champion (v<digits> is reserved)"),
+        arg("version", nargs="?", type=int, help="the version number"),
+        arg("--delete", action="store_true", help="delete the alias instead"),
+    )),
+    Command("registry", "get", cmd_registry_get, "show a name's versions, aliases and moves",
+            (arg("name"),), ("show",)),
+    Command("registry", "list", cmd_registry_list, "list registered models", paged=True),
     Command("", "predict", cmd_predict, "predict with a model on a CSV file", (
-        arg("id", help="model id"),
+        arg("id", help="model id, NAME@ALIAS or NAME@vN"),
         arg(
             "file",
             help="CSV file with a header naming the model's columns (any order; text, missing "
@@ -1300,7 +1407,7 @@ COMMANDS: tuple[Command, ...] = (
             help="with --output: csv, jsonl or parquet (default: by the suffix, else csv)"),
     )),
     Command("", "evaluate", cmd_evaluate, "score a model on a dataset with its columns", (
-        arg("id", help="model id"),
+        arg("id", help="model id, NAME@ALIAS or NAME@vN"),
         arg("--dataset", required=True, help="dataset id (same columns and target)"),
     )),
 )  # fmt: skip

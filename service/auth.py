@@ -162,6 +162,11 @@ def current_owner() -> str:
     return str(g.owner)
 
 
+def current_key_id() -> str | None:
+    """The id of the API key the request came with (None outside a keyed request)."""
+    return g.get("api_key_id")
+
+
 def add_www_authenticate(response: Any) -> Any:
     """`after_request`: a 401 names the scheme it wants."""
     if response.status_code == 401:

@@ -43,7 +43,7 @@ from service.datasets import get_dataset
 from service.db import session_scope, utcnow
 from service.lifecycle import ACTIVE_STATUSES
 from service.problems import ApiError
-from service.tables import Dataset, DatasetData, Job, Sweep, TrainedModel
+from service.tables import Dataset, DatasetData, Job, ModelVersion, Sweep, TrainedModel
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -55,9 +55,12 @@ PURGE_BATCH = 200
 
 
 def is_registered(session: Session, model_id: str) -> bool:
-    """Is the model a version in the model registry? A registered model, its job and its sweep
-    cannot be deleted (`409`) and do not expire. (No registry table exists yet: none is.)"""
-    return False
+    """Is the model a version in the model registry (`service.registry`)? A registered model,
+    its job and its sweep cannot be deleted (`409`) and do not expire."""
+    found = session.scalar(
+        sa.select(ModelVersion.id).where(ModelVersion.model_id == model_id).limit(1)
+    )
+    return found is not None
 
 
 def _refuse_registered(session: Session, model_ids: Sequence[str], what: str) -> None:
@@ -259,6 +262,8 @@ def purge(factory: sessionmaker[Session]) -> dict[str, int]:
     counts = {"models": 0, "jobs": 0, "sweeps": 0, "datasets": 0, "dataset_parts": 0}
     while True:
         with session_scope(factory) as session:
+            # a model registered in a race with its delete stays (tombstoned: unserved)
+            registered = sa.select(ModelVersion.id).where(ModelVersion.model_id == TrainedModel.id)
             gone = _ids(
                 session,
                 sa.select(TrainedModel.id).where(
@@ -267,7 +272,8 @@ def purge(factory: sessionmaker[Session]) -> dict[str, int]:
                         TrainedModel.job_id.in_(
                             sa.select(Job.id).where(Job.deleted_at.is_not(None))
                         ),
-                    )
+                    ),
+                    ~registered.exists(),
                 ),
             )
             session.execute(sa.delete(TrainedModel).where(TrainedModel.id.in_(gone)))
@@ -276,7 +282,8 @@ def purge(factory: sessionmaker[Session]) -> dict[str, int]:
             break
     while True:
         with session_scope(factory) as session:
-            gone = _ids(session, sa.select(Job.id).where(Job.deleted_at.is_not(None)))
+            has_model = sa.select(TrainedModel.id).where(TrainedModel.job_id == Job.id).exists()
+            gone = _ids(session, sa.select(Job.id).where(Job.deleted_at.is_not(None), ~has_model))
             lifecycle.purge(session, gone)
         counts["jobs"] += len(gone)
         if len(gone) < PURGE_BATCH:

@@ -180,6 +180,7 @@ def create_job(
         name=data.get("name"),
         tags=data.get("tags"),
         expires_at=data.get("expires_at"),
+        register_as=data.get("register_as"),
     )
     return job
 

@@ -29,7 +29,8 @@ function                transition                       who calls it
 `heartbeat`,            running: `heartbeat_at`,         the task (heartbeat thread, per epoch)
 `record_epoch`          `epoch`, one `job_epochs` row
 `succeed`               running -> succeeded (and the    the task
-                        `models` row)
+                        `models` row; its registry
+                        version under `register_as`)
 `cancel_attempt`        running -> cancelled             the task (cancel flag seen)
 `fail`                  running -> failed                the task (any error, soft time limit)
 `reap`                  stale running -> queued (hand    maintenance loop (every worker)
@@ -83,7 +84,8 @@ Functions called by the API take its request `Session`; the worker-side ones tak
 `sessionmaker` and run whole transactions (so a caller may retry one when the connection broke).
 Settings come from `service.config.Settings`; this module imports nothing from Flask, Celery
 (publishing takes the Celery app as an argument) or `workers`, and of the service only the
-store (`config`, `db`, `tables`) and the outbox, which imports nothing that calls this module.
+store (`config`, `db`, `tables`), the outbox and the registry (`register_as`), which import
+nothing that calls this module.
 """
 
 from __future__ import annotations
@@ -101,6 +103,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.config import Settings
 from service.db import session_scope, utcnow
 from service.outbox import job_ended, jobs_ended
+from service.registry import register_version
 from service.tables import FINAL_STATUSES, JOB_STATUSES, Job, JobEpoch, TrainedModel
 
 if TYPE_CHECKING:
@@ -221,6 +224,7 @@ def submit(
     tags: Mapping[str, str] | None = None,
     trial: Mapping[str, Any] | None = None,
     expires_at: datetime | None = None,
+    register_as: str | None = None,
 ) -> Job:
     """A new `queued` job of `owner` (flushed; the caller commits, then calls `publish`).
 
@@ -236,6 +240,7 @@ def submit(
         name=name,
         tags=dict(tags) if tags else None,
         expires_at=expires_at,
+        register_as=register_as,
         **({**trial, "held": True} if trial else {}),
     )
     session.add(job)
@@ -594,7 +599,9 @@ def succeed(
     """End the attempt `succeeded` with `results` (the job's result columns: `epoch`,
     `metrics`, ...) and insert its trained model (the `models` row: `model`'s fields, besides
     `job_id`) in the same transaction, only while the attempt owns the job and no cancel was
-    asked for. Returns "succeeded", "cancelled" (asked for meanwhile) or "lost"."""
+    asked for; a job with `register_as` registers the model as that name's next version in
+    that transaction too (`service.registry`). Returns "succeeded", "cancelled" (asked for
+    meanwhile) or "lost"."""
     if STATE_COLUMNS & set(results):
         raise ValueError(f"only the lifecycle writes {sorted(STATE_COLUMNS & set(results))}")
     now = utcnow()
@@ -603,8 +610,9 @@ def succeed(
             sa.update(Job)
             .where(_owned(claim), Job.cancel_requested.is_(False))
             .values(**results, status="succeeded", finished_at=now, heartbeat_at=now)
-        )
-        if done.rowcount != 1:
+            .returning(Job.owner, Job.register_as)
+        ).first()
+        if done is None:
             session.rollback()
             cancelled = session.execute(
                 sa.select(Job.cancel_requested).where(_owned(claim))
@@ -612,7 +620,11 @@ def succeed(
             if cancelled:
                 return cancel_attempt(factory, claim)
             return "lost"
-        session.add(TrainedModel(job_id=claim.job_id, **model))
+        trained = TrainedModel(job_id=claim.job_id, **model)
+        session.add(trained)
+        session.flush()
+        if done.register_as:  # the model's version is committed with the success, or neither
+            register_version(session, done.owner, done.register_as, trained.id)
         with _recording(session, f"job {claim.job_id}"):  # with the model: the event names it
             job_ended(session, claim.job_id)
     return "succeeded"

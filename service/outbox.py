@@ -24,12 +24,13 @@ Two kinds of listeners hear of a change:
   that ends a job (`succeed`, `fail`, `cancel_attempt`, the API's `cancel` of a queued job,
   `claim` and `reap` ending a flagged or lost one, `fail_timed_out`, `cancel_trials`), and
   `service.sweeps` calls `enqueue_for_sweep` in the one that ends a sweep (`advance`,
-  `cancel_sweep`): the final status and its deliveries commit together, and a change rolled
-  back leaves none. `enqueue_for_job` writes one delivery per webhook of the job's owner that
-  subscribed to `job.<status>` and existed when the job ended; `enqueue_for_sweep` likewise
-  for `sweep.finished`. Given a `Session` they write in the caller's transaction (the caller
-  commits); given a `sessionmaker`, in one of their own. Attempt 1 is unique per (webhook,
-  event, subject), so recording twice creates one.
+  `cancel_sweep`), and `service.registry` calls `enqueue_for_alias_move` in the one that
+  moves an alias (`registry.alias_moved`): the change and its deliveries commit together, and
+  a change rolled back leaves none. `enqueue_for_job` writes one delivery per webhook of the
+  job's owner that subscribed to `job.<status>` and existed when the job ended;
+  `enqueue_for_sweep` likewise for `sweep.finished`. Given a `Session` they write in the
+  caller's transaction (the caller commits); given a `sessionmaker`, in one of their own.
+  Attempt 1 is unique per (webhook, event, subject), so recording twice creates one.
 - **Publishing, after the commit.** Whoever made the change publishes what it recorded:
   `publish_recorded` sends the subjects' first attempts not yet published (`unpublished`) and
   never raises (the API's cancels, `service.sweeps.advance`); the worker that ended a job calls
@@ -68,7 +69,7 @@ from service.tables import FINAL_STATUSES, Job, Sweep, new_id
 from service.views import serialize_jobs
 from service.webhook_delivery import DELIVER_TASK, lease_s
 from service.webhook_models import Webhook, WebhookDelivery
-from service.webhooks import aware, insert_delivery, job_payload, sweep_payload
+from service.webhooks import alias_payload, aware, insert_delivery, job_payload, sweep_payload
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -89,6 +90,7 @@ __all__ = [
     "SCAN_BATCH",
     "SCAN_WINDOW",
     "enqueue_deleted",
+    "enqueue_for_alias_move",
     "enqueue_for_job",
     "enqueue_for_sweep",
     "finished_unannounced",
@@ -249,6 +251,22 @@ def enqueue_deleted(
     return insert_delivery(
         session, *_deliveries(_subscribed(hooks, event, None), event, subject_id, payload)
     )
+
+
+def enqueue_for_alias_move(
+    session: Session, owner: str, move_id: str, at: datetime, data: dict[str, Any]
+) -> list[str]:
+    """As `enqueue_for_job`, for `registry.alias_moved` (in the move's transaction, by
+    `service.registry`; the subject is the move): one delivery per webhook of `owner`'s
+    subscribed to it that existed at the move."""
+    hooks = session.scalars(sa.select(Webhook).where(Webhook.owner == owner)).all()
+    rows = _deliveries(
+        _subscribed(hooks, "registry.alias_moved", at),
+        "registry.alias_moved",
+        move_id,
+        lambda event_id, now: alias_payload(data, event_id, now),
+    )
+    return insert_delivery(session, *rows)
 
 
 def job_ended(target: Session | sessionmaker[Session], job_id: str) -> list[str]:

@@ -28,6 +28,7 @@ from core.spec import (
     TRAINING_DEFAULTS,
     learning_rate,
 )
+from service.registry import NAME_PATTERN, NAME_RULE
 from service.tables import JOB_STATUSES, SWEEP_STATUSES
 
 CELL_MATRIX = {
@@ -117,6 +118,17 @@ def tags_field(**kwargs: Any) -> fields.Dict:
             "example": {"project": "penguins"},
         },
         **kwargs,
+    )
+
+
+def register_as_field() -> fields.String:
+    return fields.String(
+        allow_none=True,
+        validate=validate.Regexp(rf"\A{NAME_PATTERN.pattern}\Z", error=f"must be {NAME_RULE}"),
+        metadata={
+            "description": "A registered model's name (created if new): the trained (best) "
+            "model becomes its next version when this succeeds (`/registry`)."
+        },
     )
 
 
@@ -529,6 +541,7 @@ class SpecDefaultsSchema(Schema):
 class JobInSchema(Schema):
     name = name_field()
     tags = tags_field()
+    register_as = register_as_field()
     dataset_id = fields.String(metadata={"description": "An existing dataset; or `dataset`."})
     dataset = fields.Nested(DatasetInSchema, metadata={"description": "The data inline."})
     model = fields.Nested(ModelSpecSchema, required=True)
@@ -555,6 +568,7 @@ class JobSchema(Schema):
     id = fields.String()
     name = fields.String(allow_none=True)
     tags = fields.Dict(keys=fields.String(), values=fields.String())
+    register_as = fields.String(allow_none=True)
     status = fields.String(metadata={"enum": list(JOB_STATUSES)})
     dataset_id = fields.String()
     sweep_id = fields.String(
@@ -650,11 +664,17 @@ class ModelSchema(Schema):
     dataset_deleted = fields.Boolean(
         metadata={"description": "The training dataset was deleted (the model still works)."}
     )
+    registered = fields.List(
+        fields.Dict(),
+        metadata={
+            "description": "Where it is registered: `{name, version, aliases}` each (`/registry`)."
+        },
+    )
 
 
 class ModelSummarySchema(ModelSchema):
     class Meta:
-        exclude = ("parameters",)
+        exclude = ("parameters", "registered")
 
 
 class PredictInSchema(Schema):
@@ -829,6 +849,7 @@ class EarlyTerminationSchema(Schema):
 class SweepInSchema(Schema):
     name = name_field()
     tags = tags_field()
+    register_as = register_as_field()
     dataset_id = fields.String(required=True, validate=validate.Length(max=64))
     base = fields.Dict(
         required=True,
@@ -906,6 +927,7 @@ class SweepSchema(Schema):
     id = fields.String()
     name = fields.String(allow_none=True)
     tags = fields.Dict(keys=fields.String(), values=fields.String())
+    register_as = fields.String(allow_none=True)
     status = fields.String(metadata={"enum": list(SWEEP_STATUSES)})
     dataset_id = fields.String()
     method = fields.String()

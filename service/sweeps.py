@@ -29,7 +29,9 @@ function                transition                       who calls it
                         as `max_parallel` and the        each trial ends; maintenance
                         owner's `max_active_jobs` let),  (`advance_all`) for a step a lost
                         published; the sweep -> final    worker or broker never took
-                        once every trial is
+                        once every trial is (the best
+                        model registered under
+                        `register_as` when succeeded)
 `mark_running`          queued -> running                the task, when a trial starts
 `cancel_sweep`          held and queued trials ->        API (`POST /sweeps/{id}/cancel`)
                         cancelled, running ones get
@@ -87,7 +89,7 @@ from core.sweep import (
     median_rule,
     median_rule_due,
 )
-from service import lifecycle, outbox
+from service import lifecycle, outbox, registry
 from service.config import Limits, Settings
 from service.db import paginate, session_scope, utcnow
 from service.jobs import check_active_jobs, check_spec, dataset_facts, normalized_specs, tag_filters
@@ -206,7 +208,8 @@ def create_sweep(session: Session, data: dict[str, Any], limits: Limits, owner: 
     base = data["base"]
     for key in base:
         if key not in ("model", "training", "name", "tags"):
-            where = "the top level" if key in ("dataset_id", "dataset") else "a job request"
+            top = ("dataset_id", "dataset", "register_as")
+            where = "the top level" if key in top else "a job request"
             raise InputError(f"base.{key}", f"is not a field of base (give it at {where})")
     facts = dataset_facts(session, data["dataset_id"], owner)
     method = data["method"]
@@ -240,6 +243,7 @@ def create_sweep(session: Session, data: dict[str, Any], limits: Limits, owner: 
         seed=seed,
         early_termination=data.get("early_termination"),
         n_trials=n,
+        register_as=data.get("register_as"),
     )
     session.add(sweep)
     session.flush()
@@ -380,7 +384,13 @@ def advance(
             sa.update(Sweep)
             .where(Sweep.id == sweep_id, Sweep.status.in_(ACTIVE))
             .values(status=Sweep.status)
-            .returning(Sweep.owner, Sweep.status, Sweep.max_parallel, Sweep.cancel_requested)
+            .returning(
+                Sweep.owner,
+                Sweep.status,
+                Sweep.max_parallel,
+                Sweep.cancel_requested,
+                Sweep.register_as,
+            )
         ).first()
         if row is None:
             return []
@@ -409,6 +419,8 @@ def advance(
                     started_at=sa.func.coalesce(Sweep.started_at, now),
                 )
             )
+            if final == "succeeded" and row.register_as:
+                _register_best(session, sweep_id, row.owner, row.register_as)
             outbox.enqueue_for_sweep(session, sweep_id)  # `sweep.finished`, in this transaction
             log.info("sweep %s: %s", sweep_id, final)
         else:
@@ -429,6 +441,16 @@ def advance(
         # the broker may be down: `reconcile` publishes the trials it could not once it is back
         lifecycle.send_trials(factory, celery, sweep_id, ids, now)
     return ids
+
+
+def _register_best(session: Session, sweep_id: str, owner: str, name: str) -> None:
+    """Register the best trial's model as `name`'s next version (in the transaction that ends
+    the sweep: the sweep's success and the version commit together)."""
+    sweep = session.get(Sweep, sweep_id)
+    assert sweep is not None
+    best = core_sweep.best_trial(trials_of(session, [sweep])[sweep_id], sweep.metric["goal"])
+    if best is not None and best.model_id is not None:
+        registry.register_version(session, owner, name, best.model_id)
 
 
 def _free_slots(

@@ -163,6 +163,8 @@ class Job(Base):
     deleted_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True), index=True)
     # deleted (as by a DELETE) once past: `service.deletion.expire`
     expires_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True), index=True)
+    # a registered model's name: the model becomes its next version when the job succeeds
+    register_as: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
 
     history: Mapped[list[JobEpoch]] = relationship(
         order_by="JobEpoch.epoch", cascade="all, delete-orphan", lazy="raise"
@@ -207,6 +209,9 @@ class Sweep(Base):
     # {"type": "median", "min_epochs", "min_trials"} or null
     early_termination: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON, nullable=True)
     n_trials: Mapped[int]
+    # a registered model's name: the best trial's model becomes its next version when the
+    # sweep succeeds
+    register_as: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(
         sa.DateTime(timezone=True), default=utcnow, index=True
@@ -332,3 +337,78 @@ class Upload(Base):
     # set once the last byte made the dataset, or once the data was refused
     dataset_id: Mapped[str | None] = mapped_column(sa.String(32), nullable=True)
     error: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+
+
+class RegisteredModel(Base):
+    """A name of an owner's for a series of models (`service.registry`): its versions
+    (`ModelVersion`) count from 1; `last_version` is the counter a registration increments."""
+
+    __tablename__ = "registered_models"
+    __table_args__ = (sa.UniqueConstraint("owner", "name", name="uq_registered_models_owner_name"),)
+
+    id: Mapped[str] = mapped_column(sa.String(32), primary_key=True, default=new_id)
+    owner: Mapped[str] = mapped_column(sa.String(200), default=DEFAULT_OWNER)
+    name: Mapped[str] = mapped_column(sa.String(64))
+    last_version: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
+
+
+class ModelVersion(Base):
+    """Version `version` of a registered model: a trained model (never deleted while it is)."""
+
+    __tablename__ = "model_versions"
+    __table_args__ = (
+        sa.UniqueConstraint(
+            "registered_model_id", "version", name="uq_model_versions_registered_model_id_version"
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(sa.String(32), primary_key=True, default=new_id)
+    registered_model_id: Mapped[str] = mapped_column(
+        sa.ForeignKey("registered_models.id", ondelete="CASCADE")
+    )
+    version: Mapped[int]
+    model_id: Mapped[str] = mapped_column(sa.ForeignKey("models.id"), index=True)
+    # the API key that registered it (null: a job's or a sweep's `register_as`)
+    key_id: Mapped[str | None] = mapped_column(sa.String(32), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
+
+
+class ModelAlias(Base):
+    """A movable name for one version (`champion` -> 3): moved by one UPDATE."""
+
+    __tablename__ = "model_aliases"
+    __table_args__ = (
+        sa.UniqueConstraint(
+            "registered_model_id", "alias", name="uq_model_aliases_registered_model_id_alias"
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(sa.String(32), primary_key=True, default=new_id)
+    registered_model_id: Mapped[str] = mapped_column(
+        sa.ForeignKey("registered_models.id", ondelete="CASCADE")
+    )
+    alias: Mapped[str] = mapped_column(sa.String(64))
+    version: Mapped[int]
+    updated_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
+
+
+class AliasMove(Base):
+    """One move of an alias (append-only; kept when the alias is deleted): `from_version` null
+    when it was created, `to_version` null when it was deleted."""
+
+    __tablename__ = "alias_moves"
+    __table_args__ = (
+        sa.Index("ix_alias_moves_registered_model_id_alias", "registered_model_id", "alias"),
+    )
+
+    seq: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(sa.String(32), unique=True, default=new_id)
+    registered_model_id: Mapped[str] = mapped_column(
+        sa.ForeignKey("registered_models.id", ondelete="CASCADE")
+    )
+    alias: Mapped[str] = mapped_column(sa.String(64))
+    from_version: Mapped[int | None] = mapped_column(nullable=True)
+    to_version: Mapped[int | None] = mapped_column(nullable=True)
+    key_id: Mapped[str | None] = mapped_column(sa.String(32), nullable=True)
+    at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)

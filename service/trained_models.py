@@ -1,4 +1,7 @@
-"""Trained models: look up, serialise, predict, evaluate on another dataset."""
+"""Trained models: look up, serialise, predict, evaluate on another dataset.
+
+Every lookup takes a reference: a model id, `NAME@vN` or `NAME@ALIAS`, resolved by
+`service.registry.model_id_clause` in the statement that reads the model (`_owned`)."""
 
 from __future__ import annotations
 
@@ -21,22 +24,26 @@ from service.config import Limits
 from service.datasets import get_dataset, read_chunks, read_targets, uploaded_names
 from service.db import iso_utc, paginate
 from service.problems import ApiError, InputError
-from service.tables import Dataset, TrainedModel, is_id
+from service.registry import model_id_clause, not_found
+from service.tables import Dataset, TrainedModel
 
 #: rows encoded and predicted at a time for a streamed answer
 PREDICT_ROWS = 1 << 16
 
 
-def _not_found(model_id: str) -> ApiError:
-    return ApiError(404, f"No model with id {model_id!r}.")
+def _not_found(ref: str) -> ApiError:
+    return not_found(ref)
 
 
-def _owned(model_id: str, owner: str) -> Any:
-    """The WHERE clause for the owner's model with this id (404 for an id that cannot exist)."""
-    if not is_id(model_id):
-        raise _not_found(model_id)
+def _owned(ref: str, owner: str) -> Any:
+    """The WHERE clause for the owner's model `ref` names (an id, `NAME@vN`, `NAME@ALIAS`;
+    404 for a reference that cannot name one). An alias is read in the statement that reads
+    the model: an alias moved meanwhile gives the old model or the new one, whole."""
+    clause = model_id_clause(ref, owner)
+    if clause is None:
+        raise _not_found(ref)
     return sa.and_(
-        TrainedModel.id == model_id, TrainedModel.owner == owner, TrainedModel.deleted_at.is_(None)
+        TrainedModel.id == clause, TrainedModel.owner == owner, TrainedModel.deleted_at.is_(None)
     )
 
 

@@ -24,6 +24,7 @@ WEBHOOK_EVENTS = (
     "sweep.finished",
     "dataset.deleted",
     "model.deleted",
+    "registry.alias_moved",
 )
 DELIVERY_STATUSES = ("pending", "succeeded", "failed")
 

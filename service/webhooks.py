@@ -12,8 +12,9 @@ lost mid-delivery drops nothing. The modules around it, one concern each:
 - `service.webhook_signing` signs it; `service.webhook_urls` decides where it may go.
 
 This module holds the API side (create, list, get, delete, serialise), the body of each event
-(`job_payload`, `sweep_payload`: `{"id", "type", "created_at", "data": {"job": ...}}`, the job
-as `GET /jobs/{id}` gives it without its loss histories, or `{"sweep": ...}`) and the one
+(`job_payload`, `sweep_payload`, `alias_payload`: `{"id", "type", "created_at", "data":
+{"job": ...}}`, the job as `GET /jobs/{id}` gives it without its loss histories, or
+`{"sweep": ...}`, or `{"move": ...}` for a registry alias's move) and the one
 INSERT of a delivery row. It writes no job: it reads them (`service.views`, the API's view).
 """
 
@@ -183,6 +184,18 @@ def sweep_payload(session: Session, sweep: Sweep, event_id: str, now: datetime) 
         "type": "sweep.finished",
         "created_at": now.isoformat(),
         "data": {"sweep": _finite(data)},
+    }
+    return json.dumps(body, separators=(",", ":"), allow_nan=False)
+
+
+def alias_payload(data: Mapping[str, Any], event_id: str, now: datetime) -> str:
+    """The body of `registry.alias_moved`: the move (`name`, `alias`, `from`, `to`, `at`,
+    `key_id`, and `model_id`, the model `to` names; `to` null: the alias was deleted)."""
+    body = {
+        "id": event_id,
+        "type": "registry.alias_moved",
+        "created_at": now.isoformat(),
+        "data": {"move": dict(data)},
     }
     return json.dumps(body, separators=(",", ":"), allow_nan=False)
 

@@ -1,4 +1,7 @@
-"""Trained models: fetch, download weights and graph, predict."""
+"""Trained models: fetch, download weights and graph, predict.
+
+Every `{model_id}` below is a reference: a model id, `NAME@vN` or `NAME@ALIAS` (the model
+registry's), resolved at request time by `service.trained_models`."""
 
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from service.api import (
 )
 from service.auth import current_owner
 from service.problems import InputError
+from service.registry import registrations
 from service.schemas import (
     ErrorSchema,
     EvaluateInSchema,
@@ -34,7 +38,13 @@ from service.schemas import (
     PredictionSchema,
 )
 
-blp = Blueprint("models", __name__, url_prefix="/models", description="Trained models.")
+blp = Blueprint(
+    "models",
+    __name__,
+    url_prefix="/models",
+    description="Trained models. Wherever a route takes `{model_id}`, a registered model's "
+    "`NAME@vN` (version N) or `NAME@ALIAS` (the version the alias points at now) works too.",
+)
 
 
 @blp.route("")
@@ -57,9 +67,11 @@ def list_models(query: dict[str, Any]) -> dict[str, Any]:
 @blp.response(200, ModelSchema)
 @blp.alt_response(404, schema=ErrorSchema, description="No such model.")
 def get_model(model_id: str) -> dict[str, Any]:
-    """Fetch a model: architecture, parameters as nested lists, metrics."""
-    model = trained_models.get_model(db(), model_id, current_owner(), with_weights=True)
-    return trained_models.serialize_model(model)
+    """Fetch a model: architecture, parameters as nested lists, metrics, and where it is
+    registered (`registered`)."""
+    session = db()
+    model = trained_models.get_model(session, model_id, current_owner(), with_weights=True)
+    return {**trained_models.serialize_model(model), "registered": registrations(session, model.id)}
 
 
 @blp.route("/<model_id>", methods=["DELETE"])

@@ -25,7 +25,7 @@ blp = Blueprint(
     "webhooks",
     __name__,
     url_prefix="/webhooks",
-    description="Webhooks: job and sweep events POSTed to your URL, signed.",
+    description="Webhooks: job, sweep and registry events POSTed to your URL, signed.",
 )
 
 
@@ -74,7 +74,9 @@ class DeliverySchema(Schema):
     event_id = fields.String(
         metadata={"description": "The same for every attempt (`X-Trainyard-Event-Id`)."}
     )
-    subject_id = fields.String(metadata={"description": "The job (or sweep) it is about."})
+    subject_id = fields.String(
+        metadata={"description": "The job, sweep or (registry.alias_moved) alias move it is about."}
+    )
     attempt = fields.Integer(metadata={"description": "From 1."})
     status = fields.String(metadata={"enum": list(DELIVERY_STATUSES)})
     status_code = fields.Integer(allow_none=True, metadata={"description": "The answer's."})

@@ -2,7 +2,8 @@
 
 Pages: jobs (`/`), one job (`/jobs/<id>`), datasets (`/datasets`, with the CSV upload), one
 dataset (`/datasets/<id>`), sweeps (`/sweeps`, with the new-sweep form), one sweep
-(`/sweeps/<id>`) and the comparison of jobs picked on the jobs page (`/compare?jobs=a,b`).
+(`/sweeps/<id>`), the model registry (`/registry`, one name at `/registry/<name>`) and the
+comparison of jobs picked on the jobs page (`/compare?jobs=a,b`).
 They are a static shell: no data is rendered on the server and no
 key is needed to load them. The page scripts (static/) fetch everything from `/api/v1` with the
 API key that the browser keeps in localStorage (given once as `/#token=KEY`, or pasted into the
@@ -63,6 +64,19 @@ def sweep_page(sweep_id: str) -> str:
     """One sweep: its trials (sortable, live), their validation-loss curves overlaid, each
     parameter against the metric (static/sweep.js)."""
     return render_template("dashboard/sweep.html", sweep_id=sweep_id)
+
+
+@bp.route("/registry")
+def registry_page() -> str:
+    """Registered models: names, latest versions, aliases (static/registry.js)."""
+    return render_template("dashboard/registry.html", name="")
+
+
+@bp.route("/registry/<name>")
+def registered_page(name: str) -> str:
+    """One registered model: its versions (with their models' jobs) and its aliases with the
+    history of their moves (static/registry.js)."""
+    return render_template("dashboard/registry.html", name=name)
 
 
 @bp.route("/compare")

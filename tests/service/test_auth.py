@@ -59,6 +59,11 @@ API_ROUTES = [
     ("PATCH", "/api/v1/models/x"),
     ("DELETE", "/api/v1/sweeps/x"),
     ("GET", "/api/v1/usage"),
+    ("GET", "/api/v1/registry"),
+    ("GET", "/api/v1/registry/x"),
+    ("POST", "/api/v1/registry/x/versions"),
+    ("PUT", "/api/v1/registry/x/aliases/x"),
+    ("DELETE", "/api/v1/registry/x/aliases/x"),
     ("GET", "/api/v1/nope"),  # unknown routes too: nothing below /api/v1 answers without a key
 ]
 

@@ -136,13 +136,21 @@ def test_deleting_a_model_keeps_its_job(app: Flask, client: FlaskClient) -> None
     assert count_rows(app, TrainedModel) == 0 and count_rows(app, Job) == 1
 
 
-def test_a_registered_model_is_409(
-    app: Flask, client: FlaskClient, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_registered_model_is_409(app: Flask, client: FlaskClient) -> None:
     model_id, job_id, _ = add_model(app, [3, 1], "binary_cross_entropy", [0, 1])
-    monkeypatch.setattr(deletion, "is_registered", lambda session, m: m == model_id)
+    r = client.post("/api/v1/registry/churn/versions", json={"model_id": model_id})
+    assert r.status_code in (200, 201), r.get_json()
     for path in (f"/api/v1/models/{model_id}", f"/api/v1/jobs/{job_id}"):
-        assert assert_error(client.delete(path), 409)["code"] == "model_registered"
+        error = assert_error(client.delete(path), 409)
+        assert error["code"] == "model_registered" and model_id in error["message"]
+    past = {"expires_at": "2000-01-01T00:00:00Z"}
+    assert client.patch(f"/api/v1/jobs/{job_id}", json=past).status_code == 200
+    sweep_once(app)  # a registered model's job does not expire
+    assert client.get("/api/v1/models/churn@v1").get_json()["id"] == model_id
+    # a deleted model cannot be registered
+    other, _, _ = add_model(app, [3, 1], "binary_cross_entropy", [0, 1])
+    assert client.delete(f"/api/v1/models/{other}").status_code == 204
+    assert_error(client.post("/api/v1/registry/churn/versions", json={"model_id": other}), 404)
 
 
 def test_deleting_a_sweep_deletes_its_trials(app: Flask, client: FlaskClient) -> None:

@@ -427,10 +427,24 @@
     });
   }
 
+  // Where the model is registered: NAME@vN (aliases), each linking to its registry page.
+  function showRegistered(entries) {
+    const box = document.getElementById("model-registered");
+    box.replaceChildren();
+    entries.forEach(function (e, i) {
+      if (i > 0) box.appendChild(document.createTextNode(", "));
+      const text = e.name + "@v" + e.version + (e.aliases.length ? " (" + e.aliases.join(", ") + ")" : "");
+      box.appendChild(T.el("a", { text: text, href: "/registry/" + encodeURIComponent(e.name) }));
+    });
+    if (entries.length) box.insertBefore(document.createTextNode("Registered as "), box.firstChild);
+    box.hidden = entries.length === 0;
+  }
+
   async function loadModel(modelId) {
     model = await T.getJson("/models/" + encodeURIComponent(modelId));
     document.getElementById("model-panel").hidden = false;
     document.getElementById("model-id").textContent = model.id;
+    showRegistered(model.registered || []);
     const arch = model.architecture;
     buildPredictForm();
     const columns = modelColumns();
