@@ -996,6 +996,7 @@ class Client:
         """Stored bytes and queued + running jobs against their quotas: `{"owner", "bytes":
         {"used", "quota", "datasets", "models", "uploads"}, "active_jobs": {"used", "quota"}}`."""
         return self._json("GET", "/usage")  # type: ignore[no-any-return]
+
     # -- the model registry -----------------------------------------------------------------
 
     def register_model(self, name: str, model_id: str) -> dict[str, Any]:
