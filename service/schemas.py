@@ -215,6 +215,9 @@ class DatasetCsvQuerySchema(DatasetCsvSchema):
     `application/gzip`; Parquet: `application/vnd.apache.parquet`; JSON lines:
     `application/x-ndjson`) as query parameters."""
 
+    # for any body (JSON, a form, a raw file): when the dataset is deleted (`service.deletion`)
+    expires_at = expires_at_field()
+
     class Meta:
         exclude = ("file",)
 

@@ -250,7 +250,9 @@ class Datasets(MethodView):
         says otherwise (a column that turns to text after numbers is categorical, with a
         warning); cells may be missing (empty, `NA`, `NaN`, `null`, `None`; JSON `null`),
         targets may not, unless `drop_missing_target` drops such rows. With an
-        `Idempotency-Key`, a retry gets the first answer and stores nothing new.
+        `Idempotency-Key`, a retry gets the first answer and stores nothing new. The query's
+        `expires_at` (any body) is when the dataset is deleted; none while the owner is over its
+        stored-bytes quota (`413`).
         """
         session, owner = db(), current_owner()
         quotas.check(session, owner, limits())  # 413 once over the stored-bytes quota
@@ -294,6 +296,8 @@ class Datasets(MethodView):
                 request.content_length,
                 FORMAT_OF_TYPE[mimetype],
             )
+        if query.get("expires_at") is not None:
+            dataset.expires_at = query["expires_at"]
         body = datasets.describe(dataset)
         body["warnings"] = warnings or body.get("warnings") or []
         try:

@@ -402,3 +402,16 @@ def test_sqlite_gives_freed_pages_back_with_incremental_auto_vacuum(
     with engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA freelist_count").scalar() == 0
     engine.dispose()
+
+
+def test_a_dataset_takes_its_expiry_at_creation(client: FlaskClient) -> None:
+    body = {"name": "x", "features": [[1], [2]], "targets": [1, 2]}
+    r = client.post("/api/v1/datasets?expires_at=2030-01-02T03:04:05Z", json=body)
+    assert r.status_code == 201 and r.get_json()["expires_at"].startswith("2030-01-02T03:04:05")
+    r = client.post(
+        "/api/v1/datasets?name=csv&expires_at=2031-01-01T00:00:00",
+        data=b"a,y\n1,2\n3,4\n",
+        headers={"Content-Type": "text/csv"},
+    )
+    assert r.status_code == 201 and r.get_json()["expires_at"].startswith("2031-01-01T00:00:00")
+    assert_error(client.post("/api/v1/datasets?expires_at=soon", json=body), 422, "expires_at")
