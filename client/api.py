@@ -1021,3 +1021,46 @@ class Client:
     def list_registry(self, page: int = 1, page_size: int = 20) -> Page:
         """A page of registered models: `name`, `latest_version`, `aliases`."""
         return self._page("/registry", page, page_size)
+
+    # -- API keys and the audit log ---------------------------------------------------------
+
+    def list_keys(self, page: int = 1, page_size: int = 20) -> Page:
+        """The owner's API keys (id, name, prefix, scope, created_at, last_used_at,
+        expires_at, revoked_at; never a secret), oldest first."""
+        return self._page("/keys", page, page_size)
+
+    def create_key(
+        self, name: str = "", scope: str | None = None, expires_at: str | None = None
+    ) -> dict[str, Any]:
+        """A new key of the same owner; its `key` is in the answer, this once. `scope`:
+        `read` or `write` (default: this client's key's); `expires_at`: ISO 8601."""
+        body: dict[str, Any] = {"name": name}
+        if scope:
+            body["scope"] = scope
+        if expires_at:
+            body["expires_at"] = expires_at
+        return self._json("POST", "/keys", json=body)
+
+    def rotate_key(self, key_id: str) -> dict[str, Any]:
+        """A new key (new id and secret, in `key`) with the old one's name, scope and expiry;
+        the old one is revoked."""
+        return self._json("POST", f"/keys/{key_id}/rotate")
+
+    def revoke_key(self, key_id: str) -> None:
+        """Revoke a key: later requests with it are refused (401)."""
+        self.request("DELETE", f"/keys/{key_id}")
+
+    def audit(
+        self,
+        action: str | None = None,
+        key_id: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        page: int = 1,
+        page_size: int = 20,
+    ) -> Page:
+        """The owner's audit log, newest first: one entry per mutating request (`action`:
+        exact, or a resource such as `job`; `since`/`until`: ISO 8601)."""
+        return self._page(
+            "/audit", page, page_size, action=action, key_id=key_id, since=since, until=until
+        )

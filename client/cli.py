@@ -1152,6 +1152,67 @@ class Arg:
     options: dict[str, Any] = field(default_factory=dict)
 
 
+def cmd_keys_list(api: Client, args: argparse.Namespace) -> int:
+    page = api.list_keys(args.page, args.page_size)
+    if args.json:
+        emit_json(page)
+        return EXIT_OK
+    rows = [
+        [k["id"], k["prefix"], k["name"], k["scope"], short_time(k.get("created_at")),
+         short_time(k.get("last_used_at")), short_time(k.get("expires_at")),
+         short_time(k.get("revoked_at"))]
+        for k in page["items"]
+    ]  # fmt: skip
+    columns = ["id", "prefix", "name", "scope", "created", "used", "expires", "revoked"]
+    out.print(table(page_title("API keys", page), columns, rows))
+    return EXIT_OK
+
+
+def _show_new_key(key: dict[str, Any], as_json: bool, what: str) -> int:
+    if as_json:
+        emit_json(key)
+    else:
+        out.print(key["key"])
+        err.print(
+            f"{what} key {key['id']} ({key['scope']}). Store it now: it cannot be shown again."
+        )
+    return EXIT_OK
+
+
+def cmd_keys_create(api: Client, args: argparse.Namespace) -> int:
+    key = api.create_key(args.name or "", args.scope, args.expires_at)
+    return _show_new_key(key, args.json, "Created")
+
+
+def cmd_keys_rotate(api: Client, args: argparse.Namespace) -> int:
+    key = api.rotate_key(args.id)
+    return _show_new_key(key, args.json, f"Revoked {args.id}; new")
+
+
+def cmd_keys_revoke(api: Client, args: argparse.Namespace) -> int:
+    api.revoke_key(args.id)
+    if args.json:
+        emit_json({"id": args.id, "revoked": True})
+    else:
+        out.print(f"key {args.id} revoked")
+    return EXIT_OK
+
+
+def cmd_audit(api: Client, args: argparse.Namespace) -> int:
+    page = api.audit(args.action, args.key_id, args.since, args.until, args.page, args.page_size)
+    if args.json:
+        emit_json(page)
+        return EXIT_OK
+    rows = [
+        [short_time(e["at"]), e["action"], e["status_code"],
+         " ".join(e["resource_ids"].values()), (e.get("key_id") or "")[:8]]
+        for e in page["items"]
+    ]  # fmt: skip
+    columns = ["at", "action", "status", "resources", "key"]
+    out.print(table(page_title("Audit log", page), columns, rows))
+    return EXIT_OK
+
+
 def arg(*flags: str, **options: Any) -> Arg:
     return Arg(flags, options)
 
@@ -1178,6 +1239,7 @@ GROUPS = {
     "sweeps": "hyperparameter sweeps: many trials, one request",
     "models": "fetch trained models",
     "registry": "named models: numbered versions, movable aliases (NAME@ALIAS, NAME@vN)",
+    "keys": "list, create, rotate and revoke this owner's API keys",
 }
 STATUSES = ["queued", "running", "succeeded", "failed", "cancelled"]
 #: the global options, before the command or after it
@@ -1410,6 +1472,25 @@ COMMANDS: tuple[Command, ...] = (
         arg("id", help="model id, NAME@ALIAS or NAME@vN"),
         arg("--dataset", required=True, help="dataset id (same columns and target)"),
     )),
+    Command("keys", "list", cmd_keys_list, "list the owner's API keys (never the secrets)",
+            paged=True),
+    Command("keys", "create", cmd_keys_create, "create an API key (printed this once)", (
+        arg("--name", help="a note to tell keys apart"),
+        arg("--scope", choices=["read", "write"],
+            help="read: no request that changes something (default: this key's scope)"),
+        arg("--expires-at", metavar="ISO8601", help="when it stops working (default: never, "
+            "or this key's own expiry)"),
+    )),
+    Command("keys", "rotate", cmd_keys_rotate,
+            "replace a key by a new one (same name, scope, expiry); the old one is revoked",
+            (ID,)),
+    Command("keys", "revoke", cmd_keys_revoke, "revoke a key", (ID,)),
+    Command("", "audit", cmd_audit, "the owner's audit log, newest first", (
+        arg("--action", help="one action (job.cancel) or a resource's (job)"),
+        arg("--key-id", help="only this key's requests"),
+        arg("--since", metavar="ISO8601"),
+        arg("--until", metavar="ISO8601"),
+    ), paged=True),
 )  # fmt: skip
 
 

@@ -16,7 +16,7 @@ from apispec import BasePlugin
 from flask import Flask
 from flask_smorest import Api
 
-from service import auth, errors, ratelimit, security
+from service import audit, auth, errors, ratelimit, security
 from service.celery import celery_config, celery_init_app
 from service.config import Settings
 from service.db import make_engine, make_sessionmaker
@@ -51,7 +51,7 @@ OPENAPI_CONFIG: dict[str, Any] = {
 _ERROR_CONTENT = {"application/json": {"schema": "Error"}}
 _AUTH_RESPONSES = {
     "401": {
-        "description": "No API key, or an unknown or revoked one.",
+        "description": "No API key, or an unknown, revoked or expired one.",
         "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
         "content": _ERROR_CONTENT,
     },
@@ -142,6 +142,12 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     from service.api import usage  # usage against quotas (deletes are in each resource's module)
 
     api.register_blueprint(usage.blp, url_prefix=f"{API_PREFIX}{usage.blp.url_prefix}")
+    from service.api import audit as audit_api
+    from service.api import keys  # API keys and the audit log
+
+    for blp in (keys.blp, audit_api.blp):
+        api.register_blueprint(blp, url_prefix=f"{API_PREFIX}{blp.url_prefix}")
+    audit.init_app(app)
     api.register_blueprint(health.blp)
     app.register_blueprint(docs.bp)
     app.register_blueprint(dashboard.bp)

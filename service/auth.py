@@ -10,8 +10,10 @@ checked with one indexed lookup by hash. Whoever reads the table cannot use what
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import click
@@ -20,9 +22,10 @@ from flask import Flask, current_app, g, request
 from flask.cli import AppGroup
 from sqlalchemy.orm import Session
 
-from service.db import session_scope, utcnow
+from service import audit
+from service.db import iso_utc, session_scope, utcnow
 from service.problems import ApiError
-from service.tables import ApiKey
+from service.tables import KEY_SCOPES, ApiKey
 
 KEY_PREFIX = "ty_"
 DISPLAY_PREFIX_LENGTH = len(KEY_PREFIX) + 8
@@ -35,8 +38,10 @@ BEARER_SCHEME = {
     "type": "http",
     "scheme": "bearer",
     "description": "An API key: `Authorization: Bearer ty_...`. Create one with "
-    "`flask --app service keys create --owner NAME`; the embedded mode writes one to "
-    "`var/api-key` on first start.",
+    "`flask --app service keys create --owner NAME` or `POST /api/v1/keys`; the embedded "
+    "mode writes one to `var/api-key` on first start. A key of scope `read` gets `403` on "
+    "every operation that changes something (`POST`, `PUT`, `PATCH`, `DELETE`, but for "
+    "`predict` and `evaluate`); an expired key is a `401`.",
 }
 
 
@@ -44,10 +49,20 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
+# A key's scope: `read` keys make no mutating request (403); `write` keys (the default, and
+# every key made before scopes existed) make any.
+SCOPES = KEY_SCOPES
+DEFAULT_SCOPE = "write"
+# `last_used_at` is written at most this often per key, not on every request
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
 def create_api_key(
     session: Session,
     owner: str,
     name: str = "",
+    scope: str = DEFAULT_SCOPE,
+    expires_at: datetime | None = None,
     *,
     quota_bytes: int | None = None,
     max_active_jobs: int | None = None,
@@ -56,6 +71,8 @@ def create_api_key(
     `quota_bytes` and `max_active_jobs`: the key's own quotas (`service.quotas`)."""
     if not owner or len(owner) > 200:
         raise ValueError("owner must be 1 to 200 characters")
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {', '.join(SCOPES)}")
     key = KEY_PREFIX + secrets.token_urlsafe(32)
     session.add(
         ApiKey(
@@ -63,12 +80,32 @@ def create_api_key(
             name=name[:200],
             key_hash=hash_key(key),
             prefix=key[:DISPLAY_PREFIX_LENGTH],
+            scope=scope,
+            expires_at=expires_at,
             quota_bytes=quota_bytes,
             max_active_jobs=max_active_jobs,
         )
     )
     session.flush()
     return key
+
+
+def parse_expiry(text: str, now: datetime | None = None) -> datetime:
+    """`--expires`: a duration from now (`30d`, `12h`, `90m`) or an ISO 8601 date or time
+    (UTC unless it names its offset). ValueError otherwise."""
+    match = re.fullmatch(r"\s*(\d+)\s*([dhm])\s*", text)
+    if match:
+        unit = {"d": "days", "h": "hours", "m": "minutes"}[match.group(2)]
+        return (now or utcnow()) + timedelta(**{unit: int(match.group(1))})
+    value = datetime.fromisoformat(text.strip())
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def is_expired(key: ApiKey, now: datetime | None = None) -> bool:
+    if key.expires_at is None:
+        return False
+    expires = key.expires_at if key.expires_at.tzinfo else key.expires_at.replace(tzinfo=UTC)
+    return expires <= (now or utcnow())
 
 
 def find_api_key(session: Session, id_or_prefix: str) -> ApiKey:
@@ -110,18 +147,56 @@ def list_api_keys(session: Session, owner: str | None = None) -> list[ApiKey]:
 
 
 def verify_api_key(session: Session, key: str) -> ApiKey | None:
-    """The live key row for a plaintext key, or None (unknown or revoked)."""
-    if not key.startswith(KEY_PREFIX) or len(key) > 200:
-        return None
-    row = session.scalars(sa.select(ApiKey).where(ApiKey.key_hash == hash_key(key))).one_or_none()
-    if row is None or row.revoked_at is not None:
+    """The live key row for a plaintext key, or None (unknown, revoked or expired)."""
+    row = _key_row(session, key)
+    if row is None or row.revoked_at is not None or is_expired(row):
         return None
     return row
+
+
+def _key_row(session: Session, key: str) -> ApiKey | None:
+    if not key.startswith(KEY_PREFIX) or len(key) > 200:
+        return None
+    return session.scalars(sa.select(ApiKey).where(ApiKey.key_hash == hash_key(key))).one_or_none()
+
+
+def touch_last_used(session: Session, key: ApiKey) -> None:
+    """Record the key's use, at most once per `LAST_USED_RESOLUTION`: a conditional UPDATE
+    (so concurrent requests write it once), committed at once; most requests write nothing."""
+    now = utcnow()
+    last = key.last_used_at
+    if last is not None and (last if last.tzinfo else last.replace(tzinfo=UTC)) > (
+        now - LAST_USED_RESOLUTION
+    ):
+        return
+    session.execute(
+        sa.update(ApiKey)
+        .where(ApiKey.id == key.id)
+        .where(
+            sa.or_(
+                ApiKey.last_used_at.is_(None),
+                ApiKey.last_used_at <= now - LAST_USED_RESOLUTION,
+            )
+        )
+        .values(last_used_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
 
 
 class Unauthorized(ApiError):
     def __init__(self, message: str) -> None:
         super().__init__(401, message, code="unauthorized")
+
+
+class ScopeTooNarrow(ApiError):
+    def __init__(self, scope: str) -> None:
+        super().__init__(
+            403,
+            f"This API key has scope `{scope}`: this operation changes something and needs "
+            "scope `write`.",
+            code="forbidden",
+        )
 
 
 # tus clients (and browsers' preflights, which carry no key) ask these for the server's
@@ -150,12 +225,28 @@ def authenticate() -> None:
         raise Unauthorized("An API key is needed: send `Authorization: Bearer <key>`.")
     if scheme.lower() != "bearer" or not key.strip():
         raise Unauthorized("The Authorization header must be `Bearer <key>`.")
-    row = verify_api_key(current_app.extensions["auth_session"](), key.strip())
-    if row is None:
+    session = current_app.extensions["auth_session"]()
+    row = _key_row(session, key.strip())
+    if row is None or row.revoked_at is not None:
         raise Unauthorized("The API key is not valid (unknown or revoked).")
+    if is_expired(row):
+        raise Unauthorized(f"The API key expired at {iso_utc(row.expires_at)}.")
     g.owner = row.owner
     g.api_key_id = row.id
     g.key_quotas = (row.quota_bytes, row.max_active_jobs)  # service.quotas.for_key
+    g.api_key_scope = row.scope
+    touch_last_used(session, row)
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    if row.scope != "write" and audit.is_mutating(
+        app, request.endpoint, request.path, request.method
+    ):
+        raise ScopeTooNarrow(row.scope)
+
+
+def current_key() -> tuple[str, str, datetime | None]:
+    """The request's key: its id, scope and expiry."""
+    row = current_app.extensions["auth_session"]().get(ApiKey, g.api_key_id)
+    return row.id, row.scope, row.expires_at
 
 
 def current_owner() -> str:
@@ -185,24 +276,53 @@ def _sessions() -> Any:
 @click.option("--owner", required=True, help="Who the key's datasets, jobs and models belong to.")
 @click.option("--name", default="", help="A note to tell keys apart, e.g. 'laptop'.")
 @click.option(
+    "--scope",
+    type=click.Choice(SCOPES),
+    default=DEFAULT_SCOPE,
+    show_default=True,
+    help="`read`: no request that changes something.",
+)
+@click.option(
+    "--expires",
+    default=None,
+    help="When the key stops working: a duration (30d, 12h, 90m) or an ISO 8601 date/time.",
+)
+@click.option(
     "--quota-bytes", default=None, help="Bytes its owner may store through it: 10GB, 500MB, ..."
 )
 @click.option(
     "--max-active-jobs", type=click.IntRange(min=0), default=None, help="Queued + running jobs."
 )
 def create_command(
-    owner: str, name: str, quota_bytes: str | None, max_active_jobs: int | None
+    owner: str,
+    name: str,
+    scope: str,
+    expires: str | None,
+    quota_bytes: str | None,
+    max_active_jobs: int | None,
 ) -> None:
     """Create a key and print it (it is shown this once; only its hash is stored)."""
     from service.quotas import parse_size
 
+    try:
+        expires_at = parse_expiry(expires) if expires else None
+    except ValueError:
+        raise click.BadParameter(
+            "a duration (30d, 12h, 90m) or an ISO 8601 date/time", param_hint="--expires"
+        ) from None
     try:
         size = None if quota_bytes is None else parse_size(quota_bytes)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--quota-bytes") from None
     with session_scope(_sessions()) as session:
         key = create_api_key(
-            session, owner, name, quota_bytes=size, max_active_jobs=max_active_jobs
+            session,
+            owner,
+            name,
+            scope,
+            expires_at,
+            quota_bytes=size,
+            max_active_jobs=max_active_jobs,
         )
     click.echo(key)
     click.echo(
@@ -217,11 +337,13 @@ def list_command(owner: str | None) -> None:
     """List keys (id, prefix, owner, name, created, revoked); never the keys themselves."""
     with session_scope(_sessions()) as session:
         rows = list_api_keys(session, owner)
-        click.echo(f"{'id':32}  {'prefix':11}  {'owner':16}  {'name':16}  created / revoked")
+        click.echo(
+            f"{'id':32}  {'prefix':11}  {'owner':16}  {'name':16}  {'scope':5}  created / revoked"
+        )
         for r in rows:
             revoked = r.revoked_at.isoformat(timespec="seconds") if r.revoked_at else "-"
             click.echo(
-                f"{r.id:32}  {r.prefix:11}  {r.owner:16}  {r.name:16}  "
+                f"{r.id:32}  {r.prefix:11}  {r.owner:16}  {r.name:16}  {r.scope:5}  "
                 f"{r.created_at.isoformat(timespec='seconds')} / {revoked}"
             )
 

@@ -169,6 +169,11 @@ class Settings:
     webhook_timeout: float = field(
         default_factory=lambda: _env_float("TRAINYARD_WEBHOOK_TIMEOUT", 5.0)
     )
+    # The audit log (service.audit) keeps entries this many days (the maintenance sweep deletes
+    # older ones); 0, the default: kept forever.
+    audit_retention_days: float = field(
+        default_factory=lambda: _env_float("TRAINYARD_AUDIT_RETENTION_DAYS", 0.0)
+    )
     # Live event streams (service.events), in seconds: how often the embedded mode (SQLite)
     # looks for changes of the streamed jobs; how often every stream reads the store anyway (a
     # missed PostgreSQL notification costs this much latency); the keep-alive comment.

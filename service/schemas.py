@@ -29,7 +29,7 @@ from core.spec import (
     learning_rate,
 )
 from service.registry import NAME_PATTERN, NAME_RULE
-from service.tables import JOB_STATUSES, SWEEP_STATUSES
+from service.tables import JOB_STATUSES, KEY_SCOPES, SWEEP_STATUSES
 
 CELL_MATRIX = {
     "description": "Rows of equally many cells (at least one row and one column): numbers, "
@@ -1055,3 +1055,70 @@ class UsageSchema(Schema):
     owner = fields.String()
     bytes = fields.Nested(UsageBytesSchema)
     active_jobs = fields.Nested(UsageCountSchema, metadata={"description": "queued + running"})
+
+
+class ApiKeySchema(Schema):
+    """An API key as `GET /api/v1/keys` shows it: never its secret."""
+
+    id = fields.String()
+    name = fields.String()
+    prefix = fields.String(metadata={"description": "The key's first characters."})
+    scope = fields.String(validate=validate.OneOf(KEY_SCOPES))
+    created_at = fields.String()
+    last_used_at = fields.String(
+        allow_none=True, metadata={"description": "To the minute: written at most once a minute."}
+    )
+    expires_at = fields.String(allow_none=True)
+    revoked_at = fields.String(allow_none=True)
+
+
+class NewApiKeySchema(ApiKeySchema):
+    key = fields.String(metadata={"description": "The key itself: shown this once."})
+
+
+class ApiKeyInSchema(Schema):
+    name = fields.String(load_default="", validate=validate.Length(max=200))
+    scope = fields.String(
+        validate=validate.OneOf(KEY_SCOPES),
+        metadata={"description": "`read` or `write`; the calling key's own scope if left out."},
+    )
+    expires_at = fields.AwareDateTime(
+        default_timezone=UTC,
+        allow_none=True,
+        metadata={"description": "ISO 8601; none: the calling key's own expiry (if any)."},
+    )
+
+
+class AuditEntrySchema(Schema):
+    id = fields.Integer()
+    at = fields.String()
+    owner = fields.String()
+    key_id = fields.String(allow_none=True)
+    method = fields.String()
+    route = fields.String(
+        metadata={"description": "The route's pattern, e.g. `/api/v1/jobs/<job_id>`."}
+    )
+    action = fields.String(metadata={"description": "e.g. `dataset.create`, `job.cancel`."})
+    resource_ids = fields.Dict(keys=fields.String(), values=fields.String())
+    status_code = fields.Integer()
+    request_id = fields.String(allow_none=True, metadata={"description": "`X-Request-Id`."})
+
+
+class AuditQuerySchema(PageQuerySchema):
+    action = fields.String(
+        validate=validate.Length(max=100),
+        metadata={"description": "An action, or a resource (`job`, `job.*`) for all of its."},
+    )
+    key_id = fields.String(validate=validate.Length(max=32))
+    since = fields.AwareDateTime(
+        default_timezone=UTC,
+        metadata={"description": "Entries at or after (ISO 8601)."},
+    )
+    until = fields.AwareDateTime(
+        default_timezone=UTC,
+        metadata={"description": "Entries before (ISO 8601)."},
+    )
+
+
+ApiKeyPageSchema = page_of(ApiKeySchema, "ApiKeyPage")
+AuditPageSchema = page_of(AuditEntrySchema, "AuditPage")

@@ -270,6 +270,10 @@ class TrainedModel(Base):
     expires_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True), index=True)
 
 
+# An API key's scopes, from least to most: `read` keys make no mutating request
+KEY_SCOPES = ("read", "write")
+
+
 class ApiKey(Base):
     """An API key: only its SHA-256 is stored; `prefix` (the first characters) identifies it."""
 
@@ -285,6 +289,11 @@ class ApiKey(Base):
     # this key's quotas (`service.quotas`); null: the settings' defaults
     quota_bytes: Mapped[int | None] = mapped_column(sa.BigInteger, nullable=True)
     max_active_jobs: Mapped[int | None] = mapped_column(nullable=True)
+    # `read` (no mutating request) or `write`; set at most once a minute (service.auth);
+    # a key past `expires_at` is refused (401)
+    scope: Mapped[str] = mapped_column(sa.String(16), default="write", server_default="write")
+    last_used_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    expires_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
 
 
 class IdempotentRequest(Base):
@@ -412,3 +421,23 @@ class AliasMove(Base):
     to_version: Mapped[int | None] = mapped_column(nullable=True)
     key_id: Mapped[str | None] = mapped_column(sa.String(32), nullable=True)
     at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
+
+
+class AuditEntry(Base):
+    """One mutating API request: who (key, owner), what (method, route, action, the resources'
+    ids), when and its outcome. Append-only: `service.audit` inserts rows and nothing updates
+    them; only the retention sweep (`TRAINYARD_AUDIT_RETENTION_DAYS`, off by default) deletes."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow, index=True)
+    owner: Mapped[str] = mapped_column(sa.String(200), index=True)
+    key_id: Mapped[str | None] = mapped_column(sa.String(32), index=True)
+    method: Mapped[str] = mapped_column(sa.String(10))
+    route: Mapped[str] = mapped_column(sa.String(300))
+    action: Mapped[str] = mapped_column(sa.String(100), index=True)
+    # the route's ids (`{"job_id": ...}`) and a created resource's (`{"id": ...}`)
+    resource_ids: Mapped[dict[str, str]] = mapped_column(sa.JSON, default=dict)
+    status_code: Mapped[int]
+    request_id: Mapped[str | None] = mapped_column(sa.String(200))

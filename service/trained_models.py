@@ -339,7 +339,7 @@ def evaluate(session: Session, model: TrainedModel, dataset_id: str, owner: str)
         k = len(classes or [])
         counts = np.zeros(k, dtype=np.int64)
         for part in read_targets(dataset):
-            counts += metrics.class_counts(encoded(part).reshape(-1), k)
+            counts += metrics.class_counts(encoded(part).reshape(-1).astype(np.int64), k)
         scores = metrics.ClassificationMetrics(list(classes or []), counts)
     try:
         for chunk, chunk_targets in read_chunks(dataset):

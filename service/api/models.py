@@ -20,6 +20,7 @@ from service.api import (
     require_content_type,
     streamed_content,
 )
+from service.audit import read_only
 from service.auth import current_owner
 from service.problems import InputError
 from service.registry import registrations
@@ -78,7 +79,7 @@ def get_model(model_id: str) -> dict[str, Any]:
 @blp.response(204)
 @blp.alt_response(404, schema=ErrorSchema, description="No such model (or deleted).")
 @blp.alt_response(409, schema=ErrorSchema, description="Registered (`model_registered`).")
-def delete_model(model_id: str) -> Response:
+def delete(model_id: str) -> Response:
     """Delete a model (its weights): `404` from then on for it and everything under it; its
     job stays, with `model_id` null. Webhooks get `model.deleted`. A second `DELETE` is a
     `404`."""
@@ -94,7 +95,7 @@ def delete_model(model_id: str) -> Response:
 @blp.arguments(ExpiryInSchema)
 @blp.response(200, ModelSummarySchema)
 @blp.alt_response(404, schema=ErrorSchema, description="No such model.")
-def patch_model(data: dict[str, Any], model_id: str) -> dict[str, Any]:
+def update(data: dict[str, Any], model_id: str) -> dict[str, Any]:
     """Set when the model expires (`expires_at`; null: never): the maintenance sweep deletes
     it then, as a `DELETE` would (not while it is registered)."""
     session = db()
@@ -185,6 +186,7 @@ PREDICT_FORMATS = [row_formats.JSON, row_formats.CSV, row_formats.JSONL, row_for
 
 
 @blp.route("/<model_id>/predict", methods=["POST"])
+@read_only  # computes an answer: a `read` key may call it; not audited
 @blp.doc(
     requestBody={
         "required": True,
@@ -244,6 +246,7 @@ def predict(model_id: str) -> Any:
 
 
 @blp.route("/<model_id>/evaluate", methods=["POST"])
+@read_only  # computes an answer: a `read` key may call it; not audited
 @json_only
 @blp.arguments(EvaluateInSchema)
 @blp.response(200, EvaluationSchema)

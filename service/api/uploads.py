@@ -11,7 +11,7 @@ from flask import Response, current_app, request
 from flask.views import MethodView
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
-from service import dataset_files, quotas, tus, uploads
+from service import audit, dataset_files, quotas, tus, uploads
 from service.api import Blueprint, db, limits, store_url
 from service.auth import current_owner
 from service.csv_source import UploadTooLarge
@@ -299,6 +299,7 @@ class UploadById(MethodView):
 
     @staticmethod
     def _complete(upload: Upload, expire_hours: float, max_size: int) -> Response:
+        audit.note("upload.complete")  # the one chunk of an upload that the audit log shows
         meta = upload.meta or {}
         options = dataset_files.file_options(
             _options_of(meta), _dataset_name(meta), current_app.config.get("CSV_BLOCK_SIZE")

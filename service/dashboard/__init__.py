@@ -2,8 +2,9 @@
 
 Pages: jobs (`/`), one job (`/jobs/<id>`), datasets (`/datasets`, with the CSV upload), one
 dataset (`/datasets/<id>`), sweeps (`/sweeps`, with the new-sweep form), one sweep
-(`/sweeps/<id>`), the model registry (`/registry`, one name at `/registry/<name>`) and the
-comparison of jobs picked on the jobs page (`/compare?jobs=a,b`).
+(`/sweeps/<id>`), the model registry (`/registry`, one name at `/registry/<name>`), the
+comparison of jobs picked on the jobs page (`/compare?jobs=a,b`), the owner's API keys
+(`/keys`) and audit log (`/audit`).
 They are a static shell: no data is rendered on the server and no
 key is needed to load them. The page scripts (static/) fetch everything from `/api/v1` with the
 API key that the browser keeps in localStorage (given once as `/#token=KEY`, or pasted into the
@@ -84,3 +85,16 @@ def compare_page() -> str:
     """Jobs side by side (`?jobs=ID,ID,...`): loss curves overlaid, the spec fields where they
     differ, their metrics (static/compare.js)."""
     return render_template("dashboard/compare.html")
+
+
+@bp.route("/keys")
+def keys_page() -> str:
+    """The owner's API keys: create (shown once), revoke with a confirmation (static/account.js)."""
+    return render_template("dashboard/keys.html")
+
+
+@bp.route("/audit")
+def audit_page() -> str:
+    """The owner's audit log, newest first, paginated and filtered by action
+    (static/account.js)."""
+    return render_template("dashboard/audit.html")

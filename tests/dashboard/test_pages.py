@@ -17,7 +17,9 @@ def client(sqlite_database_url: str) -> FlaskClient:
     return app.test_client()
 
 
-@pytest.mark.parametrize("path", ["/", "/jobs/abc123", "/datasets", "/datasets/abc123"])
+@pytest.mark.parametrize(
+    "path", ["/", "/jobs/abc123", "/datasets", "/datasets/abc123", "/keys", "/audit"]
+)
 def test_pages_are_a_static_shell_under_a_strict_csp(client: FlaskClient, path: str) -> None:
     response = client.get(path)
     assert response.status_code == 200 and response.mimetype == "text/html"

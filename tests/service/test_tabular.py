@@ -391,6 +391,31 @@ def test_evaluate_regression(app: Flask, client: FlaskClient) -> None:
     assert r.get_json()["evaluation"]["mae"] == pytest.approx(expected["mae"])
 
 
+@pytest.mark.parametrize(
+    ("labels", "layers", "loss"),
+    [([0, 1], [4, 1], "binary_cross_entropy"), ([0, 1, 2], [4, 3], "cross_entropy")],
+)
+def test_evaluate_integer_class_labels(
+    app: Flask, client: FlaskClient, labels: list[int], layers: list[int], loss: str
+) -> None:
+    """JSON features with integer labels are numeric targets with classes: their class counts
+    are taken as class indices (this answered 500: float targets given to the counts)."""
+    features = [[float(i), "ab"[i % 2]] for i in range(30)]
+    targets = [labels[i % len(labels)] for i in range(30)]
+    dataset_id = post_dataset(client, {"name": "i", "features": features, "targets": targets})
+    model_id, model = store_trained_model(app, dataset_id, layers, loss)
+    r = client.post(f"{URL}/models/{model_id}/evaluate", json={"dataset_id": dataset_id})
+    assert r.status_code == 200, r.get_json()
+    with app.extensions["db_sessionmaker"]() as session:
+        table, stored = load_data(session, dataset_id)
+    probabilities = probabilities_from_logits(loss, model.outputs(model.encode(table)))
+    expected = metrics.classification_metrics(
+        stored.reshape(-1).astype(np.int64), probabilities, labels
+    )
+    assert r.get_json()["evaluation"]["confusion_matrix"] == expected["confusion_matrix"]
+    assert r.get_json()["evaluation"]["accuracy"] == pytest.approx(expected["accuracy"])
+
+
 # ---- older models, default losses -----------------------------------------------------------
 
 

@@ -338,6 +338,7 @@
     setKey: setKey,
     getJson: getJson,
     postJson: postJson,
+    request: request,
     postForm: postForm,
     specDefaults: specDefaults,
     blobUrl: blobUrl,
