@@ -43,3 +43,27 @@ def test_a_dataset_is_deleted_after_a_confirmation(
     with pytest.raises(NotFoundError):
         api.get_dataset(dataset_id)
     assert page.problems == []
+
+
+def test_the_job_page_says_the_dataset_is_gone_and_deletes_the_model(
+    page: Watched,  # noqa: F811
+    service: LiveService,
+) -> None:
+    api = service.client()
+    x, y = moons(40)
+    dataset_id = api.upload_dataset(x, y, name="short-lived")["id"]
+    job = api.wait(api.submit_job(dataset_id, layers=[4, 1], epochs=2)["id"], timeout=120)
+    assert job["status"] == "succeeded"
+    api.delete_dataset(dataset_id)
+    p = page.page
+    p.goto(f"{service.url}/#token={service.api_key}")
+    p.goto(f"{service.url}/jobs/{job['id']}")
+    expect(p.locator("#model-dataset-gone")).to_be_visible()
+    p.on("dialog", lambda dialog: dialog.accept())
+    p.click("#model-delete")
+    p.wait_for_load_state()
+    expect(p.locator("#model-panel")).to_be_hidden()
+    with pytest.raises(NotFoundError):
+        api.get_model(job["model_id"])
+    assert api.get_job(job["id"])["model_id"] is None
+    assert page.problems == []
