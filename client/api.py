@@ -69,12 +69,20 @@ class Progress(TypedDict, total=False):
     epochs: int
     #: the last finished epoch's training loss (None before the first)
     loss: float | None
+    #: a predict job's rows predicted so far, and its dataset's rows
+    rows_done: int
+    rows_total: int | None
 
 
 class Job(TypedDict, total=False):
     id: str
+    #: "train" or "predict" (a batch prediction: no training fields; `model_id` is the model
+    #: it uses, `result` and `download_url` say where its predictions are)
+    kind: str
     status: str
     dataset_id: str
+    result: dict[str, Any] | None
+    download_url: str
     model: dict[str, Any]
     training: dict[str, Any]
     progress: Progress
@@ -381,6 +389,15 @@ def with_epoch(job: Job, epoch: Mapping[str, Any]) -> Job:
         progress.update(epoch=n, loss=epoch["loss"])
     out["progress"] = progress
     return out  # type: ignore[return-value]
+
+
+#: the formats of `Client.download_predictions`, and their media types
+PREDICTION_MEDIA_TYPES = {
+    "csv": "text/csv",
+    "parquet": "application/vnd.apache.parquet",
+    "jsonl": "application/x-ndjson",
+}
+PREDICTION_FORMATS_BY_SUFFIX = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl"}
 
 
 class Client:
@@ -693,13 +710,15 @@ class Client:
         sweep_id: str | None = None,
         dataset_id: str | None = None,
         tags: Mapping[str, str] | None = None,
+        kind: str | None = None,
     ) -> Page:
         """A page of jobs, newest first (a sweep's trials in trial order), filtered by
-        `status`, `sweep_id`, `dataset_id` and `tags` (all of them)."""
+        `status`, `sweep_id`, `dataset_id`, `tags` (all of them) and `kind` ("train",
+        "predict")."""
         tag = [f"{k}:{v}" for k, v in (tags or {}).items()]
         return self._page(
             "/jobs", page, page_size, status=status, sweep_id=sweep_id, dataset_id=dataset_id,
-            tag=tag,
+            tag=tag, kind=kind,
         )  # fmt: skip
 
     def label_job(
@@ -779,6 +798,8 @@ class Client:
                     job = data
                 elif event == "epoch":
                     job = with_epoch(job, data)
+                elif event == "progress":  # a predict job's rows done
+                    job = {**job, "progress": {**job.get("progress", {}), **data}}  # type: ignore[typeddict-item]
                 else:
                     continue
                 seen.append(job)
@@ -959,6 +980,59 @@ class Client:
         accept = "text/csv" if as_csv else "application/json"
         response = self._post_predict_file(model_id, file_name, body, accept)
         return response.text if as_csv else response.json()
+
+    def import_dataset(
+        self,
+        source: str,
+        *,
+        name: str | None = None,
+        target: str | None = None,
+        column_types: Mapping[str, str] | None = None,
+    ) -> Job:
+        """Import a dataset by reference: an object already in the object store
+        (`s3://bucket/key.csv`, `.parquet`, or a folder of Parquet parts ending in `/`) under a
+        prefix the server allows (`TRAINYARD_IMPORT_PREFIXES`; else an `ApiError` 403). Returns
+        the import job; `wait` for it, then its `dataset_id` names the dataset."""
+        body: dict[str, Any] = {"source": source}
+        fields = (("name", name), ("target", target), ("column_types", column_types))
+        body.update({k: v for k, v in fields if v is not None})
+        return self._json("POST", "/datasets", json=body)
+
+    def predict_dataset(
+        self,
+        model_id: str,
+        dataset_id: str,
+        *,
+        name: str | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> Job:
+        """Batch predictions: submit a job (kind "predict") that predicts every row of one of
+        your stored datasets (it needs the model's feature columns; its target is ignored).
+        Follow it with `wait`; once it has succeeded, `download_predictions` writes them."""
+        body: dict[str, Any] = {"dataset_id": dataset_id}
+        body.update({k: v for k, v in (("name", name), ("tags", tags)) if v is not None})
+        return self._json("POST", f"/models/{model_id}/predictions", json=body)
+
+    def download_predictions(
+        self, job_id: str, path: str | Path, format: str | None = None
+    ) -> Path:
+        """Write a succeeded predict job's predictions to `path`, streamed: `format` "csv",
+        "parquet" or "jsonl" (by default from the file's extension, else CSV). For
+        classification `prediction` (the class, as text) and one `p_<class>` per class (as
+        `predict_csv(..., as_csv=True)` answers); for regression
+        `prediction` (or `prediction_0`, ...). An `ApiError` (409) if the job has not
+        succeeded."""
+        path = Path(path)
+        fmt = format or PREDICTION_FORMATS_BY_SUFFIX.get(path.suffix.lower(), "csv")
+        if fmt not in PREDICTION_MEDIA_TYPES:
+            raise ValueError(f"format must be one of {sorted(PREDICTION_MEDIA_TYPES)}, not {fmt!r}")
+        headers = {"Accept": PREDICTION_MEDIA_TYPES[fmt]}
+        with self.request(
+            "GET", f"/predictions/{job_id}/data", headers=headers, stream=True
+        ) as response, path.open("wb") as out:  # fmt: skip
+            for piece in response.iter_content(chunk_size=1 << 20):
+                out.write(piece)
+        return path
 
     def evaluate(self, model_id: str, dataset_id: str) -> Evaluation:
         """Score a model on a dataset with its columns and target: `{"model_id",

@@ -9,6 +9,8 @@
     trainyard models graph ID -o graph.svg
     trainyard predict MODEL_ID data.csv [--csv | -o predictions.csv]  (header names columns)
     trainyard evaluate MODEL_ID --dataset ID
+    trainyard models predict-dataset MODEL_ID --dataset ID [--wait] [-o predictions.csv|.parquet]
+    trainyard predictions download JOB_ID -o predictions.csv|.parquet|.jsonl
     trainyard sweeps submit sweep.json [--watch] | sweeps watch ID | sweeps list | sweeps get ID
     trainyard sweeps cancel ID   (sweep.json: the body of POST /api/v1/sweeps)
     trainyard registry register NAME MODEL_ID | registry alias NAME ALIAS VERSION [--delete]
@@ -164,7 +166,38 @@ def final_loss(job: Job) -> float | None:
     return (job.get("progress") or {}).get("loss")  # list items carry no history
 
 
+def progress_text(job: Job) -> str:
+    """`epoch/epochs` of a training job, `rows_done/rows_total rows` of a predict job."""
+    if job.get("kind") == "predict":
+        rows = job.get("progress") or {}
+        return f"{rows.get('rows_done') or 0}/{rows.get('rows_total') or '?'} rows"
+    p = job.get("progress") or {"epoch": 0, "epochs": 0}
+    return f"{p['epoch']}/{p['epochs']}"
+
+
+def show_predict_job(job: Job) -> None:
+    result = job.get("result") or {}
+    pairs: list[tuple[str, Any]] = [
+        ("id", job["id"]),
+        ("kind", "predict"),
+        ("status", job["status"]),
+        ("model", job.get("model_id")),
+        ("dataset", job.get("dataset_id")),
+        ("rows", progress_text(job)),
+        ("created", short_time(job.get("created_at"))),
+        ("finished", short_time(job.get("finished_at"))),
+    ]
+    if result:
+        pairs += [("bytes", result.get("bytes")), ("download", job.get("download_url"))]
+    if job.get("error"):
+        pairs.append(("error", job["error"]))
+    out.print(key_values(f"Job {job['id']}", pairs))
+
+
 def show_job(job: Job) -> None:
+    if job.get("kind") == "predict":
+        show_predict_job(job)
+        return
     progress = job.get("progress") or {"epoch": 0, "epochs": 0}
     model, training = job.get("model") or {}, job.get("training") or {}
     pairs: list[tuple[str, Any]] = [
@@ -324,12 +357,11 @@ def show_per_class(metrics: dict[str, Any], split: str) -> None:
 def job_rows(jobs: Sequence[Job]) -> list[list[Any]]:
     rows = []
     for job in jobs:
-        p = job.get("progress") or {"epoch": 0, "epochs": 0}
         rows.append(
             [
                 job["id"],
                 job["status"],
-                f"{p['epoch']}/{p['epochs']}",
+                progress_text(job),
                 final_loss(job),
                 short_time(job.get("created_at")),
             ]
@@ -378,6 +410,15 @@ def watch(api: Client, job_id: str, as_json: bool, poll_interval: float) -> int:
 
             def update(job: Job) -> None:
                 p = job.get("progress") or {"epoch": 0, "epochs": 0}
+                if job.get("kind") == "predict":  # rows, not epochs
+                    progress.update(
+                        task,
+                        description=f"job {job_id[:8]} {job['status']}",
+                        completed=p.get("rows_done") or 0,
+                        total=p.get("rows_total") or None,
+                        loss="- (rows)",
+                    )
+                    return
                 history = job.get("loss_history") or []
                 last = history[-1] if history else p.get("loss")
                 loss = f"{last:.4g}" if last is not None else "-"
@@ -399,9 +440,14 @@ def watch(api: Client, job_id: str, as_json: bool, poll_interval: float) -> int:
         stops = stop_pairs(job)
         if stops:
             out.print(", ".join(f"{label} {fmt(value)}" for label, value in stops))
-        show_results(job)
-        if job.get("model_id"):
-            out.print(f"model {job['model_id']}")
+        if job.get("kind") == "predict":
+            if job["status"] == "succeeded":
+                rows = (job.get("result") or {}).get("rows")
+                out.print(f"{rows} predictions; download: {job.get('download_url')}")
+        else:
+            show_results(job)
+            if job.get("model_id"):
+                out.print(f"model {job['model_id']}")
     return EXIT_OK if job["status"] == "succeeded" else EXIT_JOB_FAILED
 
 
@@ -602,7 +648,7 @@ def cmd_jobs_watch(api: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_jobs_list(api: Client, args: argparse.Namespace) -> int:
-    page = api.list_jobs(args.status, args.page, args.page_size)
+    page = api.list_jobs(args.status, args.page, args.page_size, kind=args.kind)
     if args.json:
         emit_json(page)
         return EXIT_OK
@@ -1040,6 +1086,47 @@ def prediction_table(api: Client, model_id: str, answer: dict[str, Any]) -> Tabl
     return table(f"Predictions of model {model_id}", columns, rows)
 
 
+def cmd_models_predict_dataset(api: Client, args: argparse.Namespace) -> int:
+    """Submit a batch prediction; with --wait (or -o) follow it, then download its output."""
+    job = api.predict_dataset(args.id, args.dataset)
+    if not (args.wait or args.output):
+        if args.json:
+            emit_json(job)
+        else:
+            out.print(f"predict job {job['id']} {job['status']} (trainyard jobs watch {job['id']})")
+        return EXIT_OK
+    if args.output:
+        _check_writable(args.output)
+    code = watch(api, job["id"], args.json and not args.output, args.poll_interval)
+    if code != EXIT_OK or not args.output:
+        return code
+    return _download(api, job["id"], args.output, args.format, args.json)
+
+
+def _check_writable(path: str) -> None:
+    """A usage error now, not after the job ran, if `path` cannot be written."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise UsageError(f"cannot write {path}: no writable folder {folder}")
+
+
+def _download(api: Client, job_id: str, output: str, fmt: str | None, as_json: bool) -> int:
+    try:
+        path = api.download_predictions(job_id, output, fmt)
+    except OSError as exc:
+        raise UsageError(f"cannot write {output}: {exc.strerror or exc}") from exc
+    if as_json:
+        emit_json({"job_id": job_id, "output": str(path), "bytes": path.stat().st_size})
+    else:
+        out.print(f"predictions of job {job_id} written to {path}")
+    return EXIT_OK
+
+
+def cmd_predictions_download(api: Client, args: argparse.Namespace) -> int:
+    _check_writable(args.output)
+    return _download(api, args.id, args.output, args.format, args.json)
+
+
 def cmd_evaluate(api: Client, args: argparse.Namespace) -> int:
     result = api.evaluate(args.id, args.dataset)
     if args.json:
@@ -1235,12 +1322,17 @@ class Command:
 #: the command groups, in the order `--help` lists them (top-level commands come after)
 GROUPS = {
     "datasets": "upload and list datasets",
-    "jobs": "submit, follow and cancel training jobs",
+    "jobs": "submit, follow and cancel jobs (training; batch predictions too)",
     "sweeps": "hyperparameter sweeps: many trials, one request",
-    "models": "fetch trained models",
+    "models": "fetch trained models, batch predictions",
+    "predictions": "download batch predictions",
     "registry": "named models: numbered versions, movable aliases (NAME@ALIAS, NAME@vN)",
     "keys": "list, create, rotate and revoke this owner's API keys",
 }
+PREDICTION_FORMAT = arg(
+    "--format", choices=["csv", "parquet", "jsonl"],
+    help="file format (default: from the file's extension, else csv)",
+)  # fmt: skip
 STATUSES = ["queued", "running", "succeeded", "failed", "cancelled"]
 #: the global options, before the command or after it
 GLOBAL_ARGS = (
@@ -1391,7 +1483,8 @@ COMMANDS: tuple[Command, ...] = (
         ID, arg("--poll-interval", type=float, default=0.5, help="(default: %(default)s s)"),
     )),
     Command("jobs", "list", cmd_jobs_list, "list jobs, newest first",
-            (arg("--status", choices=STATUSES),), paged=True),
+            (arg("--status", choices=STATUSES), arg("--kind", choices=["train", "predict"])),
+            paged=True),
     Command("jobs", "get", cmd_jobs_get, "show a job and its evaluation", (ID,), ("show",)),
     Command("jobs", "cancel", cmd_jobs_cancel, "cancel a job", (ID,)),
     Command("jobs", "delete", _deleter("job"), "delete a finished job and its model", (ID,)),
@@ -1440,6 +1533,21 @@ COMMANDS: tuple[Command, ...] = (
     )),
     Command("models", "graph", cmd_models_graph, "download the computational graph (SVG)", (
         ID, arg("-o", "--output", help="file to write (default: stdout)"),
+    )),
+    Command("models", "predict-dataset", cmd_models_predict_dataset,
+            "batch predictions: a job predicting every row of a stored dataset", (
+        ID,
+        arg("--dataset", required=True, help="dataset id (with the model's feature columns)"),
+        arg("--wait", action="store_true", help="follow the job to its end"),
+        arg("-o", "--output", metavar="FILE", help="wait, then write the predictions here"),
+        PREDICTION_FORMAT,
+        arg("--poll-interval", type=float, default=0.5, help=argparse.SUPPRESS),
+    )),
+    Command("predictions", "download", cmd_predictions_download,
+            "download a succeeded predict job's predictions", (
+        arg("id", help="predict job id"),
+        arg("-o", "--output", required=True, metavar="FILE", help="file to write"),
+        PREDICTION_FORMAT,
     )),
     Command("registry", "register", cmd_registry_register,
             "register a model as a name's next version (the first one creates the name)", (

@@ -135,9 +135,15 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     api = TrainyardApi(app, spec_kwargs={"extra_plugins": [AuthDocPlugin()]})
     for blp in (datasets.blp, jobs.blp, models.blp, sweeps.blp, spec.blp):
         api.register_blueprint(blp, url_prefix=f"{API_PREFIX}{blp.url_prefix}")
-    from service.api import events, registry, uploads, webhooks  # + tus uploads, the registry
+    from service.api import (  # live events, webhooks, tus uploads, the registry, downloads
+        events,
+        predictions,
+        registry,
+        uploads,
+        webhooks,
+    )
 
-    for blp in (events.blp, webhooks.blp, uploads.blp, registry.blp):
+    for blp in (events.blp, webhooks.blp, uploads.blp, registry.blp, predictions.blp):
         api.register_blueprint(blp, url_prefix=f"{API_PREFIX}{blp.url_prefix}")
     from service.api import usage  # usage against quotas (deletes are in each resource's module)
 

@@ -93,6 +93,10 @@ class Settings:
     store_url: str = field(
         default_factory=lambda: _env_str("TRAINYARD_STORE_URL", (VAR_DIR / "store").as_uri())
     )
+    # Datasets by reference (`POST /datasets` with a `source`, service.imports): the URL
+    # prefixes (`s3://bucket/folder/`, `file:///path/`) whose objects may be imported,
+    # comma-separated; empty: no import at all.
+    import_prefixes: str = field(default_factory=lambda: _env_str("TRAINYARD_IMPORT_PREFIXES", ""))
     max_content_length: int = field(
         default_factory=lambda: _env_int("TRAINYARD_MAX_CONTENT_LENGTH", 64 * 1024 * 1024)
     )

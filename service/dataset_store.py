@@ -18,6 +18,10 @@ than one row group in memory. Columns of a part, in order:
 - the target: `TARGET` (one column: `float64` numbers, or `string` labels), or `TARGET0`,
   `TARGET1`, ... (several numeric outputs).
 
+The same layout holds other tables of rows under other prefixes (every method takes a
+`prefix`, `DATASETS` by default): a predict job's predictions are
+`{root}/predictions/{job_id}/{attempt}/part-*.parquet` (`PREDICTIONS`, `service.predictions`).
+
 A dataset's parts are written before its SQL row exists, so a dataset is listed only once all
 of its rows are stored; a writer that fails deletes what it wrote (`DatasetWriter.abort`), and
 the workers' maintenance deletes the parts of a dataset that never got a row (an API process
@@ -44,7 +48,10 @@ TARGET = "__target__"
 PART_ROWS = 1 << 20
 ROW_GROUP_ROWS = 1 << 16
 ORPHAN_AFTER_S = 6 * 3600.0
-_PREFIX = "datasets"
+#: the folders of the store: datasets' rows, predict jobs' predictions
+DATASETS = "datasets"
+PREDICTIONS = "predictions"
+_PREFIX = DATASETS
 
 
 def target_columns(n_targets: int) -> list[str]:
@@ -110,28 +117,29 @@ class DatasetStore:
         self.fs, self.root = filesystem_for(url)
 
     @classmethod
-    def at(cls, location: str) -> tuple[DatasetStore, str]:
+    def at(cls, location: str, prefix: str = _PREFIX) -> tuple[DatasetStore, str]:
         """The store holding a dataset's `location` (as `location()` gave it), and its id: a
         reader needs only the dataset's row, not the settings of the API that stored it."""
-        root, sep, dataset_id = location.rstrip("/").rpartition(f"/{_PREFIX}/")
+        root, sep, dataset_id = location.rstrip("/").rpartition(f"/{prefix}/")
         if not sep or not dataset_id:
-            raise ValueError(f"{location!r} is not a dataset's location in a store")
+            what = "a dataset's location" if prefix == DATASETS else f"a location under {prefix!r}"
+            raise ValueError(f"{location!r} is not {what} in a store")
         return store_for(root), dataset_id
 
-    def _dir(self, dataset_id: str) -> str:
-        return posixpath.join(self.root, _PREFIX, dataset_id)
+    def _dir(self, dataset_id: str, prefix: str = _PREFIX) -> str:
+        return posixpath.join(self.root, prefix, dataset_id)
 
-    def location(self, dataset_id: str) -> str:
+    def location(self, dataset_id: str, prefix: str = _PREFIX) -> str:
         """The dataset's folder as a URL (what the SQL row records)."""
-        return f"{self.url.rstrip('/')}/{_PREFIX}/{dataset_id}"
+        return f"{self.url.rstrip('/')}/{prefix}/{dataset_id}"
 
-    def writer(self, dataset_id: str) -> DatasetWriter:
-        return DatasetWriter(self, dataset_id)
+    def writer(self, dataset_id: str, prefix: str = _PREFIX) -> DatasetWriter:
+        return DatasetWriter(self, dataset_id, prefix)
 
-    def parts(self, dataset_id: str) -> list[str]:
+    def parts(self, dataset_id: str, prefix: str = _PREFIX) -> list[str]:
         """The dataset's part files, in order ([] when it has none)."""
         try:
-            infos = self.fs.get_file_info(pafs.FileSelector(self._dir(dataset_id)))
+            infos = self.fs.get_file_info(pafs.FileSelector(self._dir(dataset_id, prefix)))
         except FileNotFoundError:
             return []
         except OSError as exc:
@@ -146,45 +154,47 @@ class DatasetStore:
         except OSError as exc:
             raise StoreError(f"the dataset store is unavailable: {exc}") from exc
 
-    def row_groups(self, dataset_id: str) -> Iterator[tuple[pq.ParquetFile, int]]:
+    def row_groups(
+        self, dataset_id: str, prefix: str = _PREFIX
+    ) -> Iterator[tuple[pq.ParquetFile, int]]:
         """(part, row group index) of every row group, in row order."""
-        for path in self.parts(dataset_id):
+        for path in self.parts(dataset_id, prefix):
             part = self.open_part(path)
             for i in range(part.num_row_groups):
                 yield part, i
 
     def read_batches(
-        self, dataset_id: str, columns: list[str] | None = None
+        self, dataset_id: str, columns: list[str] | None = None, prefix: str = _PREFIX
     ) -> Iterator[pa.RecordBatch]:
         """The dataset's rows one row group at a time, in order (only `columns` when given)."""
-        for part, i in self.row_groups(dataset_id):
+        for part, i in self.row_groups(dataset_id, prefix):
             try:
                 table = part.read_row_group(i, columns=columns)
             except OSError as exc:
                 raise StoreError(f"the dataset store is unavailable: {exc}") from exc
             yield from table.combine_chunks().to_batches()
 
-    def size(self, dataset_id: str) -> int:
+    def size(self, dataset_id: str, prefix: str = _PREFIX) -> int:
         """Bytes the dataset's parts take in the store."""
         total = 0
-        for path in self.parts(dataset_id):
+        for path in self.parts(dataset_id, prefix):
             total += self.fs.get_file_info(path).size or 0
         return total
 
-    def delete(self, dataset_id: str) -> None:
+    def delete(self, dataset_id: str, prefix: str = _PREFIX) -> None:
         """Remove the dataset's parts (nothing to do when there are none)."""
         try:
-            self.fs.delete_dir(self._dir(dataset_id))
+            self.fs.delete_dir(self._dir(dataset_id, prefix))
         except FileNotFoundError:
             pass
         except OSError as exc:
-            if self.parts(dataset_id):
+            if self.parts(dataset_id, prefix):
                 raise StoreError(f"could not delete dataset {dataset_id}: {exc}") from exc
 
-    def dataset_ids(self) -> dict[str, float]:
+    def dataset_ids(self, prefix: str = _PREFIX) -> dict[str, float]:
         """Every dataset folder in the store: id -> the newest part's modification time (epoch
         seconds; 0 when unknown), for the sweep of orphaned parts."""
-        base = posixpath.join(self.root, _PREFIX)
+        base = posixpath.join(self.root, prefix)
         try:
             infos = self.fs.get_file_info(pafs.FileSelector(base, recursive=True))
         except FileNotFoundError:
@@ -206,9 +216,10 @@ class DatasetWriter:
     leaving a `with` block on an exception) deletes it. A batch whose schema differs from the
     part being written (a column learned to be categorical) starts a new part."""
 
-    def __init__(self, store: DatasetStore, dataset_id: str) -> None:
+    def __init__(self, store: DatasetStore, dataset_id: str, prefix: str = _PREFIX) -> None:
         self.store = store
         self.dataset_id = dataset_id
+        self.prefix = prefix
         self._writer: pq.ParquetWriter | None = None
         self._sink: _HashingSink | None = None
         self._schema: pa.Schema | None = None
@@ -267,7 +278,7 @@ class DatasetWriter:
     def _open_part(self, schema: pa.Schema) -> None:
         self._part_rows = 0
         path = posixpath.join(
-            self.store._dir(self.dataset_id), f"part-{len(self._digests):05d}.parquet"
+            self.store._dir(self.dataset_id, self.prefix), f"part-{len(self._digests):05d}.parquet"
         )
         try:
             if isinstance(self.store.fs, pafs.LocalFileSystem):
@@ -310,7 +321,7 @@ class DatasetWriter:
         self._close_part()
         checksum = hashlib.sha256("".join(self._digests).encode()).hexdigest()
         return StoredRows(
-            location=self.store.location(self.dataset_id),
+            location=self.store.location(self.dataset_id, self.prefix),
             n_rows=self.n_rows,
             n_bytes=self.n_bytes,
             checksum=checksum,
@@ -329,7 +340,7 @@ class DatasetWriter:
         self._writer = None
         self._sink = None
         self._pending, self._pending_rows = [], 0
-        self.store.delete(self.dataset_id)
+        self.store.delete(self.dataset_id, self.prefix)
 
 
 @functools.lru_cache(maxsize=16)

@@ -38,7 +38,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import lifecycle, outbox, sweeps
-from service.dataset_store import DatasetStore, StoreError
+from service.dataset_store import PREDICTIONS, DatasetStore, StoreError
 from service.datasets import get_dataset
 from service.db import session_scope, utcnow
 from service.lifecycle import ACTIVE_STATUSES
@@ -180,6 +180,23 @@ def delete_model(session: Session, model_id: str, owner: str) -> list[str]:
 
     model = get_model(session, model_id, owner)
     _refuse_registered(session, [model.id], f"Model {model.id}")
+    predicting = list(
+        session.scalars(
+            sa.select(Job.id).where(
+                Job.model_id == model.id,
+                Job.status.in_(ACTIVE_STATUSES),
+                Job.deleted_at.is_(None),
+            )
+        )
+    )
+    if predicting:
+        raise ApiError(
+            409,
+            f"Model {model.id} is used by queued or running batch predictions: "
+            f"{', '.join(predicting[:20])}. Cancel them (or wait for them to end) first.",
+            {"jobs": ", ".join(predicting[:20])},
+            code="model_in_use",
+        )
     subjects = _tombstone_models(session, [model.id], utcnow())
     session.flush()
     return subjects
@@ -260,6 +277,7 @@ def purge(factory: sessionmaker[Session]) -> dict[str, int]:
     jobs with their epochs, sweeps, datasets no row names any more). Idempotent; each batch
     its own transaction. The counts removed."""
     counts = {"models": 0, "jobs": 0, "sweeps": 0, "datasets": 0, "dataset_parts": 0}
+    counts["prediction_parts"] = 0
     while True:
         with session_scope(factory) as session:
             # a model registered in a race with its delete stays (tombstoned: unserved)
@@ -280,10 +298,31 @@ def purge(factory: sessionmaker[Session]) -> dict[str, int]:
         counts["models"] += len(gone)
         if len(gone) < PURGE_BATCH:
             break
+    with factory() as session:
+        outputs = session.execute(
+            sa.select(Job.id, Job.output_location)
+            .where(Job.deleted_at.is_not(None), Job.output_location.is_not(None))
+            .limit(PURGE_BATCH)
+        ).all()
+    for job_id, location in outputs:  # a predict job's parts first, then its row
+        try:
+            store, _ = DatasetStore.at(location, PREDICTIONS)
+            store.delete(job_id, PREDICTIONS)  # every attempt's folder
+        except (StoreError, ValueError) as exc:
+            log.warning("job %s: predictions not deleted yet: %s", job_id, exc)
+            continue
+        with session_scope(factory) as session:
+            lifecycle.forget_output(session, job_id)
+        counts["prediction_parts"] += 1
     while True:
         with session_scope(factory) as session:
             has_model = sa.select(TrainedModel.id).where(TrainedModel.job_id == Job.id).exists()
-            gone = _ids(session, sa.select(Job.id).where(Job.deleted_at.is_not(None), ~has_model))
+            gone = _ids(
+                session,
+                sa.select(Job.id).where(
+                    Job.deleted_at.is_not(None), Job.output_location.is_(None), ~has_model
+                ),
+            )
             lifecycle.purge(session, gone)
         counts["jobs"] += len(gone)
         if len(gone) < PURGE_BATCH:

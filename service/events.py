@@ -9,6 +9,10 @@ the `job_epochs` rows after the last epoch it sent whenever it is woken, and sen
   attempt: a lost worker's job taken over starts again from epoch 1) differs from the one it
   last sent (the first read always sends one); a state that lasted less than one read (queued
   to running to succeeded in a blink) may be skipped, the final one never is;
+- `event: progress`, `data: {"rows_done", "rows_total"}` (a predict job; an import job's is
+  `{"done", "total"}`, bytes or rows as its `progress.unit` says) whenever its rows
+  done moved since the last one sent (at most one per read: the worker records them about
+  once a second);
 - after the final status, nothing: the stream ends. A job that is already finished replays its
   epochs and its status and ends; `Last-Event-ID: N` (or `?last_event_id=N`) resumes after
   epoch N, so a client that reconnects gets nothing twice;
@@ -18,8 +22,9 @@ the `job_epochs` rows after the last epoch it sent whenever it is woken, and sen
 **Wake-ups** (`ChangeHub`, one per API process, started by its first stream):
 
 - PostgreSQL (the distributed mode): `LISTEN trainyard_jobs` on one connection of its own;
-  triggers (migration `b7d41e2c9a10`) `pg_notify('trainyard_jobs', job_id)` after every insert
-  into `job_epochs` and every change of a job's `status` or `attempts`. NOTIFY is transactional
+  triggers (migrations `b7d41e2c9a10`, `6b2c3d4e5f6a`) `pg_notify('trainyard_jobs', job_id)`
+  after every insert into `job_epochs` and every change of a job's `status`, `attempts` or
+  `rows_done`. NOTIFY is transactional
   (sent at commit, so the stream's read sees the change; no writer sends it, see
   `service.outbox`, where every event leaves from) and reaches every API process that
   listens, without another server; Redis pub/sub would need the workers to publish after each
@@ -221,7 +226,7 @@ class ChangeHub:
             try:
                 with factory() as session:
                     rows = session.execute(
-                        sa.select(Job.id, Job.status, Job.attempts, Job.epoch).where(
+                        sa.select(Job.id, Job.status, Job.attempts, Job.epoch, Job.rows_done).where(
                             Job.id.in_(ids)
                         )
                     ).all()
@@ -274,6 +279,10 @@ class Snapshot:
     attempts: int
     epochs: list[tuple[int, float, float | None]]
     job: dict[str, Any] | None
+    #: a predict job's (rows_done, rows_total), an import job's (done, total); None for a
+    #: training job
+    rows: tuple[int, int | None] | None = None
+    kind: str = "train"
 
 
 def read(
@@ -288,7 +297,12 @@ def read(
     committed before it). Usually only the status and attempt are read: the whole job only
     when they changed."""
     with factory() as session:
-        row = session.execute(sa.select(Job.status, Job.attempts).where(Job.id == job_id)).first()
+        row = session.execute(
+            sa.select(Job.status, Job.attempts, Job.kind, Job.rows_done, Job.rows_total).where(
+                Job.id == job_id
+            )
+        ).first()
+        rows = None if row is None or row.rows_done is None else (row.rows_done, row.rows_total)
         job = None
         if row is not None and (row.status, row.attempts) != sent:
             job = session.get(Job, job_id)
@@ -304,7 +318,8 @@ def read(
             .limit(EPOCH_BATCH)
         ).all()
         view = None if job is None else job_view(session, job)
-        return Snapshot(row.status, row.attempts, [(e[0], e[1], e[2]) for e in epochs], view)
+        epoch_rows = [(e[0], e[1], e[2]) for e in epochs]
+        return Snapshot(row.status, row.attempts, epoch_rows, view, rows, row.kind)
 
 
 def job_stream(
@@ -321,6 +336,7 @@ def job_stream(
         yield f"retry: {RETRY_MS}\n\n"
         last_epoch = last_event_id
         sent: tuple[str, int] | None = None
+        sent_rows: int | None = None
         last_write = time.monotonic()
         while True:
             snap = read(factory, job_id, last_epoch, sent)
@@ -343,6 +359,11 @@ def job_stream(
                     )
                 )
                 last_epoch = epoch
+            if snap.rows is not None and snap.rows[0] != sent_rows and not final:
+                done, total = snap.rows
+                keys = ("done", "total") if snap.kind == "import" else ("rows_done", "rows_total")
+                chunks.append(format_event("progress", dict(zip(keys, (done, total), strict=True))))
+                sent_rows = done
             more = len(snap.epochs) >= EPOCH_BATCH
             if final and not more:
                 if snap.job is not None:

@@ -1,5 +1,6 @@
-"""Training jobs, the API's view: validate and create, publish, cancel, look up (a job's JSON
-is `service.views`, shared with the streams and the webhooks).
+"""Jobs, the API's view: validate and create training jobs, publish, cancel, look up any job (a
+job's JSON is `service.views`, shared with the streams and the webhooks; predict jobs are made
+by `service.predictions`).
 
 What a job's state may become, and how, is `service.lifecycle`'s (submit, publish, cancel are
 its transitions); this module validates requests and turns the outcomes into API answers.
@@ -185,9 +186,10 @@ def create_job(
     return job
 
 
-def publish(session: Session, celery: Celery, job_id: str) -> bool:
-    """Send the job's message and record when; False (logged) if the broker is unreachable."""
-    return lifecycle.publish(session, celery, job_id)
+def publish(session: Session, celery: Celery, job_id: str, kind: str = "train") -> bool:
+    """Send the job's message (to the task of its `kind`) and record when; False (logged) if
+    the broker is unreachable."""
+    return lifecycle.publish(session, celery, job_id, kind)
 
 
 def get_job(session: Session, job_id: str, owner: str) -> Job:
@@ -257,12 +259,15 @@ def list_jobs(
     tags: list[str] | None = None,
     dataset_id: str | None = None,
     sweep_id: str | None = None,
+    kind: str | None = None,
 ) -> tuple[list[Job], int]:
     """A page of `owner`'s jobs, newest first (a sweep's trials in trial order), filtered by
-    `status`, `tags` (`key:value`, all of them), `dataset_id` and `sweep_id`."""
+    `status`, `tags` (`key:value`, all of them), `dataset_id`, `sweep_id` and `kind`."""
     where = [Job.owner == owner, Job.deleted_at.is_(None), *tag_filters(Job.tags, tags or [])]
     if status:
         where.append(Job.status == status)
+    if kind:
+        where.append(Job.kind == kind)
     if dataset_id is not None:
         where.append(Job.dataset_id == dataset_id)
     if sweep_id is not None:

@@ -1,4 +1,8 @@
-"""The life of a training job: every change of a job row's state is one function of this module.
+"""The life of a job: every change of a job row's state is one function of this module.
+
+Every kind of job (`Job.kind`: "train", "predict") lives the same life below; only the task
+that runs an attempt differs (`TASKS`): a training attempt records epochs, a predict attempt
+its rows written (`record_progress`), and only a training job's success saves a model.
 
 ::
 
@@ -20,6 +24,8 @@
 function                transition                       who calls it
 ======================  ===============================  ======================================
 `submit`                (new) -> queued                  API (`service.jobs.create_job`)
+`submit_predict`        (new) -> queued (kind predict)   API (`service.predictions`)
+`submit_import`         (new) -> queued (kind import)    API (`service.imports`)
 `publish`               queued: `published_at` set       API, after the commit
 `cancel`                queued -> cancelled, or running  API (`POST /jobs/{id}/cancel`)
                         gets `cancel_requested`
@@ -28,6 +34,8 @@ function                transition                       who calls it
                         -> cancelled / failed
 `heartbeat`,            running: `heartbeat_at`,         the task (heartbeat thread, per epoch)
 `record_epoch`          `epoch`, one `job_epochs` row
+`record_progress`       running: `rows_done`,            the predict and import tasks
+                        (`rows_total`), `heartbeat_at`   (between chunks)
 `succeed`               running -> succeeded (and the    the task
                         `models` row; its registry
                         version under `register_as`)
@@ -91,7 +99,7 @@ nothing that calls this module.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -113,8 +121,10 @@ __all__ = [
     "ACTIVE_STATUSES",
     "FINAL_STATUSES",
     "JOB_STATUSES",
+    "PREDICT_TASK",
     "PUBLISH_RETRY_POLICY",
     "STATE_COLUMNS",
+    "TASKS",
     "TRAIN_TASK",
     "CancelResult",
     "Claim",
@@ -131,9 +141,12 @@ __all__ = [
     "reap",
     "reconcile",
     "record_epoch",
+    "record_progress",
     "send_trials",
     "start_trials",
     "submit",
+    "submit_import",
+    "submit_predict",
     "succeed",
     "time_limit_error",
 ]
@@ -143,6 +156,12 @@ log = logging.getLogger(__name__)
 #: The Celery task that trains a job; its only argument is the job id. The API publishes by
 #: this name and never imports the task's code.
 TRAIN_TASK = "trainyard.train_job"
+#: The Celery task that runs a predict job (batch predictions), by its id too.
+PREDICT_TASK = "trainyard.predict_job"
+#: The Celery task that runs an import job (a dataset by reference), by its id too.
+IMPORT_TASK = "trainyard.import_dataset"
+#: The task of each kind of job.
+TASKS = {"train": TRAIN_TASK, "predict": PREDICT_TASK, "import": IMPORT_TASK}
 
 #: A job that is queued or running counts against its owner's `max_active_jobs`.
 ACTIVE_STATUSES = ("queued", "running")
@@ -248,15 +267,78 @@ def submit(
     return job
 
 
-def _send(celery: Celery, job_id: str) -> None:
-    celery.send_task(TRAIN_TASK, args=[job_id], retry=True, retry_policy=PUBLISH_RETRY_POLICY)
+def submit_predict(
+    session: Session,
+    *,
+    owner: str,
+    model_id: str,
+    dataset_id: str,
+    rows_total: int,
+    name: str | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> Job:
+    """A new `queued` predict job of `owner`: model `model_id`'s predictions for the
+    `rows_total` rows of dataset `dataset_id` (flushed; the caller commits, then `publish`
+    with kind "predict")."""
+    job = Job(
+        owner=owner,
+        kind="predict",
+        status="queued",
+        dataset_id=dataset_id,
+        model_id=model_id,
+        model_spec={},
+        training_spec={},
+        epochs=0,
+        rows_total=rows_total,
+        rows_done=0,
+        name=name,
+        tags=dict(tags) if tags else None,
+    )
+    session.add(job)
+    session.flush()
+    return job
 
 
-def publish(session: Session, celery: Celery, job_id: str) -> bool:
-    """Send a committed job's message and record when (commits); False (logged) if the broker
-    is unreachable: the job stays queued with `published_at` null for `reconcile`."""
+def submit_import(
+    session: Session,
+    *,
+    owner: str,
+    source: str,
+    options: Mapping[str, Any],
+    name: str | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> Job:
+    """A new `queued` import job of `owner`: the dataset to be made from `source` with
+    `options` (flushed; the caller commits, then `publish` with kind "import")."""
+    job = Job(
+        owner=owner,
+        kind="import",
+        status="queued",
+        dataset_id=None,
+        source=source,
+        import_options=dict(options),
+        model_spec={},
+        training_spec={},
+        epochs=0,
+        rows_done=0,
+        name=name,
+        tags=dict(tags) if tags else None,
+    )
+    session.add(job)
+    session.flush()
+    return job
+
+
+def _send(celery: Celery, job_id: str, kind: str = "train") -> None:
+    celery.send_task(TASKS[kind], args=[job_id], retry=True, retry_policy=PUBLISH_RETRY_POLICY)
+
+
+def publish(session: Session, celery: Celery, job_id: str, kind: str = "train") -> bool:
+    """Send a committed job's message (to the task of its `kind`) and record when (commits);
+    False (logged) if the broker is unreachable: the job stays queued with `published_at` null
+    for `reconcile`."""
     try:
-        _send(celery, job_id)
+        _send(celery, job_id, kind)
     except Exception:
         log.warning("could not publish job %s; it stays queued", job_id, exc_info=True)
         return False
@@ -336,6 +418,15 @@ def tombstone(session: Session, now: datetime, *, job_id: str = "", sweep_id: st
     nothing serves them (`service.deletion`, which checked that none is queued or running)."""
     where = Job.id == job_id if job_id else Job.sweep_id == sweep_id
     session.execute(sa.update(Job).where(where, Job.deleted_at.is_(None)).values(deleted_at=now))
+
+
+def forget_output(session: Session, job_id: str) -> None:
+    """A deleted predict job's parts were removed from the store: say so (`service.deletion`)."""
+    session.execute(
+        sa.update(Job)
+        .where(Job.id == job_id, Job.deleted_at.is_not(None))
+        .values(output_location=None, output_bytes=None)
+    )
 
 
 def purge(session: Session, job_ids: Sequence[str]) -> None:
@@ -477,6 +568,10 @@ def _start(session: Session, job_id: str, now: datetime, *where: Any) -> Claim |
             epoch=0,
             error=None,
             metrics=None,
+            # a predict attempt starts again from its first row
+            rows_done=sa.case((Job.kind == "train", None), else_=0),
+            output_location=None,
+            output_bytes=None,
         )
         .returning(Job.attempts)
     ).first()
@@ -589,23 +684,46 @@ def record_epoch(
         return bool(row.cancel_requested)
 
 
+def record_progress(
+    factory: sessionmaker[Session], claim: Claim, rows_done: int, rows_total: int | None = None
+) -> bool | None:
+    """A predict attempt wrote `rows_done` rows (an import attempt read so many bytes or rows
+    of its `rows_total`): record them and move `heartbeat_at` forward. Returns the job's cancel
+    flag (True: stop now), or None when the attempt no longer owns the job (as
+    `record_epoch`)."""
+    values: dict[str, Any] = {"rows_done": rows_done, "heartbeat_at": utcnow()}
+    if rows_total is not None:
+        values["rows_total"] = rows_total
+    with session_scope(factory) as session:
+        row = session.execute(
+            sa.update(Job).where(_owned(claim)).values(**values).returning(Job.cancel_requested)
+        ).first()
+        return None if row is None else bool(row.cancel_requested)
+
+
 def succeed(
     factory: sessionmaker[Session],
     claim: Claim,
     *,
     results: Mapping[str, Any],
-    model: Mapping[str, Any],
+    model: Mapping[str, Any] | None = None,
+    made: Callable[[Session], None] | None = None,
 ) -> str:
     """End the attempt `succeeded` with `results` (the job's result columns: `epoch`,
-    `metrics`, ...) and insert its trained model (the `models` row: `model`'s fields, besides
-    `job_id`) in the same transaction, only while the attempt owns the job and no cancel was
-    asked for; a job with `register_as` registers the model as that name's next version in
-    that transaction too (`service.registry`). Returns "succeeded", "cancelled" (asked for
-    meanwhile) or "lost"."""
+    `metrics`, ...; a predict job's `rows_done`, `output_location`, ...) and insert a training
+    job's model (the `models` row: `model`'s fields, besides `job_id`) in the same
+    transaction, only while the attempt owns the job and no cancel was asked for; a job with
+    `register_as` registers the model as that name's next version in that transaction too
+    (`service.registry`). Returns "succeeded", "cancelled" (asked for meanwhile) or "lost".
+    `made(session)` adds, first and in the same transaction, the rows that the job's results
+    refer to (an import job's dataset: committed with its success, or not at all)."""
     if STATE_COLUMNS & set(results):
         raise ValueError(f"only the lifecycle writes {sorted(STATE_COLUMNS & set(results))}")
     now = utcnow()
     with session_scope(factory) as session:
+        if made is not None:
+            made(session)
+            session.flush()
         done = session.execute(
             sa.update(Job)
             .where(_owned(claim), Job.cancel_requested.is_(False))
@@ -620,11 +738,12 @@ def succeed(
             if cancelled:
                 return cancel_attempt(factory, claim)
             return "lost"
-        trained = TrainedModel(job_id=claim.job_id, **model)
-        session.add(trained)
-        session.flush()
-        if done.register_as:  # the model's version is committed with the success, or neither
-            register_version(session, done.owner, done.register_as, trained.id)
+        if model is not None:
+            trained = TrainedModel(job_id=claim.job_id, **model)
+            session.add(trained)
+            session.flush()
+            if done.register_as:  # the model's version is committed with the success, or neither
+                register_version(session, done.owner, done.register_as, trained.id)
         with _recording(session, f"job {claim.job_id}"):  # with the model: the event names it
             job_ended(session, claim.job_id)
     return "succeeded"
@@ -731,7 +850,7 @@ def reconcile(
     long_ago = Job.published_at < now - timedelta(seconds=settings.republish_after)
     with session_scope(factory) as session:
         rows = session.execute(
-            sa.select(Job.id, Job.published_at)
+            sa.select(Job.id, Job.kind, Job.published_at)
             .where(Job.status == "queued", Job.held.is_(False), sa.or_(never, long_ago))
             .order_by(Job.created_at)
             .limit(REPUBLISH_BATCH)
@@ -754,7 +873,7 @@ def reconcile(
             continue
         # ... and publish; on failure put `published_at` back so the next sweep tries again.
         try:
-            _send(celery, row.id)
+            _send(celery, row.id, row.kind)
         except Exception as exc:
             log.warning("reconciler: could not publish job %s: %s", row.id, exc)
             with session_scope(factory) as session:

@@ -6,7 +6,8 @@ own (`flask --app service keys create --quota-bytes 10GB --max-active-jobs 20`; 
 `limits()` gives the key's `Limits`, `for_key`):
 
 - **stored bytes**: the owner's datasets' Parquet parts in the store (`n_bytes`), its models'
-  weights (SQL) and the chunks of its unfinished resumable uploads. Tombstoned (deleted) rows do
+  weights (SQL), its batch predictions' Parquet parts and the chunks of its unfinished
+  resumable uploads. Tombstoned (deleted) rows do
   not count, though the maintenance sweep may not have freed their bytes yet.
 - **active jobs**: queued plus running jobs (a sweep's held trials count once started).
 
@@ -54,7 +55,8 @@ def for_key(limits: Limits, quota_bytes: int | None, max_active_jobs: int | None
 
 
 def stored_bytes(session: Session, owner: str) -> dict[str, int]:
-    """The owner's stored bytes by kind: `datasets`, `models`, `uploads`."""
+    """The owner's stored bytes by kind: `datasets`, `models`, `predictions` (batch
+    predictions' Parquet parts), `uploads`."""
     datasets = session.scalar(
         sa.select(sa.func.coalesce(sa.func.sum(Dataset.n_bytes), 0)).where(
             Dataset.owner == owner, Dataset.deleted_at.is_(None)
@@ -65,6 +67,11 @@ def stored_bytes(session: Session, owner: str) -> dict[str, int]:
             TrainedModel.owner == owner, TrainedModel.deleted_at.is_(None)
         )
     )
+    predictions = session.scalar(
+        sa.select(sa.func.coalesce(sa.func.sum(Job.output_bytes), 0)).where(
+            Job.owner == owner, Job.deleted_at.is_(None)
+        )
+    )
     uploads = session.scalar(
         sa.select(sa.func.coalesce(sa.func.sum(Upload.offset), 0)).where(
             Upload.owner == owner, Upload.dataset_id.is_(None), Upload.error.is_(None)
@@ -73,6 +80,7 @@ def stored_bytes(session: Session, owner: str) -> dict[str, int]:
     return {
         "datasets": int(datasets or 0),
         "models": int(models or 0),
+        "predictions": int(predictions or 0),
         "uploads": int(uploads or 0),
     }
 

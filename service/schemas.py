@@ -29,7 +29,7 @@ from core.spec import (
     learning_rate,
 )
 from service.registry import NAME_PATTERN, NAME_RULE
-from service.tables import JOB_STATUSES, KEY_SCOPES, SWEEP_STATUSES
+from service.tables import JOB_KINDS, JOB_STATUSES, KEY_SCOPES, SWEEP_STATUSES
 
 CELL_MATRIX = {
     "description": "Rows of equally many cells (at least one row and one column): numbers, "
@@ -560,15 +560,113 @@ class JobInSchema(Schema):
 
 
 class ProgressSchema(Schema):
-    epoch = fields.Integer(metadata={"description": "Finished epochs."})
+    epoch = fields.Integer(metadata={"description": "Finished epochs (training jobs)."})
     epochs = fields.Integer()
     loss = fields.Float(
         allow_none=True, metadata={"description": "The last finished epoch's training loss."}
     )
 
 
-class JobSchema(Schema):
+class PredictProgressSchema(Schema):
+    rows_done = fields.Integer(metadata={"description": "Rows predicted and written so far."})
+    rows_total = fields.Integer(allow_none=True, metadata={"description": "The dataset's rows."})
+
+
+class PredictResultSchema(Schema):
+    rows = fields.Integer(metadata={"description": "Rows of predictions written."})
+    bytes = fields.Integer(metadata={"description": "Size of the Parquet parts in the store."})
+    location = fields.String(
+        metadata={"description": "Their folder in the store (`.../predictions/{job_id}/...`)."}
+    )
+
+
+class PredictJobSchema(Schema):
+    """A job of kind `predict` (batch predictions; `POST /models/{id}/predictions`)."""
+
     id = fields.String()
+    kind = fields.String(metadata={"enum": ["predict"]})
+    name = fields.String(allow_none=True)
+    tags = fields.Dict(keys=fields.String(), values=fields.String())
+    status = fields.String(metadata={"enum": list(JOB_STATUSES)})
+    dataset_id = fields.String(metadata={"description": "The dataset whose rows it predicts."})
+    model_id = fields.String(metadata={"description": "The model it uses."})
+    progress = fields.Nested(PredictProgressSchema)
+    result = fields.Nested(
+        PredictResultSchema,
+        allow_none=True,
+        metadata={"description": "What was written, once succeeded (null before)."},
+    )
+    download_url = fields.String(
+        metadata={
+            "description": "`GET` it for the predictions once the job succeeded (409 before)."
+        }
+    )
+    stop_reason = fields.String(allow_none=True, metadata={"enum": ["cancelled", "failed", None]})
+    error = fields.String(allow_none=True)
+    attempts = fields.Integer()
+    cancel_requested = fields.Boolean()
+    created_at = fields.DateTime()
+    started_at = fields.DateTime(allow_none=True)
+    finished_at = fields.DateTime(allow_none=True)
+
+
+class ImportProgressSchema(Schema):
+    done = fields.Integer(metadata={"description": "Bytes (CSV) or rows (Parquet) read."})
+    total = fields.Integer(allow_none=True, metadata={"description": "Of the source's."})
+    unit = fields.String(metadata={"enum": ["bytes", "rows"]})
+
+
+class ImportJobSchema(Schema):
+    """A job of kind `import` (a dataset by reference; `POST /datasets` with a `source`)."""
+
+    id = fields.String()
+    kind = fields.String(metadata={"enum": ["import"]})
+    name = fields.String(allow_none=True)
+    tags = fields.Dict(keys=fields.String(), values=fields.String())
+    status = fields.String(metadata={"enum": list(JOB_STATUSES)})
+    source = fields.String(metadata={"description": "The source URL, normalised."})
+    options = fields.Dict(
+        metadata={"description": "`name`, `target`, `column_types`, `format` (csv, parquet)."}
+    )
+    dataset_id = fields.String(
+        allow_none=True, metadata={"description": "The dataset it made, once succeeded."}
+    )
+    progress = fields.Nested(ImportProgressSchema)
+    stop_reason = fields.String(allow_none=True, metadata={"enum": ["cancelled", "failed", None]})
+    error = fields.String(allow_none=True)
+    attempts = fields.Integer()
+    cancel_requested = fields.Boolean()
+    created_at = fields.DateTime()
+    started_at = fields.DateTime(allow_none=True)
+    finished_at = fields.DateTime(allow_none=True)
+
+
+class ImportInSchema(Schema):
+    """`POST /datasets` by reference: the source's URL and the upload's options."""
+
+    source = fields.String(
+        required=True,
+        validate=validate.Length(min=1, max=2000),
+        metadata={
+            "description": "`s3://bucket/key.csv`, `.parquet`, a folder of Parquet parts "
+            "(`s3://bucket/folder/`), or `file:///path...`; under a prefix that "
+            "`TRAINYARD_IMPORT_PREFIXES` lists."
+        },
+    )
+    name = fields.String(validate=[validate.Length(min=1, max=200), NO_NUL])
+    target = fields.String(validate=[validate.Length(min=1, max=200), NO_NUL])
+    column_types = fields.Dict(keys=fields.String(), values=fields.String())
+    tags = tags_field()
+
+
+class JobSchema(Schema):
+    """A job. Every job has `kind`; this is a training job (`train`). A predict job
+    (`predict`) has the fields of `PredictJobSchema` instead: no training fields, the
+    `model_id` it uses, `progress.rows_done`/`rows_total`, `result` and `download_url`; an
+    import job (`import`) those of `ImportJobSchema`."""
+
+    id = fields.String()
+    kind = fields.String(metadata={"enum": list(JOB_KINDS)})
     name = fields.String(allow_none=True)
     tags = fields.Dict(keys=fields.String(), values=fields.String())
     register_as = fields.String(allow_none=True)
@@ -720,6 +818,19 @@ class EvaluateInSchema(Schema):
     )
 
 
+class BatchPredictInSchema(Schema):
+    dataset_id = fields.String(
+        required=True,
+        validate=validate.Length(max=64),
+        metadata={
+            "description": "A dataset of yours with (at least) the model's feature columns; "
+            "its target, if any, is ignored."
+        },
+    )
+    name = name_field()
+    tags = tags_field()
+
+
 class PredictionSchema(Schema):
     predictions = fields.List(
         fields.Raw(), metadata={"description": "Values (regression) or labels, one per row."}
@@ -740,6 +851,7 @@ TAG_FILTER = validate.Regexp(r"^[^:\x00]{1,64}:[^\x00]{0,200}$", error="must be 
 
 class JobPageQuerySchema(PageQuerySchema):
     status = fields.String(validate=validate.OneOf(JOB_STATUSES))
+    kind = fields.String(validate=validate.OneOf(JOB_KINDS))
     include = fields.List(
         fields.String(validate=validate.OneOf(["history"])),
         metadata={
@@ -751,9 +863,9 @@ class JobPageQuerySchema(PageQuerySchema):
         fields.String(validate=TAG_FILTER),
         metadata={"description": "`key:value`; repeat for several (all must match)."},
     )
-    dataset_id = fields.String(validate=validate.Length(max=64))
+    dataset_id = fields.String(validate=[validate.Length(max=64), NO_NUL])
     sweep_id = fields.String(
-        validate=validate.Length(max=64),
+        validate=[validate.Length(max=64), NO_NUL],
         metadata={"description": "A sweep's trials, in trial order."},
     )
 
@@ -1043,6 +1155,7 @@ class UsageBytesSchema(Schema):
     quota = fields.Integer(allow_none=True, metadata={"description": "null: no quota"})
     datasets = fields.Integer(metadata={"description": "The datasets' Parquet parts."})
     models = fields.Integer(metadata={"description": "The models' weights."})
+    predictions = fields.Integer(metadata={"description": "Batch predictions' Parquet parts."})
     uploads = fields.Integer(metadata={"description": "Unfinished resumable uploads' chunks."})
 
 

@@ -19,7 +19,7 @@ import io
 import json
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
 import pyarrow as pa
@@ -141,6 +141,48 @@ def ingest_parquet(
             )  # fmt: skip
         finally:
             parquet.close()
+
+
+def ingest_parquet_files(
+    parts: list[pq.ParquetFile],
+    options: CsvOptions,
+    limits: Limits,
+    store: DatasetStore,
+    dataset_id: str,
+    *,
+    field: str = "source",
+    on_batch: Callable[[pa.RecordBatch], None] | None = None,
+) -> tuple[CsvFacts, StoredRows]:
+    """Store already opened Parquet files (an object, or the parts under a prefix, read where
+    they are: `service.imports`) as one table, a row group at a time, as `ingest_parquet` does
+    an upload: they must have the same columns. `on_batch(batch)` is called before each batch
+    is stored (progress; it may raise to stop, and then nothing stays stored)."""
+    _not_csv_options(options, "Parquet")
+    if not parts:
+        raise InputError(field, "holds no Parquet file")
+    try:
+        names = [list(part.schema_arrow.names) for part in parts]
+    except (pa.ArrowException, OSError) as exc:
+        raise _broken_parquet(field, exc) from None
+    header = check_column_names(names[0], field, header=False)
+    for i, other in enumerate(names[1:], start=2):
+        if other != header:
+            raise InputError(
+                field, f"Parquet part {i} has the columns {other}, the first one {header}"
+            )
+    for name in header:  # a nested or binary column is refused before any row is read
+        plain_column(pa.array([], type=parts[0].schema_arrow.field(name).type), name, field)
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for part in parts:
+            for batch in _parquet_batches(part, header, field):
+                if on_batch is not None:
+                    on_batch(batch)
+                yield batch
+
+    return ingest_batches(
+        batches(), header, options, limits, store, dataset_id, field=field, where=PARQUET_ROWS
+    )
 
 
 def _parquet_batches(parquet: pq.ParquetFile, header: list[str], field: str

@@ -18,6 +18,10 @@ from service.db import Base, utcnow
 
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINAL_STATUSES = ("succeeded", "failed", "cancelled")
+#: What a job does: "train" a model on a dataset, "predict": a trained model's predictions
+#: for every row of a dataset (batch predictions, written to the dataset store), or "import":
+#: a dataset made from an object already in an object store (datasets by reference).
+JOB_KINDS = ("train", "predict", "import")
 
 
 # Rows made outside the API (scripts, worker tests) belong to the embedded default owner; the
@@ -121,7 +125,31 @@ class Job(Base):
         sa.String(200), index=True, default=_owner_of("datasets", "dataset_id")
     )
     status: Mapped[str] = mapped_column(sa.String(16), default="queued")
-    dataset_id: Mapped[str] = mapped_column(sa.ForeignKey("datasets.id"), index=True)
+    # one of JOB_KINDS; the lifecycle is the same for every kind, the task that runs it is not
+    kind: Mapped[str] = mapped_column(
+        sa.String(16), default="train", server_default="train", index=True
+    )
+    # the dataset a training job learns from, or whose rows a predict job scores; the dataset
+    # an import job made (null until it succeeded)
+    dataset_id: Mapped[str | None] = mapped_column(
+        sa.ForeignKey("datasets.id"), index=True, nullable=True
+    )
+    # An import job's source URL and its options: {"name", "target", "column_types",
+    # "format" ("csv" or "parquet"), "unit" of its progress ("bytes" or "rows")}.
+    source: Mapped[str | None] = mapped_column(sa.String(2048), nullable=True)
+    import_options: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON, nullable=True)
+    # A predict job's model (no foreign key: `models.job_id` already points at jobs, and a
+    # model row is never deleted); null for a training job, whose model is `model` below.
+    model_id: Mapped[str | None] = mapped_column(sa.String(32), nullable=True, index=True)
+    # A predict job's progress: the dataset's rows, and those of this attempt written so far
+    # (an import job's: the source's bytes or rows, and those read so far).
+    rows_total: Mapped[int | None] = mapped_column(sa.BigInteger, nullable=True)
+    rows_done: Mapped[int | None] = mapped_column(sa.BigInteger, nullable=True)
+    # A succeeded predict job's output: the folder of its Parquet parts in the dataset store
+    # (`{store}/predictions/{job_id}/{attempt}`) and their size in bytes.
+    output_location: Mapped[str | None] = mapped_column(sa.String(1024), nullable=True)
+    output_bytes: Mapped[int | None] = mapped_column(sa.BigInteger, nullable=True)
+    # a training job's specs ({} for other kinds)
     model_spec: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
     training_spec: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
     epoch: Mapped[int] = mapped_column(default=0)

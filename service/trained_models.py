@@ -246,7 +246,12 @@ def prediction_outputs(model: TrainedModel, table: Table, field: str = "features
 def prediction_schema(model: TrainedModel) -> pa.Schema:
     """The columns of streamed predictions: `prediction` (labels as text, or numbers;
     `prediction_0`, `prediction_1`, ... for several outputs), then `p_<label>` per class."""
-    arch = model.architecture
+    return schema_of(model.architecture)
+
+
+def schema_of(arch: dict[str, Any]) -> pa.Schema:
+    """`prediction_schema` of a model's architecture (batch predictions write these columns
+    too, `service.predictions`)."""
     width = int(arch["layers"][-1])
     if arch["loss"] == "mse":
         if width == 1:
@@ -262,22 +267,33 @@ def prediction_batches(model: TrainedModel, outputs: np.ndarray) -> Iterator[pa.
     """Predictions from `prediction_outputs`, `PREDICT_ROWS` rows a batch, each made as it is
     read (the answer's text is never whole). What the model says is taken now: the batches are
     read after the view has returned, its session closed."""
-    loss = str(model.architecture["loss"])
-    schema = prediction_schema(model)
-    labels = pa.array([str(c) for c in model.architecture.get("classes") or []], pa.string())
+    to_batch = BatchOf(model.architecture)
 
     def batches() -> Iterator[pa.RecordBatch]:
         for start in range(0, len(outputs), PREDICT_ROWS):
-            values = outputs[start : start + PREDICT_ROWS]
-            if loss == "mse":
-                arrays = [pa.array(values[:, j]) for j in range(values.shape[1])]
-            else:
-                probabilities = probabilities_from_logits(loss, values).astype(np.float64)
-                predicted = pc.take(labels, pa.array(probabilities.argmax(axis=1)))
-                arrays = [predicted, *(pa.array(probabilities[:, j]) for j in range(len(labels)))]
-            yield pa.record_batch(arrays, schema=schema)
+            yield to_batch(outputs[start : start + PREDICT_ROWS])
 
     return batches()
+
+
+class BatchOf:
+    """The record batch (`schema_of`'s columns) of a model's outputs `(n, width)`: values for
+    regression; the predicted label (as text) and each class's probability otherwise. NumPy
+    and Arrow over whole columns, no Python per row."""
+
+    def __init__(self, arch: dict[str, Any]) -> None:
+        self.loss = str(arch["loss"])
+        self.schema = schema_of(arch)
+        self.labels = pa.array([str(c) for c in arch.get("classes") or []], pa.string())
+
+    def __call__(self, values: np.ndarray) -> pa.RecordBatch:
+        if self.loss == "mse":
+            arrays = [pa.array(values[:, j]) for j in range(values.shape[1])]
+        else:
+            probabilities = probabilities_from_logits(self.loss, values).astype(np.float64)
+            predicted = pc.take(self.labels, pa.array(probabilities.argmax(axis=1)))
+            arrays = [predicted, *(pa.array(probabilities[:, j]) for j in range(len(self.labels)))]
+        return pa.record_batch(arrays, schema=self.schema)
 
 
 def _check_targets(dataset: Dataset, loss: str, classes: list[Any] | None, width: int) -> None:

@@ -19,7 +19,77 @@ from core.sweep import Trial, best_trial, metric_value
 from service.db import iso_utc
 from service.tables import JOB_STATUSES, Job, JobEpoch, Sweep, TrainedModel
 
-__all__ = ["serialize_job", "serialize_jobs", "serialize_sweep", "serialize_sweeps", "trials_of"]
+__all__ = [
+    "download_url",
+    "serialize_job",
+    "serialize_jobs",
+    "serialize_sweep",
+    "serialize_sweeps",
+    "trials_of",
+]
+
+#: where a predict job's predictions are downloaded (`service.api.predictions`)
+PREDICTIONS_DATA = "/api/v1/predictions/{job_id}/data"
+
+
+def download_url(job_id: str) -> str:
+    """The download of a predict job's predictions (usable once it succeeded)."""
+    return PREDICTIONS_DATA.format(job_id=job_id)
+
+
+def _import_view(job: Job) -> dict[str, Any]:
+    """An import job: its source and options, its progress (bytes or rows), the dataset it made
+    once succeeded (`dataset_id`; no training fields)."""
+    options = dict(job.import_options or {})
+    unit = options.pop("unit", "bytes")
+    return {
+        "id": job.id,
+        "kind": job.kind,
+        "name": job.name,
+        "tags": job.tags or {},
+        "status": job.status,
+        "source": job.source,
+        "options": options,
+        "dataset_id": job.dataset_id,
+        "progress": {"done": job.rows_done or 0, "total": job.rows_total, "unit": unit},
+        "stop_reason": job.status if job.status in ("cancelled", "failed") else None,
+        "error": job.error,
+        "attempts": job.attempts,
+        "cancel_requested": job.cancel_requested,
+        "created_at": iso_utc(job.created_at),
+        "started_at": iso_utc(job.started_at),
+        "finished_at": iso_utc(job.finished_at),
+    }
+
+
+def _predict_view(job: Job) -> dict[str, Any]:
+    """A predict job: its model and dataset, its rows done, its output once succeeded (no
+    training fields)."""
+    return {
+        "id": job.id,
+        "kind": job.kind,
+        "name": job.name,
+        "tags": job.tags or {},
+        "status": job.status,
+        "dataset_id": job.dataset_id,
+        "model_id": job.model_id,
+        "progress": {"rows_done": job.rows_done or 0, "rows_total": job.rows_total},
+        "result": None
+        if job.status != "succeeded"
+        else {
+            "rows": job.rows_done,
+            "bytes": job.output_bytes,
+            "location": job.output_location,
+        },
+        "download_url": download_url(job.id),
+        "stop_reason": job.status if job.status in ("cancelled", "failed") else None,
+        "error": job.error,
+        "attempts": job.attempts,
+        "cancel_requested": job.cancel_requested,
+        "created_at": iso_utc(job.created_at),
+        "started_at": iso_utc(job.started_at),
+        "finished_at": iso_utc(job.finished_at),
+    }
 
 
 # -- jobs ----------------------------------------------------------------------------------------
@@ -85,8 +155,15 @@ def serialize_jobs(
             model_ids[job_id] = model_id
     out = []
     for job in jobs:
+        if job.kind == "predict":
+            out.append(_predict_view(job))
+            continue
+        if job.kind == "import":
+            out.append(_import_view(job))
+            continue
         item: dict[str, Any] = {
             "id": job.id,
+            "kind": job.kind,
             "name": job.name,
             "tags": job.tags or {},
             "register_as": job.register_as,

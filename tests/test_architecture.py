@@ -523,6 +523,8 @@ WORKER_MODULES = [
     "workers.app",
     "workers.context",
     "workers.tasks",
+    "workers.predicting",
+    "workers.importing",
     "workers.maintenance",
     "workers.webhooks",
     "workers.parent_watch",
@@ -576,6 +578,7 @@ def test_the_celery_worker_runs_without_flask(tmp_path: Path) -> None:
     lines = [line for line in out.stdout.splitlines() if line.startswith(("READY", "CHILD"))]
     assert sorted(lines) == [
         "CHILD []",
-        "READY trainyard ['trainyard.deliver_webhook', 'trainyard.train_job'] []",
+        "READY trainyard ['trainyard.deliver_webhook', 'trainyard.import_dataset', "
+        "'trainyard.predict_job', 'trainyard.train_job'] []",
     ], out.stdout + out.stderr
     assert out.returncode == 0, out.stdout + out.stderr

@@ -5,7 +5,9 @@ them (`service.celery.celery_config`, as the API's Celery app has it); the tasks
 maintenance loop read the settings, and the tasks their database sessions, from the
 `workers.context.WorkerContext` bound to this app. Importing `workers.tasks` and
 `workers.webhooks` registers their `shared_task`s (`trainyard.train_job`, the webhook
-delivery task) with it; `workers.maintenance.install` starts the reaper and reconciler in the
+delivery task; `workers.predicting`: `trainyard.predict_job`; `workers.importing`:
+`trainyard.import_dataset`) with it;
+`workers.maintenance.install` starts the reaper and reconciler in the
 worker's main process and handles hard time limits. Nothing here imports Flask.
 
 `workers.runtime.preload` imports, here in the main process before the prefork pool forks,
@@ -18,7 +20,9 @@ from __future__ import annotations
 from service.celery import celery_config, make_celery
 from service.config import Settings
 from workers import (
+    importing,  # noqa: F401  (registers the import task)
     maintenance,
+    predicting,  # noqa: F401  (registers the predict task)
     runtime,
     tasks,  # noqa: F401  (registers the tasks)
     webhooks,  # noqa: F401  (registers the webhook delivery task)

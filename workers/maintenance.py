@@ -36,7 +36,9 @@ two workers sweeping at the same time never act twice on one job:
   `TRAINYARD_UPLOAD_EXPIRE_HOURS` lose their row and their chunks in the store.
 - **Orphaned dataset parts** (`service.datasets.delete_orphans`, every `ORPHAN_SWEEP_EVERY_S`).
   The parts of an upload whose API process died before the dataset's row was added are
-  deleted once they are `service.dataset_store.ORPHAN_AFTER_S` old.
+  deleted once they are `service.dataset_store.ORPHAN_AFTER_S` old; so are the prediction
+  parts of predict jobs that ended without success (`service.predictions.delete_unused`: a
+  worker lost for good leaves its attempt's parts).
 
 **Hard time limit.** When Celery's hard limit kills a task's process, the main process gets the
 `task_failure` signal with `TimeLimitExceeded`; the job ends `failed` ("time limit exceeded",
@@ -58,11 +60,10 @@ from celery.exceptions import TimeLimitExceeded
 from celery.signals import task_failure, worker_ready, worker_shutdown
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import audit_log, datasets, deletion, lifecycle, outbox, sweeps, uploads
+from service import audit_log, datasets, deletion, lifecycle, outbox, predictions, sweeps, uploads
 from service.config import Settings
 from service.db import make_engine, make_sessionmaker
 from service.idempotency import purge_expired
-from service.lifecycle import TRAIN_TASK
 from workers.context import WorkerContext
 from workers.webhooks import WaitingSender
 
@@ -107,6 +108,9 @@ def sweep(factory: sessionmaker[Session], celery: Celery, settings: Settings) ->
         orphans = datasets.delete_orphans(factory, settings.store_url)
         if orphans:
             log.info("deleted the parts of %d unfinished upload(s): %s", len(orphans), orphans)
+        unused = predictions.delete_unused(factory, settings.store_url)
+        if unused:
+            log.info("deleted the predictions of %d unsuccessful job(s): %s", len(unused), unused)
         chunks = uploads.delete_orphan_chunks(factory, settings.store_url)
         if chunks:
             log.info("deleted the chunks of %d lost resumable upload(s): %s", len(chunks), chunks)
@@ -186,8 +190,8 @@ def install(context: WorkerContext, celery: Celery) -> Maintenance:
         sender: Any = None, exception: BaseException | None = None, args: Any = None, **_: Any
     ) -> None:
         # Sent in the main process when the hard limit killed the task's process.
-        if not isinstance(exception, TimeLimitExceeded) or getattr(sender, "name", "") != (
-            TRAIN_TASK
+        if not isinstance(exception, TimeLimitExceeded) or getattr(sender, "name", "") not in (
+            lifecycle.TASKS.values()
         ):
             return
         job_id = str(args[0]) if args else ""

@@ -73,6 +73,11 @@ class _Busy(Exception):
     """The job runs elsewhere with a fresh heartbeat: look again later."""
 
 
+class JobError(Exception):
+    """An attempt cannot go on for a reason its message says in full (the job fails with it,
+    with no exception type in front)."""
+
+
 @shared_task(name=TRAIN_TASK, bind=True, ignore_result=True, max_retries=None)
 def train_job(self: Any, job_id: str) -> str:
     """Train job `job_id`; the outcome is in the store (the return value is for logs)."""
@@ -101,8 +106,19 @@ def after_trial(
         log.warning("job %s: could not advance its sweep", job_id, exc_info=True)
 
 
-def run_job(factory: sessionmaker[Session], job_id: str, settings: Settings) -> str:
-    """Claim and run one job; returns the outcome. Raises `_Busy` only (see module doc)."""
+#: What runs a claimed attempt (`_run_claimed` trains; `workers.predicting` predicts).
+Runner = Callable[[sessionmaker[Session], Claim, SoftLimit], str]
+
+
+def run_job(
+    factory: sessionmaker[Session],
+    job_id: str,
+    settings: Settings,
+    run: Runner | None = None,
+) -> str:
+    """Claim and run one job (`run`, by default training); returns the outcome. Raises
+    `_Busy` only (see module doc). Every kind of job goes through here: the claim, the
+    heartbeat thread, the soft time limit and the failure of an attempt are the same."""
     try:
         claim = with_db_retry(lambda: claim_job(factory, job_id, settings), f"job {job_id} claim")
     except _Busy:
@@ -118,10 +134,10 @@ def run_job(factory: sessionmaker[Session], job_id: str, settings: Settings) -> 
     heartbeat.start()
     try:
         with SoftLimit() as soft_limit:
-            return _run_claimed(factory, claim, soft_limit)
+            return (run or _run_claimed)(factory, claim, soft_limit)
     except SoftTimeLimitExceeded:
         return _fail(factory, claim, lifecycle.time_limit_error(settings.task_soft_time_limit))
-    except TrainingError as exc:
+    except (TrainingError, JobError) as exc:
         return _fail(factory, claim, str(exc))
     except Exception as exc:
         log.error("job %s failed:\n%s", job_id, traceback.format_exc())

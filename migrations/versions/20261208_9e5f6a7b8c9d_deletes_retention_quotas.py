@@ -1,7 +1,7 @@
 """deletes, retention, quotas: tombstones (`deleted_at`), `expires_at`, per-key quotas
 
 Revision ID: 9e5f6a7b8c9d
-Revises: 8d4e5f6a7b8c
+Revises: 6b2c3d4e5f6a
 Create Date: 2026-12-08 03:00:00.000000
 
 """
@@ -13,7 +13,7 @@ from alembic import op
 
 # revision identifiers, used by Alembic.
 revision: str = "9e5f6a7b8c9d"
-down_revision: str | Sequence[str] | None = "8d4e5f6a7b8c"
+down_revision: str | Sequence[str] | None = "6b2c3d4e5f6a"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -7,12 +7,22 @@ from pathlib import PurePath
 from typing import Any, BinaryIO
 
 import sqlalchemy as sa
-from flask import Response, current_app, request
+from flask import Response, current_app, request, url_for
 from flask.views import MethodView
 from marshmallow import RAISE
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from service import dataset_files, datasets, deletion, ingest, quotas, row_formats, table_stream
+from service import (
+    dataset_files,
+    datasets,
+    deletion,
+    imports,
+    ingest,
+    jobs,
+    quotas,
+    row_formats,
+    table_stream,
+)
 from service.api import (
     Blueprint,
     db,
@@ -39,6 +49,8 @@ from service.schemas import (
     DatasetSchema,
     ErrorSchema,
     ExpiryInSchema,
+    ImportInSchema,
+    ImportJobSchema,
     PageQuerySchema,
 )
 from service.tables import Dataset, IdempotentRequest
@@ -58,6 +70,27 @@ def _parse_json() -> ingest.ParsedDataset:
     except RequestEntityTooLarge:
         raise _json_too_large() from None
     return ingest.parse_json_dataset(DatasetInSchema().load(data), limits())
+
+
+def _by_reference() -> dict[str, Any] | None:
+    """The body, when it asks for an import by reference (it has a `source`)."""
+    try:
+        data = request.get_json()
+    except RequestEntityTooLarge:
+        raise _json_too_large() from None
+    return data if isinstance(data, dict) and "source" in data else None
+
+
+def _import(session: Any, owner: str, idempotency: Idempotency, data: dict[str, Any]) -> Response:
+    """`POST /datasets` by reference: an import job (`service.imports`), answered `202`."""
+    loaded = ImportInSchema().load(data)
+    prefixes = imports.prefixes_of(str(current_app.config["IMPORT_PREFIXES"]))
+    job = imports.submit(session, loaded, owner, limits(), prefixes)
+    body = jobs.serialize_job(session, job)
+    response, first = idempotency.commit(body, 202, url_for("jobs.JobById", job_id=job.id))
+    if first:
+        jobs.publish(session, current_app.extensions["celery"], job.id, "import")
+    return response
 
 
 def _upload_limit() -> int:
@@ -227,6 +260,14 @@ class Datasets(MethodView):
     @blp.alt_response(
         422, schema=ErrorSchema, description="Invalid data, or an `Idempotency-Key` reused."
     )
+    @blp.alt_response(
+        202,
+        schema=ImportJobSchema,
+        description="By reference (`source`): the import job (`Location`: `/api/v1/jobs/{id}`).",
+    )
+    @blp.alt_response(
+        403, schema=ErrorSchema, description="A `source` not under `TRAINYARD_IMPORT_PREFIXES`."
+    )
     @blp.alt_response(503, schema=ErrorSchema, description="The dataset store is unavailable.")
     @require_content_type("application/json", "multipart/form-data", *RAW_TYPES)
     def post(self, **query: Any) -> Response:
@@ -253,6 +294,16 @@ class Datasets(MethodView):
         `Idempotency-Key`, a retry gets the first answer and stores nothing new. The query's
         `expires_at` (any body) is when the dataset is deleted; none while the owner is over its
         stored-bytes quota (`413`).
+
+        By reference: JSON `{"source": "s3://bucket/key.csv", "name", "target",
+        "column_types"}` (a `.csv`/`.tsv` object, also `.gz`; a `.parquet` object; or a folder
+        of Parquet parts, `s3://bucket/folder/`; `file:///path` in the embedded mode) imports
+        an object already in the object store without its bytes passing through the API, as a
+        job of kind `import` on a worker: the answer is `202` with the job (progress in bytes
+        or rows, cancel, events like any job); its `dataset_id` names the dataset once it has
+        succeeded, the same dataset an upload of the file makes. Only sources under a prefix
+        that `TRAINYARD_IMPORT_PREFIXES` lists are allowed (else `403`; empty, the default,
+        allows none).
         """
         session, owner = db(), current_owner()
         quotas.check(session, owner, limits())  # 413 once over the stored-bytes quota
@@ -265,6 +316,9 @@ class Datasets(MethodView):
             replayed = idempotency.replay()
             if replayed is not None:
                 return replayed
+            by_reference = _by_reference()
+            if by_reference is not None:
+                return _import(session, owner, idempotency, by_reference)
             dataset = datasets.new_dataset(session, _parse_json(), owner, store_url())
             warnings: list[dict[str, Any]] = []
         elif mimetype == "multipart/form-data":

@@ -21,7 +21,9 @@ from service.schemas import (
     JobSchema,
 )
 
-blp = Blueprint("jobs", __name__, url_prefix="/jobs", description="Training jobs.")
+blp = Blueprint(
+    "jobs", __name__, url_prefix="/jobs", description="Jobs: training and batch predictions."
+)
 
 
 @blp.route("")
@@ -29,8 +31,9 @@ class Jobs(MethodView):
     @blp.arguments(JobPageQuerySchema, location="query", unknown=RAISE)
     @blp.response(200, JobPageSchema)
     def get(self, query: dict[str, Any]) -> dict[str, Any]:
-        """List jobs, newest first, optionally only those with one `status`, `dataset_id`,
-        `sweep_id` (a sweep's trials, in trial order) or `tag=key:value` (repeatable).
+        """List jobs, newest first, optionally only those with one `status`, `kind` (`train`,
+        `predict`), `dataset_id`, `sweep_id` (a sweep's trials, in trial order) or
+        `tag=key:value` (repeatable).
 
         Items leave out `loss_history` and `val_loss_history` unless `include=history`
         (`progress.loss` is the last epoch's loss either way).
@@ -48,6 +51,7 @@ class Jobs(MethodView):
             tags=query.get("tag"),
             dataset_id=query.get("dataset_id"),
             sweep_id=query.get("sweep_id"),
+            kind=query.get("kind"),
         )
         history = "history" in (query.get("include") or [])
         return page(jobs.serialize_jobs(session, rows, history=history), total, query)
@@ -97,7 +101,8 @@ class JobById(MethodView):
     @blp.response(200, JobSchema)
     @blp.alt_response(404, schema=ErrorSchema, description="No such job.")
     def get(self, job_id: str) -> dict[str, Any]:
-        """Poll a job: status, progress and the loss of every finished epoch."""
+        """Poll a job: status, progress and the loss of every finished epoch (a predict job: the
+        rows done, and its `result` and `download_url` once it succeeded)."""
         session = db()
         return jobs.serialize_job(session, jobs.get_job(session, job_id, current_owner()))
 
@@ -138,7 +143,8 @@ def cancel(job_id: str) -> dict[str, Any]:
     """Cancel a job.
 
     A queued job is `cancelled` at once and never starts. A running one gets
-    `cancel_requested: true` and stops at its next epoch boundary, ending `cancelled`.
+    `cancel_requested: true` and stops at its next epoch boundary (a predict job: between two
+    chunks of rows, its parts deleted), ending `cancelled`.
     """
     session, celery = db(), current_app.extensions["celery"]
     return jobs.serialize_job(session, jobs.cancel_job(session, job_id, current_owner(), celery))

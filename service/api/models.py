@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Response, current_app, request
+from flask import Response, current_app, request, url_for
 from marshmallow import RAISE
 
-from service import deletion, row_formats, trained_models
+from service import deletion, jobs, predictions, row_formats, trained_models
 from service.api import (
     Blueprint,
     db,
@@ -22,9 +22,11 @@ from service.api import (
 )
 from service.audit import read_only
 from service.auth import current_owner
+from service.idempotency import HEADER_DOC, Idempotency
 from service.problems import InputError
 from service.registry import registrations
 from service.schemas import (
+    BatchPredictInSchema,
     ErrorSchema,
     EvaluateInSchema,
     EvaluationSchema,
@@ -37,6 +39,7 @@ from service.schemas import (
     PredictCsvSchema,
     PredictInSchema,
     PredictionSchema,
+    PredictJobSchema,
 )
 
 blp = Blueprint(
@@ -258,3 +261,44 @@ def evaluate(data: dict[str, Any], model_id: str) -> dict[str, Any]:
     session, owner = db(), current_owner()
     model = trained_models.get_model(session, model_id, owner, with_weights=True)
     return trained_models.evaluate(session, model, data["dataset_id"], owner)
+
+
+@blp.route("/<model_id>/predictions", methods=["POST"])
+@json_only
+@blp.arguments(BatchPredictInSchema)
+@blp.doc(parameters=[HEADER_DOC])
+@blp.response(202, PredictJobSchema, headers={"Location": {"schema": {"type": "string"}}})
+@blp.alt_response(404, schema=ErrorSchema, description="No such model or dataset.")
+@blp.alt_response(415, schema=ErrorSchema, description="The body is not JSON.")
+@blp.alt_response(
+    422,
+    schema=ErrorSchema,
+    description="The dataset lacks a column the model takes, or an `Idempotency-Key` reused.",
+)
+@blp.alt_response(429, schema=ErrorSchema, description="Too many queued or running jobs.")
+def predict_dataset(data: dict[str, Any], model_id: str) -> Response:
+    """Batch predictions: the model's predictions for every row of one of your datasets,
+    made by a job of kind `predict` on a worker.
+
+    The dataset must hold every feature column the model takes (else `422` naming the first
+    missing one); its target and other columns are ignored. The answer is the job (`Location`:
+    `/api/v1/jobs/{job_id}`), which runs like any job: poll it, stream its events (`progress`
+    events carry `rows_done`), cancel it. Once it has `succeeded`, its `download_url`
+    (`/api/v1/predictions/{job_id}/data`) streams the predictions, one row per dataset row,
+    in order, with the columns of this model's `POST .../predict` streamed answer: for
+    classification `prediction` (the class, as text) and one `p_<class>` per class, for
+    regression `prediction` (or `prediction_0`, ...). With an `Idempotency-Key`, a retry gets
+    the first answer and makes no second job.
+    """
+    session, owner = db(), current_owner()
+    idempotency = Idempotency(session, owner)
+    replayed = idempotency.replay()
+    if replayed is not None:
+        return replayed
+    job = predictions.submit(session, model_id, data, owner, limits())
+    location = url_for("jobs.JobById", job_id=job.id)
+    body = jobs.serialize_job(session, job)
+    response, first = idempotency.commit(body, 202, location)
+    if first:
+        jobs.publish(session, current_app.extensions["celery"], job.id, "predict")
+    return response

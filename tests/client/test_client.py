@@ -433,3 +433,13 @@ def test_wait_follows_the_event_stream_and_falls_back_to_polling(service: LiveSe
     done = broken.wait(job["id"], poll_interval=0.05, timeout=120, on_progress=polled.append)
     assert done["status"] == "succeeded" and len(done["loss_history"]) == 5
     assert polled[-1]["status"] == "succeeded"
+
+
+def test_an_import_by_reference_outside_the_allowed_prefixes_is_refused(
+    service: LiveService,
+) -> None:
+    """The embedded service allows no import (`TRAINYARD_IMPORT_PREFIXES` empty): the client's
+    `import_dataset` gets the 403 that names the setting."""
+    with pytest.raises(ApiError) as refused:
+        service.client().import_dataset("file:///etc/passwd.csv", target="x")
+    assert refused.value.status == 403 and "TRAINYARD_IMPORT_PREFIXES" in refused.value.message

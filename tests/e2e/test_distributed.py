@@ -5,6 +5,8 @@ time; cancellation and divergence through the API.
 
 from __future__ import annotations
 
+import csv
+import io
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -14,7 +16,7 @@ import numpy as np
 import pytest
 import redis
 
-from service.dataset_store import DatasetStore
+from service.dataset_store import PREDICTIONS, DatasetStore, s3_filesystem
 from tests.support import (
     REDIS_URL,
     STORE_URL,
@@ -34,6 +36,7 @@ from tests.workers.datasets import blobs, moons, regression
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
 
 REDIS_DB = 15  # the shared fixture uses 8..14
+IMPORTS = "e2e-imports"  # the folder of the bucket that the API lets import from
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +66,7 @@ def api(
         DATABASE_URL=database_url,
         CELERY_BROKER_URL=broker,
         TRAINYARD_STORE_URL=store_url,
+        TRAINYARD_IMPORT_PREFIXES=f"s3://{s3_server.bucket}/{IMPORTS}/",
         **s3_server.env(),
     )
     procs = Processes(tmp_path_factory.mktemp("distributed"))
@@ -204,3 +208,86 @@ def test_hostile_text_never_reaches_the_graph_or_answers_unescaped(api: Api) -> 
     assert b"<" not in model.content and sorted(model.json()["architecture"]["classes"]) == sorted(
         labels
     )
+
+
+def test_batch_predictions_live_in_s3_equal_predict_and_a_failed_job_frees_them(
+    api: Api, store_url: str, database_url: str
+) -> None:
+    """A predict job on a worker reads its dataset from S3 and writes its predictions there
+    (`predictions/{job_id}/{attempt}/`); they download equal to `POST /models/{id}/predict`. A
+    job that fails half way (a missing cell in its second row group, for a model trained with
+    `missing: "error"`) deletes the parts it wrote; another owner sees neither job."""
+    x, y = moons(200, seed=3)
+    trained = api.wait(
+        api.job(api.dataset(x, y, "moons to learn"), [8, 1], loss="binary_cross_entropy",
+                epochs=5, preprocessing={"missing": "error"}),
+        timeout=120,
+    )  # fmt: skip
+    model_id = trained["model_id"]
+    xs, ys = moons(70_000, seed=4)
+    clean = api.dataset(xs[:5000], ys[:5000], "to score")
+    job = api.post(f"/models/{model_id}/predictions", {"dataset_id": clean}, 202)
+    done = api.wait(job["id"], timeout=120)
+    assert done["result"]["rows"] == 5000
+    store = DatasetStore(store_url)
+    parts = store.parts(f"{job['id']}/1", PREDICTIONS)
+    assert parts and all(p.startswith(f"{store.root}/predictions/{job['id']}/1/") for p in parts)
+    assert done["result"]["bytes"] == store.size(f"{job['id']}/1", PREDICTIONS)
+    answer = api.post(f"/models/{model_id}/predict", {"features": xs[:5000].tolist()}, 200)
+    body = api.http.get(f"{api.base}{done['download_url']}", timeout=30)
+    assert body.status_code == 200 and body.headers["Content-Type"].startswith("text/csv")
+    rows = list(csv.reader(io.StringIO(body.text)))
+    assert rows[0] == ["prediction", "p_0", "p_1"]
+    assert [int(r[0]) for r in rows[1:]] == answer["predictions"]
+    np.testing.assert_allclose(
+        [[float(v) for v in r[1:]] for r in rows[1:]], answer["probabilities"], rtol=1e-12
+    )
+
+    features: list[list[float | None]] = xs.round(4).tolist()
+    features[69_000][1] = None  # in the second row group (65,536 rows each)
+    gappy = api.post("/datasets", {"name": "gappy", "features": features,
+                                   "targets": ys.tolist()}, 201)["id"]  # fmt: skip
+    failing = api.post(f"/models/{model_id}/predictions", {"dataset_id": gappy}, 202)
+    failed = api.wait(failing["id"], ("failed",), timeout=120)
+    assert "row 69001" in failed["error"] and "'x1'" in failed["error"], failed["error"]
+    assert store.parts(failing["id"], PREDICTIONS) == []
+    assert store.parts(f"{failing['id']}/1", PREDICTIONS) == []
+    r = api.http.get(f"{api.base}{failed['download_url']}", timeout=30)
+    assert r.status_code == 409 and "failed" in r.json()["error"]["message"]
+
+    other = {"Authorization": f"Bearer {new_api_key(database_url, owner='someone-else')}"}
+    for path in (f"/jobs/{job['id']}", done["download_url"].removeprefix("/api/v1")):
+        r = api.http.get(f"{api.base}/api/v1{path}", headers=other, timeout=30)
+        assert r.status_code == 404, (path, r.text)
+
+
+def test_a_csv_in_s3_imported_by_reference_on_a_worker_is_the_uploads_dataset(
+    api: Api, s3_server: S3Server
+) -> None:
+    """`POST /datasets` with a `source`: a worker reads the object from S3 (its bytes never
+    pass through the API) and makes the dataset an upload of the same file makes."""
+    x, y = moons(3000, seed=5)
+    text = "a,b,label\n" + "".join(
+        f"{u:.5f},{v:.5f},{'up' if k else 'down'}\n" for (u, v), k in zip(x, y, strict=True)
+    )
+    key = f"{s3_server.bucket}/{IMPORTS}/moons.csv"
+    with s3_filesystem().open_output_stream(key) as out:
+        out.write(text.encode())
+    job = api.post("/datasets", {"source": f"s3://{key}", "name": "moons", "target": "label"}, 202)
+    assert job["kind"] == "import" and job["dataset_id"] is None
+    done = api.wait(job["id"], timeout=120)
+    assert done["progress"] == {"done": len(text), "total": len(text), "unit": "bytes"}
+    imported = api.get(f"/datasets/{done['dataset_id']}").json()
+    r = api.http.post(
+        f"{api.base}/api/v1/datasets",
+        files={"file": ("moons.csv", text.encode(), "text/csv")},
+        data={"target": "label", "name": "moons"},
+        timeout=60,
+    )
+    assert r.status_code == 201, r.text
+    uploaded = r.json()
+    assert imported["storage"]["checksum"] == uploaded["storage"]["checksum"]
+    assert imported["columns"] == uploaded["columns"] and imported["n_samples"] == 3000
+    outside = {"source": f"s3://{s3_server.bucket}/elsewhere/moons.csv"}
+    r = api.http.post(f"{api.base}/api/v1/datasets", json=outside, timeout=30)
+    assert r.status_code == 403 and "TRAINYARD_IMPORT_PREFIXES" in r.json()["error"]["message"]

@@ -139,9 +139,13 @@ def test_every_mutating_route_yields_an_action(app: Flask) -> None:
     assert {"dataset.create", "job.cancel", "job.update", "key.rotate", "webhook.delete"} <= set(
         seen
     )
-    # predict and evaluate compute answers: neither logged nor refused to a read key; a
-    # model's delete and its expiry's PATCH change it
-    assert {a for a in seen if a.startswith("model.")} == {"model.delete", "model.update"}
+    # predict and evaluate compute answers: neither logged nor refused to a read key; a batch
+    # prediction is a job, and is; a model's delete and its expiry's PATCH change it
+    assert {a for a in seen if a.startswith("model.")} == {
+        "model.predict_dataset",
+        "model.delete",
+        "model.update",
+    }
     assert {"dataset.delete", "job.delete", "sweep.delete", "dataset.update"} <= set(seen)
 
 

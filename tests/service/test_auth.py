@@ -47,6 +47,8 @@ API_ROUTES = [
     ("GET", "/api/v1/models/x/bundle"),
     ("GET", "/api/v1/models/x/export"),
     ("POST", "/api/v1/models/x/evaluate"),
+    ("POST", "/api/v1/models/x/predictions"),
+    ("GET", "/api/v1/predictions/x/data"),
     ("GET", "/api/v1/spec/defaults"),
     ("POST", "/api/v1/uploads"),  # OPTIONS alone answers without a key (tus capabilities)
     ("GET", "/api/v1/uploads/x"),

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from service import datasets, deletion
 from service.auth import create_api_key
 from service.config import Settings
-from service.dataset_store import DatasetStore
+from service.dataset_store import PREDICTIONS, DatasetStore
 from service.db import session_scope
 from service.tables import ApiKey, Dataset, Job, JobEpoch, Sweep, TrainedModel
 from service.webhook_models import Webhook, WebhookDelivery
@@ -421,3 +421,27 @@ def test_a_dataset_takes_its_expiry_at_creation(client: FlaskClient) -> None:
     )
     assert r.status_code == 201 and r.get_json()["expires_at"].startswith("2031-01-01T00:00:00")
     assert_error(client.post("/api/v1/datasets?expires_at=soon", json=body), 422, "expires_at")
+
+
+def test_a_predict_job_frees_its_parts_and_holds_its_model(app: Flask, client: FlaskClient) -> None:
+    from tests.service.test_predictions import rows, run
+    from tests.service.test_predictions import submit as submit_predict
+
+    model_id, _, _ = add_model(app, [4, 1], "binary_cross_entropy", ["no", "yes"])
+    job = submit_predict(client, model_id, post_dataset(client, rows()))
+    error = assert_error(client.delete(f"/api/v1/models/{model_id}"), 409, "jobs")
+    assert error["code"] == "model_in_use" and job["id"] in error["message"]
+    run(app, str(job["id"]))
+    with app.extensions["db_sessionmaker"]() as session:
+        location = session.scalar(sa.select(Job.output_location).where(Job.id == job["id"]))
+    preds, _ = DatasetStore.at(location, PREDICTIONS)
+    assert job["id"] in preds.dataset_ids(PREDICTIONS)
+    assert client.get("/api/v1/usage").get_json()["bytes"]["predictions"] > 0
+    assert client.delete(f"/api/v1/jobs/{job['id']}").status_code == 204
+    assert_error(client.get(f"/api/v1/predictions/{job['id']}/data"), 404)
+    assert client.get("/api/v1/usage").get_json()["bytes"]["predictions"] == 0
+    assert job["id"] in preds.dataset_ids(PREDICTIONS)  # until the sweep
+    sweep_once(app)
+    assert job["id"] not in preds.dataset_ids(PREDICTIONS)
+    assert count_rows(app, Job) == 1  # the model's training job alone
+    assert client.delete(f"/api/v1/models/{model_id}").status_code == 204

@@ -422,3 +422,61 @@ def test_job_lists_leave_out_histories_unless_asked(app: Flask, client: FlaskCli
     assert full[1]["val_loss_history"] == pytest.approx([2.0, 1.0, 2 / 3])
     one = client.get(f"/api/v1/jobs/{job_id}").get_json()
     assert one["loss_history"] == full[1]["loss_history"] and one["progress"] == full[1]["progress"]
+
+
+def test_a_predict_jobs_rows_stream_as_progress_events(app: Flask, client: FlaskClient) -> None:
+    """A predict job's rows done wake its streams (on PostgreSQL, the trigger on `rows_done`
+    of migration 6b2c3d4e5f6a) and go out as `progress` events, one per change."""
+    from tests.service.test_models import add_model
+
+    model_id, _, _ = add_model(app, [4, 1], "mse", None)
+    r = client.post(
+        f"/api/v1/models/{model_id}/predictions", json={"dataset_id": post_dataset(client)}
+    )
+    assert r.status_code == 202, r.get_json()
+    job_id = r.get_json()["id"]
+    attempt = claim(app, job_id)
+    stream = Stream(client, job_id)
+    try:
+        first = [stream.next(), stream.next(), stream.next()]
+        events = [e for e in first if e and "event" in e]
+        assert [e["event"] for e in events] == ["status", "progress"]
+        assert events[0]["data"]["status"] == "running" and events[0]["data"]["kind"] == "predict"
+        assert events[1]["data"] == {"rows_done": 0, "rows_total": 10}
+        assert lifecycle.record_progress(factory_of(app), attempt, 6) is False
+        item = stream.next()
+        while item is not None and "event" not in item:  # the retry field, keep-alives
+            item = stream.next()
+        assert item == {"event": "progress", "data": {"rows_done": 6, "rows_total": 10}}
+    finally:
+        stream.close()
+
+
+def test_an_import_jobs_progress_events_say_done_and_total(app: Flask, client: FlaskClient) -> None:
+    with factory_of(app)() as session:
+        job_id = lifecycle.submit_import(
+            session,
+            owner="alice",
+            source="s3://bucket/folder/data.csv",
+            options={"name": "data", "format": "csv", "unit": "bytes"},
+        ).id
+        session.commit()
+    attempt = claim(app, job_id)
+    assert lifecycle.record_progress(factory_of(app), attempt, 10, 100) is False
+    stream = Stream(client, job_id)
+    try:
+        item = stream.next()
+        seen = []
+        while item is not None and len(seen) < 2:
+            if "event" in item:
+                seen.append(item)
+            if len(seen) < 2:
+                item = stream.next()
+        assert seen[0]["data"]["kind"] == "import" and seen[0]["data"]["progress"] == {
+            "done": 10,
+            "total": 100,
+            "unit": "bytes",
+        }
+        assert seen[1] == {"event": "progress", "data": {"done": 10, "total": 100}}
+    finally:
+        stream.close()

@@ -63,7 +63,8 @@
   }
 
   async function refresh() {
-    let query = "?page=" + state.page + "&page_size=" + PAGE_SIZE;
+    // training jobs only: a batch prediction (kind "predict") has no epochs, spec or loss
+    let query = "?kind=train&page=" + state.page + "&page_size=" + PAGE_SIZE;
     if (state.status) query += "&status=" + encodeURIComponent(state.status);
     const page = await T.getJson("/jobs" + query);
     body.replaceChildren.apply(body, page.items.map(row));
