@@ -1068,7 +1068,8 @@ class Client:
 
     def usage(self) -> dict[str, Any]:
         """Stored bytes and queued + running jobs against their quotas: `{"owner", "bytes":
-        {"used", "quota", "datasets", "models", "uploads"}, "active_jobs": {"used", "quota"}}`."""
+        {"used", "quota", "datasets", "models", "predictions", "uploads"}, "active_jobs":
+        {"used", "quota"}}`."""
         return self._json("GET", "/usage")  # type: ignore[no-any-return]
 
     # -- the model registry -----------------------------------------------------------------

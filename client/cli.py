@@ -832,6 +832,7 @@ def cmd_usage(api: Client, args: argparse.Namespace) -> int:
     out.print(f"stored:      {_size(b['used'])} of {_size(b['quota'])}")
     out.print(
         f"             datasets {_size(b['datasets'])}, models {_size(b['models'])}, "
+        f"predictions {_size(b.get('predictions', 0))}, "
         f"unfinished uploads {_size(b['uploads'])}"
     )
     out.print(f"active jobs: {jobs['used']} of {jobs['quota']} (queued + running)")
