@@ -16,7 +16,9 @@ service (`--mode embedded`: `python -m workers.embedded`, SQLite, a `file://` st
    count falls); tuspy asks the server for its offset (`HEAD`) and goes on. Reported: seconds,
    MB/s, cuts, the API's peak RssAnon above idle, and whether the dataset it made has the same
    rows and the same store checksum (SHA-256 over the Parquet parts) as the plain upload's.
-3. **training**: a small job (`[64, 32, 1]`, `--epochs` epochs) on the dataset, to have a model.
+3. **training**: a small job (`[64, 32, 1]`, `--epochs` epochs) to have a model, on the table's
+   first `--train-rows` rows uploaded as a dataset of their own (the same columns; training on
+   the whole table is `make bench-scale`'s subject).
 4. **batch predictions**: `POST /api/v1/models/{id}/predictions` over the whole dataset: rows/s
    from the job's `started_at` to `finished_at`, the worker's peak RssAnon (main process and
    pool children), then the CSV download (`GET download_url`): seconds to the first byte,
@@ -29,7 +31,8 @@ service (`--mode embedded`: `python -m workers.embedded`, SQLite, a `file://` st
 Threads: one for every process (`OPENBLAS_NUM_THREADS` etc.; `torch.set_num_threads(1)`).
 
     .venv/bin/python bench/large_io.py [--rows 1000000] [--mode embedded|distributed]
-        [--cut-mb 200] [--chunk-mb 32] [--epochs 1] [--no-torch] [--json PATH] [--folder DIR]
+        [--cut-mb 200] [--chunk-mb 32] [--epochs 1] [--train-rows 200000] [--no-torch]
+        [--json PATH] [--folder DIR]
 """
 
 from __future__ import annotations
@@ -150,6 +153,15 @@ def tus_upload(
     }
 
 
+def head(source: Path, out: Path, rows: int) -> None:
+    """The header and the first `rows` rows of a CSV file."""
+    with open(source, "rb") as src, open(out, "wb") as dst:
+        for i, line in enumerate(src):
+            if i > rows:
+                break
+            dst.write(line)
+
+
 def predict(service: scale.Service, model_id: str, dataset_id: str) -> dict[str, Any]:
     """The batch prediction job, polled; its JSON."""
     import requests
@@ -265,7 +277,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(f"  {mb:,.0f} MB of CSV", flush=True)
     env = scale.thread_env(1)
     with scale.SERVICES[args.mode](folder, logs, env) as service:
+        import requests
+
+        # Both uploads' peaks are taken above the API's idle RssAnon on a fresh start (what a
+        # process keeps after one upload would hide the next one's growth); tus goes first.
         idle = scale.idle(service.api_memory)
+        report["api_idle_mib"] = idle / MiB
+        with scale.Sampler(service.api_memory) as mem:
+            tus = tus_upload(
+                service, csv_path, "tus", int(args.cut_mb * 10**6), int(args.chunk_mb * MiB)
+            )
+        auth = {"Authorization": f"Bearer {service.key}"}
+        made = requests.get(
+            f"{service.base}/api/v1/datasets/{tus['dataset_id']}", headers=auth, timeout=60
+        ).json()
+        tus.update(
+            mb_per_s=mb / tus["seconds"],
+            api_peak_above_idle_mib=(mem.peak - idle) / MiB,
+            rows=made["n_samples"],
+            checksum=made["storage"]["checksum"],
+        )
+        print(f"tus upload: {tus}", flush=True)
         with scale.Sampler(service.api_memory) as mem:
             plain, seconds = scale.upload(service, csv_path, "plain")
         report["plain"] = {
@@ -276,33 +308,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "checksum": plain["storage"]["checksum"],
         }
         print(f"plain upload: {report['plain']}", flush=True)
-        idle = scale.idle(service.api_memory)
-        with scale.Sampler(service.api_memory) as mem:
-            tus = tus_upload(service, csv_path, "tus", args.cut_mb * 10**6, args.chunk_mb * MiB)
-        import requests
-
-        auth = {"Authorization": f"Bearer {service.key}"}
-        made = requests.get(
-            f"{service.base}/api/v1/datasets/{tus['dataset_id']}", headers=auth, timeout=60
-        ).json()
-        tus.update(
-            mb_per_s=mb / tus["seconds"],
-            api_peak_above_idle_mib=(mem.peak - idle) / MiB,
-            rows=made["n_samples"],
-            checksum=made["storage"]["checksum"],
-            same_dataset=made["storage"]["checksum"] == plain["storage"]["checksum"]
-            and made["n_samples"] == plain["n_samples"],
+        tus["same_dataset"] = (
+            tus["checksum"] == plain["storage"]["checksum"] and tus["rows"] == plain["n_samples"]
         )
         report["tus"] = tus
-        print(f"tus upload: {tus}", flush=True)
 
-        job = scale.train_job(service, plain["id"], args.epochs)
+        train_csv = folder / "train.csv"
+        head(csv_path, train_csv, args.train_rows)
+        train, _ = scale.upload(service, train_csv, "train")
+        job = scale.train_job(service, train["id"], args.epochs)
         model_id = job["model_id"]
+        worker_idle = scale.idle(service.worker_memory)
         with scale.Sampler(service.worker_memory) as wmem:
             pjob = predict(service, model_id, plain["id"])
         seconds = scale._seconds(pjob["started_at"], pjob["finished_at"])
         report["predict"] = {"job_s": seconds, "rows_per_s": args.rows / seconds,
-                             "worker_peak_mib": wmem.peak / MiB}  # fmt: skip
+                             "worker_peak_mib": wmem.peak / MiB,
+                             "worker_idle_mib": worker_idle / MiB}  # fmt: skip
         print(f"batch predictions: {report['predict']}", flush=True)
         got = download(service, pjob["download_url"])
         got["mb_per_s"] = got["bytes"] / 1e6 / got["seconds"]
@@ -324,9 +346,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--mode", choices=sorted(scale.SERVICES), default="embedded")
-    parser.add_argument("--cut-mb", type=int, default=200)
-    parser.add_argument("--chunk-mb", type=int, default=32)
+    parser.add_argument("--cut-mb", type=float, default=200)
+    parser.add_argument("--chunk-mb", type=float, default=32)
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--train-rows", type=int, default=200_000)
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--json", default=None)
     parser.add_argument("--folder", default=None)

@@ -560,6 +560,25 @@ def cmd_datasets_get(api: Client, args: argparse.Namespace) -> int:
     return show_dataset(api.get_dataset(args.id), args.json)
 
 
+def cmd_datasets_import(api: Client, args: argparse.Namespace) -> int:
+    """Import an object of the object store by reference (an import job on a worker); with
+    --wait follow it and show the dataset it made."""
+    column_types = dict(args.column_type or [])
+    job = api.import_dataset(
+        args.source, name=args.name, target=args.target, column_types=column_types or None
+    )
+    if not args.wait:
+        if args.json:
+            emit_json(job)
+        else:
+            out.print(f"import job {job['id']} {job['status']} (trainyard jobs watch {job['id']})")
+        return EXIT_OK
+    code = watch(api, job["id"], True, args.poll_interval)
+    if code != EXIT_OK:
+        return code
+    return show_dataset(api.get_dataset(api.get_job(job["id"])["dataset_id"]), args.json)
+
+
 def cmd_datasets_download(api: Client, args: argparse.Namespace) -> int:
     """Stream the dataset's rows to a file (CSV, JSON lines or Parquet)."""
     fmt = args.format or (download_format(args.output) if args.output else "csv")
@@ -1468,6 +1487,17 @@ COMMANDS: tuple[Command, ...] = (
         arg("--chunk-size", type=byte_size, metavar="SIZE",
             help="bytes per chunk of a resumable upload, e.g. 4M (default: 16M)"),
     )),
+    Command("datasets", "import", cmd_datasets_import,
+            "import a CSV or Parquet object already in the object store (no bytes sent)", (
+        arg("source", help="s3://bucket/key.csv, .parquet, or a folder of Parquet parts "
+            "ending in / (under a prefix the server's TRAINYARD_IMPORT_PREFIXES allows)"),
+        arg("--target", help="target column (default: the last one)"),
+        arg("--name", help="dataset name (default: the object's name)"),
+        arg("--column-type", type=column_type, action="append", metavar="NAME=TYPE",
+            help="override the inferred type: numeric or categorical (repeatable)"),
+        arg("--wait", action="store_true", help="follow the import job and show the dataset"),
+        arg("--poll-interval", type=float, default=0.5, help=argparse.SUPPRESS),
+    )),
     Command("datasets", "list", cmd_datasets_list, "list datasets, newest first", paged=True),
     Command("datasets", "get", cmd_datasets_get, "show a dataset and its columns", (ID,),
             ("show",)),
@@ -1484,7 +1514,8 @@ COMMANDS: tuple[Command, ...] = (
         ID, arg("--poll-interval", type=float, default=0.5, help="(default: %(default)s s)"),
     )),
     Command("jobs", "list", cmd_jobs_list, "list jobs, newest first",
-            (arg("--status", choices=STATUSES), arg("--kind", choices=["train", "predict"])),
+            (arg("--status", choices=STATUSES),
+             arg("--kind", choices=["train", "predict", "import"])),
             paged=True),
     Command("jobs", "get", cmd_jobs_get, "show a job and its evaluation", (ID,), ("show",)),
     Command("jobs", "cancel", cmd_jobs_cancel, "cancel a job", (ID,)),

@@ -320,3 +320,16 @@ def test_first_hour_global_options_anywhere_lists_in_80_columns_and_where_keys_a
     said = keyless.stderr.replace("\n", "")
     assert "no API key found" in said and str(tmp_path / "var" / "api-key") in said
     assert str(tmp_path / "data" / "trainyard" / "api-key") in said
+
+
+def test_datasets_import_outside_the_allowed_prefixes_names_the_setting(
+    service: LiveService, tmp_path: Path
+) -> None:
+    """`trainyard datasets import` sends the reference, never the bytes; the embedded service
+    allows no prefix, so the command exits with the API's 403, which names the setting."""
+    source = (tmp_path / "rows.csv").as_uri()
+    result = trainyard(service, "datasets", "import", source, "--target", "y", cwd=tmp_path)
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "TRAINYARD_IMPORT_PREFIXES" in result.stderr + result.stdout
+    listed = as_json(trainyard(service, "--json", "jobs", "list", "--kind", "import", cwd=tmp_path))
+    assert listed["items"] == []
