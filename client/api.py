@@ -1042,6 +1042,36 @@ class Client:
         body = {"dataset_id": dataset_id}
         return self._json("POST", f"/models/{model_id}/evaluate", json=body)
 
+    # -- deletes, retention, usage ------------------------------------------------------------
+
+    def delete_dataset(self, dataset_id: str) -> None:
+        """Delete a dataset (its rows are freed from the store; models trained on it stay).
+        `ApiError` 409 while queued or running jobs use it, 404 once deleted."""
+        self.request("DELETE", f"/datasets/{dataset_id}")
+
+    def delete_job(self, job_id: str) -> None:
+        """Delete a finished job with its model, epochs and events (409 while it runs)."""
+        self.request("DELETE", f"/jobs/{job_id}")
+
+    def delete_model(self, model_id: str) -> None:
+        """Delete a model (its job stays)."""
+        self.request("DELETE", f"/models/{model_id}")
+
+    def delete_sweep(self, sweep_id: str) -> None:
+        """Delete a finished sweep with its trials and their models."""
+        self.request("DELETE", f"/sweeps/{sweep_id}")
+
+    def set_expiry(self, kind: str, row_id: str, expires_at: str | None) -> dict[str, Any]:
+        """When a dataset, job or model (`kind`: "datasets", "jobs", "models") is deleted by the
+        server (ISO 8601; None: never)."""
+        return self._json("PATCH", f"/{kind}/{row_id}", json={"expires_at": expires_at})  # type: ignore[no-any-return]
+
+    def usage(self) -> dict[str, Any]:
+        """Stored bytes and queued + running jobs against their quotas: `{"owner", "bytes":
+        {"used", "quota", "datasets", "models", "predictions", "uploads"}, "active_jobs":
+        {"used", "quota"}}`."""
+        return self._json("GET", "/usage")  # type: ignore[no-any-return]
+
     # -- the model registry -----------------------------------------------------------------
 
     def register_model(self, name: str, model_id: str) -> dict[str, Any]:

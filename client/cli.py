@@ -820,6 +820,44 @@ def cmd_sweeps_cancel(api: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _deleter(kind: str) -> Callable[[Client, argparse.Namespace], int]:
+    def command(api: Client, args: argparse.Namespace) -> int:
+        getattr(api, f"delete_{kind}")(args.id)
+        if args.json:
+            emit_json({"id": args.id, "deleted": True})
+        else:
+            out.print(f"{kind} {args.id} deleted")
+        return EXIT_OK
+
+    return command
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "no quota"
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000  # type: ignore[assignment]
+    return str(n)
+
+
+def cmd_usage(api: Client, args: argparse.Namespace) -> int:
+    usage = api.usage()
+    if args.json:
+        emit_json(usage)
+        return EXIT_OK
+    b, jobs = usage["bytes"], usage["active_jobs"]
+    out.print(f"stored:      {_size(b['used'])} of {_size(b['quota'])}")
+    out.print(
+        f"             datasets {_size(b['datasets'])}, models {_size(b['models'])}, "
+        f"predictions {_size(b.get('predictions', 0))}, "
+        f"unfinished uploads {_size(b['uploads'])}"
+    )
+    out.print(f"active jobs: {jobs['used']} of {jobs['quota']} (queued + running)")
+    return EXIT_OK
+
+
 def cmd_models_get(api: Client, args: argparse.Namespace) -> int:
     model = api.get_model(args.id)
     if args.weights:
@@ -1481,6 +1519,7 @@ COMMANDS: tuple[Command, ...] = (
             paged=True),
     Command("jobs", "get", cmd_jobs_get, "show a job and its evaluation", (ID,), ("show",)),
     Command("jobs", "cancel", cmd_jobs_cancel, "cancel a job", (ID,)),
+    Command("jobs", "delete", _deleter("job"), "delete a finished job and its model", (ID,)),
     Command("sweeps", "submit", cmd_sweeps_submit, "submit a sweep from a JSON file", (
         arg("file", help="the body of POST /api/v1/sweeps (base, parameters, ...)"),
         arg("--dataset", help="dataset id (overrides the file's dataset_id)"),
@@ -1496,6 +1535,12 @@ COMMANDS: tuple[Command, ...] = (
     Command("sweeps", "get", cmd_sweeps_get, "show a sweep's trials and its best", (ID,),
             ("show",)),
     Command("sweeps", "cancel", cmd_sweeps_cancel, "cancel a sweep", (ID,)),
+    Command("sweeps", "delete", _deleter("sweep"), "delete a finished sweep and its trials",
+            (ID,)),
+    Command("datasets", "delete", _deleter("dataset"), "delete a dataset (frees its rows)",
+            (ID,)),
+    Command("models", "delete", _deleter("model"), "delete a model", (ID,)),
+    Command("", "usage", cmd_usage, "stored bytes and active jobs against the quotas"),
     Command("models", "get", cmd_models_get, "show a model", (
         ID,
         arg(

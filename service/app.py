@@ -145,6 +145,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     for blp in (events.blp, webhooks.blp, uploads.blp, registry.blp, predictions.blp):
         api.register_blueprint(blp, url_prefix=f"{API_PREFIX}{blp.url_prefix}")
+    from service.api import usage  # usage against quotas (deletes are in each resource's module)
+
+    api.register_blueprint(usage.blp, url_prefix=f"{API_PREFIX}{usage.blp.url_prefix}")
     from service.api import audit as audit_api
     from service.api import keys  # API keys and the audit log
 

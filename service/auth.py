@@ -63,8 +63,12 @@ def create_api_key(
     name: str = "",
     scope: str = DEFAULT_SCOPE,
     expires_at: datetime | None = None,
+    *,
+    quota_bytes: int | None = None,
+    max_active_jobs: int | None = None,
 ) -> str:
-    """Add a key for `owner` (flushed, not committed); return the plaintext key, shown once."""
+    """Add a key for `owner` (flushed, not committed); return the plaintext key, shown once.
+    `quota_bytes` and `max_active_jobs`: the key's own quotas (`service.quotas`)."""
     if not owner or len(owner) > 200:
         raise ValueError("owner must be 1 to 200 characters")
     if scope not in SCOPES:
@@ -78,6 +82,8 @@ def create_api_key(
             prefix=key[:DISPLAY_PREFIX_LENGTH],
             scope=scope,
             expires_at=expires_at,
+            quota_bytes=quota_bytes,
+            max_active_jobs=max_active_jobs,
         )
     )
     session.flush()
@@ -227,6 +233,7 @@ def authenticate() -> None:
         raise Unauthorized(f"The API key expired at {iso_utc(row.expires_at)}.")
     g.owner = row.owner
     g.api_key_id = row.id
+    g.key_quotas = (row.quota_bytes, row.max_active_jobs)  # service.quotas.for_key
     g.api_key_scope = row.scope
     touch_last_used(session, row)
     app = current_app._get_current_object()  # type: ignore[attr-defined]
@@ -280,16 +287,43 @@ def _sessions() -> Any:
     default=None,
     help="When the key stops working: a duration (30d, 12h, 90m) or an ISO 8601 date/time.",
 )
-def create_command(owner: str, name: str, scope: str, expires: str | None) -> None:
+@click.option(
+    "--quota-bytes", default=None, help="Bytes its owner may store through it: 10GB, 500MB, ..."
+)
+@click.option(
+    "--max-active-jobs", type=click.IntRange(min=0), default=None, help="Queued + running jobs."
+)
+def create_command(
+    owner: str,
+    name: str,
+    scope: str,
+    expires: str | None,
+    quota_bytes: str | None,
+    max_active_jobs: int | None,
+) -> None:
     """Create a key and print it (it is shown this once; only its hash is stored)."""
+    from service.quotas import parse_size
+
     try:
         expires_at = parse_expiry(expires) if expires else None
     except ValueError:
         raise click.BadParameter(
             "a duration (30d, 12h, 90m) or an ISO 8601 date/time", param_hint="--expires"
         ) from None
+    try:
+        size = None if quota_bytes is None else parse_size(quota_bytes)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--quota-bytes") from None
     with session_scope(_sessions()) as session:
-        key = create_api_key(session, owner, name, scope, expires_at)
+        key = create_api_key(
+            session,
+            owner,
+            name,
+            scope,
+            expires_at,
+            quota_bytes=size,
+            max_active_jobs=max_active_jobs,
+        )
     click.echo(key)
     click.echo(
         f"Created an API key for owner {owner!r}. Store it now: it cannot be shown again.",

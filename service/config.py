@@ -64,6 +64,9 @@ class Limits:
     max_classes: int = field(default_factory=lambda: _env_int("TRAINYARD_MAX_CLASSES", 1000))
     # queued + running jobs one owner may have at a time (a new job past it is 429)
     max_active_jobs: int = field(default_factory=lambda: _env_int("TRAINYARD_MAX_ACTIVE_JOBS", 100))
+    # bytes one owner may store (datasets, models' weights, unfinished uploads); 0: no quota
+    # (service.quotas; an API key may have its own)
+    quota_bytes: int = field(default_factory=lambda: _env_int("TRAINYARD_QUOTA_BYTES", 0))
     # trials one sweep may have (a larger grid, or max_trials above it, is 422)
     max_sweep_trials: int = field(
         default_factory=lambda: _env_int("TRAINYARD_MAX_SWEEP_TRIALS", 1000)
@@ -184,6 +187,11 @@ class Settings:
     # Stored `Idempotency-Key` answers are forgotten after this many seconds (by the maintenance
     # sweep); not read from the environment.
     idempotency_ttl: float = 86400.0
+    # New jobs expire (are deleted by the maintenance sweep, service.deletion) this many days
+    # after they are submitted, with their models, unless registered; 0: never (the default).
+    retention_days: float = field(
+        default_factory=lambda: _env_float("TRAINYARD_RETENTION_DAYS", 0.0)
+    )
     limits: Limits = field(default_factory=Limits)
 
     @classmethod

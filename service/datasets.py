@@ -200,7 +200,7 @@ def load_data(session: Session, dataset_id: str) -> tuple[Table, np.ndarray]:
     """A stored dataset's whole feature table and targets array (for tables that fit in
     memory: evaluating a model, giving the rows back; training streams with `read_chunks`)."""
     dataset = session.get(Dataset, dataset_id)
-    if dataset is None:
+    if dataset is None or dataset.deleted_at is not None:
         raise LookupError(f"no dataset {dataset_id}")
     tables, targets = [], []
     for table, y in read_chunks(dataset):
@@ -277,6 +277,7 @@ def describe(dataset: Dataset) -> dict[str, Any]:
         "storage": {"format": "parquet", "bytes": dataset.n_bytes, "checksum": dataset.checksum},
         "warnings": dataset.warnings or [],
         "created_at": iso_utc(dataset.created_at),
+        "expires_at": iso_utc(dataset.expires_at),
     }
     if dataset.classes is not None:
         out["classes"] = dataset.classes
@@ -370,7 +371,9 @@ def find_dataset(session: Session, dataset_id: str, owner: str) -> Dataset | Non
     if not is_id(dataset_id):
         return None
     return session.scalars(
-        sa.select(Dataset).where(Dataset.id == dataset_id, Dataset.owner == owner)
+        sa.select(Dataset).where(
+            Dataset.id == dataset_id, Dataset.owner == owner, Dataset.deleted_at.is_(None)
+        )
     ).one_or_none()
 
 
@@ -387,7 +390,7 @@ def list_datasets(
     return paginate(
         session,
         sa.select(Dataset)
-        .where(Dataset.owner == owner)
+        .where(Dataset.owner == owner, Dataset.deleted_at.is_(None))
         .order_by(Dataset.created_at.desc(), Dataset.id.desc()),
         page,
         page_size,

@@ -23,12 +23,12 @@ from core.spec import (
     effective_validation_split,
     resolve_spec,
 )
-from service import lifecycle, outbox
+from service import lifecycle, outbox, quotas
 from service.config import Limits
 from service.datasets import find_dataset, new_dataset
 from service.db import paginate
 from service.ingest import ParsedDataset, parse_json_dataset
-from service.lifecycle import ACTIVE_STATUSES, FINAL_STATUSES
+from service.lifecycle import FINAL_STATUSES
 from service.problems import ApiError, InputError
 from service.tables import Job, JobEpoch, is_id
 from service.views import serialize_job as serialize_job  # the API's view, shared
@@ -117,27 +117,13 @@ def normalized_specs(
 
 def check_active_jobs(session: Session, owner: str, limits: Limits) -> None:
     """429 if the owner already has `max_active_jobs` queued or running jobs (a sweep's trial
-    counts once its sweep has started it, not while it is held back by `max_parallel`).
+    counts once its sweep has started it, not while it is held back by `max_parallel`), 413
+    if it is over its stored-bytes quota (`service.quotas.check`).
 
     A check before the insert, not a lock: concurrent submissions may pass it together, so the
     cap can be overshot by the number of requests in flight at that moment.
     """
-    active = (
-        session.scalar(
-            sa.select(sa.func.count())
-            .select_from(Job)
-            .where(Job.owner == owner, Job.status.in_(ACTIVE_STATUSES), Job.held.is_(False))
-        )
-        or 0
-    )
-    if active >= limits.max_active_jobs:
-        raise ApiError(
-            429,
-            f"You have {active} queued or running jobs; the limit is {limits.max_active_jobs}. "
-            "Wait for some to finish, or cancel some.",
-            code="too_many_active_jobs",
-            headers={"Retry-After": "10"},
-        )
+    quotas.check(session, owner, limits, jobs=True)
 
 
 def dataset_facts(session: Session, dataset_id: str, owner: str) -> dict[str, Any]:
@@ -186,7 +172,7 @@ def create_job(
         dataset_id = new_dataset(session, parsed, owner, store_url).id
     else:
         dataset_id = data["dataset_id"]
-    return lifecycle.submit(
+    job = lifecycle.submit(
         session,
         owner=owner,
         dataset_id=dataset_id,
@@ -194,8 +180,10 @@ def create_job(
         training_spec=training,
         name=data.get("name"),
         tags=data.get("tags"),
+        expires_at=data.get("expires_at"),
         register_as=data.get("register_as"),
     )
+    return job
 
 
 def publish(session: Session, celery: Celery, job_id: str, kind: str = "train") -> bool:
@@ -208,7 +196,7 @@ def get_job(session: Session, job_id: str, owner: str) -> Job:
     job = None
     if is_id(job_id):
         job = session.scalars(
-            sa.select(Job).where(Job.id == job_id, Job.owner == owner)
+            sa.select(Job).where(Job.id == job_id, Job.owner == owner, Job.deleted_at.is_(None))
         ).one_or_none()
     if job is None:
         raise ApiError(404, f"No job with id {job_id!r}.")
@@ -244,7 +232,8 @@ def label_job(session: Session, job_id: str, owner: str, data: dict[str, Any]) -
         owner,
         name=data.get("name"),
         tags=data.get("tags"),
-        fields=frozenset(data) & {"name", "tags"},
+        fields=frozenset(data) & {"name", "tags", "expires_at"},
+        expires_at=data.get("expires_at"),
     ):
         raise ApiError(404, f"No job with id {job_id!r}.")
     session.expire_all()
@@ -274,7 +263,7 @@ def list_jobs(
 ) -> tuple[list[Job], int]:
     """A page of `owner`'s jobs, newest first (a sweep's trials in trial order), filtered by
     `status`, `tags` (`key:value`, all of them), `dataset_id`, `sweep_id` and `kind`."""
-    where = [Job.owner == owner, *tag_filters(Job.tags, tags or [])]
+    where = [Job.owner == owner, Job.deleted_at.is_(None), *tag_filters(Job.tags, tags or [])]
     if status:
         where.append(Job.status == status)
     if kind:

@@ -45,13 +45,17 @@ function                transition                       who calls it
                         back), failed or cancelled
 `reconcile`             queued: published again          maintenance loop
 `fail_timed_out`        running -> failed                maintenance (hard time limit)
-`label`                 any: `name`, `tags` (no state)   API (`PATCH /jobs/{id}`)
+`label`                 any: `name`, `tags`,             API (`PATCH /jobs/{id}`)
+                        `expires_at` (no state)
 `cancel_trials`         a sweep's queued trials ->       `service.sweeps.cancel_sweep` (API)
                         cancelled, running ones get
                         `cancel_requested`
 `start_trials`,         a sweep's held trials -> queued  `service.sweeps.advance` (API, task,
 `send_trials`           proper, published (or            maintenance)
                         `published_at` cleared again)
+`tombstone`, `purge`    a final job -> deleted           `service.deletion` (API `DELETE`,
+                        (`deleted_at`), then its row     maintenance: expiry, purge)
+                        and epochs removed
 ======================  ===============================  ======================================
 
 A sweep's trials are jobs like any other, with one more state before `queued` proper: `held`
@@ -95,7 +99,7 @@ nothing that calls this module.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -238,6 +242,7 @@ def submit(
     name: str | None = None,
     tags: Mapping[str, str] | None = None,
     trial: Mapping[str, Any] | None = None,
+    expires_at: datetime | None = None,
     register_as: str | None = None,
 ) -> Job:
     """A new `queued` job of `owner` (flushed; the caller commits, then calls `publish`).
@@ -253,6 +258,7 @@ def submit(
         epochs=training_spec["epochs"],
         name=name,
         tags=dict(tags) if tags else None,
+        expires_at=expires_at,
         register_as=register_as,
         **({**trial, "held": True} if trial else {}),
     )
@@ -387,6 +393,7 @@ def label(
     name: str | None = None,
     tags: Mapping[str, str] | None = None,
     fields: frozenset[str] = frozenset({"name", "tags"}),
+    expires_at: datetime | None = None,
 ) -> bool:
     """Set `owner`'s job's `name` and/or `tags` (those in `fields`), whatever its state;
     False if there is no such job. Touches no state column. Commits."""
@@ -395,11 +402,38 @@ def label(
         values["name"] = name
     if "tags" in fields:
         values["tags"] = dict(tags) if tags else None
+    if "expires_at" in fields:
+        values["expires_at"] = expires_at
     done = session.execute(
-        sa.update(Job).where(Job.id == job_id, Job.owner == owner).values(**values)
+        sa.update(Job)
+        .where(Job.id == job_id, Job.owner == owner, Job.deleted_at.is_(None))
+        .values(**values)
     )
     session.commit()
     return done.rowcount == 1
+
+
+def tombstone(session: Session, now: datetime, *, job_id: str = "", sweep_id: str = "") -> None:
+    """Mark deleted (`deleted_at`) the job `job_id`, or every trial of `sweep_id`: from then on
+    nothing serves them (`service.deletion`, which checked that none is queued or running)."""
+    where = Job.id == job_id if job_id else Job.sweep_id == sweep_id
+    session.execute(sa.update(Job).where(where, Job.deleted_at.is_(None)).values(deleted_at=now))
+
+
+def forget_output(session: Session, job_id: str) -> None:
+    """A deleted predict job's parts were removed from the store: say so (`service.deletion`)."""
+    session.execute(
+        sa.update(Job)
+        .where(Job.id == job_id, Job.deleted_at.is_not(None))
+        .values(output_location=None, output_bytes=None)
+    )
+
+
+def purge(session: Session, job_ids: Sequence[str]) -> None:
+    """Remove deleted jobs' rows with their epochs (`service.deletion.purge`; their models went
+    first)."""
+    session.execute(sa.delete(JobEpoch).where(JobEpoch.job_id.in_(job_ids)))
+    session.execute(sa.delete(Job).where(Job.id.in_(job_ids), Job.deleted_at.is_not(None)))
 
 
 # -- a sweep's trials (`service.sweeps`, under the lock of the sweep's row) ---------------------

@@ -53,6 +53,7 @@ Publishing takes the Celery app as an argument.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
@@ -88,6 +89,7 @@ __all__ = [
     "PUBLISH_RETRY_POLICY",
     "SCAN_BATCH",
     "SCAN_WINDOW",
+    "enqueue_deleted",
     "enqueue_for_alias_move",
     "enqueue_for_job",
     "enqueue_for_sweep",
@@ -231,6 +233,24 @@ def enqueue_for_sweep(target: Session | sessionmaker[Session], sweep_id: str) ->
             lambda event_id, now: sweep_payload(session, sweep, event_id, now),
         )
         return insert_delivery(session, *rows)
+
+
+def enqueue_deleted(
+    session: Session, owner: str, event: str, subject_id: str, data: dict[str, Any]
+) -> list[str]:
+    """Record (in the caller's transaction: the tombstone's, `service.deletion`) the deliveries
+    of `dataset.deleted` or `model.deleted` to `owner`'s webhooks subscribed to it; the body's
+    `data` is `{"dataset": data}` or `{"model": data}`."""
+    hooks = session.scalars(sa.select(Webhook).where(Webhook.owner == owner)).all()
+    kind = event.partition(".")[0]
+
+    def payload(event_id: str, now: datetime) -> str:
+        body = {"id": event_id, "type": event, "created_at": now.isoformat(), "data": {kind: data}}
+        return json.dumps(body, separators=(",", ":"))
+
+    return insert_delivery(
+        session, *_deliveries(_subscribed(hooks, event, None), event, subject_id, payload)
+    )
 
 
 def enqueue_for_alias_move(

@@ -148,7 +148,11 @@ def register_version(
     found = None
     if clause is not None:
         found = session.scalar(
-            sa.select(TrainedModel.id).where(TrainedModel.id == clause, TrainedModel.owner == owner)
+            sa.select(TrainedModel.id).where(
+                TrainedModel.id == clause,
+                TrainedModel.owner == owner,
+                TrainedModel.deleted_at.is_(None),
+            )
         )
     if found is None:
         message = f"no model {model_id!r}"

@@ -87,6 +87,16 @@ def _tag_count(tags: dict[str, str] | None) -> None:
         raise ValidationError(f"at most {MAX_TAGS} tags")
 
 
+def expires_at_field(**kwargs: Any) -> fields.AwareDateTime:
+    """When a row expires: an ISO 8601 time (without an offset: UTC); null: never."""
+    return fields.AwareDateTime(
+        allow_none=True,
+        default_timezone=UTC,
+        metadata={"description": "When it is deleted, as by a DELETE (ISO 8601; null: never)."},
+        **kwargs,
+    )
+
+
 def name_field(**kwargs: Any) -> fields.String:
     return fields.String(
         allow_none=True,
@@ -205,6 +215,9 @@ class DatasetCsvQuerySchema(DatasetCsvSchema):
     `application/gzip`; Parquet: `application/vnd.apache.parquet`; JSON lines:
     `application/x-ndjson`) as query parameters."""
 
+    # for any body (JSON, a form, a raw file): when the dataset is deleted (`service.deletion`)
+    expires_at = expires_at_field()
+
     class Meta:
         exclude = ("file",)
 
@@ -252,6 +265,7 @@ class DatasetSchema(Schema):
         },
     )
     created_at = fields.DateTime()
+    expires_at = fields.DateTime(allow_none=True)
     warnings = fields.List(
         fields.Dict(),
         metadata={
@@ -535,6 +549,7 @@ class JobInSchema(Schema):
     dataset = fields.Nested(DatasetInSchema, metadata={"description": "The data inline."})
     model = fields.Nested(ModelSpecSchema, required=True)
     training = fields.Nested(TrainingSpecSchema, load_default=lambda: TrainingSpecSchema().load({}))
+    expires_at = expires_at_field()
 
     @validates_schema
     def _one_dataset(self, data: dict[str, Any], **_: Any) -> None:
@@ -719,6 +734,7 @@ class JobSchema(Schema):
     created_at = fields.DateTime()
     started_at = fields.DateTime(allow_none=True)
     finished_at = fields.DateTime(allow_none=True)
+    expires_at = fields.DateTime(allow_none=True)
 
 
 class ModelSchema(Schema):
@@ -745,6 +761,10 @@ class ModelSchema(Schema):
         },
     )
     created_at = fields.DateTime()
+    expires_at = fields.DateTime(allow_none=True)
+    dataset_deleted = fields.Boolean(
+        metadata={"description": "The training dataset was deleted (the model still works)."}
+    )
     registered = fields.List(
         fields.Dict(),
         metadata={
@@ -1113,6 +1133,41 @@ class UploadSchema(Schema):
     expires_at = fields.String(
         metadata={"description": "When the upload and its bytes are deleted (ISO 8601)."}
     )
+
+
+# -- deletes, retention, quotas (service.deletion, service.quotas) ----------------------------
+
+
+class ExpiryInSchema(Schema):
+    """`PATCH` of a dataset or a model: when it expires (null: never)."""
+
+    expires_at = expires_at_field(required=True)
+
+
+class JobLabelInSchema(LabelInSchema):
+    """`PATCH /jobs/{id}`: `name`, `tags` and/or `expires_at` (null: never)."""
+
+    expires_at = expires_at_field()
+
+
+class UsageBytesSchema(Schema):
+    used = fields.Integer(metadata={"description": "datasets + models + uploads"})
+    quota = fields.Integer(allow_none=True, metadata={"description": "null: no quota"})
+    datasets = fields.Integer(metadata={"description": "The datasets' Parquet parts."})
+    models = fields.Integer(metadata={"description": "The models' weights."})
+    predictions = fields.Integer(metadata={"description": "Batch predictions' Parquet parts."})
+    uploads = fields.Integer(metadata={"description": "Unfinished resumable uploads' chunks."})
+
+
+class UsageCountSchema(Schema):
+    used = fields.Integer()
+    quota = fields.Integer()
+
+
+class UsageSchema(Schema):
+    owner = fields.String()
+    bytes = fields.Nested(UsageBytesSchema)
+    active_jobs = fields.Nested(UsageCountSchema, metadata={"description": "queued + running"})
 
 
 class ApiKeySchema(Schema):

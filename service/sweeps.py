@@ -38,6 +38,10 @@ function                transition                       who calls it
                         the cancel flag; the sweep ->
                         cancelled (or once they stop)
 `label_sweep`           any: `name`, `tags`              API (`PATCH /sweeps/{id}`)
+`tombstone_sweep`       a final sweep -> deleted         `service.deletion` (API `DELETE`)
+                        (`deleted_at`)
+`purge_sweeps`          deleted sweeps without trials    `service.deletion.purge` (maintenance)
+                        -> removed
 ======================  ===============================  ======================================
 
 The rules:
@@ -67,6 +71,7 @@ import secrets
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -260,7 +265,9 @@ def get_sweep(session: Session, sweep_id: str, owner: str) -> Sweep:
     sweep = None
     if is_id(sweep_id):
         sweep = session.scalars(
-            sa.select(Sweep).where(Sweep.id == sweep_id, Sweep.owner == owner)
+            sa.select(Sweep).where(
+                Sweep.id == sweep_id, Sweep.owner == owner, Sweep.deleted_at.is_(None)
+            )
         ).one_or_none()
     if sweep is None:
         raise ApiError(404, f"No sweep with id {sweep_id!r}.")
@@ -275,7 +282,7 @@ def list_sweeps(
     status: str | None = None,
     tags: list[str] | None = None,
 ) -> tuple[list[Sweep], int]:
-    where = [Sweep.owner == owner, *tag_filters(Sweep.tags, tags or [])]
+    where = [Sweep.owner == owner, Sweep.deleted_at.is_(None), *tag_filters(Sweep.tags, tags or [])]
     if status:
         where.append(Sweep.status == status)
     query = sa.select(Sweep).where(*where).order_by(Sweep.created_at.desc(), Sweep.id.desc())
@@ -335,6 +342,28 @@ def label_sweep(session: Session, sweep_id: str, owner: str, data: Mapping[str, 
     session.commit()
     session.expire_all()
     return get_sweep(session, sweep_id, owner)
+
+
+def tombstone_sweep(session: Session, sweep_id: str, now: datetime) -> None:
+    """Mark the sweep deleted (`service.deletion` checked that it has ended; its trials are
+    tombstoned through `service.lifecycle.tombstone`)."""
+    session.execute(
+        sa.update(Sweep)
+        .where(Sweep.id == sweep_id, Sweep.deleted_at.is_(None))
+        .values(deleted_at=now)
+    )
+
+
+def purge_sweeps(session: Session, limit: int) -> int:
+    """Remove up to `limit` deleted sweeps whose trials' rows are gone; how many."""
+    trials = sa.select(Job.id).where(Job.sweep_id == Sweep.id).exists()
+    gone = list(
+        session.scalars(
+            sa.select(Sweep.id).where(Sweep.deleted_at.is_not(None), ~trials).limit(limit)
+        )
+    )
+    session.execute(sa.delete(Sweep).where(Sweep.id.in_(gone)))
+    return len(gone)
 
 
 # -- scheduling (any process with a sessionmaker and the Celery app) ---------------------------

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.orm import Mapped, column_property, mapped_column, relationship
 
 from service.db import Base, utcnow
 
@@ -84,6 +84,11 @@ class Dataset(Base):
         cascade="all, delete-orphan", lazy="raise", uselist=False
     )
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
+    # set by a DELETE (or an expiry): from then on nothing serves the row; the workers'
+    # maintenance frees what it holds and removes it (`service.deletion`)
+    deleted_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True), index=True)
+    # deleted (as by a DELETE) once past: `service.deletion.expire`
+    expires_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True), index=True)
 
 
 class DatasetData(Base):
@@ -181,6 +186,11 @@ class Job(Base):
     trial_index: Mapped[int | None] = mapped_column(nullable=True)
     params: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON, nullable=True)
     held: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
+    # set by a DELETE (or an expiry): from then on nothing serves the row; the workers'
+    # maintenance frees what it holds and removes it (`service.deletion`)
+    deleted_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True), index=True)
+    # deleted (as by a DELETE) once past: `service.deletion.expire`
+    expires_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True), index=True)
     # a registered model's name: the model becomes its next version when the job succeeds
     register_as: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
 
@@ -236,6 +246,9 @@ class Sweep(Base):
     )
     started_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    # set by a DELETE (or an expiry): from then on nothing serves the row; the workers'
+    # maintenance frees what it holds and removes it (`service.deletion`)
+    deleted_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True), index=True)
 
 
 class JobEpoch(Base):
@@ -274,6 +287,15 @@ class TrainedModel(Base):
     )
 
     job: Mapped[Job] = relationship(back_populates="model", lazy="raise")
+    # the dataset it was trained on was deleted (read with the row: one indexed EXISTS)
+    dataset_gone: Mapped[bool] = column_property(
+        ~sa.exists().where(Dataset.id == dataset_id, Dataset.deleted_at.is_(None))
+    )
+    # set by a DELETE (or an expiry): from then on nothing serves the row; the workers'
+    # maintenance frees what it holds and removes it (`service.deletion`)
+    deleted_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True), index=True)
+    # deleted (as by a DELETE) once past: `service.deletion.expire`
+    expires_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True), index=True)
 
 
 # An API key's scopes, from least to most: `read` keys make no mutating request
@@ -292,6 +314,9 @@ class ApiKey(Base):
     prefix: Mapped[str] = mapped_column(sa.String(16), index=True)
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    # this key's quotas (`service.quotas`); null: the settings' defaults
+    quota_bytes: Mapped[int | None] = mapped_column(sa.BigInteger, nullable=True)
+    max_active_jobs: Mapped[int | None] = mapped_column(nullable=True)
     # `read` (no mutating request) or `write`; set at most once a minute (service.auth);
     # a key past `expires_at` is refused (401)
     scope: Mapped[str] = mapped_column(sa.String(16), default="write", server_default="write")

@@ -42,7 +42,9 @@ def _owned(ref: str, owner: str) -> Any:
     clause = model_id_clause(ref, owner)
     if clause is None:
         raise _not_found(ref)
-    return sa.and_(TrainedModel.id == clause, TrainedModel.owner == owner)
+    return sa.and_(
+        TrainedModel.id == clause, TrainedModel.owner == owner, TrainedModel.deleted_at.is_(None)
+    )
 
 
 def get_model(
@@ -96,6 +98,9 @@ def serialize_model(model: TrainedModel, *, parameters: bool = True) -> dict[str
         "evaluation": model.evaluation,
         "columns": columns_of(model.architecture),
         "created_at": iso_utc(model.created_at),
+        "expires_at": iso_utc(model.expires_at),
+        # the training dataset was deleted (the model keeps its preprocessing and still works)
+        "dataset_deleted": bool(model.dataset_gone),
     }
     if parameters:
         state = weights_from_npz(model.weights)
@@ -109,7 +114,7 @@ def list_models(
     return paginate(
         session,
         sa.select(TrainedModel)
-        .where(TrainedModel.owner == owner)
+        .where(TrainedModel.owner == owner, TrainedModel.deleted_at.is_(None))
         .order_by(TrainedModel.created_at.desc(), TrainedModel.id.desc()),
         page,
         page_size,

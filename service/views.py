@@ -148,7 +148,9 @@ def serialize_jobs(
                 )
             }
         for job_id, model_id in session.execute(
-            sa.select(TrainedModel.job_id, TrainedModel.id).where(TrainedModel.job_id.in_(ids))
+            sa.select(TrainedModel.job_id, TrainedModel.id).where(
+                TrainedModel.job_id.in_(ids), TrainedModel.deleted_at.is_(None)
+            )
         ):
             model_ids[job_id] = model_id
     out = []
@@ -195,6 +197,7 @@ def serialize_jobs(
                 "created_at": iso_utc(job.created_at),
                 "started_at": iso_utc(job.started_at),
                 "finished_at": iso_utc(job.finished_at),
+                "expires_at": iso_utc(job.expires_at),
             }
         )
         out.append(item)
@@ -228,7 +231,10 @@ def trials_of(session: Session, sweeps: list[Sweep]) -> dict[str, list[Trial]]:
             Job.evaluation,
             TrainedModel.id.label("model_id"),
         )
-        .outerjoin(TrainedModel, TrainedModel.job_id == Job.id)
+        .outerjoin(
+            TrainedModel,
+            sa.and_(TrainedModel.job_id == Job.id, TrainedModel.deleted_at.is_(None)),
+        )
         .where(Job.sweep_id.in_(list(out)))
         .order_by(Job.sweep_id, Job.trial_index)
     )

@@ -22,6 +22,8 @@ WEBHOOK_EVENTS = (
     "job.failed",
     "job.cancelled",
     "sweep.finished",
+    "dataset.deleted",
+    "model.deleted",
     "registry.alias_moved",
 )
 DELIVERY_STATUSES = ("pending", "succeeded", "failed")

@@ -26,6 +26,10 @@ two workers sweeping at the same time never act twice on one job:
   Attempts that still wait a few seconds after they were due (queued behind training jobs,
   with every worker busy) are sent from this process's own threads
   (`workers.webhooks.WaitingSender`).
+- **Deletes and retention** (`service.deletion`): what is past its `expires_at` is tombstoned
+  as a `DELETE` would (`expire`), then every tombstoned dataset's parts are removed from the
+  store and the rows of deleted datasets, jobs, models and sweeps are removed (`purge`); on a
+  SQLite database with `auto_vacuum=INCREMENTAL`, the freed pages go back to the file system.
 - Stored `Idempotency-Key` answers older than a day are forgotten; audit log entries older
   than `TRAINYARD_AUDIT_RETENTION_DAYS` too (`service.audit_log.purge_expired`; off by default).
 - **Expired resumable uploads** (`service.uploads.delete_expired`): unfinished uploads past
@@ -56,7 +60,7 @@ from celery.exceptions import TimeLimitExceeded
 from celery.signals import task_failure, worker_ready, worker_shutdown
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import audit_log, datasets, lifecycle, outbox, predictions, sweeps, uploads
+from service import audit_log, datasets, deletion, lifecycle, outbox, predictions, sweeps, uploads
 from service.config import Settings
 from service.db import make_engine, make_sessionmaker
 from service.idempotency import purge_expired
@@ -87,6 +91,13 @@ def sweep(factory: sessionmaker[Session], celery: Celery, settings: Settings) ->
     outbox.scan(factory, celery, settings)
     with factory() as session:
         purge_expired(session, settings.idempotency_ttl)
+    expired_rows = deletion.expire(factory, celery)
+    if expired_rows:
+        log.info("expired (deleted) %d dataset(s), job(s), model(s)", len(expired_rows))
+    purged = deletion.purge(factory)
+    if any(purged.values()):
+        log.info("purged deleted rows: %s", purged)
+        deletion.vacuum(factory)
     with factory() as session, session.begin():
         audit_log.purge_expired(session, settings.audit_retention_days)
     expired = uploads.delete_expired(factory)

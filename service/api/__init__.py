@@ -89,7 +89,10 @@ def close_db(_exc: BaseException | None = None) -> None:
 
 
 def limits() -> Limits:
-    return current_app.config["LIMITS"]
+    """The app's limits, with the request's API key's own quotas (`service.quotas.for_key`)."""
+    from service.quotas import for_key
+
+    return for_key(current_app.config["LIMITS"], *g.get("key_quotas", (None, None)))
 
 
 def store_url() -> str:

@@ -15,15 +15,18 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from service import (
     dataset_files,
     datasets,
+    deletion,
     imports,
     ingest,
     jobs,
+    quotas,
     row_formats,
     table_stream,
 )
 from service.api import (
     Blueprint,
     db,
+    json_only,
     limits,
     page,
     require_content_type,
@@ -45,6 +48,7 @@ from service.schemas import (
     DatasetRowsSchema,
     DatasetSchema,
     ErrorSchema,
+    ExpiryInSchema,
     ImportInSchema,
     ImportJobSchema,
     PageQuerySchema,
@@ -247,7 +251,10 @@ class Datasets(MethodView):
     @blp.arguments(DatasetCsvQuerySchema, location="query", unknown=RAISE, as_kwargs=True)
     @blp.response(201, DatasetSchema, headers={"Location": {"schema": {"type": "string"}}})
     @blp.alt_response(
-        413, schema=ErrorSchema, description="The body is larger than the configured limit."
+        413,
+        schema=ErrorSchema,
+        description="The body is larger than the configured limit, or the owner is over its "
+        "stored-bytes quota (`quota_bytes_exceeded`).",
     )
     @blp.alt_response(415, schema=ErrorSchema, description="Neither JSON, a form nor CSV.")
     @blp.alt_response(
@@ -284,7 +291,9 @@ class Datasets(MethodView):
         says otherwise (a column that turns to text after numbers is categorical, with a
         warning); cells may be missing (empty, `NA`, `NaN`, `null`, `None`; JSON `null`),
         targets may not, unless `drop_missing_target` drops such rows. With an
-        `Idempotency-Key`, a retry gets the first answer and stores nothing new.
+        `Idempotency-Key`, a retry gets the first answer and stores nothing new. The query's
+        `expires_at` (any body) is when the dataset is deleted; none while the owner is over its
+        stored-bytes quota (`413`).
 
         By reference: JSON `{"source": "s3://bucket/key.csv", "name", "target",
         "column_types"}` (a `.csv`/`.tsv` object, also `.gz`; a `.parquet` object; or a folder
@@ -297,6 +306,7 @@ class Datasets(MethodView):
         allows none).
         """
         session, owner = db(), current_owner()
+        quotas.check(session, owner, limits())  # 413 once over the stored-bytes quota
         mimetype = request.mimetype
         if mimetype == "application/json":
             try:
@@ -340,6 +350,8 @@ class Datasets(MethodView):
                 request.content_length,
                 FORMAT_OF_TYPE[mimetype],
             )
+        if query.get("expires_at") is not None:
+            dataset.expires_at = query["expires_at"]
         body = datasets.describe(dataset)
         body["warnings"] = warnings or body.get("warnings") or []
         try:
@@ -360,6 +372,36 @@ class DatasetById(MethodView):
     def get(self, dataset_id: str) -> dict[str, Any]:
         """Fetch a dataset's description (not its data)."""
         return datasets.describe(datasets.get_dataset(db(), dataset_id, current_owner()))
+
+    @blp.response(204)
+    @blp.alt_response(404, schema=ErrorSchema, description="No such dataset (or deleted).")
+    @blp.alt_response(409, schema=ErrorSchema, description="Queued or running jobs use it.")
+    def delete(self, dataset_id: str) -> Response:
+        """Delete a dataset: at once it is `404` here and under it; its Parquet parts are
+        removed from the store by the workers' maintenance sweep (`service.deletion`).
+
+        `409` (`dataset_in_use`) naming the queued or running jobs that use it (cancel them
+        first). The jobs and models trained on it stay (a model carries its preprocessing;
+        it says `dataset_deleted: true`). Webhooks get `dataset.deleted`. A second `DELETE` is
+        a `404`."""
+        session = db()
+        subjects = deletion.delete_dataset(session, dataset_id, current_owner())
+        session.commit()
+        deletion.publish(session, current_app.extensions.get("celery"), subjects)
+        return Response(status=204)
+
+    @json_only
+    @blp.arguments(ExpiryInSchema)
+    @blp.response(200, DatasetSchema)
+    @blp.alt_response(404, schema=ErrorSchema, description="No such dataset.")
+    def patch(self, data: dict[str, Any], dataset_id: str) -> dict[str, Any]:
+        """Set when the dataset expires (`expires_at`; null: never): the maintenance sweep
+        deletes it then, as a `DELETE` would (not while queued or running jobs use it)."""
+        session = db()
+        dataset = datasets.get_dataset(session, dataset_id, current_owner())
+        dataset.expires_at = data["expires_at"]
+        session.commit()
+        return datasets.describe(dataset)
 
 
 #: the formats `GET /datasets/{id}/data` answers in; JSON (`{features, targets}`) by default

@@ -8,17 +8,17 @@ from flask import Response, current_app, url_for
 from flask.views import MethodView
 from marshmallow import RAISE
 
-from service import jobs
+from service import deletion, jobs
 from service.api import Blueprint, db, json_only, limits, page, store_url
 from service.auth import current_owner
 from service.idempotency import HEADER_DOC, Idempotency
 from service.schemas import (
     ErrorSchema,
     JobInSchema,
+    JobLabelInSchema,
     JobPageQuerySchema,
     JobPageSchema,
     JobSchema,
-    LabelInSchema,
 )
 
 blp = Blueprint(
@@ -61,6 +61,8 @@ class Jobs(MethodView):
     @blp.doc(parameters=[HEADER_DOC])
     @blp.response(202, JobSchema, headers={"Location": {"schema": {"type": "string"}}})
     @blp.alt_response(404, schema=ErrorSchema, description="No such dataset (`dataset_id`).")
+    @blp.alt_response(413, schema=ErrorSchema, description="Over the stored-bytes quota.")
+    @blp.alt_response(429, schema=ErrorSchema, description="At the active-jobs quota.")
     @blp.alt_response(415, schema=ErrorSchema, description="The body is not JSON.")
     @blp.alt_response(
         422,
@@ -74,13 +76,17 @@ class Jobs(MethodView):
         then its id is published to the broker. If the broker cannot be reached the answer is
         still `202`: the job stays `queued` in the store until it is published again.
         With an `Idempotency-Key`, a retry gets the first answer and makes no second job.
-        An owner may have `TRAINYARD_MAX_ACTIVE_JOBS` queued or running jobs (else `429`).
+        An owner may have `TRAINYARD_MAX_ACTIVE_JOBS` queued or running jobs (else `429`),
+        and none while over its stored-bytes quota (`413`). `expires_at` (default: now +
+        `TRAINYARD_RETENTION_DAYS` when set) is when the maintenance sweep deletes the job.
         """
         session, owner = db(), current_owner()
         idempotency = Idempotency(session, owner)
         replayed = idempotency.replay()
         if replayed is not None:
             return replayed
+        if "expires_at" not in data:
+            data["expires_at"] = deletion.default_expiry(current_app.config["RETENTION_DAYS"])
         job = jobs.create_job(session, data, limits(), owner, store_url())
         location = url_for("jobs.JobById", job_id=job.id)
         body = jobs.serialize_job(session, job)
@@ -101,13 +107,32 @@ class JobById(MethodView):
         return jobs.serialize_job(session, jobs.get_job(session, job_id, current_owner()))
 
     @json_only
-    @blp.arguments(LabelInSchema)
+    @blp.arguments(JobLabelInSchema)
     @blp.response(200, JobSchema)
     @blp.alt_response(404, schema=ErrorSchema, description="No such job.")
     def patch(self, data: dict[str, Any], job_id: str) -> dict[str, Any]:
-        """Set a job's `name` and/or `tags` (`tags` replaces all of them; null clears)."""
+        """Set a job's `name`, `tags` (`tags` replaces all of them; null clears) and/or
+        `expires_at` (when the maintenance sweep deletes it and its model; null: never)."""
         session = db()
         return jobs.serialize_job(session, jobs.label_job(session, job_id, current_owner(), data))
+
+    @blp.response(204)
+    @blp.alt_response(404, schema=ErrorSchema, description="No such job (or deleted).")
+    @blp.alt_response(
+        409,
+        schema=ErrorSchema,
+        description="Queued or running (`still_active`: cancel it first), a sweep's trial "
+        "(`sweep_trial`: delete the sweep) or its model is registered (`model_registered`).",
+    )
+    def delete(self, job_id: str) -> Response:
+        """Delete a finished job with its model, its epochs and its events: `404` from then on
+        for the job, its model and everything under them. Webhooks get `model.deleted`. A
+        second `DELETE` is a `404`."""
+        session = db()
+        subjects = deletion.delete_job(session, job_id, current_owner())
+        session.commit()
+        deletion.publish(session, current_app.extensions.get("celery"), subjects)
+        return Response(status=204)
 
 
 @blp.route("/<job_id>/cancel", methods=["POST"])

@@ -10,7 +10,7 @@ from typing import Any
 from flask import Response, current_app, request, url_for
 from marshmallow import RAISE
 
-from service import jobs, predictions, row_formats, trained_models
+from service import deletion, jobs, predictions, row_formats, trained_models
 from service.api import (
     Blueprint,
     db,
@@ -30,9 +30,11 @@ from service.schemas import (
     ErrorSchema,
     EvaluateInSchema,
     EvaluationSchema,
+    ExpiryInSchema,
     ExportQuerySchema,
     ModelPageSchema,
     ModelSchema,
+    ModelSummarySchema,
     PageQuerySchema,
     PredictCsvSchema,
     PredictInSchema,
@@ -74,6 +76,36 @@ def get_model(model_id: str) -> dict[str, Any]:
     session = db()
     model = trained_models.get_model(session, model_id, current_owner(), with_weights=True)
     return {**trained_models.serialize_model(model), "registered": registrations(session, model.id)}
+
+
+@blp.route("/<model_id>", methods=["DELETE"])
+@blp.response(204)
+@blp.alt_response(404, schema=ErrorSchema, description="No such model (or deleted).")
+@blp.alt_response(409, schema=ErrorSchema, description="Registered (`model_registered`).")
+def delete(model_id: str) -> Response:
+    """Delete a model (its weights): `404` from then on for it and everything under it; its
+    job stays, with `model_id` null. Webhooks get `model.deleted`. A second `DELETE` is a
+    `404`."""
+    session = db()
+    subjects = deletion.delete_model(session, model_id, current_owner())
+    session.commit()
+    deletion.publish(session, current_app.extensions.get("celery"), subjects)
+    return Response(status=204)
+
+
+@blp.route("/<model_id>", methods=["PATCH"])
+@json_only
+@blp.arguments(ExpiryInSchema)
+@blp.response(200, ModelSummarySchema)
+@blp.alt_response(404, schema=ErrorSchema, description="No such model.")
+def update(data: dict[str, Any], model_id: str) -> dict[str, Any]:
+    """Set when the model expires (`expires_at`; null: never): the maintenance sweep deletes
+    it then, as a `DELETE` would (not while it is registered)."""
+    session = db()
+    model = trained_models.get_model(session, model_id, current_owner())
+    model.expires_at = data["expires_at"]
+    session.commit()
+    return trained_models.serialize_model(model, parameters=False)
 
 
 @blp.route("/<model_id>/weights")

@@ -8,7 +8,7 @@ from flask import Response, current_app, url_for
 from flask.views import MethodView
 from marshmallow import RAISE
 
-from service import sweeps
+from service import deletion, sweeps
 from service.api import Blueprint, db, json_only, limits, page
 from service.auth import current_owner
 from service.idempotency import HEADER_DOC, Idempotency
@@ -52,6 +52,8 @@ class Sweeps(MethodView):
     @blp.doc(parameters=[HEADER_DOC])
     @blp.response(202, SweepSchema, headers={"Location": {"schema": {"type": "string"}}})
     @blp.alt_response(404, schema=ErrorSchema, description="No such dataset (`dataset_id`).")
+    @blp.alt_response(413, schema=ErrorSchema, description="Over the stored-bytes quota.")
+    @blp.alt_response(429, schema=ErrorSchema, description="At the active-jobs quota.")
     @blp.alt_response(
         422,
         schema=ErrorSchema,
@@ -101,6 +103,24 @@ class SweepById(MethodView):
         session = db()
         sweep = sweeps.label_sweep(session, sweep_id, current_owner(), data)
         return sweeps.serialize_sweep(session, sweep)
+
+    @blp.response(204)
+    @blp.alt_response(404, schema=ErrorSchema, description="No such sweep (or deleted).")
+    @blp.alt_response(
+        409,
+        schema=ErrorSchema,
+        description="Queued or running (`still_active`: cancel it first), or a trial's model "
+        "is registered (`model_registered`).",
+    )
+    def delete(self, sweep_id: str) -> Response:
+        """Delete a finished sweep with its trials (jobs) and their models: `404` from then on
+        for all of them. Webhooks get `model.deleted` for each model. A second `DELETE` is a
+        `404`."""
+        session = db()
+        subjects = deletion.delete_sweep(session, sweep_id, current_owner())
+        session.commit()
+        deletion.publish(session, current_app.extensions.get("celery"), subjects)
+        return Response(status=204)
 
 
 @blp.route("/<sweep_id>/cancel", methods=["POST"])

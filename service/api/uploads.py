@@ -11,7 +11,7 @@ from flask import Response, current_app, request
 from flask.views import MethodView
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
-from service import audit, dataset_files, tus, uploads
+from service import audit, dataset_files, quotas, tus, uploads
 from service.api import Blueprint, db, limits, store_url
 from service.auth import current_owner
 from service.csv_source import UploadTooLarge
@@ -195,6 +195,7 @@ class Uploads(MethodView):
         meta = tus.parse_metadata(request.headers.get("Upload-Metadata"))
         _options_of(meta)
         session = db()
+        quotas.check(session, current_owner(), limits(), adding_bytes=length)
         upload = uploads.create_upload(
             session, current_owner(), length, meta, store_url(), expire_hours
         )

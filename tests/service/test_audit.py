@@ -140,8 +140,13 @@ def test_every_mutating_route_yields_an_action(app: Flask) -> None:
         seen
     )
     # predict and evaluate compute answers: neither logged nor refused to a read key; a batch
-    # prediction is a job, and is
-    assert {a for a in seen if a.startswith("model.")} == {"model.predict_dataset"}
+    # prediction is a job, and is; a model's delete and its expiry's PATCH change it
+    assert {a for a in seen if a.startswith("model.")} == {
+        "model.predict_dataset",
+        "model.delete",
+        "model.update",
+    }
+    assert {"dataset.delete", "job.delete", "sweep.delete", "dataset.update"} <= set(seen)
 
 
 def test_a_failure_to_log_never_breaks_the_request(client: FlaskClient, app: Flask) -> None:

@@ -277,8 +277,60 @@
     };
   }
 
+  function fmtBytes(n) {
+    if (n === null || n === undefined) {
+      return "no quota";
+    }
+    const units = ["B", "kB", "MB", "GB", "TB"];
+    let i = 0;
+    while (n >= 1000 && i < units.length - 1) {
+      n /= 1000;
+      i += 1;
+    }
+    return (i === 0 ? String(n) : n.toFixed(1)) + " " + units[i];
+  }
+
+  // The top bar's usage against the quotas (GET /usage), when a key is known.
+  async function showUsage() {
+    const box = document.getElementById("usage");
+    if (!box || !getKey()) {
+      return;
+    }
+    try {
+      const u = await getJson("/usage");
+      box.textContent = fmtBytes(u.bytes.used) + " of " + fmtBytes(u.bytes.quota) + " · " +
+        u.active_jobs.used + " of " + u.active_jobs.quota + " jobs";
+      box.classList.toggle("over", u.bytes.quota !== null && u.bytes.used >= u.bytes.quota);
+      box.hidden = false;
+    } catch (e) {
+      box.hidden = true;
+    }
+  }
+
+  // Every `button[data-delete]`: confirm, DELETE its path, then go to `data-after`.
+  function initDeleteButtons() {
+    document.querySelectorAll("button[data-delete]").forEach(function (button) {
+      button.addEventListener("click", async function () {
+        const what = button.dataset.what || "this";
+        if (!window.confirm("Delete " + what + "? This cannot be undone.")) {
+          return;
+        }
+        button.disabled = true;
+        try {
+          await request("DELETE", button.dataset.delete);
+          window.location.assign(button.dataset.after || "/");
+        } catch (e) {
+          flash(e.message || String(e));
+          button.disabled = false;
+        }
+      });
+    });
+  }
+
   takeTokenFromUrl();
   document.addEventListener("DOMContentLoaded", initKeyPanel);
+  document.addEventListener("DOMContentLoaded", initDeleteButtons);
+  document.addEventListener("DOMContentLoaded", showUsage);
 
   window.Trainyard = {
     ApiError: ApiError,
@@ -294,6 +346,7 @@
     el: el,
     fmtNumber: fmtNumber,
     fmtTime: fmtTime,
+    fmtBytes: fmtBytes,
     statusBadge: statusBadge,
     flash: flash,
     showError: showError,

@@ -444,6 +444,8 @@
     model = await T.getJson("/models/" + encodeURIComponent(modelId));
     document.getElementById("model-panel").hidden = false;
     document.getElementById("model-id").textContent = model.id;
+    document.getElementById("model-delete").dataset.delete = "/models/" + encodeURIComponent(model.id);
+    document.getElementById("model-dataset-gone").hidden = !model.dataset_deleted;
     showRegistered(model.registered || []);
     const arch = model.architecture;
     buildPredictForm();
@@ -650,6 +652,9 @@
   // The dataset's rows by class (every k-th row past MAX_POINTS); on the first draw the range
   // is fitted to them, with a margin.
   async function loadPoints(classes) {
+    if (model.dataset_deleted) {
+      return classes.map(function () { return []; }); // the boundary alone: no rows to show
+    }
     const rows = await T.getJson("/datasets/" + encodeURIComponent(model.dataset_id) + "/data");
     const step = Math.max(1, Math.ceil(rows.features.length / MAX_POINTS));
     const byClass = classes.map(function () { return []; });
