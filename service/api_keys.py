@@ -59,7 +59,7 @@ def new_key(
 ) -> tuple[ApiKey, str]:
     """Make a key for `owner` as the calling key (`(id, scope, expires_at)`) may; committed.
     Returns the row and the plaintext key (shown once)."""
-    _, caller_scope, caller_expires = caller
+    caller_id, caller_scope, caller_expires = caller
     scope = data.get("scope") or caller_scope
     if SCOPES.index(scope) > SCOPES.index(caller_scope):
         raise ApiError(
@@ -74,13 +74,24 @@ def new_key(
         if expires_at is not None and expires_at > limit:
             raise InputError("expires_at", f"is after the calling key's own expiry ({limit})")
         expires_at = expires_at or limit
-    secret = create_api_key(session, owner, data.get("name") or "", scope, expires_at)
+    # the new key keeps the calling key's own quotas: a key cannot make itself a way around them
+    parent = session.get(ApiKey, caller_id)
+    secret = create_api_key(
+        session, owner, data.get("name") or "", scope, expires_at, **_quotas(parent)
+    )
     session.commit()
     return _by_secret(session, secret), secret
 
 
+def _quotas(key: ApiKey | None) -> dict[str, int | None]:
+    """A key's own quotas (`service.quotas`), for a key made from it."""
+    if key is None:
+        return {}
+    return {"quota_bytes": key.quota_bytes, "max_active_jobs": key.max_active_jobs}
+
+
 def rotate_key(session: Session, key: ApiKey) -> tuple[ApiKey, str]:
-    """A new key with `key`'s owner, name, scope and expiry; `key` revoked. One transaction:
+    """A new key with `key`'s owner, name, scope, expiry and quotas; `key` revoked. One transaction:
     committed. A revoked or expired key cannot be rotated (409)."""
     if key.revoked_at is not None or is_expired(key):
         state = "revoked" if key.revoked_at is not None else "expired"
@@ -94,7 +105,7 @@ def rotate_key(session: Session, key: ApiKey) -> tuple[ApiKey, str]:
     if updated.rowcount != 1:  # type: ignore[attr-defined]
         session.rollback()
         raise ApiError(409, "The key was revoked meanwhile.", code="conflict")
-    secret = create_api_key(session, key.owner, key.name, key.scope, key.expires_at)
+    secret = create_api_key(session, key.owner, key.name, key.scope, key.expires_at, **_quotas(key))
     session.commit()
     return _by_secret(session, secret), secret
 

@@ -161,6 +161,18 @@ def test_a_key_never_makes_a_key_with_more_than_it_has(app: Flask) -> None:
     assert_error(reader.post(URL, json={"scope": "read"}), 403)
 
 
+def test_keys_made_or_rotated_from_a_key_keep_its_quotas(app: Flask) -> None:
+    """A key with its own quotas cannot make itself a way around them: a key it creates, and
+    its rotated successor, carry the same quotas."""
+    client = keyed_client(app, make_key(app, quota_bytes=10_000, max_active_jobs=2))
+    made = client.post(URL, json={"name": "child"}).get_json()
+    row = key_row(app, made["id"])
+    assert (row.quota_bytes, row.max_active_jobs) == (10_000, 2)
+    rotated = client.post(f"{URL}/{made['id']}/rotate").get_json()
+    row = key_row(app, rotated["id"])
+    assert (row.quota_bytes, row.max_active_jobs) == (10_000, 2)
+
+
 def test_cli_create_with_scope_and_expiry(app: Flask) -> None:
     runner = app.test_cli_runner()
     made = runner.invoke(
