@@ -5,9 +5,11 @@ concurrent registrations and alias moves under concurrent predicts (PostgreSQL).
 from __future__ import annotations
 
 import dataclasses
+import io
 import itertools
 import json
 import threading
+import zipfile
 from typing import Any
 
 import pytest
@@ -177,13 +179,16 @@ def test_every_model_route_takes_a_reference(
     def answer(ref: str) -> Any:
         r = client.open(f"/api/v1/models/{ref}{suffix}", method=method, json=body)
         assert r.status_code == 200, (ref, r.get_data(as_text=True)[:300])
+        if r.mimetype == "application/zip" or r.get_data()[:2] == b"PK":
+            # a zip's entries carry the time they were written: compare what they hold
+            with zipfile.ZipFile(io.BytesIO(r.get_data())) as z:
+                return {name: z.read(name) for name in z.namelist()}
         return r.get_json() if r.is_json else r.get_data()
 
     by_id = answer(m2)
     assert answer("churn@champion") == by_id
     assert answer("churn@v2") == by_id
-    if suffix not in ("/export?format=bundle",):  # a zip's entries carry their time
-        assert answer("churn@v1") != by_id
+    assert answer("churn@v1") != by_id
     for missing in ("churn@v3", "churn@gone", "nope@champion", "churn@", "churn@v0", "a b@x"):
         r = client.open(f"/api/v1/models/{missing}{suffix}", method=method, json=body)
         assert_error(r, 404)
