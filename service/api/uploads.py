@@ -311,11 +311,12 @@ class UploadById(MethodView):
     @blp.response(204, headers={"Tus-Resumable": {"schema": _STRING}})
     @blp.alt_response(404, schema=ErrorSchema, description="No such upload.")
     @blp.alt_response(410, schema=ErrorSchema, description="The upload expired unfinished.")
+    @blp.alt_response(409, schema=ErrorSchema, description="Its dataset is being made.")
     @blp.alt_response(412, schema=ErrorSchema, description="Tus-Resumable is not `1.0.0`.")
     @blp.alt_response(503, schema=ErrorSchema, description="The dataset store is unavailable.")
     def delete(self, upload_id: str) -> Response:
         """Cancel an upload (tus termination): the upload and its bytes are deleted (a dataset
-        it made stays)."""
+        it made stays); `409` while its dataset is being made (status `completing`)."""
         tus.check_version(request.headers.get("Tus-Resumable"))
         session = db()
         upload = uploads.find_upload(session, upload_id, current_owner())

@@ -30,11 +30,12 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.serving import make_server
 
-from service import uploads
+from service import table_stream, uploads
 from service.celery import celery_config
 from service.config import Settings
 from service.dataset_store import DatasetStore
 from service.db import utcnow
+from service.problems import ApiError
 from service.tables import Dataset, Upload
 from service.tus import encode_metadata
 from service.upload_store import UploadStore
@@ -395,3 +396,51 @@ def test_two_requests_at_one_offset_one_wins(
     second.close()
     assert (status_first, status_second) == (b"409", b"204")
     assert offset_of(client, location) == 3000 and len(chunk_names(store_url, location)) == 1
+
+
+def test_a_completion_that_lost_its_claim_makes_no_dataset_and_a_delete_waits(
+    client: FlaskClient, app: Flask, store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A DELETE during a completion is a 409; a completion whose lease another request took
+    over (its lease ran out) stores no dataset and answers 409, not a second dataset or a 500."""
+    location = create(client, len(CSV), target="y")
+    upload_id = location.rsplit("/", 1)[1]
+    assert patch(client, location, 0, CSV[:1000]).status_code == 204
+    factory = app.extensions["db_sessionmaker"]
+    real = table_stream.ingest_upload
+    seen: dict[str, Any] = {}
+
+    def taken_over(*args: Any, **kwargs: Any) -> Any:
+        made = real(*args, **kwargs)  # the rows are stored; the dataset's row comes next
+        seen["dataset_id"] = args[5]
+        with factory() as session:
+            with pytest.raises(ApiError) as refused:  # a DELETE now: the lease holds
+                uploads.terminate(session, session.get(Upload, upload_id))
+            assert refused.value.status == 409
+            session.rollback()
+            session.execute(  # nor does the sweep of expired uploads take it
+                sa.update(Upload)
+                .where(Upload.id == upload_id)
+                .values(expires_at=utcnow() - timedelta(seconds=1))
+            )
+            session.commit()
+            assert upload_id not in uploads.delete_expired(factory)
+            # another request claims, as if this one's lease had run out
+            session.execute(
+                sa.update(Upload)
+                .where(Upload.id == upload_id)
+                .values(completing_since=utcnow(), expires_at=utcnow() + timedelta(hours=1))
+            )
+            session.commit()
+        return made
+
+    monkeypatch.setattr(table_stream, "ingest_upload", taken_over)
+    assert_error(patch(client, location, 1000, CSV[1000:]), 409)
+    with factory() as session:
+        assert session.scalar(sa.select(sa.func.count()).select_from(Dataset)) == 0
+        assert session.get(Upload, upload_id).dataset_id is None
+    assert seen["dataset_id"] not in DatasetStore(store_url).dataset_ids()
+    monkeypatch.setattr(uploads, "COMPLETION_LEASE_S", 0.0)  # the other claim is dead now
+    monkeypatch.setattr(table_stream, "ingest_upload", real)
+    assert patch(client, location, len(CSV), b"").status_code == 204
+    assert client.get(location).get_json()["status"] == "completed"
