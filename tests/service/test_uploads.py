@@ -444,3 +444,19 @@ def test_a_completion_that_lost_its_claim_makes_no_dataset_and_a_delete_waits(
     monkeypatch.setattr(table_stream, "ingest_upload", real)
     assert patch(client, location, len(CSV), b"").status_code == 204
     assert client.get(location).get_json()["status"] == "completed"
+
+
+def test_non_ascii_metadata_or_checksum_is_a_400_naming_the_header(
+    client: FlaskClient, store_url: str
+) -> None:
+    response = client.post(
+        URL, headers={**TUS, "Upload-Length": "10", "Upload-Metadata": "filename d\u00e9j\u00e0"}
+    )
+    assert "Upload-Metadata" in assert_error(response, 400)["message"]
+    location = create(client, len(CSV), target="y")
+    headers = {**TUS, "Upload-Offset": "0", "Content-Type": OCTETS}
+    response = client.patch(
+        location, data=CSV, headers={**headers, "Upload-Checksum": "sha1 \u00e9\u00e9\u00e9\u00e9"}
+    )
+    assert "Upload-Checksum" in assert_error(response, 400)["message"]
+    assert offset_of(client, location) == 0
