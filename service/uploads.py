@@ -251,6 +251,10 @@ def complete(
         else:
             _release(session, upload_id, now)
         raise
+    except Exception as exc:  # unexpected: recorded, so that no retry ingests it again
+        session.rollback()
+        _fail(session, store, upload_id, now, f"The dataset could not be made: {exc!r}")
+        raise
     except BaseException:
         session.rollback()
         _release(session, upload_id, now)

@@ -119,7 +119,12 @@ def _server_info() -> Response:
 
 
 def _options_of(meta: dict[str, str]) -> dict[str, Any]:
-    """The metadata's dataset options, checked as the raw upload's query is."""
+    """The metadata's dataset options, checked as the raw upload's query is (and `filename`,
+    `filetype`: at most 255 characters, none a control character)."""
+    for key in ("filename", "filetype"):
+        value = meta.get(key) or ""
+        if len(value) > 255 or any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise InputError(key, "must be at most 255 characters, none a control character")
     given = {key: meta[key] for key in uploads.OPTION_KEYS if key in meta}
     form = DatasetCsvSchema(exclude=("file",)).load(given)
     dataset_files.column_types(form.get("column_types"))
@@ -127,7 +132,7 @@ def _options_of(meta: dict[str, str]) -> dict[str, Any]:
 
 
 def _dataset_name(meta: dict[str, str]) -> str:
-    return meta.get("name") or PurePath(meta.get("filename") or "").stem or "dataset"
+    return meta.get("name") or PurePath(meta.get("filename") or "").stem[:200] or "dataset"
 
 
 def _upload_headers(upload: Upload, response: Response) -> Response:

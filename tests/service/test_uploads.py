@@ -460,3 +460,28 @@ def test_non_ascii_metadata_or_checksum_is_a_400_naming_the_header(
     )
     assert "Upload-Checksum" in assert_error(response, 400)["message"]
     assert offset_of(client, location) == 0
+
+
+def test_control_characters_in_the_filename_are_refused_and_unexpected_errors_recorded(
+    client: FlaskClient, store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key in ("filename", "filetype"):
+        response = client.post(
+            URL,
+            headers={
+                **TUS,
+                "Upload-Length": "10",
+                "Upload-Metadata": encode_metadata({key: "a\0b"}),
+            },
+        )
+        assert_error(response, 422, key)
+    location = create(client, len(CSV), target="y")
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(table_stream, "ingest_upload", broken)
+    assert patch(client, location, 0, CSV).status_code == 500  # a bug: logged, and recorded
+    described = client.get(location).get_json()
+    assert described["status"] == "failed" and "a bug" in described["error"]
+    assert chunk_names(store_url, location) == []
