@@ -385,6 +385,20 @@ def delete_orphan_chunks(
     return orphans
 
 
+def status_of(upload: Upload, now: datetime | None = None) -> str:
+    """`completed`, `failed`, `completing` (a completion holds its lease: the dataset is being
+    made) or `receiving`."""
+    if upload.dataset_id:
+        return "completed"
+    if upload.error:
+        return "failed"
+    since = upload.completing_since
+    lease = timedelta(seconds=COMPLETION_LEASE_S)
+    if since is not None and _aware(since) > _aware(now or utcnow()) - lease:
+        return "completing"
+    return "receiving"
+
+
 def describe(upload: Upload) -> dict[str, Any]:
     """The upload as the API shows it (`GET /api/v1/uploads/{id}`)."""
     return {
@@ -392,7 +406,7 @@ def describe(upload: Upload) -> dict[str, Any]:
         "length": upload.length,
         "offset": upload.offset,
         "metadata": dict(upload.meta or {}),
-        "status": "completed" if upload.dataset_id else "failed" if upload.error else "receiving",
+        "status": status_of(upload),
         "dataset_id": upload.dataset_id,
         "error": upload.error,
         "created_at": iso_utc(upload.created_at),

@@ -418,6 +418,7 @@ def test_a_completion_that_lost_its_claim_makes_no_dataset_and_a_delete_waits(
                 uploads.terminate(session, session.get(Upload, upload_id))
             assert refused.value.status == 409
             session.rollback()
+            assert uploads.describe(session.get(Upload, upload_id))["status"] == "completing"
             session.execute(  # nor does the sweep of expired uploads take it
                 sa.update(Upload)
                 .where(Upload.id == upload_id)
