@@ -304,6 +304,15 @@ def test_metadata_picks_the_format(client: FlaskClient, store_url: str) -> None:
     response = patch(client, location, 0, lines)
     dataset = client.get(f"/api/v1/datasets/{response.headers['Upload-Dataset-Id']}").get_json()
     assert dataset["name"] == "lines" and dataset["n_samples"] == 2
+    # a first chunk shorter than the magic (a cut PATCH): still told by its first bytes
+    location = create(client, len(parquet))
+    assert patch(client, location, 0, parquet[:2]).status_code == 204
+    response = patch(client, location, 2, parquet[2:])
+    assert response.status_code == 204, response.data
+    dataset = client.get(f"/api/v1/datasets/{response.headers['Upload-Dataset-Id']}").get_json()
+    assert dataset["n_samples"] == 4 and dataset["storage"]["checksum"] in {
+        d["storage"]["checksum"] for d in made.values()
+    }
 
 
 def test_chunks_without_an_upload_row_are_deleted_once_old(
