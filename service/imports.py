@@ -221,7 +221,9 @@ def ingest(
     try:
         if options.get("format") == CSV:
             total = fs.get_file_info(path).size or 0
-            with fs.open_input_stream(path) as raw:
+            # compression=None: the bytes as stored (the reader un-gzips), so that progress
+            # counts what `total` counts
+            with fs.open_input_stream(path, compression=None) as raw:
                 counted = _Counting(raw, lambda n: on_progress(n, total))
                 stream: BinaryIO = counted  # type: ignore[assignment]
                 return ingest_upload(

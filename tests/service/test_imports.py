@@ -6,6 +6,7 @@ worker's own code, makes the same dataset as uploading the file; sources outside
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import io
 import math
 import uuid
@@ -19,7 +20,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from service import imports, lifecycle
-from service.config import Settings
+from service.config import Limits, Settings
 from service.dataset_store import s3_filesystem, store_for
 from service.problems import ApiError, InputError
 from service.schemas import ImportJobSchema
@@ -252,3 +253,23 @@ def test_sources_in_the_services_own_store_are_refused_saying_why(
     error = assert_error(client.post(f"{URL}/datasets", json={"source": source}), 403)
     assert "TRAINYARD_STORE_URL" in error["message"]
     assert client.get(f"{URL}/jobs?kind=import").get_json()["items"] == []
+
+
+def test_a_gzipped_csvs_progress_counts_the_stored_bytes(tmp_path: Any) -> None:
+    write_penguins_csv(tmp_path / "penguins.csv", n=2000, seed=4)
+    packed = tmp_path / "penguins.csv.gz"
+    packed.write_bytes(gzip.compress((tmp_path / "penguins.csv").read_bytes()))
+    job = {
+        "source": f"file://{packed}",
+        "import_options": {"name": "p", "target": "species", "format": "csv", "unit": "bytes"},
+    }
+    seen: list[tuple[int, int]] = []
+    store = store_for(STORE_URL)
+    dataset_id = uuid.uuid4().hex
+    _facts, stored = imports.ingest(
+        job, Limits(), store, dataset_id, lambda done, total: seen.append((done, total))
+    )
+    store.delete(dataset_id)
+    assert stored.n_rows == 2000
+    assert seen and all(done <= total for done, total in seen)
+    assert seen[-1] == (packed.stat().st_size, packed.stat().st_size)
