@@ -6,9 +6,11 @@ timeout or a 5xx waits (1, 2, 4, ... s, at most 30 s), asks the server for its o
 goes on from there; `MAX_FAILURES` failures in a row end the upload, which stays resumable. The
 upload's URL is remembered in `uploads.json` of the user's config folder
 (`$XDG_CONFIG_HOME/trainyard`, by default `~/.config/trainyard`), keyed by the file's absolute
-path, size and modification time, so running the same upload again after an interruption
-(Ctrl-C, a crash, a failure) resumes it; the entry is removed once the dataset is made. Only
-one chunk is ever in memory.
+path, size and modification time and a hash of the metadata, so running the same upload again
+with the same options after an interruption (Ctrl-C, a crash, a failure) resumes it; the entry
+is removed once the dataset is made (or the upload is gone or refused for good). Once every
+byte is sent, it waits, asking GET /uploads/{id} less and less often, while the dataset is
+`completing`. Only one chunk is ever in memory.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ MAX_FAILURES: Final = 8
 MAX_BACKOFF_S: Final = 30.0
 #: how long the PATCH that completes the upload may wait for the dataset to be made
 COMPLETION_TIMEOUT_S: Final = 3600.0
+COMPLETION_POLL_MAX_S: Final = 5.0
 
 
 def user_config_dir(env: Mapping[str, str] | None = None) -> Path:
@@ -50,11 +53,13 @@ class UploadStates:
         self.path = path or user_config_dir() / "uploads.json"
 
     @staticmethod
-    def key(file: Path) -> str:
+    def key(file: Path, metadata: Mapping[str, str] | None = None) -> str:
         """The file as it is now: absolute path, size and modification time (a changed file is
-        another upload)."""
+        another upload), and a hash of the upload's metadata (other options, another upload)."""
         stat = file.stat()
-        return f"{file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+        options = json.dumps(dict(metadata or {}), sort_keys=True).encode()
+        digest = hashlib.sha256(options).hexdigest()[:16]
+        return f"{file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{digest}"
 
     def _read(self) -> dict[str, str]:
         try:
@@ -121,7 +126,7 @@ class ResumableUpload:
         self.on_progress = on_progress or (lambda _sent, _total: None)
         self.sleep = sleep
         self.length = file.stat().st_size
-        self.key = UploadStates.key(file)
+        self.key = UploadStates.key(file, self.metadata)
         self.url: str | None = None
         #: where the upload started this time (0 for a new one)
         self.resumed_at = 0
@@ -204,7 +209,7 @@ class ResumableUpload:
                 status = exc.status if isinstance(exc, ApiError) else None
                 retry = status is None or status in (409, 460) or status >= 500
                 if not retry:
-                    if status in (400, 404, 410, 413, 415, 422):
+                    if status in (404, 410, 413, 415, 422):  # a 400 may be resumable
                         self.states.forget(self.key)  # nothing to resume
                     raise
                 failures += 1
@@ -226,6 +231,7 @@ class ResumableUpload:
         completion that failed for want of the store)."""
         assert self.url is not None
         deadline = time.monotonic() + COMPLETION_TIMEOUT_S
+        delay = 0.5
         while time.monotonic() < deadline:
             upload: dict[str, Any] = self.client.request("GET", self._path()).json()
             if upload["status"] == "completed":
@@ -235,5 +241,6 @@ class ResumableUpload:
                 raise ApiError(422, "validation_error", upload["error"] or "failed", None)
             if upload["status"] == "receiving":
                 return self._patch(self.length, b"")
-            self.sleep(1.0)
+            self.sleep(delay)  # "completing": the dataset is being made
+            delay = min(COMPLETION_POLL_MAX_S, delay * 1.5)
         return None

@@ -191,9 +191,10 @@ class DatasetStore:
             if self.parts(dataset_id, prefix):
                 raise StoreError(f"could not delete dataset {dataset_id}: {exc}") from exc
 
-    def dataset_ids(self, prefix: str = _PREFIX) -> dict[str, float]:
+    def dataset_ids(self, prefix: str = _PREFIX, depth: int = 1) -> dict[str, float]:
         """Every dataset folder in the store: id -> the newest part's modification time (epoch
-        seconds; 0 when unknown), for the sweep of orphaned parts."""
+        seconds; 0 when unknown), for the sweep of orphaned parts. `depth` 2 names the folders
+        one level down (`{job_id}/{attempt}` of predictions)."""
         base = posixpath.join(self.root, prefix)
         try:
             infos = self.fs.get_file_info(pafs.FileSelector(base, recursive=True))
@@ -205,7 +206,10 @@ class DatasetStore:
         for info in infos:
             if info.type != pafs.FileType.File:
                 continue
-            dataset_id = posixpath.relpath(info.path, base).split("/", 1)[0]
+            folders = posixpath.relpath(info.path, base).split("/")[:-1]
+            if len(folders) < depth:
+                continue
+            dataset_id = "/".join(folders[:depth])
             mtime = info.mtime.timestamp() if info.mtime is not None else 0.0
             found[dataset_id] = max(found.get(dataset_id, 0.0), mtime)
         return found

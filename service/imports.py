@@ -3,10 +3,12 @@ folder, embedded mode), by a job of kind "import" on a worker; its bytes never p
 API.
 
 - **Allowed sources** (`check_allowed`): only URLs under one of the prefixes that
-  `TRAINYARD_IMPORT_PREFIXES` lists (comma-separated, compared as strings after the URL's path
-  is normalised: end a prefix with `/` to allow one folder); empty (the default) allows none.
-  Anything else is a 403 naming the setting and the source. `s3://bucket/key` objects are read
-  with the store's S3 settings (`AWS_ENDPOINT_URL`, ...), `file:///path` from the worker's disk.
+  `TRAINYARD_IMPORT_PREFIXES` lists (comma-separated; empty, the default, allows none), on a
+  path-segment boundary, after the path is decoded exactly once and normalised (`file://`
+  links resolved); never under the service's own store (`TRAINYARD_STORE_URL`). Anything else
+  is a 403 saying why; see `normalised` for what is refused as malformed (422).
+  `s3://bucket/key` objects are read with the store's S3 settings (`AWS_ENDPOINT_URL`, ...),
+  `file:///path` from the worker's disk.
 - **Formats** (`source_format`): a `.csv` / `.tsv` (also `.gz`) object is CSV, read as a
   stream (progress in bytes); a `.parquet` object, or a prefix ending in `/` (its `*.parquet`
   parts, in name order, as one table), is Parquet, read a row group at a time where it lies
@@ -23,6 +25,7 @@ API.
 
 from __future__ import annotations
 
+import os
 import posixpath
 from collections.abc import Callable, Mapping
 from typing import Any, BinaryIO
@@ -51,36 +54,74 @@ def prefixes_of(setting: str) -> list[str]:
     return [p.strip() for p in setting.split(",") if p.strip()]
 
 
+def _canonical_path(scheme: str, path: str) -> str:
+    """A decoded path without `.` segments or doubled `/` (a trailing `/` kept); for `file://`
+    also with its symbolic links resolved (`os.path.realpath`), so that a link inside an
+    allowed folder cannot point out of it."""
+    folder = path.endswith("/")
+    if scheme == "file":
+        path = os.path.realpath(path or "/")
+    else:
+        path = posixpath.normpath(path) if path not in ("", "/") else "/"
+    if folder and not path.endswith("/"):
+        path += "/"
+    return path
+
+
 def normalised(source: str) -> str:
-    """`source` with its path normalised (no `.` or `..` segments, no doubled `/`), so that a
-    prefix check cannot be walked around; a 422 for what is not an `s3://` or `file://` URL."""
+    """`source` decoded once and normalised (the URL that is checked, stored and opened: it is
+    never decoded again); a 422 for what is not an `s3://` or `file://` URL, and for a `?`,
+    `#`, `..` segment, control character, or `%` left after decoding."""
+    if "?" in source or "#" in source:
+        raise InputError("source", "may not hold '?' or '#'")
     parsed = urlparse(source)
-    if parsed.scheme not in ("s3", "file") or parsed.query or parsed.fragment:
+    if parsed.scheme not in ("s3", "file"):
         raise InputError("source", "must be an s3://bucket/key or file:///path URL")
     if parsed.scheme == "s3" and not parsed.netloc:
         raise InputError("source", "names no bucket (s3://bucket/key)")
     if parsed.scheme == "file" and parsed.netloc not in ("", "localhost"):
         raise InputError("source", "a file:// URL names a path on the worker (file:///path)")
     path = unquote(parsed.path)
-    if "\x00" in path or ".." in path.split("/"):
-        raise InputError("source", "may not hold '..' segments or NUL characters")
-    folder = path.endswith("/")
-    path = posixpath.normpath(path) if path not in ("", "/") else "/"
-    if folder and not path.endswith("/"):
-        path += "/"
-    return f"{parsed.scheme}://{parsed.netloc}{path}"
+    if "%" in path or "?" in path or "#" in path:
+        raise InputError("source", "may not hold '%', '?' or '#' once decoded (encoded twice?)")
+    if any(ord(c) < 32 or ord(c) == 127 for c in path) or ".." in path.split("/"):
+        raise InputError("source", "may not hold '..' segments or control characters")
+    netloc = parsed.netloc if parsed.scheme == "s3" else ""
+    return f"{parsed.scheme}://{netloc}{_canonical_path(parsed.scheme, path)}"
 
 
-def check_allowed(source: str, prefixes: list[str]) -> str:
-    """The normalised source, if it lies under one of `prefixes`; else a 403 naming the
-    setting and the source."""
+def _canonical_prefix(prefix: str) -> str:
+    """A prefix (or the store's URL) as `normalised` writes sources, without its trailing `/`."""
+    parsed = urlparse(prefix)
+    netloc = parsed.netloc if parsed.scheme == "s3" else ""
+    path = _canonical_path(parsed.scheme, unquote(parsed.path))
+    return f"{parsed.scheme}://{netloc}{path}".rstrip("/")
+
+
+def under(url: str, prefix: str) -> bool:
+    """Whether normalised `url` is `prefix` or lies below it, on a path-segment boundary
+    (`s3://bucket/allowed` holds `s3://bucket/allowed/x`, not `s3://bucket/allowed-evil/x`)."""
+    base = _canonical_prefix(prefix)
+    return url.rstrip("/") == base or url.startswith(base + "/")
+
+
+def check_allowed(source: str, prefixes: list[str], store_url: str | None = None) -> str:
+    """The normalised source, if it lies under one of `prefixes` and not in the service's own
+    store (`store_url`: other owners' datasets and predictions); else a 403 saying why."""
     url = normalised(source)
-    if not any(url.startswith(prefix) for prefix in prefixes):
+    if not any(under(url, prefix) for prefix in prefixes):
         allowed = ", ".join(prefixes) if prefixes else "none: it is empty"
         raise ApiError(
             403,
             f"Importing {url} is not allowed: only sources under the prefixes that {SETTING} "
             f"lists may be imported ({allowed}).",
+            code="import_not_allowed",
+        )
+    if store_url and under(url, store_url):
+        raise ApiError(
+            403,
+            f"Importing {url} is not allowed: it lies in the service's own store "
+            "(TRAINYARD_STORE_URL), which holds every owner's datasets and predictions.",
             code="import_not_allowed",
         )
     return url
@@ -101,11 +142,16 @@ def source_format(url: str) -> tuple[str, str]:
 
 
 def submit(
-    session: Session, data: Mapping[str, Any], owner: str, limits: Limits, prefixes: list[str]
+    session: Session,
+    data: Mapping[str, Any],
+    owner: str,
+    limits: Limits,
+    prefixes: list[str],
+    store_url: str | None = None,
 ) -> Job:
     """Validate an import request and add its job, `queued` (flushed; the caller commits, then
     publishes with kind "import")."""
-    url = check_allowed(str(data["source"]), prefixes)
+    url = check_allowed(str(data["source"]), prefixes, store_url)
     fmt, unit = source_format(url)
     check_active_jobs(session, owner, limits)
     name = data.get("name") or posixpath.basename(urlparse(url).path.rstrip("/")) or "import"
@@ -125,11 +171,15 @@ def submit(
 
 
 def filesystem(url: str) -> tuple[pafs.FileSystem, str]:
-    """The `pyarrow.fs` filesystem of a source and its path there."""
+    """The `pyarrow.fs` filesystem of a source (as `normalised` stored it: already decoded, so
+    not decoded again) and its path there. A `file://` path that now holds a symbolic link
+    (made after the check) is refused."""
     parsed = urlparse(url)
     if parsed.scheme == "s3":
-        return s3_filesystem(), f"{parsed.netloc}{unquote(parsed.path)}"
-    return pafs.LocalFileSystem(), unquote(parsed.path)
+        return s3_filesystem(), f"{parsed.netloc}{parsed.path}"
+    if _canonical_path("file", parsed.path) != parsed.path:
+        raise InputError("source", "holds a symbolic link (made after it was allowed)")
+    return pafs.LocalFileSystem(), parsed.path
 
 
 class _Counting:
@@ -171,7 +221,9 @@ def ingest(
     try:
         if options.get("format") == CSV:
             total = fs.get_file_info(path).size or 0
-            with fs.open_input_stream(path) as raw:
+            # compression=None: the bytes as stored (the reader un-gzips), so that progress
+            # counts what `total` counts
+            with fs.open_input_stream(path, compression=None) as raw:
                 counted = _Counting(raw, lambda n: on_progress(n, total))
                 stream: BinaryIO = counted  # type: ignore[assignment]
                 return ingest_upload(
@@ -186,6 +238,8 @@ def ingest(
             )
         else:
             paths = [path]
+        if isinstance(fs, pafs.LocalFileSystem) and any(os.path.realpath(p) != p for p in paths):
+            raise InputError("source", "holds a symbolic link among its Parquet parts")
         parts = [pq.ParquetFile(fs.open_input_file(p)) for p in paths]
         total = sum(part.metadata.num_rows for part in parts)
         done = 0

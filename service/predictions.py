@@ -218,12 +218,19 @@ def delete_unused(
     factory: Any, store_url: str, older_than_s: float = ORPHAN_AFTER_S, now: float | None = None
 ) -> list[str]:
     """Delete the prediction parts of jobs that did not succeed (failed, cancelled: a worker
-    lost for good leaves its attempt's parts) or no longer exist, once their newest part is
-    `older_than_s` old. A succeeded job keeps its parts. The job ids cleaned."""
+    lost for good leaves its attempt's parts) or no longer exist, and of a succeeded job's
+    attempts other than its `output_location` (a lost attempt that went on writing), once
+    their newest part is `older_than_s` old. The job ids (or `job_id/attempt`s) cleaned."""
     store = store_for(store_url)
     cutoff = (time.time() if now is None else now) - older_than_s
-    stale = [key for key, mtime in store.dataset_ids(PREDICTIONS).items() if mtime < cutoff]
-    if not stale:
+    attempts = store.dataset_ids(PREDICTIONS, depth=2)
+    newest: dict[str, float] = {}
+    for key, mtime in attempts.items():
+        job_id = key.split("/", 1)[0]
+        newest[job_id] = max(newest.get(job_id, 0.0), mtime)
+    stale = [key for key, mtime in newest.items() if mtime < cutoff]
+    stale_attempts = [key for key, mtime in attempts.items() if mtime < cutoff]
+    if not stale and not stale_attempts:
         return []
     with factory() as session:
         keep = set(
@@ -233,7 +240,21 @@ def delete_unused(
                 )
             )
         )
+        outputs = dict(
+            session.execute(
+                sa.select(Job.id, Job.output_location).where(
+                    Job.id.in_({key.split("/", 1)[0] for key in stale_attempts}),
+                    Job.status == "succeeded",
+                )
+            ).all()
+        )
     unused = [key for key in stale if key not in keep]
     for key in unused:
         store.delete(key, PREDICTIONS)
+    for key in stale_attempts:
+        output = outputs.get(key.split("/", 1)[0])
+        if output is None or output.rstrip("/").endswith(f"/{PREDICTIONS}/{key}"):
+            continue  # not a succeeded job's, or its output
+        store.delete(key, PREDICTIONS)
+        unused.append(key)
     return unused

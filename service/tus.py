@@ -6,7 +6,6 @@ where its bytes go is `service.uploads`'."""
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -87,7 +86,7 @@ def parse_metadata(value: str | None) -> dict[str, str]:
         try:
             raw = base64.b64decode(parts[1], validate=True) if len(parts) == 2 else b""
             pairs[key] = raw.decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
+        except ValueError:  # binascii.Error, UnicodeDecodeError, a non-ASCII value
             raise ApiError(
                 400, f"Upload-Metadata: the value of {key!r} is not base64 of UTF-8 text."
             ) from None
@@ -116,7 +115,7 @@ def parse_checksum(value: str | None) -> tuple[str, bytes] | None:
         )
     try:
         digest = base64.b64decode(encoded.strip(), validate=True)
-    except binascii.Error:
+    except ValueError:  # binascii.Error, or a non-ASCII digest
         raise ApiError(400, "Upload-Checksum: the digest is not base64.") from None
     if len(digest) != hashlib.new(algorithm).digest_size:
         raise ApiError(400, f"Upload-Checksum: not a {algorithm} digest.")

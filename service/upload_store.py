@@ -183,12 +183,16 @@ class ChunkReader:
             self.current = None
 
     def peek_head(self, n: int) -> bytes:
-        """The first `n` bytes of the first chunk (to tell a Parquet file by its magic)."""
-        if not self.paths:
-            return b""
+        """The first `n` bytes of the file, across chunks (to tell a Parquet file by its
+        magic: a cut PATCH can leave a first chunk shorter than that)."""
+        head = b""
         try:
-            with self.fs.open_input_stream(self.paths[0]) as head:
-                return bytes(head.read(n))
+            for path in self.paths:
+                if len(head) >= n:
+                    break
+                with self.fs.open_input_stream(path) as chunk:
+                    head += bytes(chunk.read(n - len(head)))
+            return head
         except OSError as exc:
             raise StoreError(f"the dataset store is unavailable: {exc}") from exc
 

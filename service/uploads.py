@@ -38,7 +38,7 @@ from sqlalchemy.orm import Session
 from service import dataset_files, table_stream
 from service.config import Limits
 from service.csv_stream import CsvOptions
-from service.dataset_store import ORPHAN_AFTER_S, StoreError
+from service.dataset_store import ORPHAN_AFTER_S, StoreError, store_for
 from service.db import iso_utc, utcnow
 from service.problems import ApiError
 from service.tables import Upload, is_id, new_id
@@ -215,7 +215,7 @@ def complete(
                 Upload.completing_since < now - timedelta(seconds=COMPLETION_LEASE_S),
             ),
         )
-        .values(completing_since=now)
+        .values(completing_since=now, expires_at=now + timedelta(hours=expire_hours))
         .execution_options(synchronize_session=False)
     )
     session.commit()
@@ -242,29 +242,49 @@ def complete(
         )
     except StoreError as exc:  # the chunks stay: a PATCH at the end tries again
         session.rollback()
-        _release(session, upload_id)
+        _release(session, upload_id, now)
         raise ApiError(503, f"The dataset store is unavailable: {exc}") from None
     except ApiError as exc:
         session.rollback()
         if exc.status != 503:
-            _fail(session, store, upload_id, exc.message)
+            _fail(session, store, upload_id, now, exc.message)
         else:
-            _release(session, upload_id)
+            _release(session, upload_id, now)
+        raise
+    except Exception as exc:  # unexpected: recorded, so that no retry ingests it again
+        session.rollback()
+        _fail(session, store, upload_id, now, f"The dataset could not be made: {exc!r}")
         raise
     except BaseException:
         session.rollback()
-        _release(session, upload_id)
+        _release(session, upload_id, now)
         raise
     finally:
         reader.close()
-    session.execute(
+    dataset_id = dataset.id
+    made = session.execute(  # only while this claim still holds (not terminated, not re-claimed)
         sa.update(Upload)
-        .where(Upload.id == upload_id)
+        .where(
+            Upload.id == upload_id,
+            Upload.completing_since == now,
+            Upload.dataset_id.is_(None),
+        )
         .values(
-            dataset_id=dataset.id, chunks=[], expires_at=utcnow() + timedelta(hours=expire_hours)
+            dataset_id=dataset_id, chunks=[], expires_at=utcnow() + timedelta(hours=expire_hours)
         )
         .execution_options(synchronize_session=False)
     )
+    if made.rowcount != 1:
+        session.rollback()  # the dataset's row was only flushed: its rows go too
+        with contextlib.suppress(StoreError):  # else the sweep of orphaned parts gets them
+            store_for(completion.store_url).delete(dataset_id)
+        if session.get(Upload, upload_id) is None:
+            raise ApiError(404, f"No upload {upload_id}.")
+        raise ApiError(
+            409,
+            "Another request took over making this upload's dataset; ask again (HEAD).",
+            code="conflict",
+        )
     session.commit()
     with contextlib.suppress(StoreError):  # else the sweep deletes them with the row
         store.delete(upload_id)
@@ -272,20 +292,22 @@ def complete(
     return upload
 
 
-def _release(session: Session, upload_id: str) -> None:
+def _release(session: Session, upload_id: str, claim: datetime) -> None:
     session.execute(
         sa.update(Upload)
-        .where(Upload.id == upload_id)
+        .where(Upload.id == upload_id, Upload.completing_since == claim)
         .values(completing_since=None)
         .execution_options(synchronize_session=False)
     )
     session.commit()
 
 
-def _fail(session: Session, store: UploadStore, upload_id: str, message: str) -> None:
+def _fail(
+    session: Session, store: UploadStore, upload_id: str, claim: datetime, message: str
+) -> None:
     session.execute(
         sa.update(Upload)
-        .where(Upload.id == upload_id)
+        .where(Upload.id == upload_id, Upload.completing_since == claim)
         .values(error=message[:2000], chunks=[])
         .execution_options(synchronize_session=False)
     )
@@ -294,11 +316,30 @@ def _fail(session: Session, store: UploadStore, upload_id: str, message: str) ->
         store.delete(upload_id)
 
 
+def _not_completing(now: datetime) -> sa.ColumnElement[bool]:
+    """No completion holds the upload's lease at `now`."""
+    return sa.or_(
+        Upload.completing_since.is_(None),
+        Upload.completing_since < now - timedelta(seconds=COMPLETION_LEASE_S),
+    )
+
+
 def terminate(session: Session, upload: Upload) -> None:
-    """Delete the upload and its chunks (the dataset it made, if any, stays)."""
+    """Delete the upload and its chunks (the dataset it made, if any, stays); a 409 while its
+    dataset is being made."""
     upload_id, url = upload.id, upload.store_url
-    session.execute(sa.delete(Upload).where(Upload.id == upload_id))
+    result = session.execute(
+        sa.delete(Upload)
+        .where(Upload.id == upload_id, _not_completing(utcnow()))
+        .execution_options(synchronize_session=False)
+    )
     session.commit()
+    if result.rowcount != 1:
+        if session.get(Upload, upload_id) is None:
+            raise ApiError(404, f"No upload {upload_id}.")
+        raise ApiError(
+            409, "The upload's dataset is being made; ask again in a while.", code="conflict"
+        )
     UploadStore(url).delete(upload_id)
 
 
@@ -312,10 +353,12 @@ def delete_expired(factory: Any, now: datetime | None = None) -> list[str]:
         ).all()
         for upload_id, url in expired:
             result = session.execute(
-                sa.delete(Upload).where(Upload.id == upload_id, Upload.expires_at < now)
+                sa.delete(Upload)
+                .where(Upload.id == upload_id, Upload.expires_at < now, _not_completing(now))
+                .execution_options(synchronize_session=False)
             )
             session.commit()
-            if result.rowcount == 1:  # not extended meanwhile by a new chunk
+            if result.rowcount == 1:  # not extended meanwhile, nor being completed
                 deleted.append(upload_id)
                 # a store that is down keeps them: the sweep of orphaned chunks gets them later
                 with contextlib.suppress(StoreError):
@@ -342,6 +385,20 @@ def delete_orphan_chunks(
     return orphans
 
 
+def status_of(upload: Upload, now: datetime | None = None) -> str:
+    """`completed`, `failed`, `completing` (a completion holds its lease: the dataset is being
+    made) or `receiving`."""
+    if upload.dataset_id:
+        return "completed"
+    if upload.error:
+        return "failed"
+    since = upload.completing_since
+    lease = timedelta(seconds=COMPLETION_LEASE_S)
+    if since is not None and _aware(since) > _aware(now or utcnow()) - lease:
+        return "completing"
+    return "receiving"
+
+
 def describe(upload: Upload) -> dict[str, Any]:
     """The upload as the API shows it (`GET /api/v1/uploads/{id}`)."""
     return {
@@ -349,7 +406,7 @@ def describe(upload: Upload) -> dict[str, Any]:
         "length": upload.length,
         "offset": upload.offset,
         "metadata": dict(upload.meta or {}),
-        "status": "completed" if upload.dataset_id else "failed" if upload.error else "receiving",
+        "status": status_of(upload),
         "dataset_id": upload.dataset_id,
         "error": upload.error,
         "created_at": iso_utc(upload.created_at),

@@ -38,7 +38,8 @@ two workers sweeping at the same time never act twice on one job:
   The parts of an upload whose API process died before the dataset's row was added are
   deleted once they are `service.dataset_store.ORPHAN_AFTER_S` old; so are the prediction
   parts of predict jobs that ended without success (`service.predictions.delete_unused`: a
-  worker lost for good leaves its attempt's parts).
+  worker lost for good leaves its attempt's parts), and a succeeded job's attempts other than
+  its output (a lost attempt that went on writing).
 
 **Hard time limit.** When Celery's hard limit kills a task's process, the main process gets the
 `task_failure` signal with `TimeLimitExceeded`; the job ends `failed` ("time limit exceeded",
@@ -110,7 +111,9 @@ def sweep(factory: sessionmaker[Session], celery: Celery, settings: Settings) ->
             log.info("deleted the parts of %d unfinished upload(s): %s", len(orphans), orphans)
         unused = predictions.delete_unused(factory, settings.store_url)
         if unused:
-            log.info("deleted the predictions of %d unsuccessful job(s): %s", len(unused), unused)
+            log.info(
+                "deleted the predictions of %d unused job(s)/attempt(s): %s", len(unused), unused
+            )
         chunks = uploads.delete_orphan_chunks(factory, settings.store_url)
         if chunks:
             log.info("deleted the chunks of %d lost resumable upload(s): %s", len(chunks), chunks)

@@ -85,7 +85,7 @@ def _import(session: Any, owner: str, idempotency: Idempotency, data: dict[str, 
     """`POST /datasets` by reference: an import job (`service.imports`), answered `202`."""
     loaded = ImportInSchema().load(data)
     prefixes = imports.prefixes_of(str(current_app.config["IMPORT_PREFIXES"]))
-    job = imports.submit(session, loaded, owner, limits(), prefixes)
+    job = imports.submit(session, loaded, owner, limits(), prefixes, store_url())
     body = jobs.serialize_job(session, job)
     response, first = idempotency.commit(body, 202, url_for("jobs.JobById", job_id=job.id))
     if first:

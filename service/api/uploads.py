@@ -119,7 +119,12 @@ def _server_info() -> Response:
 
 
 def _options_of(meta: dict[str, str]) -> dict[str, Any]:
-    """The metadata's dataset options, checked as the raw upload's query is."""
+    """The metadata's dataset options, checked as the raw upload's query is (and `filename`,
+    `filetype`: at most 255 characters, none a control character)."""
+    for key in ("filename", "filetype"):
+        value = meta.get(key) or ""
+        if len(value) > 255 or any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise InputError(key, "must be at most 255 characters, none a control character")
     given = {key: meta[key] for key in uploads.OPTION_KEYS if key in meta}
     form = DatasetCsvSchema(exclude=("file",)).load(given)
     dataset_files.column_types(form.get("column_types"))
@@ -127,7 +132,7 @@ def _options_of(meta: dict[str, str]) -> dict[str, Any]:
 
 
 def _dataset_name(meta: dict[str, str]) -> str:
-    return meta.get("name") or PurePath(meta.get("filename") or "").stem or "dataset"
+    return meta.get("name") or PurePath(meta.get("filename") or "").stem[:200] or "dataset"
 
 
 def _upload_headers(upload: Upload, response: Response) -> Response:
@@ -312,11 +317,12 @@ class UploadById(MethodView):
     @blp.response(204, headers={"Tus-Resumable": {"schema": _STRING}})
     @blp.alt_response(404, schema=ErrorSchema, description="No such upload.")
     @blp.alt_response(410, schema=ErrorSchema, description="The upload expired unfinished.")
+    @blp.alt_response(409, schema=ErrorSchema, description="Its dataset is being made.")
     @blp.alt_response(412, schema=ErrorSchema, description="Tus-Resumable is not `1.0.0`.")
     @blp.alt_response(503, schema=ErrorSchema, description="The dataset store is unavailable.")
     def delete(self, upload_id: str) -> Response:
         """Cancel an upload (tus termination): the upload and its bytes are deleted (a dataset
-        it made stays)."""
+        it made stays); `409` while its dataset is being made (status `completing`)."""
         tus.check_version(request.headers.get("Tus-Resumable"))
         session = db()
         upload = uploads.find_upload(session, upload_id, current_owner())

@@ -159,8 +159,9 @@ def test_an_interrupted_upload_resumes_from_the_client_and_the_command(
         )
     assert sent == [0, 65536, 131072, 196608]
     states = json.loads((config / "trainyard" / "uploads.json").read_text())
-    assert list(states) == [UploadStates.key(path)]
-    url = states[UploadStates.key(path)]
+    key = UploadStates.key(path, {"filename": "big.csv", "name": "big", "target": "label"})
+    assert list(states) == [key]
+    url = states[key]
     assert int(head(service, url).headers["Upload-Offset"]) == 196608
 
     # the command, run again on the same file, goes on from there (its own Ctrl-C, too)
@@ -214,3 +215,13 @@ def test_uploads_through_a_link_that_is_cut_complete_with_the_same_dataset(
         made = service.client().get_dataset(dataset_id)
         assert made["name"] == "flaky" and made["n_samples"] == plain["n_samples"] == 40_000
         assert made["storage"]["checksum"] == plain["storage"]["checksum"]
+
+
+def test_the_stored_key_holds_the_metadata(tmp_path: Path) -> None:
+    """Another `--target` or `--name` is another upload, not the old one resumed."""
+    path = tmp_path / "t.csv"
+    write_table(path, 10)
+    one = UploadStates.key(path, {"filename": "t.csv", "target": "label"})
+    assert one == UploadStates.key(path, {"target": "label", "filename": "t.csv"})
+    assert one != UploadStates.key(path, {"filename": "t.csv", "target": "colour"})
+    assert one.startswith(f"{path.resolve()}|")

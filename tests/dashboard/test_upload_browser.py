@@ -55,9 +55,18 @@ def test_an_interrupted_upload_resumes_in_the_browser(
     p.click("#nav-datasets")
     p.wait_for_url("**/datasets")
     p.set_input_files("#upload-file", str(path))
+    p.fill("#upload-target", "label")
+    p.fill("#upload-name", "resumed")
+    # the same options as the interrupted upload (other options would be another upload)
     key = p.evaluate(
-        "() => TrainyardTus.storageKey(document.getElementById('upload-file').files[0])"
+        "() => TrainyardTus.storageKey(document.getElementById('upload-file').files[0],"
+        " {filename: 'resumed.csv', target: 'label', name: 'resumed'})"
     )
+    other = p.evaluate(
+        "() => TrainyardTus.storageKey(document.getElementById('upload-file').files[0],"
+        " {filename: 'resumed.csv', target: 'x', name: 'resumed'})"
+    )
+    assert other != key
     p.evaluate("([k, u]) => localStorage.setItem(k, u)", [key, url])
     p.click("#upload-submit")
     p.wait_for_url("**/datasets/*")

@@ -6,6 +6,7 @@ worker's own code, makes the same dataset as uploading the file; sources outside
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import io
 import math
 import uuid
@@ -19,8 +20,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from service import imports, lifecycle
-from service.config import Settings
+from service.config import Limits, Settings
 from service.dataset_store import s3_filesystem, store_for
+from service.problems import ApiError, InputError
 from service.schemas import ImportJobSchema
 from tests.client.tables import write_penguins_csv
 from tests.service.helpers import assert_error
@@ -201,3 +203,73 @@ def test_a_cancelled_import_stops_and_stores_nothing(
     assert done["status"] == "cancelled" and done["dataset_id"] is None
     assert set(store_for(STORE_URL).dataset_ids()) == before
     assert client.get(f"{URL}/datasets").get_json()["items"] == []
+
+
+def test_a_twice_encoded_dot_dot_or_query_is_refused_and_the_path_is_decoded_once(
+    tmp_path: Any,
+) -> None:
+    allowed = f"file://{tmp_path}/allowed/"
+    for source in (
+        f"file://{tmp_path}/allowed/%252e%252e/secret.csv",
+        f"file://{tmp_path}/allowed/%2e%2e/secret.csv",
+        f"file://{tmp_path}/allowed/a.csv?x=1",
+        f"file://{tmp_path}/allowed/a.csv#frag",
+        f"file://{tmp_path}/allowed/a%3Fb.csv",
+    ):
+        with pytest.raises(InputError):
+            imports.check_allowed(source, [allowed])
+    url = imports.check_allowed(f"file://{tmp_path}/allowed/my%20data.csv", [allowed])
+    assert imports.filesystem(url)[1] == f"{tmp_path}/allowed/my data.csv"
+
+
+def test_prefixes_match_on_segment_boundaries_and_symlinks_out_are_refused(tmp_path: Any) -> None:
+    ok = imports.check_allowed("s3://bucket/allowed/x.csv", ["s3://bucket/allowed"])
+    assert ok == "s3://bucket/allowed/x.csv"
+    assert imports.check_allowed("s3://bkt/x.csv", ["s3://bkt"]) == "s3://bkt/x.csv"
+    for source, prefix in (
+        ("s3://bucket/allowed-evil/x.csv", "s3://bucket/allowed"),
+        ("s3://bkt-other/x.csv", "s3://bkt"),
+    ):
+        with pytest.raises(ApiError) as refused:
+            imports.check_allowed(source, [prefix])
+        assert refused.value.status == 403
+    (tmp_path / "allowed").mkdir()
+    (tmp_path / "secret.csv").write_text("a\n1\n")
+    (tmp_path / "allowed" / "link.csv").symlink_to(tmp_path / "secret.csv")
+    with pytest.raises(ApiError) as refused:
+        imports.check_allowed(
+            f"file://{tmp_path}/allowed/link.csv", [f"file://{tmp_path}/allowed/"]
+        )
+    assert refused.value.status == 403
+
+
+@pytest.mark.usefixtures("allowed")
+def test_sources_in_the_services_own_store_are_refused_saying_why(
+    app: Flask, client: FlaskClient
+) -> None:
+    app.config["IMPORT_PREFIXES"] = "s3://, file:///"
+    store = str(app.config["STORE_URL"]).rstrip("/")
+    source = f"{store}/datasets/{uuid.uuid4()}/part-00000.parquet"
+    error = assert_error(client.post(f"{URL}/datasets", json={"source": source}), 403)
+    assert "TRAINYARD_STORE_URL" in error["message"]
+    assert client.get(f"{URL}/jobs?kind=import").get_json()["items"] == []
+
+
+def test_a_gzipped_csvs_progress_counts_the_stored_bytes(tmp_path: Any) -> None:
+    write_penguins_csv(tmp_path / "penguins.csv", n=2000, seed=4)
+    packed = tmp_path / "penguins.csv.gz"
+    packed.write_bytes(gzip.compress((tmp_path / "penguins.csv").read_bytes()))
+    job = {
+        "source": f"file://{packed}",
+        "import_options": {"name": "p", "target": "species", "format": "csv", "unit": "bytes"},
+    }
+    seen: list[tuple[int, int]] = []
+    store = store_for(STORE_URL)
+    dataset_id = uuid.uuid4().hex
+    _facts, stored = imports.ingest(
+        job, Limits(), store, dataset_id, lambda done, total: seen.append((done, total))
+    )
+    store.delete(dataset_id)
+    assert stored.n_rows == 2000
+    assert seen and all(done <= total for done, total in seen)
+    assert seen[-1] == (packed.stat().st_size, packed.stat().st_size)

@@ -30,11 +30,12 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.serving import make_server
 
-from service import uploads
+from service import table_stream, uploads
 from service.celery import celery_config
 from service.config import Settings
 from service.dataset_store import DatasetStore
 from service.db import utcnow
+from service.problems import ApiError
 from service.tables import Dataset, Upload
 from service.tus import encode_metadata
 from service.upload_store import UploadStore
@@ -303,6 +304,15 @@ def test_metadata_picks_the_format(client: FlaskClient, store_url: str) -> None:
     response = patch(client, location, 0, lines)
     dataset = client.get(f"/api/v1/datasets/{response.headers['Upload-Dataset-Id']}").get_json()
     assert dataset["name"] == "lines" and dataset["n_samples"] == 2
+    # a first chunk shorter than the magic (a cut PATCH): still told by its first bytes
+    location = create(client, len(parquet))
+    assert patch(client, location, 0, parquet[:2]).status_code == 204
+    response = patch(client, location, 2, parquet[2:])
+    assert response.status_code == 204, response.data
+    dataset = client.get(f"/api/v1/datasets/{response.headers['Upload-Dataset-Id']}").get_json()
+    assert dataset["n_samples"] == 4 and dataset["storage"]["checksum"] in {
+        d["storage"]["checksum"] for d in made.values()
+    }
 
 
 def test_chunks_without_an_upload_row_are_deleted_once_old(
@@ -395,3 +405,93 @@ def test_two_requests_at_one_offset_one_wins(
     second.close()
     assert (status_first, status_second) == (b"409", b"204")
     assert offset_of(client, location) == 3000 and len(chunk_names(store_url, location)) == 1
+
+
+def test_a_completion_that_lost_its_claim_makes_no_dataset_and_a_delete_waits(
+    client: FlaskClient, app: Flask, store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A DELETE during a completion is a 409; a completion whose lease another request took
+    over (its lease ran out) stores no dataset and answers 409, not a second dataset or a 500."""
+    location = create(client, len(CSV), target="y")
+    upload_id = location.rsplit("/", 1)[1]
+    assert patch(client, location, 0, CSV[:1000]).status_code == 204
+    factory = app.extensions["db_sessionmaker"]
+    real = table_stream.ingest_upload
+    seen: dict[str, Any] = {}
+
+    def taken_over(*args: Any, **kwargs: Any) -> Any:
+        made = real(*args, **kwargs)  # the rows are stored; the dataset's row comes next
+        seen["dataset_id"] = args[5]
+        with factory() as session:
+            with pytest.raises(ApiError) as refused:  # a DELETE now: the lease holds
+                uploads.terminate(session, session.get(Upload, upload_id))
+            assert refused.value.status == 409
+            session.rollback()
+            assert uploads.describe(session.get(Upload, upload_id))["status"] == "completing"
+            session.execute(  # nor does the sweep of expired uploads take it
+                sa.update(Upload)
+                .where(Upload.id == upload_id)
+                .values(expires_at=utcnow() - timedelta(seconds=1))
+            )
+            session.commit()
+            assert upload_id not in uploads.delete_expired(factory)
+            # another request claims, as if this one's lease had run out
+            session.execute(
+                sa.update(Upload)
+                .where(Upload.id == upload_id)
+                .values(completing_since=utcnow(), expires_at=utcnow() + timedelta(hours=1))
+            )
+            session.commit()
+        return made
+
+    monkeypatch.setattr(table_stream, "ingest_upload", taken_over)
+    assert_error(patch(client, location, 1000, CSV[1000:]), 409)
+    with factory() as session:
+        assert session.scalar(sa.select(sa.func.count()).select_from(Dataset)) == 0
+        assert session.get(Upload, upload_id).dataset_id is None
+    assert seen["dataset_id"] not in DatasetStore(store_url).dataset_ids()
+    monkeypatch.setattr(uploads, "COMPLETION_LEASE_S", 0.0)  # the other claim is dead now
+    monkeypatch.setattr(table_stream, "ingest_upload", real)
+    assert patch(client, location, len(CSV), b"").status_code == 204
+    assert client.get(location).get_json()["status"] == "completed"
+
+
+def test_non_ascii_metadata_or_checksum_is_a_400_naming_the_header(
+    client: FlaskClient, store_url: str
+) -> None:
+    response = client.post(
+        URL, headers={**TUS, "Upload-Length": "10", "Upload-Metadata": "filename d\u00e9j\u00e0"}
+    )
+    assert "Upload-Metadata" in assert_error(response, 400)["message"]
+    location = create(client, len(CSV), target="y")
+    headers = {**TUS, "Upload-Offset": "0", "Content-Type": OCTETS}
+    response = client.patch(
+        location, data=CSV, headers={**headers, "Upload-Checksum": "sha1 \u00e9\u00e9\u00e9\u00e9"}
+    )
+    assert "Upload-Checksum" in assert_error(response, 400)["message"]
+    assert offset_of(client, location) == 0
+
+
+def test_control_characters_in_the_filename_are_refused_and_unexpected_errors_recorded(
+    client: FlaskClient, store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key in ("filename", "filetype"):
+        response = client.post(
+            URL,
+            headers={
+                **TUS,
+                "Upload-Length": "10",
+                "Upload-Metadata": encode_metadata({key: "a\0b"}),
+            },
+        )
+        assert_error(response, 422, key)
+    location = create(client, len(CSV), target="y")
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(table_stream, "ingest_upload", broken)
+    assert patch(client, location, 0, CSV).status_code == 500  # a bug: logged, and recorded
+    described = client.get(location).get_json()
+    assert described["status"] == "failed" and "a bug" in described["error"]
+    assert chunk_names(store_url, location) == []

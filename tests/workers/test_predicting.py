@@ -233,6 +233,12 @@ def test_unsuccessful_jobs_predictions_are_deleted_by_the_maintenance(
     with STORE.writer(f"{lost}/1", PREDICTIONS) as left:
         left.write(pa.table({"label": [0] * 10}))
         left.commit()
+    output = job_row(factory, done).output_location
+    with STORE.writer(f"{done}/7", PREDICTIONS) as late:  # a lost attempt that went on writing
+        late.write(pa.table({"label": [0] * 10}))
+        late.commit()
     cleaned = predictions.delete_unused(factory, STORE_URL, older_than_s=0.0)
-    assert lost in cleaned and done not in cleaned
+    assert lost in cleaned and done not in cleaned and f"{done}/7" in cleaned
     assert parts_of(lost) == [] and parts_of(done)
+    assert STORE.parts(f"{done}/7", PREDICTIONS) == []
+    assert output_of(job_row(factory, done)).num_rows == 100 and output.endswith(f"{done}/1")

@@ -4,8 +4,11 @@
 // each with its SHA-256 in Upload-Checksum where the browser offers crypto.subtle (secure
 // contexts: https or localhost). A network error or a 5xx waits (1, 2, 4, ... s), asks the
 // server for its offset (HEAD) and goes on. The upload's URL is kept in localStorage under the
-// file's name, size and modification time, so picking the same file again after a reload, a
-// closed tab or a lost connection resumes it; the entry is removed once the dataset is made.
+// file's name, size and modification time and a hash of the metadata (other options are another
+// upload), so picking the same file again with the same options after a reload, a closed tab or
+// a lost connection resumes it; the entry is removed once the dataset is made. Once every byte
+// is sent, it asks GET /uploads/{id} (waiting longer each time) while the status is
+// `completing`, until `completed` or `failed`.
 "use strict";
 
 (function () {
@@ -16,22 +19,38 @@
   const MAX_FAILURES = 6;
   const STORAGE_PREFIX = "trainyard-upload:";
 
-  function storageKey(file) {
-    return STORAGE_PREFIX + file.name + ":" + file.size + ":" + file.lastModified;
+  const COMPLETION_TIMEOUT_S = 3600;
+
+  // FNV-1a (32 bits) of the metadata, its keys sorted: tells uploads of other options apart
+  function metadataHash(metadata) {
+    const pairs = Object.keys(metadata || {}).sort().map(function (k) {
+      return [k, String(metadata[k])];
+    });
+    const text = JSON.stringify(pairs);
+    let h = 0x811c9dc5;
+    for (let i = 0; i < text.length; i++) {
+      h ^= text.charCodeAt(i);
+      h = Math.imul(h, 0x01000193) >>> 0;
+    }
+    return h.toString(16);
   }
 
-  function remembered(file) {
+  function storageKey(file, metadata) {
+    return STORAGE_PREFIX + file.name + ":" + file.size + ":" + file.lastModified + ":" + metadataHash(metadata);
+  }
+
+  function remembered(key) {
     try {
-      return window.localStorage.getItem(storageKey(file));
+      return window.localStorage.getItem(key);
     } catch (e) {
       return null;
     }
   }
 
-  function remember(file, url) {
+  function remember(key, url) {
     try {
-      if (url) window.localStorage.setItem(storageKey(file), url);
-      else window.localStorage.removeItem(storageKey(file));
+      if (url) window.localStorage.setItem(key, url);
+      else window.localStorage.removeItem(key);
     } catch (e) {
       // no storage (private mode): the upload still works, it just cannot resume after a reload
     }
@@ -79,6 +98,11 @@
   // A network failure, or an answer the server may not give next time: worth another try.
   function retryable(error) {
     return !(error instanceof T.ApiError) || error.status >= 500 || error.status === 409 || error.status === 460;
+  }
+
+  // nothing left to resume: the upload is gone, or the server will never take it
+  function hopeless(error) {
+    return error instanceof T.ApiError && [404, 410, 413, 415, 422].indexOf(error.status) >= 0;
   }
 
   async function create(file, metadata) {
@@ -143,6 +167,24 @@
     });
   }
 
+  // Every byte is there: wait while the dataset is being made (`completing`), asking again
+  // later each time; resolves with the dataset's id (null when it took too long).
+  async function finish(url, length, signal) {
+    const deadline = Date.now() + COMPLETION_TIMEOUT_S * 1000;
+    let delay = 0.5;
+    while (Date.now() < deadline) {
+      const response = await fetch(url, { cache: "no-store", headers: authHeaders(), signal: signal });
+      if (!response.ok) throw await errorOf(response);
+      const upload = await response.json();
+      if (upload.status === "completed") return upload.dataset_id;
+      if (upload.status === "failed") throw new T.ApiError(422, "validation_error", upload.error || "failed", {});
+      if (upload.status === "receiving") return await patch(url, length, new Blob([]), null, function () {}, signal);
+      await wait(delay, signal);
+      delay = Math.min(5, delay * 1.5);
+    }
+    return null;
+  }
+
   function wait(seconds, signal) {
     return new Promise(function (resolve, reject) {
       const timer = window.setTimeout(resolve, seconds * 1000);
@@ -160,20 +202,21 @@
     const opts = options || {};
     const chunkSize = opts.chunkSize || CHUNK_SIZE;
     const progress = opts.onProgress || function () {};
-    let url = remembered(file);
+    const key = storageKey(file, metadata);
+    let url = remembered(key);
     let state = null;
     if (url) {
       try {
         state = await head(url);
       } catch (e) {
         if (!(e instanceof T.ApiError) || (e.status !== 404 && e.status !== 410)) throw e;
-        remember(file, null);
+        remember(key, null);
         url = null;
       }
     }
     if (!url) {
       url = await create(file, metadata);
-      remember(file, url);
+      remember(key, url);
       state = { offset: 0, datasetId: null };
     }
     const resumedAt = state.offset;
@@ -183,6 +226,11 @@
     progress(offset, file.size, resumedAt);
     while (!datasetId) {
       try {
+        if (offset >= file.size) {
+          datasetId = await finish(url, file.size, opts.signal);
+          if (!datasetId) throw new Error("the dataset was not made in time");
+          break;
+        }
         const blob = file.slice(offset, Math.min(offset + chunkSize, file.size));
         const digest = await checksum(blob);
         datasetId = await patch(url, offset, blob, digest, function (sent) {
@@ -191,15 +239,10 @@
         offset += blob.size;
         failures = 0;
         progress(offset, file.size, resumedAt);
-        if (!datasetId && offset >= file.size) {
-          state = await head(url);
-          datasetId = state.datasetId;
-          if (!datasetId) await wait(1, opts.signal);
-        }
       } catch (e) {
         if (e.name === "AbortError") throw e;
         if (!retryable(e)) {
-          remember(file, null);
+          if (hopeless(e)) remember(key, null); // a 400, 401, 403 or 429 may be resumed later
           throw e;
         }
         failures += 1;
@@ -210,7 +253,7 @@
         datasetId = state.datasetId;
       }
     }
-    remember(file, null);
+    remember(key, null);
     return datasetId;
   }
 
