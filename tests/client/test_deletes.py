@@ -19,10 +19,14 @@ def test_client_deletes_a_job_its_model_and_a_dataset(service: LiveService) -> N
     api = service.client()
     x, y = moons(60)
     dataset = api.upload_dataset(x, y, name="to-delete")
-    job = api.submit_job(dataset["id"], layers=[4, 1], epochs=2)
+    # a job that cannot end before the delete below (10,000 epochs), cancelled after it
+    long = api.submit_job(dataset["id"], layers=[4, 1], epochs=10_000, batch_size=4)
     with pytest.raises(ApiError) as in_use:
         api.delete_dataset(dataset["id"])
-    assert in_use.value.status == 409 and job["id"] in str(in_use.value)
+    assert in_use.value.status == 409 and long["id"] in str(in_use.value)
+    api.cancel_job(long["id"])
+    assert api.wait(long["id"], timeout=120)["status"] == "cancelled"
+    job = api.submit_job(dataset["id"], layers=[4, 1], epochs=2)
     done = api.wait(job["id"], timeout=120)
     assert done["status"] == "succeeded" and done["model_id"]
     before = api.usage()
