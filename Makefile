@@ -10,7 +10,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PORT ?= 8000
 WORKERS ?= 2
 
-.PHONY: setup setup-dev system-deps test-deps run run-distributed migrate test lint format bench bench-service bench-load bench-sweep bench-events bench-quality bench-ingest bench-scale bench-large-io bench-batch-predictions bench-worker-memory screenshots clean
+.PHONY: setup setup-dev system-deps test-deps run run-distributed migrate test lint format bench bench-service bench-load bench-sweep bench-events bench-quality bench-ingest bench-scale bench-large-io bench-batch-predictions bench-delete bench-worker-memory screenshots clean
 
 setup: system-deps $(RUN_STAMP)
 
@@ -117,6 +117,10 @@ bench-large-io: setup-dev
 # Batch predictions through the worker's own code, no service (BENCH_ARGS="--rows 1000000").
 bench-batch-predictions: setup
 	OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 $(PY) bench/batch_predictions.py $(BENCH_ARGS)
+
+# What a delete frees: a dataset's store bytes (file and S3) and SQLite's file after a purge.
+bench-delete: setup-dev
+	$(PY) bench/delete.py $(BENCH_ARGS)
 
 # A training job's own peak RssAnon as the rows grow (no service; BENCH_ARGS="--rows ...").
 bench-worker-memory: setup
