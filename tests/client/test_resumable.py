@@ -144,8 +144,7 @@ def test_an_interrupted_upload_resumes_from_the_client_and_the_command(
     config = tmp_path / "config"
     monkeypatch.setenv("XDG_CONFIG_HOME", str(config))
     path = tmp_path / "big.csv"
-    # about 12 MB: 16 KiB chunks take seconds to send it all, so the Ctrl-C below falls inside
-    rows = 400_000
+    rows = 100_000  # about 3 MB
     write_table(path, rows, seed=3)
     sent: list[int] = []
 
@@ -154,37 +153,49 @@ def test_an_interrupted_upload_resumes_from_the_client_and_the_command(
         if len(sent) == 4:  # the start, then three chunks
             raise KeyboardInterrupt
 
-    client = Client(service.url, service.api_key, timeout=30)
-    with pytest.raises(KeyboardInterrupt):
-        client.upload_resumable(
-            path, target="label", chunk_size=64 << 10, on_progress=interrupt_after_three_chunks
+    # a slow link (never cut): the command below is still sending when its Ctrl-C comes
+    with flaky_link(service.url, cut_every=1 << 60, pause=0.01) as link:
+        client = Client(link.url, service.api_key, timeout=30)
+        with pytest.raises(KeyboardInterrupt):
+            client.upload_resumable(
+                path, target="label", chunk_size=64 << 10, on_progress=interrupt_after_three_chunks
+            )
+        assert sent == [0, 65536, 131072, 196608]
+        states = json.loads((config / "trainyard" / "uploads.json").read_text())
+        key = UploadStates.key(path, {"filename": "big.csv", "name": "big", "target": "label"})
+        assert list(states) == [key]
+        url = states[key]
+        assert url.startswith(link.url)
+        assert int(head(service, url).headers["Upload-Offset"]) == 196608
+
+        # the command, run again on the same file, goes on from there (its own Ctrl-C, too)
+        command = [str(VENV_BIN / "trainyard"), "datasets", "upload", str(path), "--target",
+                   "label", "--resumable", "--chunk-size", "16K", "--json"]  # fmt: skip
+        env = service.env(XDG_CONFIG_HOME=str(config), COLUMNS="120")
+        env["TRAINYARD_URL"] = link.url
+        # Ctrl-C as a terminal gives it, whatever this process's own SIGINT disposition
+        proc = subprocess.Popen(
+            command,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
-    assert sent == [0, 65536, 131072, 196608]
-    states = json.loads((config / "trainyard" / "uploads.json").read_text())
-    key = UploadStates.key(path, {"filename": "big.csv", "name": "big", "target": "label"})
-    assert list(states) == [key]
-    url = states[key]
-    assert int(head(service, url).headers["Upload-Offset"]) == 196608
+        deadline = time.monotonic() + 60
+        while int(head(service, url).headers["Upload-Offset"]) <= 196608:
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 130, proc.communicate()
+        stopped = int(head(service, url).headers["Upload-Offset"])
+        assert 196608 < stopped < path.stat().st_size
 
-    # the command, run again on the same file, goes on from there (its own Ctrl-C, too)
-    command = [str(VENV_BIN / "trainyard"), "datasets", "upload", str(path), "--target", "label",
-               "--resumable", "--chunk-size", "16K", "--json"]  # fmt: skip
-    env = service.env(XDG_CONFIG_HOME=str(config), COLUMNS="120")
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 30
-    while int(head(service, url).headers["Upload-Offset"]) <= 196608:
-        assert time.monotonic() < deadline and proc.poll() is None
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(30) == 130
-    stopped = int(head(service, url).headers["Upload-Offset"])
-    assert 196608 < stopped < path.stat().st_size
-
-    finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+        finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
     assert finished.returncode == 0, finished.stderr
     dataset = json.loads(finished.stdout)
-    upload = requests.get(url, headers=auth(service), timeout=10).json()
-    assert upload["status"] == "completed" and upload["dataset_id"] == dataset["id"]
+    upload = requests.get(url.replace(link.url, service.url), headers=auth(service), timeout=10)
+    assert upload.json()["status"] == "completed"
+    assert upload.json()["dataset_id"] == dataset["id"]
     assert json.loads((config / "trainyard" / "uploads.json").read_text()) == {}
     plain = plain_upload(service, path, "big")
     assert dataset["name"] == "big" and dataset["n_samples"] == plain["n_samples"] == rows

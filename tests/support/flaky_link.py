@@ -15,8 +15,11 @@ from urllib.parse import urlparse
 
 
 class FlakyLink:
-    def __init__(self, upstream: str, cut_every: int) -> None:
+    def __init__(self, upstream: str, cut_every: int, pause: float = 0.0) -> None:
+        """`pause`: seconds waited after each piece forwarded towards the server (a slow
+        link: a test can act while an upload is surely in flight)."""
         parsed = urlparse(upstream)
+        self.pause = pause
         self.upstream = (parsed.hostname or "127.0.0.1", parsed.port or 80)
         self.cut_every = cut_every
         self.cuts = 0
@@ -58,6 +61,8 @@ class FlakyLink:
                 server.sendall(data[:room] if cut else data)
                 if cut:
                     break
+                if self.pause:
+                    time.sleep(self.pause)
         except OSError:
             pass
         for sock in (client, server):
@@ -84,8 +89,8 @@ class FlakyLink:
 
 
 @contextlib.contextmanager
-def flaky_link(upstream: str, cut_every: int) -> Iterator[FlakyLink]:
-    link = FlakyLink(upstream, cut_every)
+def flaky_link(upstream: str, cut_every: int, pause: float = 0.0) -> Iterator[FlakyLink]:
+    link = FlakyLink(upstream, cut_every, pause)
     try:
         yield link
     finally:
