@@ -580,14 +580,26 @@ class PredictResultSchema(Schema):
     )
 
 
-class PredictJobSchema(Schema):
-    """A job of kind `predict` (batch predictions; `POST /models/{id}/predictions`)."""
+class _KindJobSchema(Schema):
+    """The fields every job kind other than training shows (beside its own)."""
 
     id = fields.String()
-    kind = fields.String(metadata={"enum": ["predict"]})
     name = fields.String(allow_none=True)
     tags = fields.Dict(keys=fields.String(), values=fields.String())
     status = fields.String(metadata={"enum": list(JOB_STATUSES)})
+    stop_reason = fields.String(allow_none=True, metadata={"enum": ["cancelled", "failed", None]})
+    error = fields.String(allow_none=True)
+    attempts = fields.Integer()
+    cancel_requested = fields.Boolean()
+    created_at = fields.DateTime()
+    started_at = fields.DateTime(allow_none=True)
+    finished_at = fields.DateTime(allow_none=True)
+
+
+class PredictJobSchema(_KindJobSchema):
+    """A job of kind `predict` (batch predictions; `POST /models/{id}/predictions`)."""
+
+    kind = fields.String(metadata={"enum": ["predict"]})
     dataset_id = fields.String(metadata={"description": "The dataset whose rows it predicts."})
     model_id = fields.String(metadata={"description": "The model it uses."})
     progress = fields.Nested(PredictProgressSchema)
@@ -601,13 +613,6 @@ class PredictJobSchema(Schema):
             "description": "`GET` it for the predictions once the job succeeded (409 before)."
         }
     )
-    stop_reason = fields.String(allow_none=True, metadata={"enum": ["cancelled", "failed", None]})
-    error = fields.String(allow_none=True)
-    attempts = fields.Integer()
-    cancel_requested = fields.Boolean()
-    created_at = fields.DateTime()
-    started_at = fields.DateTime(allow_none=True)
-    finished_at = fields.DateTime(allow_none=True)
 
 
 class ImportProgressSchema(Schema):
@@ -616,14 +621,10 @@ class ImportProgressSchema(Schema):
     unit = fields.String(metadata={"enum": ["bytes", "rows"]})
 
 
-class ImportJobSchema(Schema):
+class ImportJobSchema(_KindJobSchema):
     """A job of kind `import` (a dataset by reference; `POST /datasets` with a `source`)."""
 
-    id = fields.String()
     kind = fields.String(metadata={"enum": ["import"]})
-    name = fields.String(allow_none=True)
-    tags = fields.Dict(keys=fields.String(), values=fields.String())
-    status = fields.String(metadata={"enum": list(JOB_STATUSES)})
     source = fields.String(metadata={"description": "The source URL, normalised."})
     options = fields.Dict(
         metadata={"description": "`name`, `target`, `column_types`, `format` (csv, parquet)."}
@@ -632,13 +633,6 @@ class ImportJobSchema(Schema):
         allow_none=True, metadata={"description": "The dataset it made, once succeeded."}
     )
     progress = fields.Nested(ImportProgressSchema)
-    stop_reason = fields.String(allow_none=True, metadata={"enum": ["cancelled", "failed", None]})
-    error = fields.String(allow_none=True)
-    attempts = fields.Integer()
-    cancel_requested = fields.Boolean()
-    created_at = fields.DateTime()
-    started_at = fields.DateTime(allow_none=True)
-    finished_at = fields.DateTime(allow_none=True)
 
 
 class ImportInSchema(Schema):

@@ -46,8 +46,8 @@ class UploadStore:
     """The chunk objects of every upload under one store URL."""
 
     def __init__(self, url: str) -> None:
-        store = store_for(url)
-        self.fs, self.root = store.fs, store.root
+        self.store = store_for(url)
+        self.fs, self.root = self.store.fs, self.store.root
 
     def _dir(self, upload_id: str) -> str:
         return posixpath.join(self.root, _PREFIX, upload_id)
@@ -135,21 +135,7 @@ class UploadStore:
     def upload_ids(self) -> dict[str, float]:
         """Every upload folder in the store: id -> its newest chunk's modification time (epoch
         seconds; 0 when unknown)."""
-        base = posixpath.join(self.root, _PREFIX)
-        try:
-            infos = self.fs.get_file_info(pafs.FileSelector(base, recursive=True))
-        except FileNotFoundError:
-            return {}
-        except OSError as exc:
-            raise StoreError(f"the dataset store is unavailable: {exc}") from exc
-        found: dict[str, float] = {}
-        for info in infos:
-            if info.type != pafs.FileType.File:
-                continue
-            upload_id = posixpath.relpath(info.path, base).split("/", 1)[0]
-            mtime = info.mtime.timestamp() if info.mtime is not None else 0.0
-            found[upload_id] = max(found.get(upload_id, 0.0), mtime)
-        return found
+        return self.store.dataset_ids(_PREFIX)
 
     def reader(self, upload_id: str, names: Sequence[str]) -> ChunkReader:
         return ChunkReader(self.fs, [posixpath.join(self._dir(upload_id), n) for n in names])

@@ -26,8 +26,7 @@ from service.db import session_scope
 from service.lifecycle import IMPORT_TASK, Claim
 from service.problems import ApiError
 from service.tables import Job, new_id
-from workers import tasks, webhooks
-from workers.context import context_of
+from workers import tasks
 from workers.runtime import SoftLimit, with_db_retry
 
 log = logging.getLogger(__name__)
@@ -43,19 +42,7 @@ class _Stop(Exception):
 @shared_task(name=IMPORT_TASK, bind=True, ignore_result=True, max_retries=None)
 def import_dataset(self: Any, job_id: str) -> str:
     """Run import job `job_id`; the outcome is in the store (the return value is for logs)."""
-    context = context_of(self.app)
-    settings, factory = context.settings, context.factory
-
-    def run(factory: sessionmaker[Session], claim: Claim, soft_limit: SoftLimit) -> str:
-        return run_import(factory, claim, soft_limit, settings)
-
-    try:
-        outcome = tasks.run_job(factory, job_id, settings, run)
-    except tasks._Busy:
-        log.info("job %s is running elsewhere; looking again in %ss", job_id, settings.stale_after)
-        raise self.retry(countdown=settings.stale_after) from None
-    webhooks.announce(factory, self.app, job_id)
-    return outcome
+    return tasks.run_task(self, job_id, run_import)
 
 
 def run_import(

@@ -35,8 +35,7 @@ from service.dataset_store import PREDICTIONS, store_for
 from service.db import session_scope
 from service.lifecycle import PREDICT_TASK, Claim
 from service.predictions import BatchPredictor
-from workers import tasks, webhooks
-from workers.context import context_of
+from workers import tasks
 from workers.runtime import SoftLimit, with_db_retry
 
 log = logging.getLogger(__name__)
@@ -48,19 +47,7 @@ PROGRESS_EVERY_S = 1.0
 @shared_task(name=PREDICT_TASK, bind=True, ignore_result=True, max_retries=None)
 def predict_job(self: Any, job_id: str) -> str:
     """Run predict job `job_id`; the outcome is in the store (the return value is for logs)."""
-    context = context_of(self.app)
-    settings, factory = context.settings, context.factory
-
-    def run(factory: sessionmaker[Session], claim: Claim, soft_limit: SoftLimit) -> str:
-        return run_predict(factory, claim, soft_limit, settings)
-
-    try:
-        outcome = tasks.run_job(factory, job_id, settings, run)
-    except tasks._Busy:
-        log.info("job %s is running elsewhere; looking again in %ss", job_id, settings.stale_after)
-        raise self.retry(countdown=settings.stale_after) from None
-    webhooks.announce(factory, self.app, job_id)
-    return outcome
+    return tasks.run_task(self, job_id, run_predict)
 
 
 def run_predict(

@@ -81,15 +81,34 @@ class JobError(Exception):
 @shared_task(name=TRAIN_TASK, bind=True, ignore_result=True, max_retries=None)
 def train_job(self: Any, job_id: str) -> str:
     """Train job `job_id`; the outcome is in the store (the return value is for logs)."""
-    context = context_of(self.app)
+    return run_task(self, job_id, after=after_trial)
+
+
+def run_task(
+    task: Any,
+    job_id: str,
+    attempt: Attempt | None = None,
+    after: Callable[[sessionmaker[Session], Any, str, Settings], None] | None = None,
+) -> str:
+    """The body of every job task: run the job (`attempt`, by default training), retried
+    later when another worker holds it; then `after` (a sweep's next trials) and the
+    announcement of its end."""
+    context = context_of(task.app)
     settings, factory = context.settings, context.factory
+    run: Runner | None = None
+    if attempt is not None:
+
+        def run(factory: sessionmaker[Session], claim: Claim, soft_limit: SoftLimit) -> str:
+            return attempt(factory, claim, soft_limit, settings)
+
     try:
-        outcome = run_job(factory, job_id, settings)
+        outcome = run_job(factory, job_id, settings, run)
     except _Busy:
         log.info("job %s is running elsewhere; looking again in %ss", job_id, settings.stale_after)
-        raise self.retry(countdown=settings.stale_after) from None
-    after_trial(factory, self.app, job_id, settings)
-    webhooks.announce(factory, self.app, job_id)
+        raise task.retry(countdown=settings.stale_after) from None
+    if after is not None:
+        after(factory, task.app, job_id, settings)
+    webhooks.announce(factory, task.app, job_id)
     return outcome
 
 
@@ -108,6 +127,8 @@ def after_trial(
 
 #: What runs a claimed attempt (`_run_claimed` trains; `workers.predicting` predicts).
 Runner = Callable[[sessionmaker[Session], Claim, SoftLimit], str]
+#: A kind's attempt (`workers.predicting.run_predict`, ...): a `Runner` given the settings.
+Attempt = Callable[[sessionmaker[Session], Claim, SoftLimit, Settings], str]
 
 
 def run_job(
